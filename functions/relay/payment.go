@@ -1,0 +1,231 @@
+// Package relay is payrelay's domain core: the payment, its state machine, the record of every
+// attempt to notify the game server, and the classification of outcomes. It knows nothing of
+// HTTP or of cloud SDKs; it talks to storage, the queue and the game server through the small
+// interfaces in this package, so it can be tested alone.
+package relay
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"math/big"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// State is where a payment is in its lifecycle. Each constant says who moves a payment into
+// and out of it.
+type State string
+
+const (
+	// StatePending: stored, attempt Attempt scheduled at NextAttemptAt. Ingest creates a payment
+	// in it; Deliver returns a payment to it after a failed attempt with steps left. Deliver
+	// moves it out by claiming the attempt.
+	StatePending State = "pending"
+	// StateDelivering: Deliver holds a lease on attempt Attempt and is posting to the game
+	// server. Deliver moves it out when it records the result; another Deliver takes it over
+	// once the lease has expired.
+	StateDelivering State = "delivering"
+	// StateDelivered: the game server acknowledged (2xx). Terminal.
+	StateDelivered State = "delivered"
+	// StateFailed: the ladder is exhausted without an acknowledgement. Terminal, but kept for
+	// an operator's replay, which moves it back to StatePending.
+	StateFailed State = "failed"
+)
+
+// Terminal reports whether no further attempt will be made.
+func (s State) Terminal() bool { return s == StateDelivered || s == StateFailed }
+
+// Payment is one provider's payment result, normalized, with its relay state.
+type Payment struct {
+	// Facts from the provider; identical on every callback for the same order.
+	ID            string
+	Provider      string
+	OrderID       string
+	TransactionID string
+	AmountMinor   int64
+	Currency      string
+	Status        string
+	PaidAt        time.Time
+	AppID         string
+	Metadata      map[string]string
+
+	// Relay state, owned by this package.
+	State         State
+	Attempt       int // the current attempt, 1-based
+	NextAttemptAt time.Time
+	ReceivedAt    time.Time
+	UpdatedAt     time.Time
+	Lease         *Lease
+	Attempts      []AttemptRecord
+}
+
+// Lease marks an attempt as claimed by one delivery until Until.
+type Lease struct {
+	Attempt   int
+	Owner     string
+	ClaimedAt time.Time
+	Until     time.Time
+}
+
+// StatusPaid is the only normalized status that is relayed to the game server.
+const StatusPaid = "paid"
+
+// PaymentID derives a payment's id from its provider and the provider's order id. The id is a
+// hash, so a repeated callback finds the same document and sequential order numbers spread
+// across Firestore's key space instead of hotspotting one range.
+func PaymentID(provider, orderID string) string {
+	sum := sha256.Sum256([]byte(provider + "\x00" + orderID))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Limits on the fields of a payment. They bound what one callback can make us store.
+const (
+	MaxIDLength       = 64
+	MaxMetadataKeys   = 20
+	MaxMetadataKeyLen = 40
+	MaxMetadataValLen = 256
+)
+
+var (
+	idPattern       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:\-]*$`)
+	providerPattern = regexp.MustCompile(`^[a-z][a-z0-9_\-]{0,31}$`)
+	metaKeyPattern  = regexp.MustCompile(`^[A-Za-z0-9_.\-]+$`)
+)
+
+// FieldError names the field of a payment that is invalid and why.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func checkID(field, v string) error {
+	switch {
+	case v == "":
+		return &FieldError{field, "required"}
+	case len(v) > MaxIDLength:
+		return &FieldError{field, fmt.Sprintf("longer than %d characters", MaxIDLength)}
+	case !idPattern.MatchString(v):
+		return &FieldError{field, "only letters, digits and _ . : - are allowed"}
+	}
+	return nil
+}
+
+// Validate checks every fact of the payment and returns the first field at fault.
+func (p *Payment) Validate() error {
+	if !providerPattern.MatchString(p.Provider) {
+		return &FieldError{"provider", "want 1-32 lowercase letters, digits, _ or -, starting with a letter"}
+	}
+	if err := checkID("order_id", p.OrderID); err != nil {
+		return err
+	}
+	if err := checkID("transaction_id", p.TransactionID); err != nil {
+		return err
+	}
+	if err := checkID("app_id", p.AppID); err != nil {
+		return err
+	}
+	if _, ok := currencyExponent[p.Currency]; !ok {
+		return &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", p.Currency)}
+	}
+	if p.AmountMinor <= 0 {
+		return &FieldError{"amount", "must be positive"}
+	}
+	if p.Status != StatusPaid {
+		return &FieldError{"status", fmt.Sprintf("%q: only %q payments are relayed", p.Status, StatusPaid)}
+	}
+	if p.PaidAt.IsZero() {
+		return &FieldError{"paid_at", "required"}
+	}
+	if len(p.Metadata) > MaxMetadataKeys {
+		return &FieldError{"metadata", fmt.Sprintf("more than %d keys", MaxMetadataKeys)}
+	}
+	for k, v := range p.Metadata {
+		if len(k) > MaxMetadataKeyLen || !metaKeyPattern.MatchString(k) {
+			return &FieldError{"metadata", fmt.Sprintf("key %.40q: want 1-%d letters, digits, _ . -", k, MaxMetadataKeyLen)}
+		}
+		if len(v) > MaxMetadataValLen {
+			return &FieldError{"metadata", fmt.Sprintf("value of %q longer than %d bytes", k, MaxMetadataValLen)}
+		}
+	}
+	return nil
+}
+
+// SameFacts reports whether q carries the same provider facts as p: a repeated callback must,
+// and one that does not (same order, another amount) is a conflict to refuse loudly.
+func (p *Payment) SameFacts(q *Payment) bool {
+	return p.Provider == q.Provider && p.OrderID == q.OrderID && p.TransactionID == q.TransactionID &&
+		p.AmountMinor == q.AmountMinor && p.Currency == q.Currency && p.Status == q.Status &&
+		p.PaidAt.Equal(q.PaidAt) && p.AppID == q.AppID && maps.Equal(p.Metadata, q.Metadata)
+}
+
+// ParseAmount converts a decimal string in major units ("19.99") to minor units of currency,
+// exactly: no floating point, and no more decimals than the currency's minor unit has.
+func ParseAmount(s, currency string) (int64, error) {
+	exp, ok := currencyExponent[currency]
+	if !ok {
+		return 0, &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", currency)}
+	}
+	if s == "" || len(s) > 24 {
+		return 0, &FieldError{"amount", "want a decimal string such as \"19.99\""}
+	}
+	whole, frac, hasDot := strings.Cut(s, ".")
+	if whole == "" || !allDigits(whole) || (hasDot && (frac == "" || !allDigits(frac))) {
+		return 0, &FieldError{"amount", fmt.Sprintf("%q is not a plain decimal number", s)}
+	}
+	if len(frac) > exp {
+		return 0, &FieldError{"amount", fmt.Sprintf("%q has more decimals than %s's minor unit (%d)", s, currency, exp)}
+	}
+	frac += strings.Repeat("0", exp-len(frac))
+	n, ok := new(big.Int).SetString(whole+frac, 10)
+	if !ok || !n.IsInt64() {
+		return 0, &FieldError{"amount", fmt.Sprintf("%q is out of range", s)}
+	}
+	if n.Sign() <= 0 {
+		return 0, &FieldError{"amount", "must be positive"}
+	}
+	return n.Int64(), nil
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// CurrencyExponent is the number of decimals of currency's minor unit, and whether the code is
+// a known ISO 4217 currency.
+func CurrencyExponent(currency string) (int, bool) {
+	e, ok := currencyExponent[currency]
+	return e, ok
+}
+
+// currencyExponent lists the active ISO 4217 codes with their minor unit.
+var currencyExponent = func() map[string]int {
+	m := map[string]int{}
+	two := "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BRL BSD BTN BWP BYN BZD " +
+		"CAD CDF CHF CNY COP CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD " +
+		"GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR ISK JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL " +
+		"MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK " +
+		"PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB " +
+		"TJS TMT TOP TRY TTD TWD TZS UAH USD UYU UZS VES WST XCD YER ZAR ZMW ZWG"
+	zero := "BIF CLP DJF GNF JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF"
+	three := "BHD IQD JOD KWD LYD OMR TND"
+	for _, c := range strings.Fields(two) {
+		m[c] = 2
+	}
+	for _, c := range strings.Fields(zero) {
+		m[c] = 0
+	}
+	for _, c := range strings.Fields(three) {
+		m[c] = 3
+	}
+	return m
+}()

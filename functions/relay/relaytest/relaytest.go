@@ -1,0 +1,201 @@
+// Package relaytest provides in-memory stand-ins for the relay core's dependencies, for unit
+// tests of the core and of the handlers. Tests of the real adapters run against the emulators.
+package relaytest
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+var (
+	_ relay.Store    = (*Store)(nil)
+	_ relay.Queue    = (*Queue)(nil)
+	_ relay.Notifier = NotifierFunc(nil)
+	_ relay.Clock    = (*Clock)(nil)
+)
+
+// Store keeps payments in memory, with versions, and can be told to fail.
+type Store struct {
+	mu       sync.Mutex
+	payments map[string]*relay.Payment
+	versions map[string]relay.Version
+	next     relay.Version
+	// Fail, if set, is called before each operation ("create", "get", "update"); an error it
+	// returns is returned by that operation.
+	Fail func(op string) error
+	// Creates, Gets and Updates count the calls that reached the store.
+	Creates, Gets, Updates int
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	return &Store{payments: map[string]*relay.Payment{}, versions: map[string]relay.Version{}}
+}
+
+func clone(p *relay.Payment) *relay.Payment {
+	c := *p
+	c.Metadata = maps.Clone(p.Metadata)
+	c.Attempts = slices.Clone(p.Attempts)
+	if p.Lease != nil {
+		l := *p.Lease
+		c.Lease = &l
+	}
+	return &c
+}
+
+func (s *Store) fail(op string) error {
+	if s.Fail == nil {
+		return nil
+	}
+	return s.Fail(op)
+}
+
+// Create implements relay.Store.
+func (s *Store) Create(_ context.Context, p *relay.Payment) (*relay.Payment, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("create"); err != nil {
+		return nil, false, err
+	}
+	s.Creates++
+	if old, ok := s.payments[p.ID]; ok {
+		return clone(old), false, nil
+	}
+	s.next++
+	s.payments[p.ID] = clone(p)
+	s.versions[p.ID] = s.next
+	return clone(p), true, nil
+}
+
+// Get implements relay.Store.
+func (s *Store) Get(_ context.Context, id string) (*relay.Payment, relay.Version, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("get"); err != nil {
+		return nil, 0, err
+	}
+	s.Gets++
+	p, ok := s.payments[id]
+	if !ok {
+		return nil, 0, relay.ErrNotFound
+	}
+	return clone(p), s.versions[id], nil
+}
+
+// Update implements relay.Store.
+func (s *Store) Update(_ context.Context, p *relay.Payment, v relay.Version) (relay.Version, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("update"); err != nil {
+		return 0, err
+	}
+	s.Updates++
+	cur, ok := s.versions[p.ID]
+	if !ok {
+		return 0, relay.ErrNotFound
+	}
+	if cur != v {
+		return 0, relay.ErrVersionConflict
+	}
+	s.next++
+	s.payments[p.ID] = clone(p)
+	s.versions[p.ID] = s.next
+	return s.next, nil
+}
+
+// Payment returns a copy of the stored payment, or nil.
+func (s *Store) Payment(id string) *relay.Payment {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.payments[id]; ok {
+		return clone(p)
+	}
+	return nil
+}
+
+// Len is the number of stored payments.
+func (s *Store) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.payments)
+}
+
+// Queue records enqueued tasks, deduplicating by name, and can be told to fail.
+type Queue struct {
+	mu    sync.Mutex
+	names map[string]bool
+	// Tasks lists the tasks accepted, in order.
+	Tasks []relay.Task
+	// Fail, if set, is called before each Enqueue; an error it returns is returned.
+	Fail func(t relay.Task) error
+}
+
+// NewQueue returns an empty queue.
+func NewQueue() *Queue { return &Queue{names: map[string]bool{}} }
+
+// Enqueue implements relay.Queue.
+func (q *Queue) Enqueue(_ context.Context, t relay.Task) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.Fail != nil {
+		if err := q.Fail(t); err != nil {
+			return err
+		}
+	}
+	if q.names[t.Name()] {
+		return relay.ErrTaskExists
+	}
+	q.names[t.Name()] = true
+	q.Tasks = append(q.Tasks, t)
+	return nil
+}
+
+// Snapshot returns the tasks accepted so far.
+func (q *Queue) Snapshot() []relay.Task {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return slices.Clone(q.Tasks)
+}
+
+// NotifierFunc adapts a function to relay.Notifier.
+type NotifierFunc func(ctx context.Context, p *relay.Payment, attempt int) relay.NotifyResult
+
+// Notify implements relay.Notifier.
+func (f NotifierFunc) Notify(ctx context.Context, p *relay.Payment, attempt int) relay.NotifyResult {
+	return f(ctx, p, attempt)
+}
+
+// Clock is a clock that tests move by hand.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock returns a clock stopped at t.
+func NewClock(t time.Time) *Clock { return &Clock{now: t} }
+
+// Now implements relay.Clock.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// Set moves the clock to t.
+func (c *Clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}

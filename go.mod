@@ -4,8 +4,10 @@ go 1.26.0
 
 require (
 	cloud.google.com/go/cloudtasks v1.21.0
+	cloud.google.com/go/firestore v1.24.0
 	cloud.google.com/go/iam v1.12.0
 	github.com/google/go-cmp v0.7.0
+	github.com/sethvargo/go-envconfig v1.4.3
 	github.com/sethvargo/go-retry v0.5.0
 	golang.org/x/time v0.15.0
 	google.golang.org/api v0.288.0

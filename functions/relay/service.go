@@ -161,6 +161,8 @@ func (s *Service) Ingest(ctx context.Context, in Payment) (IngestResult, error) 
 	now := s.cfg.Clock.Now()
 	p := in
 	p.ID = PaymentID(in.Provider, in.OrderID)
+	// Firestore keeps microseconds: normalize so a repeated callback compares equal.
+	p.PaidAt = in.PaidAt.UTC().Truncate(time.Microsecond)
 	p.State = StatePending
 	p.Attempt = 1
 	p.ReceivedAt = now
@@ -368,4 +370,10 @@ func (s *Service) enqueue(ctx context.Context, t Task) error {
 		}
 		return err
 	})
+}
+
+// TaskMessage is the body of a Deliver task: which payment, which attempt.
+type TaskMessage struct {
+	PaymentID string `json:"payment_id"`
+	Attempt   int    `json:"attempt"`
 }

@@ -1,0 +1,151 @@
+// Package gamehttp posts payments to the studio's game server, signed the Standard Webhooks
+// way, and classifies what happened: the game server failing is an attempt to record, never
+// an error of ours.
+package gamehttp
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
+)
+
+var _ relay.Notifier = (*Notifier)(nil)
+
+// Limits of one notification.
+const (
+	MaxTimeout   = 10 * time.Second
+	SnippetBytes = 1024      // kept on the attempt record
+	drainBytes   = 64 * 1024 // read past the snippet so the connection can be reused
+)
+
+// HeaderAttempt carries the attempt number next to the body's.
+const HeaderAttempt = "X-Payrelay-Attempt"
+
+// Payload is what the game server receives: the same normalized payment whatever the provider.
+type Payload struct {
+	Type          string            `json:"type"`
+	PaymentID     string            `json:"payment_id"`
+	Attempt       int               `json:"attempt"`
+	Provider      string            `json:"provider"`
+	OrderID       string            `json:"order_id"`
+	TransactionID string            `json:"transaction_id"`
+	AmountMinor   int64             `json:"amount_minor"`
+	Currency      string            `json:"currency"`
+	Status        string            `json:"status"`
+	PaidAt        time.Time         `json:"paid_at"`
+	AppID         string            `json:"app_id"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+}
+
+// Notifier posts to one game server URL.
+type Notifier struct {
+	url    string
+	secret webhook.Secret
+	client *http.Client
+	now    func() time.Time
+}
+
+var errRedirect = errors.New("redirect refused")
+
+// New returns a notifier. It follows a redirect only to the same host with 307 or 308 (which
+// keep the method and body), never elsewhere.
+func New(url string, secret webhook.Secret, timeout time.Duration) (*Notifier, error) {
+	if url == "" {
+		return nil, errors.New("gamehttp: url is required")
+	}
+	if timeout <= 0 || timeout > MaxTimeout {
+		return nil, fmt.Errorf("gamehttp: timeout %s must be in (0, %s]", timeout, MaxTimeout)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	client := &http.Client{
+		Timeout:   timeout,
+		Transport: tr,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			code := req.Response.StatusCode
+			if len(via) >= 3 || req.URL.Host != via[0].URL.Host || (code != http.StatusTemporaryRedirect && code != http.StatusPermanentRedirect) {
+				return fmt.Errorf("%w: %d to %s", errRedirect, code, req.URL.Redacted())
+			}
+			return nil
+		},
+	}
+	return &Notifier{url: url, secret: secret, client: client, now: time.Now}, nil
+}
+
+// Notify implements relay.Notifier.
+func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, attempt int) relay.NotifyResult {
+	body, err := json.Marshal(Payload{
+		Type: "payment.succeeded", PaymentID: p.ID, Attempt: attempt, Provider: p.Provider, OrderID: p.OrderID,
+		TransactionID: p.TransactionID, AmountMinor: p.AmountMinor, Currency: p.Currency, Status: p.Status,
+		PaidAt: p.PaidAt, AppID: p.AppID, Metadata: p.Metadata,
+	})
+	if err != nil {
+		return relay.NotifyResult{ErrorClass: relay.ErrorHTTP, Error: "encode payload: " + err.Error()}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url, bytes.NewReader(body))
+	if err != nil {
+		return relay.NotifyResult{ErrorClass: relay.ErrorConnect, Error: err.Error()}
+	}
+	ts := n.now()
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "payrelay/1")
+	req.Header.Set(webhook.HeaderID, p.ID)
+	req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
+	req.Header.Set(webhook.HeaderSignature, n.secret.Sign(p.ID, ts, body))
+	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return relay.NotifyResult{ErrorClass: Classify(err), Error: err.Error()}
+	}
+	defer resp.Body.Close()
+	snippet, readErr := io.ReadAll(io.LimitReader(resp.Body, SnippetBytes))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, drainBytes))
+	res := relay.NotifyResult{StatusCode: resp.StatusCode, Response: string(snippet)}
+	switch {
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		res.ErrorClass = relay.ErrorHTTP
+		res.Error = "game server answered " + resp.Status
+	case readErr != nil:
+		// A 2xx status line is the acknowledgement; a body cut short does not undo it.
+		res.Error = "reading the acknowledgement's body: " + readErr.Error()
+	}
+	return res
+}
+
+// Classify names the first thing that went wrong in a failed request.
+func Classify(err error) relay.ErrorClass {
+	var dnsErr *net.DNSError
+	var netErr net.Error
+	var certErr *tls.CertificateVerificationError
+	var hostErr x509.HostnameError
+	var authErr x509.UnknownAuthorityError
+	var recErr tls.RecordHeaderError
+	var alert tls.AlertError
+	var opErr *net.OpError
+	switch {
+	case errors.Is(err, errRedirect):
+		return relay.ErrorRedirect
+	case errors.As(err, &dnsErr):
+		return relay.ErrorDNS
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return relay.ErrorTimeout
+	case errors.As(err, &certErr), errors.As(err, &hostErr), errors.As(err, &authErr), errors.As(err, &recErr), errors.As(err, &alert):
+		return relay.ErrorTLS
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return relay.ErrorConnect
+	}
+	// Resets and early closes after the connection was made: the exchange broke mid-way.
+	return relay.ErrorHTTP
+}

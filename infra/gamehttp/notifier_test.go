@@ -1,0 +1,118 @@
+package gamehttp
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
+)
+
+var secret = webhook.NewSecret([]byte("0123456789abcdef0123456789abcdef"))
+
+func payment() *relay.Payment {
+	return &relay.Payment{ID: "pid1", Provider: "generic", OrderID: "o1", TransactionID: "t1", AmountMinor: 1999,
+		Currency: "CNY", Status: relay.StatusPaid, PaidAt: time.Date(2026, 11, 24, 1, 2, 3, 0, time.UTC), AppID: "game-1"}
+}
+
+func TestNotifySignsAndDescribesPayment(t *testing.T) {
+	t.Parallel()
+	verifier, _ := webhook.NewVerifier(secret)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if err := verifier.Verify(r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp"), r.Header.Get("webhook-signature"), b, time.Now()); err != nil {
+			http.Error(w, "bad signature: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+		var p Payload
+		json.Unmarshal(b, &p)
+		if p.PaymentID != "pid1" || p.Attempt != 2 || p.AmountMinor != 1999 || p.Currency != "CNY" || r.Header.Get("webhook-id") != "pid1" || r.Header.Get(HeaderAttempt) != "2" {
+			http.Error(w, "unexpected payload "+string(b), http.StatusBadRequest)
+			return
+		}
+		w.Write([]byte(`{"ok":true}`))
+	}))
+	defer srv.Close()
+	n, err := New(srv.URL, secret, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := n.Notify(context.Background(), payment(), 2)
+	if r.StatusCode != 200 || r.ErrorClass != relay.ErrorNone || r.Response != `{"ok":true}` {
+		t.Errorf("Notify = %+v", r)
+	}
+}
+
+func TestNotifyErrorClasses(t *testing.T) {
+	t.Parallel()
+	huge := strings.Repeat("x", 100_000)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, huge, 500) })
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(3 * time.Second):
+		case <-r.Context().Done():
+		}
+	})
+	mux.HandleFunc("/reset", func(w http.ResponseWriter, r *http.Request) {
+		c, _, _ := w.(http.Hijacker).Hijack()
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer other.Close()
+	mux.HandleFunc("/away", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, other.URL, http.StatusTemporaryRedirect) })
+	mux.HandleFunc("/found", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ok", http.StatusFound) })
+	mux.HandleFunc("/same", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ok", http.StatusPermanentRedirect) })
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "lost the POST", 405)
+		}
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tlsSrv := httptest.NewTLSServer(mux) // its certificate is not trusted by the notifier
+	defer tlsSrv.Close()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := "http://" + l.Addr().String()
+	l.Close()
+
+	cases := []struct {
+		url    string
+		status int
+		class  relay.ErrorClass
+	}{
+		{srv.URL + "/500", 500, relay.ErrorHTTP},
+		{srv.URL + "/slow", 0, relay.ErrorTimeout},
+		{srv.URL + "/reset", 0, relay.ErrorHTTP},
+		{srv.URL + "/away", 0, relay.ErrorRedirect},
+		{srv.URL + "/found", 0, relay.ErrorRedirect},
+		{srv.URL + "/same", 200, relay.ErrorNone},
+		{tlsSrv.URL + "/ok", 0, relay.ErrorTLS},
+		{refused, 0, relay.ErrorConnect},
+		{"http://payrelay-no-such-host.invalid/", 0, relay.ErrorDNS},
+	}
+	for _, tc := range cases {
+		n, err := New(tc.url, secret, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := n.Notify(context.Background(), payment(), 1)
+		if r.StatusCode != tc.status || r.ErrorClass != tc.class {
+			t.Errorf("%s: status %d class %q (%s), want %d %q", tc.url, r.StatusCode, r.ErrorClass, r.Error, tc.status, tc.class)
+		}
+		if len(r.Response) > SnippetBytes {
+			t.Errorf("%s: kept %d bytes of response, want at most %d", tc.url, len(r.Response), SnippetBytes)
+		}
+	}
+	if _, err := New(srv.URL, secret, 11*time.Second); err == nil {
+		t.Error("a timeout over 10s was accepted")
+	}
+}

@@ -1,0 +1,163 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/infra/store"
+	"github.com/payrelay/payrelay/local/emulator"
+)
+
+func TestMain(m *testing.M) { emulator.Main(m) }
+
+func newStore(t *testing.T) *store.Firestore {
+	t.Helper()
+	emulator.FirestoreForTest(t)
+	s, err := store.NewFirestore(context.Background(), "payrelay-test", "", emulator.UniqueName(t, "payments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func payment(order string) *relay.Payment {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	return &relay.Payment{
+		ID: relay.PaymentID("generic", order), Provider: "generic", OrderID: order, TransactionID: "txn-" + order,
+		AmountMinor: 648, Currency: "CNY", Status: relay.StatusPaid, PaidAt: now.Add(-time.Second), AppID: "game-1",
+		Metadata: map[string]string{"sku": "月卡"}, State: relay.StatePending, Attempt: 1,
+		NextAttemptAt: now, ReceivedAt: now, UpdatedAt: now,
+	}
+}
+
+func TestCreateGetRoundTrip(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := payment("rt-1")
+	p.Attempts = []relay.AttemptRecord{{Number: 1, StartedAt: p.ReceivedAt, Duration: 1500 * time.Millisecond, StatusCode: 502,
+		ErrorClass: relay.ErrorHTTP, Error: "game server answered 502", Response: "bad \xff gateway", Delivery: "t-1#0"}}
+	p.Lease = &relay.Lease{Attempt: 1, Owner: "t-1#0", ClaimedAt: p.ReceivedAt, Until: p.ReceivedAt.Add(time.Minute)}
+	if _, created, err := s.Create(ctx, p); err != nil || !created {
+		t.Fatalf("Create = %v, %v", created, err)
+	}
+	got, v, err := s.Get(ctx, p.ID)
+	if err != nil || v == 0 {
+		t.Fatalf("Get = %v, %v", v, err)
+	}
+	want := *p
+	want.Attempts = []relay.AttemptRecord{p.Attempts[0]}
+	want.Attempts[0].Response = "bad \uFFFD gateway" // stored as valid UTF-8
+	if diff := cmp.Diff(&want, got, cmpopts.EquateApproxTime(time.Microsecond)); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+func TestCreateIsIdempotent(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := payment("dup-1")
+	if _, created, err := s.Create(ctx, p); err != nil || !created {
+		t.Fatalf("first Create = %v, %v", created, err)
+	}
+	other := payment("dup-1")
+	other.AmountMinor = 1
+	stored, created, err := s.Create(ctx, other)
+	if err != nil || created {
+		t.Fatalf("second Create = %v, %v; want the stored payment and created=false", created, err)
+	}
+	if stored.AmountMinor != 648 {
+		t.Errorf("second Create overwrote the amount: %d", stored.AmountMinor)
+	}
+}
+
+func TestGetUnknown(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	if _, _, err := s.Get(context.Background(), "nope"); !errors.Is(err, relay.ErrNotFound) {
+		t.Errorf("Get(unknown) = %v, want ErrNotFound", err)
+	}
+	p := payment("never-created")
+	if _, err := s.Update(context.Background(), p, relay.Version(time.Now().Truncate(time.Microsecond).UnixNano())); !errors.Is(err, relay.ErrNotFound) && !errors.Is(err, relay.ErrVersionConflict) {
+		t.Errorf("Update(unknown) = %v, want ErrNotFound or ErrVersionConflict", err)
+	}
+}
+
+func TestUpdateIsConditional(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := payment("cas-1")
+	if _, _, err := s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	got, v1, err := s.Get(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.State = relay.StateDelivering
+	v2, err := s.Update(ctx, got, v1)
+	if err != nil || v2 == v1 {
+		t.Fatalf("Update at the current version = %v, %v", v2, err)
+	}
+	got.State = relay.StateDelivered
+	if _, err := s.Update(ctx, got, v1); !errors.Is(err, relay.ErrVersionConflict) {
+		t.Fatalf("Update at a stale version = %v, want ErrVersionConflict", err)
+	}
+	if after, _, _ := s.Get(ctx, p.ID); after.State != relay.StateDelivering {
+		t.Errorf("a stale update was applied: state %s", after.State)
+	}
+	if _, err := s.Update(ctx, got, v2); err != nil {
+		t.Errorf("Update at the version the last write returned: %v", err)
+	}
+}
+
+// Many deliveries race to claim the same attempt: exactly one may win.
+func TestConcurrentClaimsHaveOneWinner(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := payment("race-1")
+	if _, _, err := s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	_, v, err := s.Get(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wins, conflicts atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := *p
+			c.State = relay.StateDelivering
+			c.Lease = &relay.Lease{Attempt: 1, Owner: strings.Repeat("x", i+1)}
+			_, err := s.Update(ctx, &c, v)
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case errors.Is(err, relay.ErrVersionConflict):
+				conflicts.Add(1)
+			default:
+				t.Errorf("claim: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 || conflicts.Load() != 7 {
+		t.Errorf("%d claims won and %d conflicted, want 1 and 7", wins.Load(), conflicts.Load())
+	}
+}

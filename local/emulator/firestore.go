@@ -1,0 +1,132 @@
+// Package emulator starts and stops the Google Cloud CLI's Firestore emulator for the local
+// runner and the tests, and gives tests one shared emulator per test binary.
+package emulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// InstallHint tells a user how to get the emulator.
+const InstallHint = "install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) and its Firestore emulator: " +
+	"`gcloud components install cloud-firestore-emulator` (or the Debian package google-cloud-cli-firestore-emulator); it needs Java 11+"
+
+// ErrNotInstalled means gcloud or its Firestore emulator is missing.
+var ErrNotInstalled = errors.New("the Firestore emulator is not installed")
+
+// Firestore is a running Firestore emulator process (gcloud and the Java server it starts).
+type Firestore struct {
+	Host string // host:port, the value of FIRESTORE_EMULATOR_HOST
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// FreePort asks the kernel for a free loopback port.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StartFirestore starts the emulator on 127.0.0.1:port (0 picks a free port), in its own
+// process group so Stop can end gcloud and Java together, and waits until it answers. Its
+// output goes to logw (nil discards).
+func StartFirestore(ctx context.Context, port int, logw io.Writer) (*Firestore, error) {
+	gcloud, err := exec.LookPath("gcloud")
+	if err != nil {
+		return nil, fmt.Errorf("%w: gcloud is not on PATH; %s", ErrNotInstalled, InstallHint)
+	}
+	if port == 0 {
+		if port, err = FreePort(); err != nil {
+			return nil, err
+		}
+	}
+	host := "127.0.0.1:" + strconv.Itoa(port)
+	if logw == nil {
+		logw = io.Discard
+	}
+	cmd := exec.Command(gcloud, "emulators", "firestore", "start", "--host-port="+host, "--quiet")
+	cmd.Stdout, cmd.Stderr = logw, logw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Env = append(os.Environ(), "CLOUDSDK_CORE_DISABLE_PROMPTS=1")
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start gcloud: %w", err)
+	}
+	f := &Firestore{Host: host, cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(f.done) }()
+	deadline := time.NewTimer(90 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if ready(host) {
+			return f, nil
+		}
+		select {
+		case <-f.done:
+			return nil, fmt.Errorf("%w: `gcloud emulators firestore start` exited (%v); %s", ErrNotInstalled, cmd.ProcessState, InstallHint)
+		case <-ctx.Done():
+			f.Stop()
+			return nil, ctx.Err()
+		case <-deadline.C:
+			f.Stop()
+			return nil, fmt.Errorf("the Firestore emulator did not answer on %s within 90s", host)
+		case <-tick.C:
+		}
+	}
+}
+
+// ready reports whether the emulator at host answers its health endpoint.
+func ready(host string) bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + host + "/")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// Stop ends the emulator's whole process group: SIGTERM, then SIGKILL after 5 s.
+func (f *Firestore) Stop() error {
+	if f == nil || f.cmd.Process == nil {
+		return nil
+	}
+	pgid := f.cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-f.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-f.done
+	}
+	// gcloud may exit before its Java child: make sure nothing of the group survives.
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	return nil
+}
+
+// Pid is the process-group id of the emulator, for checks that nothing is left running.
+func (f *Firestore) Pid() int { return f.cmd.Process.Pid }
+
+// Reset deletes every document in the emulator (all projects and databases).
+func Reset(host, projectID string) error {
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+host+"/emulator/v1/projects/"+projectID+"/databases/(default)/documents", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}

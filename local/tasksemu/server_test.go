@@ -280,13 +280,17 @@ func TestTaskCalls(t *testing.T) {
 	}
 
 	invalid := map[string]*cloudtaskspb.CreateTaskRequest{
-		"malformed name":   {Parent: q.Name, Task: httpTask(q.Name+"/tasks/has.dot", "http://h/x", future, "")},
-		"other queue":      {Parent: q.Name, Task: httpTask(parent+"/queues/other/tasks/t1", "http://h/x", future, "")},
-		"beyond 30 days":   {Parent: q.Name, Task: httpTask("", "http://h/x", time.Now().Add(31*24*time.Hour), "")},
-		"over 100 KB":      {Parent: q.Name, Task: httpTask("", "http://h/x", future, strings.Repeat("x", 101*1024))},
-		"relative url":     {Parent: q.Name, Task: httpTask("", "/x", future, "")},
-		"non-HTTP target":  {Parent: q.Name, Task: &cloudtaskspb.Task{MessageType: &cloudtaskspb.Task_AppEngineHttpRequest{AppEngineHttpRequest: &cloudtaskspb.AppEngineHttpRequest{RelativeUri: "/x"}}}},
-		"deadline too low": {Parent: q.Name, Task: func() *cloudtaskspb.Task { tk := httpTask("", "http://h/x", future, ""); tk.DispatchDeadline = durationpb.New(time.Second); return tk }()},
+		"malformed name":  {Parent: q.Name, Task: httpTask(q.Name+"/tasks/has.dot", "http://h/x", future, "")},
+		"other queue":     {Parent: q.Name, Task: httpTask(parent+"/queues/other/tasks/t1", "http://h/x", future, "")},
+		"beyond 30 days":  {Parent: q.Name, Task: httpTask("", "http://h/x", time.Now().Add(31*24*time.Hour), "")},
+		"over 100 KB":     {Parent: q.Name, Task: httpTask("", "http://h/x", future, strings.Repeat("x", 101*1024))},
+		"relative url":    {Parent: q.Name, Task: httpTask("", "/x", future, "")},
+		"non-HTTP target": {Parent: q.Name, Task: &cloudtaskspb.Task{MessageType: &cloudtaskspb.Task_AppEngineHttpRequest{AppEngineHttpRequest: &cloudtaskspb.AppEngineHttpRequest{RelativeUri: "/x"}}}},
+		"deadline too low": {Parent: q.Name, Task: func() *cloudtaskspb.Task {
+			tk := httpTask("", "http://h/x", future, "")
+			tk.DispatchDeadline = durationpb.New(time.Second)
+			return tk
+		}()},
 	}
 	for what, req := range invalid {
 		if _, err := c.CreateTask(ctx, req); code(err) != codes.InvalidArgument {

@@ -1,0 +1,163 @@
+package functions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+
+	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
+	"github.com/payrelay/payrelay/infra/config"
+	"github.com/payrelay/payrelay/infra/gamehttp"
+	"github.com/payrelay/payrelay/infra/logging"
+	"github.com/payrelay/payrelay/infra/queue"
+	"github.com/payrelay/payrelay/infra/store"
+)
+
+// The names the functions are registered under: the Cloud Functions entry points.
+const (
+	IngestName  = "Ingest"
+	DeliverName = "Deliver"
+)
+
+func init() {
+	functions.HTTP(IngestName, Ingest)
+	functions.HTTP(DeliverName, Deliver)
+}
+
+// The process-wide handler, built from the environment on first use. A failed build is
+// answered with 500 and tried again on the next request, never cached.
+var (
+	mu       sync.Mutex
+	current  *Handler
+	observer relay.Observer
+)
+
+// SetObserver makes the process's handler report what happens to payments (the local
+// runner's progress display). Call it before the first request.
+func SetObserver(o relay.Observer) {
+	mu.Lock()
+	defer mu.Unlock()
+	observer = o
+}
+
+func handler(ctx context.Context) (*Handler, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if current != nil {
+		return current, nil
+	}
+	cfg, err := config.Load(ctx, envconfig.OsLookuper())
+	if err != nil {
+		return nil, err
+	}
+	h, _, err := Build(ctx, cfg, Options{Observer: observer})
+	if err != nil {
+		return nil, err
+	}
+	current = h
+	return h, nil
+}
+
+// Drain drains the process's handler, if one was built (see Handler.Drain).
+func Drain(ctx context.Context) error {
+	mu.Lock()
+	h := current
+	mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	return h.Drain(ctx)
+}
+
+// Options are what Build takes besides the configuration.
+type Options struct {
+	Observer relay.Observer
+	Logger   *slog.Logger  // nil: JSON on stdout at the configured level
+	Counter  *store.Counter // counts Firestore operations (benchmarks)
+	OnCreate func()         // counts Cloud Tasks creates (benchmarks)
+}
+
+// Build wires the real adapters from cfg into a Handler, and returns a function that releases
+// them.
+func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, func() error, error) {
+	log := opts.Logger
+	if log == nil {
+		log = logging.New(os.Stdout, cfg.LogLevel)
+	}
+	ladder, err := cfg.EffectiveLadder()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, w := range ladder.Warnings() {
+		log.WarnContext(ctx, "ladder: "+w)
+	}
+	st, err := store.NewFirestore(ctx, cfg.ProjectID, cfg.FirestoreDatabase, cfg.Collection)
+	if err != nil {
+		return nil, nil, err
+	}
+	st.WithCounter(opts.Counter)
+	q, err := queue.NewCloudTasks(ctx, queue.Options{
+		Queue: cfg.TasksQueue, DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
+		Audience: cfg.Audience(), DispatchDeadline: cfg.DeliverLease, EmulatorHost: cfg.CloudTasksEmulatorHost,
+		OnCreate: opts.OnCreate,
+	})
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	closeAll := func() error { return errors.Join(st.Close(), q.Close()) }
+	notifier, err := gamehttp.New(cfg.GameServerURL, cfg.GameServerSecret.Secret, cfg.DeliverTimeout)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	verifier, err := webhook.NewVerifier(cfg.IngestSecrets...)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	svc, err := relay.NewService(relay.Config{
+		Store: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
+		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease,
+	})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	log.InfoContext(ctx, "payrelay configured", "config", cfg)
+	return &Handler{Service: svc, Verifier: StandardWebhooks{verifier}, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID}, closeAll, nil
+}
+
+func notConfigured(w http.ResponseWriter, err error) {
+	// The reason goes to the log, not to the caller: it may name configuration.
+	logging.New(os.Stdout, "info").Error("payrelay cannot start; will retry on the next request", "error", err.Error())
+	writeJSON(w, http.StatusInternalServerError, errorBody{Error: "payrelay is not ready", Reason: "retry later"})
+}
+
+// Ingest is the Ingest function: providers' payment notifications.
+func Ingest(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("ingest: %w", err))
+		return
+	}
+	h.Ingest(w, r)
+}
+
+// Deliver is the Deliver function: one attempt of the ladder, called by Cloud Tasks.
+func Deliver(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("deliver: %w", err))
+		return
+	}
+	h.Deliver(w, r)
+}

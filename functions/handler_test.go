@@ -1,0 +1,262 @@
+package functions
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sethvargo/go-retry"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/relay/relaytest"
+	"github.com/payrelay/payrelay/functions/webhook"
+	"github.com/payrelay/payrelay/schedule"
+)
+
+var (
+	testNow    = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	testSecret = webhook.NewSecret([]byte("0123456789abcdef0123456789abcdef"))
+)
+
+type fixture struct {
+	h     *Handler
+	store *relaytest.Store
+	queue *relaytest.Queue
+	posts int
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{store: relaytest.NewStore(), queue: relaytest.NewQueue()}
+	clock := relaytest.NewClock(testNow)
+	log := slog.New(slog.NewTextHandler(tWriter{t}, nil))
+	svc, err := relay.NewService(relay.Config{
+		Store: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
+		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, int) relay.NotifyResult {
+			f.posts++
+			return relay.NotifyResult{StatusCode: 200}
+		}),
+		Backoff: func() retry.Backoff { return retry.WithMaxRetries(1, retry.NewConstant(time.Millisecond)) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := webhook.NewVerifier(testSecret)
+	f.h = &Handler{Service: svc, Verifier: StandardWebhooks{v}, Logger: log, Clock: clock}
+	return f
+}
+
+// tWriter sends logs to t.Log.
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+const validBody = `{"order_id":"order-1001","transaction_id":"txn-77","amount":"6.48","currency":"CNY","status":"paid","paid_at":"2026-11-24T19:59:00+08:00","app_id":"game-1","metadata":{"sku":"gems_60"}}`
+
+func signed(body string, ts time.Time) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/Ingest", strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("webhook-id", "msg_1")
+	r.Header.Set("webhook-timestamp", strconv.FormatInt(ts.Unix(), 10))
+	r.Header.Set("webhook-signature", testSecret.Sign("msg_1", ts, []byte(body)))
+	return r
+}
+
+func serve(hf http.HandlerFunc, r *http.Request) (int, map[string]any) {
+	w := httptest.NewRecorder()
+	hf(w, r)
+	var out map[string]any
+	json.Unmarshal(w.Body.Bytes(), &out)
+	return w.Code, out
+}
+
+func TestIngestValid(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	code, out := serve(f.h.Ingest, signed(validBody, testNow))
+	if code != http.StatusOK || out["duplicate"] != false {
+		t.Fatalf("Ingest = %d %v", code, out)
+	}
+	id := relay.PaymentID("generic", "order-1001")
+	p := f.store.Payment(id)
+	if p == nil || p.AmountMinor != 648 || p.Currency != "CNY" || p.State != relay.StatePending || out["payment_id"] != id {
+		t.Fatalf("stored %+v", p)
+	}
+	if tasks := f.queue.Snapshot(); len(tasks) != 1 || tasks[0].Name() != id+"-1" || !tasks[0].At.Equal(testNow) {
+		t.Fatalf("tasks = %+v, want %s-1 now", tasks, id)
+	}
+	code, out = serve(f.h.Ingest, signed(validBody, testNow))
+	if code != http.StatusOK || out["duplicate"] != true || len(f.queue.Snapshot()) != 1 {
+		t.Errorf("repeat = %d %v with %d tasks; want 200, duplicate, one task", code, out, len(f.queue.Snapshot()))
+	}
+	changed := strings.Replace(validBody, `"6.48"`, `"0.01"`, 1)
+	if code, _ := serve(f.h.Ingest, signed(changed, testNow)); code != http.StatusConflict {
+		t.Errorf("same order, other amount = %d, want 409", code)
+	}
+	if f.store.Payment(id).AmountMinor != 648 {
+		t.Error("the conflicting callback changed the stored payment")
+	}
+}
+
+func TestIngestRefusals(t *testing.T) {
+	t.Parallel()
+	replace := func(old, new string) string { return strings.Replace(validBody, old, new, 1) }
+	cases := []struct {
+		name  string
+		req   func() *http.Request
+		code  int
+		field string
+	}{
+		{"bad signature", func() *http.Request {
+			r := signed(validBody, testNow)
+			r.Header.Set("webhook-signature", webhook.NewSecret([]byte("another-secret-another-secret-32")).Sign("msg_1", testNow, []byte(validBody)))
+			return r
+		}, http.StatusUnauthorized, ""},
+		{"tampered body", func() *http.Request {
+			r := signed(validBody, testNow)
+			r.Body = http.NoBody
+			r2 := httptest.NewRequest(http.MethodPost, "/Ingest", strings.NewReader(replace(`"6.48"`, `"648.00"`)))
+			r2.Header = r.Header
+			return r2
+		}, http.StatusUnauthorized, ""},
+		{"stale timestamp", func() *http.Request { return signed(validBody, testNow.Add(-6*time.Minute)) }, http.StatusUnauthorized, ""},
+		{"missing signature", func() *http.Request {
+			r := signed(validBody, testNow)
+			r.Header.Del("webhook-signature")
+			return r
+		}, http.StatusUnauthorized, ""},
+		{"malformed JSON", func() *http.Request { return signed(`{"order_id":`, testNow) }, http.StatusBadRequest, "body"},
+		{"missing order", func() *http.Request { return signed(replace(`"order_id":"order-1001",`, ""), testNow) }, http.StatusUnprocessableEntity, "order_id"},
+		{"missing transaction", func() *http.Request { return signed(replace(`"transaction_id":"txn-77",`, ""), testNow) }, http.StatusUnprocessableEntity, "transaction_id"},
+		{"order charset", func() *http.Request { return signed(replace(`order-1001`, `order/1001`), testNow) }, http.StatusUnprocessableEntity, "order_id"},
+		{"zero amount", func() *http.Request { return signed(replace(`"6.48"`, `"0.00"`), testNow) }, http.StatusUnprocessableEntity, "amount"},
+		{"negative amount", func() *http.Request { return signed(replace(`"6.48"`, `"-6.48"`), testNow) }, http.StatusUnprocessableEntity, "amount"},
+		{"amount beyond minor unit", func() *http.Request { return signed(replace(`"6.48"`, `"6.485"`), testNow) }, http.StatusUnprocessableEntity, "amount"},
+		{"numeric amount", func() *http.Request { return signed(replace(`"6.48"`, `6.48`), testNow) }, http.StatusBadRequest, "body"},
+		{"unknown currency", func() *http.Request { return signed(replace(`"CNY"`, `"RMB"`), testNow) }, http.StatusUnprocessableEntity, "currency"},
+		{"unpaid status", func() *http.Request { return signed(replace(`"paid"`, `"pending"`), testNow) }, http.StatusUnprocessableEntity, "status"},
+		{"bad paid_at", func() *http.Request { return signed(replace(`2026-11-24T19:59:00+08:00`, `yesterday`), testNow) }, http.StatusUnprocessableEntity, "paid_at"},
+		{"missing app", func() *http.Request { return signed(replace(`"app_id":"game-1",`, ""), testNow) }, http.StatusUnprocessableEntity, "app_id"},
+		{"oversized", func() *http.Request {
+			return signed(replace(`"gems_60"`, `"`+strings.Repeat("x", MaxIngestBody)+`"`), testNow)
+		}, http.StatusRequestEntityTooLarge, ""},
+		{"GET", func() *http.Request {
+			r := signed(validBody, testNow)
+			r.Method = http.MethodGet
+			return r
+		}, http.StatusMethodNotAllowed, ""},
+		{"form content type", func() *http.Request {
+			r := signed(validBody, testNow)
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			return r
+		}, http.StatusUnsupportedMediaType, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			code, out := serve(f.h.Ingest, tc.req())
+			if code != tc.code {
+				t.Fatalf("status = %d (%v), want %d", code, out, tc.code)
+			}
+			if out["error"] == nil || out["error"] == "" {
+				t.Errorf("no JSON error in %v", out)
+			}
+			if tc.field != "" && out["field"] != tc.field {
+				t.Errorf("field = %v, want %s", out["field"], tc.field)
+			}
+			if f.store.Len() != 0 || len(f.queue.Snapshot()) != 0 {
+				t.Errorf("a refused request stored %d payments and enqueued %d tasks", f.store.Len(), len(f.queue.Snapshot()))
+			}
+		})
+	}
+}
+
+func TestIngestDependencyDown(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.store.Fail = func(string) error { return fmt.Errorf("firestore: %w", relay.ErrUnavailable) }
+	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusServiceUnavailable {
+		t.Errorf("store down: %d, want 503", code)
+	}
+	f.store.Fail = nil
+	f.queue.Fail = func(relay.Task) error { return fmt.Errorf("cloudtasks: %w", relay.ErrUnavailable) }
+	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusServiceUnavailable {
+		t.Errorf("queue down: %d, want 503", code)
+	}
+	f.queue.Fail = nil
+	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK || len(f.queue.Snapshot()) != 1 {
+		t.Errorf("provider retry after recovery: %d with %d tasks, want 200 and the first task", code, len(f.queue.Snapshot()))
+	}
+}
+
+func deliverReq(body string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/Deliver", strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("X-CloudTasks-TaskName", "abc-1")
+	r.Header.Set("X-CloudTasks-TaskRetryCount", "0")
+	return r
+}
+
+func TestDeliverHandler(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK {
+		t.Fatal("ingest failed")
+	}
+	id := relay.PaymentID("generic", "order-1001")
+	for _, body := range []string{`not json`, `{}`, `{"payment_id":"x","attempt":0}`, `{"payment_id":"unknown","attempt":1}`} {
+		code, out := serve(f.h.Deliver, deliverReq(body))
+		if code != http.StatusOK || out["outcome"] != "rejected" {
+			t.Errorf("Deliver(%s) = %d %v, want 200 rejected (never retried forever)", body, code, out)
+		}
+	}
+	get := deliverReq(`{}`)
+	get.Method = http.MethodGet
+	if code, _ := serve(f.h.Deliver, get); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET Deliver = %d, want 405", code)
+	}
+	if code, _ := serve(f.h.Deliver, deliverReq(strings.Repeat(" ", MaxDeliverBody+1))); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized task = %d, want 413", code)
+	}
+	task := fmt.Sprintf(`{"payment_id":%q,"attempt":1}`, id)
+	f.store.Fail = func(string) error { return fmt.Errorf("firestore: %w", relay.ErrUnavailable) }
+	if code, _ := serve(f.h.Deliver, deliverReq(task)); code != http.StatusServiceUnavailable || f.posts != 0 {
+		t.Errorf("store down: %d after %d posts, want 503 and no post", code, f.posts)
+	}
+	f.store.Fail = nil
+	// Another delivery holds a live lease: answer non-2xx so Cloud Tasks retries later.
+	p, v, _ := f.store.Get(context.Background(), id)
+	p.State, p.Lease = relay.StateDelivering, &relay.Lease{Attempt: 1, Owner: "other", Until: testNow.Add(time.Minute)}
+	f.store.Update(context.Background(), p, v)
+	if code, out := serve(f.h.Deliver, deliverReq(task)); code != http.StatusConflict || out["outcome"] != "busy" || f.posts != 0 {
+		t.Errorf("live lease: %d %v, want 409 busy and no post", code, out)
+	}
+	p, v, _ = f.store.Get(context.Background(), id)
+	p.State, p.Lease = relay.StatePending, nil
+	f.store.Update(context.Background(), p, v)
+	if code, out := serve(f.h.Deliver, deliverReq(task)); code != http.StatusOK || out["outcome"] != "delivered" || f.posts != 1 {
+		t.Errorf("Deliver = %d %v after %d posts, want 200 delivered after 1", code, out, f.posts)
+	}
+	if code, out := serve(f.h.Deliver, deliverReq(task)); code != http.StatusOK || out["outcome"] != "ignored" || f.posts != 1 {
+		t.Errorf("duplicate task = %d %v after %d posts, want 200 ignored, no second post", code, out, f.posts)
+	}
+}
+
+func TestDrainRefusesNewRequests(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	if err := f.h.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusServiceUnavailable || f.store.Len() != 0 {
+		t.Errorf("Ingest while draining = %d, want 503 and nothing stored", code)
+	}
+}

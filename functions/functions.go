@@ -80,7 +80,7 @@ func Drain(ctx context.Context) error {
 // Options are what Build takes besides the configuration.
 type Options struct {
 	Observer relay.Observer
-	Logger   *slog.Logger  // nil: JSON on stdout at the configured level
+	Logger   *slog.Logger   // nil: JSON on stdout at the configured level
 	Counter  *store.Counter // counts Firestore operations (benchmarks)
 	OnCreate func()         // counts Cloud Tasks creates (benchmarks)
 }

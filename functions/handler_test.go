@@ -56,7 +56,10 @@ func newFixture(t *testing.T) *fixture {
 // tWriter sends logs to t.Log.
 type tWriter struct{ t *testing.T }
 
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 const validBody = `{"order_id":"order-1001","transaction_id":"txn-77","amount":"6.48","currency":"CNY","status":"paid","paid_at":"2026-11-24T19:59:00+08:00","app_id":"game-1","metadata":{"sku":"gems_60"}}`
 

@@ -1,0 +1,263 @@
+package stack_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
+	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/infra/gamehttp"
+	"github.com/payrelay/payrelay/infra/store"
+	"github.com/payrelay/payrelay/local/gameserver"
+	"github.com/payrelay/payrelay/local/stack"
+	"github.com/payrelay/payrelay/local/tasksemu"
+	"github.com/payrelay/payrelay/schedule"
+)
+
+// compression plays the 24h22m ladder in about 4.4 s.
+const compression = 20000
+
+var (
+	st       *stack.Stack
+	startErr error
+	payments *store.Firestore
+	ladder   schedule.Ladder
+)
+
+func TestMain(m *testing.M) {
+	ctx := context.Background()
+	ladder, _ = schedule.Default().Compress(compression)
+	st, startErr = stack.Start(ctx, stack.Options{
+		FirestoreHost: os.Getenv("FIRESTORE_EMULATOR_HOST"),
+		Compression:   compression,
+		Collection:    fmt.Sprintf("e2e-%d", time.Now().UnixNano()),
+		LogLevel:      "warn",
+	})
+	if startErr == nil {
+		st.Game.SetDecide(decide)
+		payments, startErr = st.OpenStore(ctx)
+	}
+	code := m.Run()
+	if st != nil {
+		stopCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		st.Stop(stopCtx)
+		cancel()
+	}
+	os.Exit(code)
+}
+
+// decide answers by order id prefix: ok-* at once, fail3-* fails attempts 1-3, fail-* always,
+// slow-* takes 300 ms to acknowledge.
+func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
+	switch {
+	case strings.HasPrefix(p.OrderID, "fail3-") && attempt <= 3:
+		return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
+	case strings.HasPrefix(p.OrderID, "fail-"):
+		return gameserver.Answer{Status: http.StatusInternalServerError}, true
+	case strings.HasPrefix(p.OrderID, "slow-"):
+		return gameserver.Answer{Status: http.StatusOK, Delay: 300 * time.Millisecond}, true
+	}
+	return gameserver.Answer{Status: http.StatusOK}, true
+}
+
+func need(t *testing.T) {
+	t.Helper()
+	if startErr != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the local stack did not start in CI: %v", startErr)
+		}
+		t.Skipf("the local stack did not start: %v", startErr)
+	}
+}
+
+func ingest(t *testing.T, order string) string {
+	t.Helper()
+	code, body, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SampleBody(order, "6.48", "CNY"))
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("Ingest(%s) = %d %s %v", order, code, body, err)
+	}
+	var out struct{ PaymentID string `json:"payment_id"` }
+	json.Unmarshal(body, &out)
+	return out.PaymentID
+}
+
+// waitState polls the store until the payment reaches a terminal state.
+func waitTerminal(t *testing.T, id string, within time.Duration) *relay.Payment {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		p, _, err := payments.Get(context.Background(), id)
+		if err == nil && p.State.Terminal() {
+			return p
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p, _, err := payments.Get(context.Background(), id)
+	t.Fatalf("payment %s not terminal after %v: %+v %v", id, within, p, err)
+	return nil
+}
+
+func attemptsOf(hits []gameserver.Hit) []int {
+	var n []int
+	for _, h := range hits {
+		n = append(n, h.Attempt)
+	}
+	return n
+}
+
+func TestDeliveredAtOnce(t *testing.T) {
+	t.Parallel()
+	need(t)
+	id := ingest(t, "ok-1")
+	p := waitTerminal(t, id, 20*time.Second)
+	hits := st.Game.Hits(id)
+	if p.State != relay.StateDelivered || len(hits) != 1 || len(p.Attempts) != 1 || p.Attempts[0].StatusCode != 200 {
+		t.Fatalf("state %s, %d posts, attempts %+v; want delivered after one", p.State, len(hits), p.Attempts)
+	}
+	got := hits[0].Payload
+	if got.OrderID != "ok-1" || got.AmountMinor != 648 || got.Currency != "CNY" || got.Provider != "generic" || got.Status != "paid" || got.AppID != "demo-game" {
+		t.Errorf("game server got %+v", got)
+	}
+}
+
+func TestDeliveredAtAttemptFour(t *testing.T) {
+	t.Parallel()
+	need(t)
+	id := ingest(t, "fail3-1")
+	p := waitTerminal(t, id, 20*time.Second)
+	hits := st.Game.Hits(id)
+	if p.State != relay.StateDelivered || fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4]" {
+		t.Fatalf("state %s after posts for attempts %v; want delivered at attempt 4", p.State, attemptsOf(hits))
+	}
+	for i := 1; i < len(hits); i++ {
+		gap, want := hits[i].At.Sub(hits[i-1].At), ladder.Wait(i+1)
+		if gap < want {
+			t.Errorf("attempt %d came %v after attempt %d, before the ladder's %v", i+1, gap, i, want)
+		}
+		t.Logf("attempt %d: planned wait %v, actual %v", i+1, want, gap)
+	}
+	for i, a := range p.Attempts {
+		wantCode, wantClass := 503, relay.ErrorHTTP
+		if i == 3 {
+			wantCode, wantClass = 200, relay.ErrorNone
+		}
+		if a.Number != i+1 || a.StatusCode != wantCode || a.ErrorClass != wantClass || a.Response == "" {
+			t.Errorf("record %d = %+v", i, a)
+		}
+	}
+}
+
+func TestAlwaysFailingGivesEightAttempts(t *testing.T) {
+	t.Parallel()
+	need(t)
+	id := ingest(t, "fail-1")
+	p := waitTerminal(t, id, 40*time.Second)
+	hits := st.Game.Hits(id)
+	if p.State != relay.StateFailed || fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4 5 6 7 8]" || len(p.Attempts) != 8 {
+		t.Fatalf("state %s after posts %v and %d records; want failed after exactly 8", p.State, attemptsOf(hits), len(p.Attempts))
+	}
+	if total, want := hits[7].At.Sub(hits[0].At), ladder.Elapsed(8); total < want {
+		t.Errorf("8 attempts took %v, less than the ladder's %v", total, want)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(st.Game.Hits(id)); n != 8 {
+		t.Errorf("%d posts after failing, want no more than 8", n)
+	}
+}
+
+func TestRepeatedCallbackGivesOneChain(t *testing.T) {
+	t.Parallel()
+	need(t)
+	body := stack.SampleBody("repeat-1", "30.00", "CNY")
+	var wg sync.WaitGroup
+	codes := make(chan int, 6)
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body)
+			if err != nil {
+				t.Error(err)
+			}
+			codes <- code
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("a repeated callback got %d, want 200", c)
+		}
+	}
+	id := relay.PaymentID("generic", "repeat-1")
+	waitTerminal(t, id, 20*time.Second)
+	if code, _, _ := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body); code != http.StatusOK {
+		t.Errorf("callback after delivery got %d", code)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if hits := st.Game.Hits(id); len(hits) != 1 {
+		t.Errorf("game server got %d posts for one payment called back 7 times, want 1", len(hits))
+	}
+}
+
+func TestDuplicatedTaskGivesNoSecondPost(t *testing.T) {
+	t.Parallel()
+	need(t)
+	id := ingest(t, "slow-dup-1")
+	// While attempt 1 is in flight (the game server takes 300 ms), Cloud Tasks "delivers" the
+	// same attempt again: three copies through the emulator and two straight to Deliver.
+	c := newTasksClient(t)
+	body := fmt.Appendf(nil, `{"payment_id":%q,"attempt":1}`, id)
+	for i := range 3 {
+		_, err := c.CreateTask(context.Background(), &cloudtaskspb.CreateTaskRequest{Parent: tasksemu.DefaultQueue, Task: &cloudtaskspb.Task{
+			Name:         fmt.Sprintf("%s/tasks/copy-%s-%d", tasksemu.DefaultQueue, id, i),
+			ScheduleTime: timestamppb.Now(),
+			MessageType: &cloudtaskspb.Task_HttpRequest{HttpRequest: &cloudtaskspb.HttpRequest{
+				Url: st.FunctionsURL + "/Deliver", HttpMethod: cloudtaskspb.HttpMethod_POST, Body: body}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Post(st.FunctionsURL+"/Deliver", "application/json", strings.NewReader(string(body)))
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	p := waitTerminal(t, id, 20*time.Second)
+	time.Sleep(500 * time.Millisecond) // let the copies' retries play out
+	if hits := st.Game.Hits(id); len(hits) != 1 || p.State != relay.StateDelivered {
+		t.Errorf("game server got %d posts (attempts %v) for one attempt dispatched 6 times, want 1", len(hits), attemptsOf(hits))
+	}
+}
+
+func newTasksClient(t *testing.T) *cloudtasks.Client {
+	t.Helper()
+	c, err := cloudtasks.NewClient(context.Background(), option.WithEndpoint(st.TasksAddr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

@@ -1,0 +1,304 @@
+// Package stack brings up the whole relay on one machine, in one process: the Firestore
+// emulator (started, or reused from FIRESTORE_EMULATOR_HOST), the Cloud Tasks emulator, a demo
+// game server, and the real Ingest and Deliver functions served by functions-framework. The
+// local runner, the end-to-end tests and the benchmarks all start it the same way.
+//
+// The functions read their configuration from the environment, as in the cloud, and
+// functions-framework serves from a process-wide registry, so there is one stack per process.
+package stack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
+	"github.com/GoogleCloudPlatform/functions-framework-go/funcframework"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/payrelay/payrelay/functions"
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
+	"github.com/payrelay/payrelay/infra/store"
+	"github.com/payrelay/payrelay/local/emulator"
+	"github.com/payrelay/payrelay/local/gameserver"
+	"github.com/payrelay/payrelay/local/tasksemu"
+)
+
+// ProjectID is the project the local stack uses in the emulators.
+const ProjectID = "payrelay-local"
+
+// The local secrets: well known on purpose, for local runs only. Their keys are printable so
+// the README's curl example can sign with `openssl dgst -hmac`.
+const (
+	IngestKey = "payrelay-local-ingest-secret-32b"
+	GameKey   = "payrelay-local-game-secret-32byt"
+)
+
+var (
+	// IngestSecret verifies what is sent to the local Ingest.
+	IngestSecret = webhook.NewSecret([]byte(IngestKey))
+	// GameSecret signs what the local Deliver posts to the demo game server.
+	GameSecret = webhook.NewSecret([]byte(GameKey))
+)
+
+// Options configure a stack. Zero ports pick free ones.
+type Options struct {
+	Host          string // default 127.0.0.1
+	Port          int    // the functions
+	TasksPort     int
+	GamePort      int
+	FirestorePort int
+	// FirestoreHost reuses a running Firestore emulator instead of starting one.
+	FirestoreHost string
+	// Compression divides the ladder (default 1000: 24h22m in 88 s).
+	Compression int
+	// Ladder overrides the default ladder.
+	Ladder string
+	// Game is the demo game server's behaviour.
+	Game gameserver.Behaviour
+	// TasksDataDir makes the Cloud Tasks emulator durable.
+	TasksDataDir string
+	// Collection holds the payments (default "payments").
+	Collection string
+	Observer   relay.Observer
+	// LogLevel of the functions' JSON logs (default "error": the runner shows progress itself).
+	LogLevel string
+	// Lease overrides DELIVER_LEASE (default 60s); DeliverTimeout overrides DELIVER_TIMEOUT.
+	Lease          time.Duration
+	DeliverTimeout time.Duration
+	// FirestoreLog receives the emulator's output.
+	FirestoreLog io.Writer
+}
+
+// Stack is a running relay.
+type Stack struct {
+	Opts          Options
+	FunctionsURL  string // http://host:port; Ingest at /Ingest, Deliver at /Deliver
+	FirestoreHost string
+	TasksAddr     string
+	Tasks         *tasksemu.Server
+	Game          *gameserver.Server
+	firestore     *emulator.Firestore // started by us
+}
+
+var (
+	startedMu sync.Mutex
+	started   bool
+)
+
+// ErrPortInUse says which port could not be had.
+var ErrPortInUse = errors.New("port in use")
+
+// CheckPort fails when port cannot be listened on at host.
+func CheckPort(host string, port int, what string) error {
+	if port == 0 {
+		return nil
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("%w: %s port %d on %s: %v", ErrPortInUse, what, port, host, err)
+	}
+	return l.Close()
+}
+
+func pick(port int) (int, error) {
+	if port != 0 {
+		return port, nil
+	}
+	return emulator.FreePort()
+}
+
+// Start brings the stack up; on any error, what was started is stopped again.
+func Start(ctx context.Context, o Options) (s *Stack, err error) {
+	startedMu.Lock()
+	defer startedMu.Unlock()
+	if started {
+		return nil, errors.New("stack: one stack per process (functions-framework serves a process-wide registry)")
+	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.Compression == 0 {
+		o.Compression = 1000
+	}
+	if o.Collection == "" {
+		o.Collection = "payments"
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "error"
+	}
+	if o.Lease == 0 {
+		o.Lease = time.Minute
+	}
+	if o.DeliverTimeout == 0 {
+		o.DeliverTimeout = 10 * time.Second
+	}
+	for _, p := range []struct {
+		port int
+		what string
+	}{{o.Port, "functions (-port or PORT)"}, {o.TasksPort, "Cloud Tasks emulator (-tasks-port)"}, {o.GamePort, "demo game server (-game-port)"}} {
+		if err := CheckPort(o.Host, p.port, p.what); err != nil {
+			return nil, err
+		}
+	}
+	if o.FirestoreHost == "" {
+		if err := CheckPort("127.0.0.1", o.FirestorePort, "Firestore emulator (-firestore-port)"); err != nil {
+			return nil, err
+		}
+	}
+	if o.Port, err = pick(o.Port); err != nil {
+		return nil, err
+	}
+	s = &Stack{Opts: o}
+	defer func() {
+		if err != nil {
+			s.Stop(context.Background())
+			s = nil
+		}
+	}()
+
+	s.FirestoreHost = o.FirestoreHost
+	if s.FirestoreHost == "" {
+		s.firestore, err = emulator.StartFirestore(ctx, o.FirestorePort, o.FirestoreLog)
+		if err != nil {
+			return s, err
+		}
+		s.FirestoreHost = s.firestore.Host
+	}
+
+	s.Tasks, err = tasksemu.New(tasksemu.Options{DataDir: o.TasksDataDir, Queues: []string{tasksemu.DefaultQueue}})
+	if err != nil {
+		return s, err
+	}
+	// Like the deployed queue: our own failures are retried without end, with bounded backoff.
+	if _, err = s.Tasks.UpdateQueue(ctx, &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
+		Name: tasksemu.DefaultQueue,
+		RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(100 * time.Millisecond),
+			MaxBackoff: durationpb.New(5 * time.Second), MaxDoublings: 5},
+	}}); err != nil {
+		return s, err
+	}
+	if s.TasksAddr, err = s.Tasks.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort))); err != nil {
+		return s, err
+	}
+	if s.Game, err = gameserver.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.GamePort)), GameSecret, o.Game); err != nil {
+		return s, fmt.Errorf("demo game server: %w", err)
+	}
+
+	s.FunctionsURL = "http://" + net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+	env := map[string]string{
+		"PROJECT_ID":                ProjectID,
+		"PAYMENTS_COLLECTION":       o.Collection,
+		"TASKS_QUEUE":               tasksemu.DefaultQueue,
+		"DELIVER_URL":               s.FunctionsURL + "/Deliver",
+		"GAME_SERVER_URL":           s.Game.URL,
+		"GAME_SERVER_SECRET":        GameSecret.Encode(),
+		"INGEST_SECRETS":            IngestSecret.Encode(),
+		"LADDER":                    o.Ladder,
+		"LADDER_COMPRESSION":        strconv.Itoa(o.Compression),
+		"DELIVER_TIMEOUT":           o.DeliverTimeout.String(),
+		"DELIVER_LEASE":             o.Lease.String(),
+		"CLOUD_TASKS_EMULATOR_HOST": s.TasksAddr,
+		"FIRESTORE_EMULATOR_HOST":   s.FirestoreHost,
+		"LOG_LEVEL":                 o.LogLevel,
+	}
+	for k, v := range env {
+		if err = os.Setenv(k, v); err != nil {
+			return s, err
+		}
+	}
+	functions.SetObserver(o.Observer)
+	served := make(chan error, 1)
+	go func() { served <- funcframework.StartHostPort(o.Host, strconv.Itoa(o.Port)) }()
+	if err = waitListening(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), served); err != nil {
+		return s, fmt.Errorf("functions-framework: %w", err)
+	}
+	started = true
+	return s, nil
+}
+
+func waitListening(ctx context.Context, addr string, served <-chan error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-served:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("not listening on %s after 10s", addr)
+}
+
+// Stop drains the functions (new requests get 503; those in flight finish, bounded by ctx),
+// stops the Cloud Tasks emulator and the game server, and stops the Firestore emulator if it
+// started it. functions-framework's listener closes with the process.
+func (s *Stack) Stop(ctx context.Context) error {
+	var errs []error
+	errs = append(errs, functions.Drain(ctx))
+	if s.Tasks != nil {
+		errs = append(errs, s.Tasks.Close(ctx))
+	}
+	if s.Game != nil {
+		errs = append(errs, s.Game.Close())
+	}
+	if s.firestore != nil {
+		errs = append(errs, s.firestore.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+// FirestorePid is the process group of the Firestore emulator the stack started, or 0.
+func (s *Stack) FirestorePid() int {
+	if s.firestore == nil {
+		return 0
+	}
+	return s.firestore.Pid()
+}
+
+// OpenStore opens the stack's payments collection, for checks and progress.
+func (s *Stack) OpenStore(ctx context.Context) (*store.Firestore, error) {
+	return store.NewFirestore(ctx, ProjectID, "", s.Opts.Collection)
+}
+
+// SampleBody is a valid generic-format payment for order.
+func SampleBody(order, amount, currency string) []byte {
+	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"paid","paid_at":%q,"app_id":"demo-game","metadata":{"sku":"gems_60"}}`,
+		order, order, amount, currency, time.Now().UTC().Format(time.RFC3339))
+}
+
+// Send posts body to an Ingest URL signed with secret, as a provider would.
+func Send(ctx context.Context, ingestURL string, secret webhook.Secret, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ingestURL, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	now := time.Now()
+	id := fmt.Sprintf("msg_%d", now.UnixNano())
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(webhook.HeaderID, id)
+	req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set(webhook.HeaderSignature, secret.Sign(id, now, body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, out, err
+}

@@ -112,9 +112,17 @@ func (f *Firestore) Stop() error {
 		syscall.Kill(-pgid, syscall.SIGKILL)
 		<-f.done
 	}
-	// gcloud may exit before its Java child: make sure nothing of the group survives.
+	// gcloud may exit before its Java child: make sure nothing of the group survives, and
+	// return only once the port is free again, so a caller may start another at once.
 	syscall.Kill(-pgid, syscall.SIGKILL)
-	return nil
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", f.Host, 100*time.Millisecond)
+		if err != nil {
+			return nil
+		}
+		c.Close()
+	}
+	return fmt.Errorf("the Firestore emulator on %s still accepts connections 10s after it was killed", f.Host)
 }
 
 // Pid is the process-group id of the emulator, for checks that nothing is left running.

@@ -89,7 +89,9 @@ func ingest(t *testing.T, order string) string {
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("Ingest(%s) = %d %s %v", order, code, body, err)
 	}
-	var out struct{ PaymentID string `json:"payment_id"` }
+	var out struct {
+		PaymentID string `json:"payment_id"`
+	}
 	json.Unmarshal(body, &out)
 	return out.PaymentID
 }

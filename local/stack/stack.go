@@ -276,10 +276,14 @@ func (s *Stack) OpenStore(ctx context.Context) (*store.Firestore, error) {
 	return store.NewFirestore(ctx, ProjectID, "", s.Opts.Collection)
 }
 
+// SamplePaidAt is the paid_at of sample payments: fixed, so that sending the same order again
+// is a repeated callback (one chain), not a contradicting one (409).
+const SamplePaidAt = "2026-11-24T20:00:00+08:00"
+
 // SampleBody is a valid generic-format payment for order.
 func SampleBody(order, amount, currency string) []byte {
 	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"paid","paid_at":%q,"app_id":"demo-game","metadata":{"sku":"gems_60"}}`,
-		order, order, amount, currency, time.Now().UTC().Format(time.RFC3339))
+		order, order, amount, currency, SamplePaidAt)
 }
 
 // Send posts body to an Ingest URL signed with secret, as a provider would.

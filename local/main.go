@@ -1,0 +1,296 @@
+// Command local runs payrelay on one machine: the real Ingest and Deliver functions served by
+// functions-framework, against the Firestore emulator and payrelay's Cloud Tasks emulator,
+// with a demo game server, and the ladder compressed so a whole day plays in under two
+// minutes.
+//
+//	go run ./local                    run the relay (Ctrl-C stops everything it started)
+//	go run ./local send               send a correctly signed sample payment to it
+//	go run ./local tasks-emulator     run only the Cloud Tasks emulator, for other projects
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
+	"github.com/payrelay/payrelay/local/emulator"
+	"github.com/payrelay/payrelay/local/gameserver"
+	"github.com/payrelay/payrelay/local/stack"
+	"github.com/payrelay/payrelay/local/tasksemu"
+	"github.com/payrelay/payrelay/schedule"
+)
+
+// env is what the runner reads from the environment, once.
+type env struct {
+	Port          int    `env:"PORT, default=8080"`
+	FirestoreHost string `env:"FIRESTORE_EMULATOR_HOST"`
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var e env
+	if err := envconfig.Process(context.Background(), &e); err != nil {
+		fmt.Fprintln(stderr, "payrelay local:", err)
+		return 2
+	}
+	if len(args) > 0 {
+		switch args[0] {
+		case "send":
+			return send(args[1:], e, stdout, stderr)
+		case "tasks-emulator":
+			return tasksEmulator(args[1:], stdout, stderr)
+		case "help", "-h", "--help":
+			usage(stderr)
+			return 0
+		}
+	}
+	return relayLocally(args, e, stdout, stderr)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  go run ./local [flags]                  run payrelay locally (see flags with -h)
+  go run ./local send [flags]             send a signed sample payment to it
+  go run ./local tasks-emulator [flags]   run only the Cloud Tasks emulator
+`)
+}
+
+func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("payrelay local", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	port := fs.Int("port", e.Port, "port of the functions (Ingest at /Ingest, Deliver at /Deliver); PORT sets the default")
+	tasksPort := fs.Int("tasks-port", 8123, "port of the Cloud Tasks emulator (gRPC)")
+	gamePort := fs.Int("game-port", 8090, "port of the demo game server")
+	firestorePort := fs.Int("firestore-port", 8085, "port of the Firestore emulator, when this command starts it")
+	compression := fs.Int("compression", 1000, "divide the ladder's waits by this (1 = real time)")
+	ladderSpec := fs.String("ladder", schedule.DefaultSpec, "the notification ladder, comma-separated waits")
+	failFirst := fs.Int("fail-first", 0, "demo game server: fail each payment's first N attempts")
+	failRate := fs.Float64("fail-rate", 0, "demo game server: fail this fraction (0 to 1) of the other attempts")
+	slow := fs.Duration("slow", 0, "demo game server: answer this late (Deliver gives up after 10s)")
+	alwaysFail := fs.Bool("always-fail", false, "demo game server: fail every attempt (payments end failed)")
+	dataDir := fs.String("data-dir", "", "keep the Cloud Tasks emulator's tasks in this directory across restarts")
+	verbose := fs.Bool("v", false, "also print the functions' JSON logs")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "payrelay local: unexpected argument %q\n", fs.Arg(0))
+		usage(stderr)
+		return 2
+	}
+	ladder, err := schedule.Parse(*ladderSpec)
+	var bad []string
+	if err != nil {
+		bad = append(bad, "-ladder: "+err.Error())
+	}
+	if *compression < 1 {
+		bad = append(bad, "-compression must be 1 or more")
+	}
+	if *failFirst < 0 || *failRate < 0 || *failRate > 1 || *slow < 0 {
+		bad = append(bad, "-fail-first and -slow must not be negative; -fail-rate must be between 0 and 1")
+	}
+	for _, p := range []*int{port, tasksPort, gamePort, firestorePort} {
+		if *p < 1 || *p > 65535 {
+			bad = append(bad, fmt.Sprintf("port %d is not between 1 and 65535", *p))
+		}
+	}
+	if len(bad) > 0 {
+		fmt.Fprintln(stderr, "payrelay local: "+strings.Join(bad, "; "))
+		return 2
+	}
+	compressed, _ := ladder.Compress(*compression)
+	logLevel := "error"
+	if *verbose {
+		logLevel = "info"
+	}
+	prog := &progress{w: stdout, start: time.Now()}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
+	s, err := stack.Start(ctx, stack.Options{
+		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, FirestorePort: *firestorePort,
+		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
+		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
+		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel,
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "payrelay local:", err)
+		if errors.Is(err, emulator.ErrNotInstalled) {
+			fmt.Fprintln(stderr, "  to install it:", emulator.InstallHint)
+		}
+		return 1
+	}
+	firestoreNote := "started by this command; stopped on exit"
+	if e.FirestoreHost != "" {
+		firestoreNote = "reused from FIRESTORE_EMULATOR_HOST"
+	}
+	fmt.Fprintf(stdout, `
+  Ingest                http://%[1]s/Ingest
+  Deliver               http://%[1]s/Deliver
+  Firestore emulator    %[2]s (%[3]s)
+  Cloud Tasks emulator  %[4]s  queue %[5]s
+  demo game server      %[6]s  (fail first %[7]d, fail rate %[8]g, delay %[9]s, always fail %[10]v)
+  ladder                %[11]s, compressed %[12]dx: %[13]d attempts within %[14]s (real time %[15]s)
+
+Send a payment from another terminal:  go run ./local send      Stop with Ctrl-C.
+ready
+`, strings.TrimPrefix(s.FunctionsURL, "http://"), s.FirestoreHost, firestoreNote, s.TasksAddr, tasksemu.DefaultQueue, s.Game.URL,
+		*failFirst, *failRate, *slow, *alwaysFail, ladder, *compression, compressed.Attempts(),
+		compressed.Elapsed(compressed.Attempts()), ladder.Elapsed(ladder.Attempts()))
+	<-ctx.Done()
+	stop()
+	fmt.Fprintln(stdout, "\npayrelay local: stopping: refusing new requests, letting deliveries in flight finish (at most 10 s)...")
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Stop(stopCtx); err != nil {
+		fmt.Fprintln(stderr, "payrelay local: stopped with:", err)
+	}
+	fmt.Fprintf(stdout, "payrelay local: stopped; %s\n", prog.summary())
+	return 0
+}
+
+// progress prints what happens to payments, with a running count.
+type progress struct {
+	mu                            sync.Mutex
+	w                             io.Writer
+	start                         time.Time
+	received, delivered, failed   int
+	attempts, duplicates, retried int
+}
+
+func (p *progress) summary() string {
+	return fmt.Sprintf("received %d, delivered %d, failed %d, pending %d, attempts %d",
+		p.received, p.delivered, p.failed, p.received-p.delivered-p.failed, p.attempts)
+}
+
+func (p *progress) line(format string, args ...any) {
+	fmt.Fprintf(p.w, "%s  %-60s [%s]\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...), p.summary())
+}
+
+// Received implements relay.Observer.
+func (p *progress) Received(pay *relay.Payment, duplicate bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if duplicate {
+		p.duplicates++
+		p.line("repeat    %s: already stored, no second chain", pay.OrderID)
+		return
+	}
+	p.received++
+	p.line("received  %s %d %s (payment %.8s)", pay.OrderID, pay.AmountMinor, pay.Currency, pay.ID)
+}
+
+// Attempted implements relay.Observer.
+func (p *progress) Attempted(pay *relay.Payment, rec relay.AttemptRecord, o relay.Outcome) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.attempts++
+	result := strconv.Itoa(rec.StatusCode)
+	if rec.ErrorClass != relay.ErrorNone {
+		result += " " + string(rec.ErrorClass)
+	}
+	switch o {
+	case relay.OutcomeDelivered:
+		p.delivered++
+		p.line("delivered %s at attempt %d (%s, %s)", pay.OrderID, rec.Number, result, rec.Duration.Round(100*time.Microsecond))
+	case relay.OutcomeRetryScheduled:
+		p.line("attempt %d %s failed (%s); attempt %d at %s (in %s)", rec.Number, pay.OrderID, result, pay.Attempt,
+			pay.NextAttemptAt.Local().Format("15:04:05.000"), time.Until(pay.NextAttemptAt).Round(time.Millisecond))
+	case relay.OutcomeFailed:
+		p.failed++
+		p.line("FAILED    %s after %d attempts (%s); kept for replay", pay.OrderID, rec.Number, result)
+	}
+}
+
+func send(args []string, e env, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("payrelay local send", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", e.Port), "the Ingest URL")
+	order := fs.String("order", fmt.Sprintf("demo-%d", time.Now().UnixNano()), "the provider's order id")
+	amount := fs.String("amount", "6.48", "amount in major units, as a decimal string")
+	currency := fs.String("currency", "CNY", "ISO 4217 currency code")
+	secret := fs.String("secret", stack.IngestSecret.Encode(), "the Standard Webhooks secret to sign with (whsec_...)")
+	n := fs.Int("n", 1, "send this many payments (order ids get a -1, -2, ... suffix when more than 1)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	sec, err := webhook.ParseSecret(*secret)
+	if err != nil || *n < 1 {
+		fmt.Fprintln(stderr, "payrelay local send: -secret must be whsec_<base64> and -n at least 1")
+		return 2
+	}
+	for i := 1; i <= *n; i++ {
+		id := *order
+		if *n > 1 {
+			id = fmt.Sprintf("%s-%d", *order, i)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		code, body, err := stack.Send(ctx, *url, sec, stack.SampleBody(id, *amount, *currency))
+		cancel()
+		if err != nil {
+			fmt.Fprintf(stderr, "payrelay local send: %v (is `go run ./local` running?)\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s -> %d %s\n", id, code, strings.TrimSpace(string(body)))
+		if code != 200 {
+			return 1
+		}
+	}
+	return 0
+}
+
+func tasksEmulator(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("payrelay local tasks-emulator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8123", "host:port to serve the Cloud Tasks v2 gRPC API on (plain gRPC)")
+	dataDir := fs.String("data-dir", "", "keep queues, tasks and dedupe tombstones here across restarts (in memory when empty)")
+	dedupe := fs.Duration("dedupe-window", tasksemu.DefaultDedupeWindow, "how long a deleted or executed task's name stays taken")
+	var queues multi
+	fs.Var(&queues, "queue", "a queue to create at start, projects/P/locations/L/queues/Q (repeatable; default "+tasksemu.DefaultQueue+")")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	srv, err := tasksemu.New(tasksemu.Options{DataDir: *dataDir, DedupeWindow: *dedupe, Queues: queues})
+	if err != nil {
+		fmt.Fprintln(stderr, "tasks-emulator:", err)
+		return 2
+	}
+	got, err := srv.Start(*addr)
+	if err != nil {
+		srv.Close(context.Background())
+		fmt.Fprintln(stderr, "tasks-emulator:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "Cloud Tasks emulator on %s (export CLOUD_TASKS_EMULATOR_HOST=%s); Ctrl-C stops it\n", got, got)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Close(closeCtx); err != nil {
+		fmt.Fprintln(stderr, "tasks-emulator: close:", err)
+		return 1
+	}
+	return 0
+}
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }

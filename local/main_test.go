@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/payrelay/payrelay/local/emulator"
+)
+
+// The runner's start and stop, as a user runs it: the built command, its own Firestore
+// emulator (Java), a payment sent with `send`, then SIGTERM; nothing may be left running, and
+// running it again at once must work.
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "payrelay-local")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "payrelay-local")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build ./local: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func ports(t *testing.T, n int) []int {
+	t.Helper()
+	var ps []int
+	for range n {
+		p, err := emulator.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// runner is one started command whose output is read line by line.
+type runner struct {
+	cmd   *exec.Cmd
+	lines chan string
+	all   *bytes.Buffer
+	done  chan error
+}
+
+func startRunner(t *testing.T, env []string, args ...string) *runner {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{cmd: cmd, lines: make(chan string, 1000), all: &bytes.Buffer{}, done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			r.lines <- sc.Text()
+		}
+		close(r.lines)
+	}()
+	go func() { err := cmd.Wait(); pw.Close(); r.done <- err }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+		}
+	})
+	return r
+}
+
+// expect reads lines until one contains want.
+func (r *runner) expect(t *testing.T, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case l, ok := <-r.lines:
+			if !ok {
+				t.Fatalf("output ended before %q:\n%s", want, r.all)
+			}
+			r.all.WriteString(l + "\n")
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no %q within %v:\n%s", want, within, r.all)
+		}
+	}
+}
+
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FIRESTORE_EMULATOR_HOST=") && !strings.HasPrefix(kv, "PORT=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func listening(port int) bool {
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
+}
+
+// firestoreProcesses counts processes whose command line names the emulator's port.
+func firestoreProcesses(t *testing.T, port int) int {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", fmt.Sprintf("firestore.*%d", port)).Output()
+	return len(strings.Fields(string(out)))
+}
+
+func TestRunnerStartSendStop(t *testing.T) {
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("gcloud is missing in CI: %v", err)
+		}
+		t.Skip("gcloud is not installed")
+	}
+	p := ports(t, 4)
+	args := []string{"-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]), "-fail-first", "1", "-compression", "20000"}
+	for round := 1; round <= 2; round++ { // the second round shows it runs again at once
+		r := startRunner(t, childEnv(), args...)
+		r.expect(t, "ready", 90*time.Second)
+		send := exec.Command(bin, "send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]), "-order", fmt.Sprint("runner-", round))
+		send.Env = childEnv()
+		if out, err := send.CombinedOutput(); err != nil || !strings.Contains(string(out), "-> 200") {
+			t.Fatalf("send: %v\n%s", err, out)
+		}
+		r.expect(t, "received  runner-", 10*time.Second)
+		r.expect(t, "attempt 1 runner-", 10*time.Second)
+		r.expect(t, "delivered runner-", 10*time.Second)
+		if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Fatalf("round %d: exit after SIGTERM: %v\n%s", round, err, r.all)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: still running 30s after SIGTERM", round)
+		}
+		for _, port := range p {
+			if listening(port) {
+				t.Errorf("round %d: port %d still listening after exit", round, port)
+			}
+		}
+		if n := firestoreProcesses(t, p[3]); n != 0 {
+			t.Errorf("round %d: %d Firestore emulator processes left running", round, n)
+		}
+	}
+}
+
+func TestRunnerRefusesBadFlags(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-compression", "0"}, {"-fail-rate", "2"}, {"-ladder", "0s,-1m"}, {"-nope"}, {"extra"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = childEnv()
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v: exit %v, want 2\n%s", args, err, out)
+		}
+		if len(out) == 0 {
+			t.Errorf("%v: no message", args)
+		}
+	}
+}
+
+func TestRunnerRefusesOccupiedPort(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	busy := l.Addr().(*net.TCPAddr).Port
+	p := ports(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-port", fmt.Sprint(busy), "-tasks-port", fmt.Sprint(p[0]), "-game-port", fmt.Sprint(p[1]), "-firestore-port", fmt.Sprint(p[2]))
+	cmd.Env = childEnv()
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), fmt.Sprint(busy)) || !strings.Contains(string(out), "in use") {
+		t.Fatalf("occupied port: %v\n%s; want a non-zero exit naming port %d", err, out, busy)
+	}
+	if n := firestoreProcesses(t, p[2]); n != 0 {
+		t.Errorf("%d Firestore emulator processes left after refusing to start", n)
+	}
+}
+
+func TestSendReportsNoServer(t *testing.T) {
+	t.Parallel()
+	p := ports(t, 1)
+	cmd := exec.Command(bin, "send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "go run ./local") {
+		t.Errorf("send with nothing listening: %v\n%s", err, out)
+	}
+}

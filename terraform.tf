@@ -1,0 +1,424 @@
+# payrelay on Google Cloud: Ingest (public; providers call it) and Deliver (private; only Cloud
+# Tasks' invoker identity may call it), 2nd gen Cloud Functions over Firestore and a Cloud Tasks
+# queue. Secrets live in Secret Manager and reach the functions as secret environment
+# variables; no secret value appears in this file, its variables or its state outputs.
+#
+# Build the source first (README, "Deploy"): go run ./infra/deploy/zipsource -o dist/payrelay-source.zip
+
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 6.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project_id
+  region  = var.region
+}
+
+# ---------------------------------------------------------------------------------------------
+# Variables
+
+variable "project_id" {
+  description = "The Google Cloud project to deploy into."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project id: 6-30 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions and the queue, e.g. asia-east1."
+  type        = string
+  default     = "asia-east1"
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a Google Cloud region such as asia-east1."
+  }
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore database (a region such as asia-east1, or a multi-region such as nam5). Fixed once created."
+  type        = string
+  default     = "asia-east1"
+  validation {
+    condition     = can(regex("^([a-z]+-[a-z]+[0-9]|nam5|eur3)$", var.firestore_location))
+    error_message = "firestore_location must be a region or the multi-regions nam5 or eur3."
+  }
+}
+
+variable "name" {
+  description = "Prefix of every resource name."
+  type        = string
+  default     = "payrelay"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,15}$", var.name))
+    error_message = "name must be 3-16 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "game_server_url" {
+  description = "HTTPS URL of the studio's game server endpoint that receives payments."
+  type        = string
+  validation {
+    condition     = can(regex("^https://[^/\\s]+(/\\S*)?$", var.game_server_url))
+    error_message = "game_server_url must be an https:// URL."
+  }
+}
+
+variable "ladder" {
+  description = "Waits before each notification, comma-separated Go durations (Alipay's ladder by default)."
+  type        = string
+  default     = "0s,2m,10m,10m,1h,2h,6h,15h"
+  validation {
+    condition     = can(regex("^\\s*[0-9.]+(ns|us|ms|s|m|h)([0-9.]+(ns|us|ms|s|m|h))*(\\s*,\\s*[0-9.]+(ns|us|ms|s|m|h)([0-9.]+(ns|us|ms|s|m|h))*)*\\s*$", var.ladder))
+    error_message = "ladder must be a comma-separated list of non-negative Go durations such as 0s,2m,1h."
+  }
+}
+
+variable "source_zip" {
+  description = "Path of the function source archive written by `go run ./infra/deploy/zipsource`."
+  type        = string
+  default     = "dist/payrelay-source.zip"
+}
+
+variable "function_memory" {
+  description = "Memory of each function."
+  type        = string
+  default     = "256Mi"
+  validation {
+    condition     = contains(["128Mi", "256Mi", "512Mi", "1Gi", "2Gi"], var.function_memory)
+    error_message = "function_memory must be one of 128Mi, 256Mi, 512Mi, 1Gi, 2Gi."
+  }
+}
+
+variable "function_timeout_seconds" {
+  description = "Request timeout of each function. Deliver needs more than the 10 s game-server timeout."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.function_timeout_seconds >= 30 && var.function_timeout_seconds <= 540
+    error_message = "function_timeout_seconds must be between 30 and 540."
+  }
+}
+
+variable "ingest_max_instances" {
+  description = "Upper bound of Ingest instances."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.ingest_max_instances >= 1 && var.ingest_max_instances <= 1000
+    error_message = "ingest_max_instances must be between 1 and 1000."
+  }
+}
+
+variable "deliver_max_instances" {
+  description = "Upper bound of Deliver instances (with the queue's rate limits, how hard the game server is hit)."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.deliver_max_instances >= 1 && var.deliver_max_instances <= 1000
+    error_message = "deliver_max_instances must be between 1 and 1000."
+  }
+}
+
+variable "queue_max_dispatches_per_second" {
+  description = "Cloud Tasks dispatch rate to Deliver."
+  type        = number
+  default     = 50
+  validation {
+    condition     = var.queue_max_dispatches_per_second > 0 && var.queue_max_dispatches_per_second <= 500
+    error_message = "queue_max_dispatches_per_second must be in (0, 500]."
+  }
+}
+
+variable "queue_max_concurrent_dispatches" {
+  description = "Cloud Tasks concurrent dispatches to Deliver."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.queue_max_concurrent_dispatches >= 1 && var.queue_max_concurrent_dispatches <= 5000
+    error_message = "queue_max_concurrent_dispatches must be between 1 and 5000."
+  }
+}
+
+variable "log_level" {
+  description = "Functions' log level: debug, info, warn or error."
+  type        = string
+  default     = "info"
+  validation {
+    condition     = contains(["debug", "info", "warn", "error"], var.log_level)
+    error_message = "log_level must be debug, info, warn or error."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# APIs (left enabled on destroy: other things in the project may use them)
+
+locals {
+  apis = toset([
+    "cloudfunctions.googleapis.com",
+    "run.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudtasks.googleapis.com",
+    "firestore.googleapis.com",
+    "secretmanager.googleapis.com",
+    "iam.googleapis.com",
+    "storage.googleapis.com",
+  ])
+}
+
+resource "google_project_service" "api" {
+  for_each           = local.apis
+  service            = each.value
+  disable_on_destroy = false
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+# ---------------------------------------------------------------------------------------------
+# Firestore and the queue
+
+resource "google_firestore_database" "payments" {
+  name                    = "(default)"
+  location_id             = var.firestore_location
+  type                    = "FIRESTORE_NATIVE"
+  delete_protection_state = "DELETE_PROTECTION_ENABLED"
+  deletion_policy         = "ABANDON"
+  depends_on              = [google_project_service.api]
+}
+
+# The ladder lives in Firestore and the functions; the queue only retries failures of Deliver
+# itself (store or queue unavailable, a live lease). It must never drop a task while its
+# payment is pending: unlimited attempts, bounded backoff.
+resource "google_cloud_tasks_queue" "deliveries" {
+  name     = "${var.name}-deliveries"
+  location = var.region
+  rate_limits {
+    max_dispatches_per_second = var.queue_max_dispatches_per_second
+    max_concurrent_dispatches = var.queue_max_concurrent_dispatches
+  }
+  retry_config {
+    max_attempts       = -1
+    max_retry_duration = "0s"
+    min_backoff        = "1s"
+    max_backoff        = "60s"
+    max_doublings      = 5
+  }
+  depends_on = [google_project_service.api]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Identities and least privilege
+
+resource "google_service_account" "runtime" {
+  account_id   = "${var.name}-runtime"
+  display_name = "payrelay functions runtime"
+  description  = "Identity of Ingest and Deliver: Firestore, enqueue on the deliveries queue, read payrelay's secrets."
+}
+
+resource "google_service_account" "invoker" {
+  account_id   = "${var.name}-invoker"
+  display_name = "payrelay Cloud Tasks invoker"
+  description  = "Identity Cloud Tasks signs OIDC tokens with when it calls Deliver; may invoke Deliver only."
+}
+
+resource "google_project_iam_member" "runtime_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+resource "google_cloud_tasks_queue_iam_member" "runtime_enqueue" {
+  name     = google_cloud_tasks_queue.deliveries.name
+  location = google_cloud_tasks_queue.deliveries.location
+  role     = "roles/cloudtasks.enqueuer"
+  member   = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# CreateTask with an OIDC token for the invoker account requires actAs on that account.
+resource "google_service_account_iam_member" "runtime_acts_as_invoker" {
+  service_account_id = google_service_account.invoker.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Secrets: created here, their values added by the operator (README, "Deploy")
+
+locals {
+  secrets = {
+    ingest      = "${var.name}-ingest-secrets"
+    game_server = "${var.name}-game-server-secret"
+  }
+}
+
+resource "google_secret_manager_secret" "secret" {
+  for_each  = local.secrets
+  secret_id = each.value
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.api]
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_reads" {
+  for_each  = google_secret_manager_secret.secret
+  secret_id = each.value.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Source and functions
+
+resource "google_storage_bucket" "source" {
+  name                        = "${var.project_id}-${var.name}-source"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+  depends_on                  = [google_project_service.api]
+}
+
+resource "google_storage_bucket_object" "source" {
+  # Named by content, so a new build redeploys the functions and an unchanged one does not.
+  name   = "payrelay-${filesha256(var.source_zip)}.zip"
+  bucket = google_storage_bucket.source.name
+  source = var.source_zip
+}
+
+locals {
+  deliver_name = "${var.name}-deliver"
+  ingest_name  = "${var.name}-ingest"
+  # A 2nd gen function is served by the Cloud Run service of the same name, whose deterministic
+  # URL is known before it exists: Deliver can put its own URL on the tasks it creates without
+  # a dependency cycle, and that URL is the audience Cloud Run checks on the OIDC token.
+  deliver_url = "https://${local.deliver_name}-${data.google_project.this.number}.${var.region}.run.app"
+
+  # Every variable infra/config reads in the cloud (the emulator hosts are for local runs only).
+  function_env = {
+    PROJECT_ID          = var.project_id
+    FIRESTORE_DATABASE  = google_firestore_database.payments.name
+    PAYMENTS_COLLECTION = "payments"
+    TASKS_QUEUE         = google_cloud_tasks_queue.deliveries.id
+    DELIVER_URL         = local.deliver_url
+    TASKS_INVOKER_SA    = google_service_account.invoker.email
+    TASKS_OIDC_AUDIENCE = local.deliver_url
+    GAME_SERVER_URL     = var.game_server_url
+    LADDER              = var.ladder
+    LADDER_COMPRESSION  = "1"
+    DELIVER_TIMEOUT     = "10s"
+    DELIVER_LEASE       = "60s"
+    LOG_LEVEL           = var.log_level
+  }
+  function_secret_env = {
+    INGEST_SECRETS     = google_secret_manager_secret.secret["ingest"].secret_id
+    GAME_SERVER_SECRET = google_secret_manager_secret.secret["game_server"].secret_id
+  }
+  functions = {
+    ingest  = { name = local.ingest_name, entry_point = "Ingest", max_instances = var.ingest_max_instances }
+    deliver = { name = local.deliver_name, entry_point = "Deliver", max_instances = var.deliver_max_instances }
+  }
+}
+
+resource "google_cloudfunctions2_function" "fn" {
+  for_each = local.functions
+  name     = each.value.name
+  location = var.region
+
+  build_config {
+    runtime     = "go126"
+    entry_point = each.value.entry_point
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = var.function_memory
+    timeout_seconds                  = var.function_timeout_seconds
+    max_instance_count               = each.value.max_instances
+    max_instance_request_concurrency = 1
+    service_account_email            = google_service_account.runtime.email
+    ingress_settings                 = "ALLOW_ALL"
+    all_traffic_on_latest_revision   = true
+    environment_variables            = local.function_env
+
+    dynamic "secret_environment_variables" {
+      for_each = local.function_secret_env
+      content {
+        key        = secret_environment_variables.key
+        project_id = var.project_id
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
+    }
+  }
+
+  depends_on = [
+    google_project_service.api,
+    google_secret_manager_secret_iam_member.runtime_reads,
+    google_project_iam_member.runtime_firestore,
+  ]
+}
+
+# Ingest is public: providers call it, and its safety is signature verification.
+resource "google_cloud_run_service_iam_member" "ingest_public" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["ingest"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+# Deliver is private: only the invoker identity, whose tokens Cloud Tasks signs, may call it.
+resource "google_cloud_run_service_iam_member" "deliver_invoker" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["deliver"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.invoker.email}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: what an operator needs next, and no secret
+
+output "ingest_url" {
+  description = "Register this URL as the notify URL at the payment provider."
+  value       = google_cloudfunctions2_function.fn["ingest"].service_config[0].uri
+}
+
+output "deliver_url" {
+  description = "Deliver's URL, put on every task (not public)."
+  value       = local.deliver_url
+}
+
+output "queue" {
+  description = "The Cloud Tasks queue path."
+  value       = google_cloud_tasks_queue.deliveries.id
+}
+
+output "runtime_service_account" {
+  description = "Identity of the functions."
+  value       = google_service_account.runtime.email
+}
+
+output "invoker_service_account" {
+  description = "Identity Cloud Tasks calls Deliver with."
+  value       = google_service_account.invoker.email
+}
+
+output "secrets" {
+  description = "Secret Manager secrets to add versions to (names only)."
+  value       = { for k, s in google_secret_manager_secret.secret : k => s.secret_id }
+}

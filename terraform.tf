@@ -258,6 +258,7 @@ locals {
   secrets = {
     ingest      = "${var.name}-ingest-secrets"
     game_server = "${var.name}-game-server-secret"
+    providers   = "${var.name}-provider-config"
   }
 }
 
@@ -323,6 +324,7 @@ locals {
   function_secret_env = {
     INGEST_SECRETS     = google_secret_manager_secret.secret["ingest"].secret_id
     GAME_SERVER_SECRET = google_secret_manager_secret.secret["game_server"].secret_id
+    PROVIDER_CONFIG    = google_secret_manager_secret.secret["providers"].secret_id
   }
   functions = {
     ingest  = { name = local.ingest_name, entry_point = "Ingest", max_instances = var.ingest_max_instances }

@@ -12,8 +12,8 @@ import (
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
-	"github.com/payrelay/payrelay/functions/webhook"
 	"github.com/payrelay/payrelay/infra/config"
 	"github.com/payrelay/payrelay/infra/gamehttp"
 	"github.com/payrelay/payrelay/infra/logging"
@@ -119,7 +119,17 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		closeAll()
 		return nil, nil, err
 	}
-	verifier, err := webhook.NewVerifier(cfg.IngestSecrets...)
+	generic, err := provider.NewGeneric(cfg.IngestSecrets...)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	provCfg, err := provider.ParseConfig(cfg.ProviderConfig)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	providers, err := provider.New(generic, provCfg)
 	if err != nil {
 		closeAll()
 		return nil, nil, err
@@ -133,7 +143,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		return nil, nil, err
 	}
 	log.InfoContext(ctx, "payrelay configured", "config", cfg)
-	return &Handler{Service: svc, Verifier: StandardWebhooks{verifier}, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID}, closeAll, nil
+	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID}, closeAll, nil
 }
 
 func notConfigured(w http.ResponseWriter, err error) {

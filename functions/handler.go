@@ -17,8 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
-	"github.com/payrelay/payrelay/functions/webhook"
 	"github.com/payrelay/payrelay/infra/logging"
 )
 
@@ -28,23 +28,10 @@ const (
 	MaxDeliverBody = 4 << 10
 )
 
-// Verifier checks a provider's signature on a request. Each provider format has its own.
-type Verifier interface {
-	Verify(h http.Header, body []byte, now time.Time) error
-}
-
-// StandardWebhooks verifies the generic format's webhook-* headers.
-type StandardWebhooks struct{ *webhook.Verifier }
-
-// Verify implements Verifier.
-func (v StandardWebhooks) Verify(h http.Header, body []byte, now time.Time) error {
-	return v.Verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body, now)
-}
-
 // Handler serves the functions over one relay.Service.
 type Handler struct {
 	Service   *relay.Service
-	Verifier  Verifier
+	Providers provider.Set
 	Logger    *slog.Logger
 	Clock     relay.Clock
 	ProjectID string // for Cloud Logging trace ids
@@ -90,119 +77,84 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// readBody reads at most limit bytes of a POST with a JSON content type, or writes the 4xx.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64, wantJSON bool) ([]byte, bool) {
+// readBody reads at most limit bytes of a POST of the given media type ("" for any).
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, mediaType string) ([]byte, *provider.Refusal) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "method not allowed", Reason: "use POST"})
-		return nil, false
+		return nil, &provider.Refusal{Code: http.StatusMethodNotAllowed, Reason: "use POST"}
 	}
-	if wantJSON {
+	if mediaType != "" {
 		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		if err != nil || mt != "application/json" {
-			writeJSON(w, http.StatusUnsupportedMediaType, errorBody{Error: "unsupported content type", Reason: "want application/json"})
-			return nil, false
+		if err != nil || mt != mediaType {
+			return nil, &provider.Refusal{Code: http.StatusUnsupportedMediaType, Reason: "want Content-Type " + mediaType}
 		}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{Error: "body too large", Reason: fmt.Sprintf("at most %d bytes", limit)})
-		return nil, false
+		return nil, &provider.Refusal{Code: http.StatusRequestEntityTooLarge, Reason: fmt.Sprintf("body over %d bytes", limit)}
 	case err != nil:
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "unreadable body", Reason: err.Error()})
-		return nil, false
+		return nil, &provider.Refusal{Code: http.StatusBadRequest, Reason: "unreadable body: " + err.Error()}
 	}
-	return body, true
-}
-
-// genericPayment is the generic provider format: a JSON payment signed with Standard Webhooks.
-type genericPayment struct {
-	Provider      string            `json:"provider"`
-	OrderID       string            `json:"order_id"`
-	TransactionID string            `json:"transaction_id"`
-	Amount        string            `json:"amount"`
-	Currency      string            `json:"currency"`
-	Status        string            `json:"status"`
-	PaidAt        string            `json:"paid_at"`
-	AppID         string            `json:"app_id"`
-	Metadata      map[string]string `json:"metadata"`
-}
-
-// parseGeneric turns a generic notification into a payment, or a FieldError.
-func parseGeneric(body []byte) (relay.Payment, error) {
-	var g genericPayment
-	if err := json.Unmarshal(body, &g); err != nil {
-		return relay.Payment{}, &relay.FieldError{Field: "body", Reason: "malformed JSON: " + err.Error()}
-	}
-	if g.Provider == "" {
-		g.Provider = "generic"
-	}
-	amount, err := relay.ParseAmount(g.Amount, g.Currency)
-	if err != nil {
-		return relay.Payment{}, err
-	}
-	paidAt, err := time.Parse(time.RFC3339Nano, g.PaidAt)
-	if err != nil {
-		return relay.Payment{}, &relay.FieldError{Field: "paid_at", Reason: "want an RFC 3339 time such as 2026-11-24T12:00:00+08:00"}
-	}
-	p := relay.Payment{
-		Provider: g.Provider, OrderID: g.OrderID, TransactionID: g.TransactionID, AmountMinor: amount,
-		Currency: g.Currency, Status: g.Status, PaidAt: paidAt, AppID: g.AppID, Metadata: g.Metadata,
-	}
-	return p, p.Validate()
+	return body, nil
 }
 
 func (h *Handler) context(r *http.Request) context.Context {
 	return logging.WithTrace(r.Context(), h.ProjectID, r.Header.Get("X-Cloud-Trace-Context"))
 }
 
-// Ingest receives a provider's notification: verify, validate, store, enqueue, then answer.
+// Ingest receives a provider's notification: verify, validate, store, enqueue, then answer in
+// the provider's own shape. The provider is the notify URL's ?provider= (generic by default).
 func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	if !h.enter(w) {
 		return
 	}
 	defer h.inflight.Done()
 	ctx := h.context(r)
-	body, ok := readBody(w, r, MaxIngestBody, true)
+	name := r.URL.Query().Get("provider")
+	if name == "" {
+		name = "generic"
+	}
+	prov, ok := h.Providers[name]
 	if !ok {
-		h.Logger.WarnContext(ctx, "ingest refused: bad request framing", "method", r.Method, "content_type", r.Header.Get("Content-Type"))
+		h.Logger.WarnContext(ctx, "ingest refused: unknown provider", "provider", fmt.Sprintf("%.32q", name))
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "unknown provider", Reason: fmt.Sprintf("this deployment has no provider %.32q", name)})
 		return
 	}
-	if err := h.Verifier.Verify(r.Header, body, h.Clock.Now()); err != nil {
-		h.Logger.WarnContext(ctx, "ingest refused: signature", "reason", err.Error(), "body_bytes", len(body))
-		writeJSON(w, http.StatusUnauthorized, errorBody{Error: "signature verification failed", Reason: err.Error()})
+	log := h.Logger.With("provider", name)
+	body, refusal := readBody(w, r, MaxIngestBody, prov.MediaType())
+	if refusal != nil {
+		log.WarnContext(ctx, "ingest refused: bad request framing", "status", refusal.Code, "reason", refusal.Reason, "method", r.Method)
+		prov.Refuse(w, refusal)
 		return
 	}
-	p, err := parseGeneric(body)
-	var fe *relay.FieldError
-	if errors.As(err, &fe) {
-		h.Logger.WarnContext(ctx, "ingest refused: invalid payment", "field", fe.Field, "reason", fe.Reason)
-		code := http.StatusUnprocessableEntity
-		if fe.Field == "body" {
-			code = http.StatusBadRequest
-		}
-		writeJSON(w, code, errorBody{Error: "invalid payment", Field: fe.Field, Reason: fe.Reason})
+	p, relayIt, err := prov.Parse(r.Header, body, h.Clock.Now())
+	if err != nil {
+		refusal := provider.AsRefusal(err)
+		log.WarnContext(ctx, "ingest refused", "status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
+		prov.Refuse(w, refusal)
+		return
+	}
+	if !relayIt {
+		log.InfoContext(ctx, "ingest acknowledged a verified notification that is not a payment; nothing stored")
+		prov.Ack(w, "", false)
 		return
 	}
 	res, err := h.Service.Ingest(ctx, p)
 	switch {
 	case errors.Is(err, relay.ErrFactsDiffer):
-		h.Logger.ErrorContext(ctx, "ingest refused: callback contradicts the stored payment for the same order",
-			"payment_id", res.PaymentID, "provider", p.Provider, "order_id", p.OrderID)
-		writeJSON(w, http.StatusConflict, errorBody{Error: "conflict", Reason: "a payment for this order is stored with other facts (amount, currency, ...)"})
+		log.ErrorContext(ctx, "ingest refused: callback contradicts the stored payment for the same order",
+			"payment_id", res.PaymentID, "order_id", p.OrderID)
+		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment for this order is stored with other facts (amount, currency, ...)"})
 		return
 	case err != nil:
-		h.Logger.ErrorContext(ctx, "ingest failed; the provider will retry", "payment_id", res.PaymentID, "error", err.Error(), "retryable", relay.Retryable(err))
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry later"})
+		log.ErrorContext(ctx, "ingest failed; the provider will retry", "payment_id", res.PaymentID, "error", err.Error(), "retryable", relay.Retryable(err))
+		prov.Refuse(w, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"})
 		return
 	}
-	h.Logger.InfoContext(ctx, "payment received", "payment_id", res.PaymentID, "provider", p.Provider, "order_id", p.OrderID, "duplicate", res.Duplicate)
-	writeJSON(w, http.StatusOK, struct {
-		PaymentID string `json:"payment_id"`
-		Duplicate bool   `json:"duplicate"`
-	}{res.PaymentID, res.Duplicate})
+	log.InfoContext(ctx, "payment received", "payment_id", res.PaymentID, "order_id", p.OrderID, "duplicate", res.Duplicate)
+	prov.Ack(w, res.PaymentID, res.Duplicate)
 }
 
 type deliverAnswer struct {
@@ -223,9 +175,10 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 	d.RetryCount, _ = strconv.Atoi(r.Header.Get("X-CloudTasks-TaskRetryCount"))
 	d.ExecutionCount, _ = strconv.Atoi(r.Header.Get("X-CloudTasks-TaskExecutionCount"))
 	log := h.Logger.With("task_name", d.TaskName, "task_retry_count", d.RetryCount, "task_execution_count", d.ExecutionCount)
-	body, ok := readBody(w, r, MaxDeliverBody, false)
-	if !ok {
-		log.ErrorContext(ctx, "deliver refused: bad request framing", "method", r.Method)
+	body, refusal := readBody(w, r, MaxDeliverBody, "")
+	if refusal != nil {
+		log.ErrorContext(ctx, "deliver refused: bad request framing", "status", refusal.Code, "reason", refusal.Reason)
+		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
 		return
 	}
 	var msg relay.TaskMessage

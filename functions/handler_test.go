@@ -14,6 +14,7 @@ import (
 
 	"github.com/sethvargo/go-retry"
 
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/functions/relay/relaytest"
 	"github.com/payrelay/payrelay/functions/webhook"
@@ -34,9 +35,19 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return buildFixture(t, slog.New(slog.NewTextHandler(tWriter{t}, nil)))
+}
+
+// newFixtureQuiet discards logs (fuzzing).
+func newFixtureQuiet(t *testing.T) *fixture {
+	t.Helper()
+	return buildFixture(t, slog.New(slog.DiscardHandler))
+}
+
+func buildFixture(t *testing.T, log *slog.Logger) *fixture {
+	t.Helper()
 	f := &fixture{store: relaytest.NewStore(), queue: relaytest.NewQueue()}
 	clock := relaytest.NewClock(testNow)
-	log := slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	svc, err := relay.NewService(relay.Config{
 		Store: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
 		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, int) relay.NotifyResult {
@@ -48,8 +59,8 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, _ := webhook.NewVerifier(testSecret)
-	f.h = &Handler{Service: svc, Verifier: StandardWebhooks{v}, Logger: log, Clock: clock}
+	generic, _ := provider.NewGeneric(testSecret)
+	f.h = &Handler{Service: svc, Providers: provider.Set{"generic": generic}, Logger: log, Clock: clock}
 	return f
 }
 

@@ -42,6 +42,9 @@ type Config struct {
 	GameServerSecret Secret `env:"GAME_SERVER_SECRET"`
 	// IngestSecrets verify generic-format callbacks; several, comma-separated, for rotation.
 	IngestSecrets Secrets `env:"INGEST_SECRETS"`
+	// ProviderConfig is the native providers' configuration (JSON, a secret: it holds WeChat
+	// Pay's APIv3 keys): Alipay apps and WeChat Pay merchants, see functions/provider.Config.
+	ProviderConfig string `env:"PROVIDER_CONFIG"`
 	// Ladder is the notification ladder, a comma-separated list of durations.
 	Ladder Ladder `env:"LADDER"`
 	// LadderCompression divides every step of the ladder; 1 in production.

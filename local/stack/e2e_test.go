@@ -40,11 +40,13 @@ var (
 func TestMain(m *testing.M) {
 	ctx := context.Background()
 	ladder, _ = schedule.Default().Compress(compression)
+	providerConfig := providerKeys()
 	st, startErr = stack.Start(ctx, stack.Options{
-		FirestoreHost: os.Getenv("FIRESTORE_EMULATOR_HOST"),
-		Compression:   compression,
-		Collection:    fmt.Sprintf("e2e-%d", time.Now().UnixNano()),
-		LogLevel:      "warn",
+		ProviderConfig: providerConfig,
+		FirestoreHost:  os.Getenv("FIRESTORE_EMULATOR_HOST"),
+		Compression:    compression,
+		Collection:     fmt.Sprintf("e2e-%d", time.Now().UnixNano()),
+		LogLevel:       "warn",
 	})
 	if startErr == nil {
 		st.Game.SetDecide(decide)

@@ -75,6 +75,8 @@ type Options struct {
 	// Lease overrides DELIVER_LEASE (default 60s); DeliverTimeout overrides DELIVER_TIMEOUT.
 	Lease          time.Duration
 	DeliverTimeout time.Duration
+	// ProviderConfig is PROVIDER_CONFIG: Alipay apps and WeChat Pay merchants (JSON).
+	ProviderConfig string
 	// FirestoreLog receives the emulator's output.
 	FirestoreLog io.Writer
 }
@@ -210,6 +212,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		"CLOUD_TASKS_EMULATOR_HOST": s.TasksAddr,
 		"FIRESTORE_EMULATOR_HOST":   s.FirestoreHost,
 		"LOG_LEVEL":                 o.LogLevel,
+		"PROVIDER_CONFIG":           o.ProviderConfig,
 	}
 	for k, v := range env {
 		if err = os.Setenv(k, v); err != nil {

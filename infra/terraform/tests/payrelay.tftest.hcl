@@ -48,7 +48,7 @@ run "wiring" {
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn :
-    sort([for s in f.service_config[0].secret_environment_variables : s.key]) == sort(["GAME_SERVER_SECRET", "INGEST_SECRETS"])])
+    sort([for s in f.service_config[0].secret_environment_variables : s.key]) == sort(["GAME_SERVER_SECRET", "INGEST_SECRETS", "PROVIDER_CONFIG"])])
     error_message = "secrets must reach the functions as secret environment variables"
   }
   assert {

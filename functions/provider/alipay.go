@@ -1,0 +1,250 @@
+package provider
+
+import (
+	"crypto"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/text/encoding/simplifiedchinese"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// AlipayApp is one Alipay application of the studio.
+type AlipayApp struct {
+	AppID string `json:"app_id"`
+	// PublicKey is the Alipay public key (not the app's own) as the console gives it: a PEM
+	// block or the bare base64 of the key.
+	PublicKey string `json:"public_key"`
+	// SellerID, if set, must match the notification's seller_id.
+	SellerID string `json:"seller_id,omitempty"`
+	// Game is the studio's game this app sells for (sent as metadata "game").
+	Game string `json:"game"`
+}
+
+// Alipay verifies and decodes Alipay's asynchronous notifications (异步通知).
+type Alipay struct {
+	apps map[string]alipayApp
+}
+
+type alipayApp struct {
+	AlipayApp
+	key *rsa.PublicKey
+}
+
+var _ Provider = (*Alipay)(nil)
+
+// shanghai is Alipay's clock: its times carry no zone and are China Standard Time.
+var shanghai = time.FixedZone("CST", 8*3600)
+
+// NewAlipay checks every app's configuration and parses its key.
+func NewAlipay(apps []AlipayApp) (*Alipay, error) {
+	a := &Alipay{apps: map[string]alipayApp{}}
+	for i, app := range apps {
+		if app.AppID == "" || app.Game == "" {
+			return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d]: app_id and game are required", i)
+		}
+		key, err := ParseRSAPublicKey(app.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): public_key: %w", i, app.AppID, err)
+		}
+		if _, dup := a.apps[app.AppID]; dup {
+			return nil, fmt.Errorf("PROVIDER_CONFIG alipay: app_id %s twice", app.AppID)
+		}
+		a.apps[app.AppID] = alipayApp{AlipayApp: app, key: key}
+	}
+	return a, nil
+}
+
+// ParseRSAPublicKey reads an RSA public key from a PEM block (PUBLIC KEY, RSA PUBLIC KEY or
+// CERTIFICATE) or from bare base64 DER, as payment consoles hand them out.
+func ParseRSAPublicKey(s string) (*rsa.PublicKey, error) {
+	s = strings.TrimSpace(s)
+	var der []byte
+	if block, _ := pem.Decode([]byte(s)); block != nil {
+		if block.Type == "CERTIFICATE" {
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, err
+			}
+			k, ok := cert.PublicKey.(*rsa.PublicKey)
+			if !ok {
+				return nil, errors.New("certificate key is not RSA")
+			}
+			return k, nil
+		}
+		der = block.Bytes
+	} else {
+		var err error
+		if der, err = base64.StdEncoding.DecodeString(strings.Join(strings.Fields(s), "")); err != nil {
+			return nil, errors.New("neither PEM nor base64")
+		}
+	}
+	if k, err := x509.ParsePKIXPublicKey(der); err == nil {
+		if rk, ok := k.(*rsa.PublicKey); ok {
+			return rk, nil
+		}
+		return nil, errors.New("key is not RSA")
+	}
+	k, err := x509.ParsePKCS1PublicKey(der)
+	if err != nil {
+		return nil, errors.New("not an RSA public key")
+	}
+	return k, nil
+}
+
+// Name implements Provider.
+func (*Alipay) Name() string { return "alipay" }
+
+// MediaType implements Provider.
+func (*Alipay) MediaType() string { return "application/x-www-form-urlencoded" }
+
+// decoderFor returns a decoder from an Alipay charset to UTF-8; nil for UTF-8.
+func decoderFor(charset string) (func([]byte) ([]byte, error), error) {
+	switch strings.ToLower(charset) {
+	case "", "utf-8", "utf8":
+		return nil, nil
+	case "gbk", "gb2312", "gb18030":
+		d := simplifiedchinese.GB18030.NewDecoder()
+		return func(b []byte) ([]byte, error) { return d.Bytes(b) }, nil
+	}
+	return nil, fmt.Errorf("unsupported charset %q", charset)
+}
+
+// AlipaySignContent is the string Alipay signs: every parameter but sign and sign_type, empty
+// values dropped, sorted by name, joined as k=v&k=v. Values are the raw bytes in the
+// notification's charset.
+func AlipaySignContent(params url.Values) string {
+	keys := make([]string, 0, len(params))
+	for k, v := range params {
+		if k == "sign" || k == "sign_type" || len(v) == 0 || v[0] == "" {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(params[k][0])
+	}
+	return b.String()
+}
+
+// Parse implements Provider.
+func (a *Alipay) Parse(_ http.Header, body []byte, _ time.Time) (relay.Payment, bool, error) {
+	params, err := url.ParseQuery(string(body))
+	if err != nil {
+		return relay.Payment{}, false, refuse(http.StatusBadRequest, "malformed form body: %v", err)
+	}
+	for k, v := range params {
+		if len(v) != 1 {
+			return relay.Payment{}, false, refuse(http.StatusBadRequest, "parameter %.40q appears %d times", k, len(v))
+		}
+	}
+	decode, err := decoderFor(params.Get("charset"))
+	if err != nil {
+		return relay.Payment{}, false, refuse(http.StatusBadRequest, "%v", err)
+	}
+	if st := params.Get("sign_type"); st != "RSA2" {
+		return relay.Payment{}, false, refuse(http.StatusBadRequest, "sign_type %.20q: only RSA2 is accepted", st)
+	}
+	appID := params.Get("app_id")
+	app, ok := a.apps[appID]
+	if !ok {
+		return relay.Payment{}, false, refuse(http.StatusForbidden, "app_id %.40q is not one of ours", appID)
+	}
+	sig, err := base64.StdEncoding.DecodeString(params.Get("sign"))
+	if err != nil || len(sig) == 0 {
+		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "sign is missing or not base64")
+	}
+	sum := sha256.Sum256([]byte(AlipaySignContent(params)))
+	if err := rsa.VerifyPKCS1v15(app.key, crypto.SHA256, sum[:], sig); err != nil {
+		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "signature verification failed for app %s", appID)
+	}
+	// Verified: from here on, values are decoded to UTF-8.
+	get := func(k string) (string, error) {
+		v := params.Get(k)
+		if decode != nil {
+			b, err := decode([]byte(v))
+			if err != nil {
+				return "", err
+			}
+			v = string(b)
+		}
+		if !utf8.ValidString(v) {
+			return "", fmt.Errorf("%s is not valid %s", k, params.Get("charset"))
+		}
+		return v, nil
+	}
+	if app.SellerID != "" {
+		if seller, _ := get("seller_id"); seller != app.SellerID {
+			return relay.Payment{}, false, refuse(http.StatusForbidden, "seller_id %.40q is not ours", seller)
+		}
+	}
+	status, _ := get("trade_status")
+	switch status {
+	case "TRADE_SUCCESS", "TRADE_FINISHED":
+	case "WAIT_BUYER_PAY", "TRADE_CLOSED":
+		return relay.Payment{}, false, nil
+	default:
+		return relay.Payment{}, false, refuse(http.StatusUnprocessableEntity, "trade_status %.40q is unknown", status)
+	}
+	var f [5]string
+	for i, k := range []string{"out_trade_no", "trade_no", "total_amount", "gmt_payment", "notify_time"} {
+		if f[i], err = get(k); err != nil {
+			return relay.Payment{}, false, refuse(http.StatusBadRequest, "%v", err)
+		}
+	}
+	amount, err := relay.ParseAmount(f[2], "CNY")
+	if err != nil {
+		return relay.Payment{}, false, asRefusal(err)
+	}
+	paidText := f[3]
+	if paidText == "" {
+		paidText = f[4]
+	}
+	paidAt, err := time.ParseInLocation(time.DateTime, paidText, shanghai)
+	if err != nil {
+		return relay.Payment{}, false, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "gmt_payment is not yyyy-MM-dd HH:mm:ss"}
+	}
+	p := relay.Payment{
+		Provider: a.Name(), OrderID: f[0], TransactionID: f[1], AmountMinor: amount, Currency: "CNY",
+		Status: relay.StatusPaid, PaidAt: paidAt, AppID: appID, Metadata: map[string]string{"game": app.Game},
+	}
+	if err := p.Validate(); err != nil {
+		return relay.Payment{}, false, asRefusal(err)
+	}
+	return p, true, nil
+}
+
+// Ack implements Provider: exactly the 7 bytes "success", which stop Alipay's retries.
+func (*Alipay) Ack(w http.ResponseWriter, _ string, _ bool) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, "success")
+}
+
+// Refuse implements Provider: "failure" with a non-2xx status, so Alipay retries or gives up
+// per its own ladder; the reason goes to our logs only.
+func (*Alipay) Refuse(w http.ResponseWriter, r *Refusal) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(r.Code)
+	io.WriteString(w, "failure")
+}

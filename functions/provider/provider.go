@@ -1,0 +1,107 @@
+// Package provider turns each payment provider's notification into the relay's normalized
+// payment: it verifies the provider's signature its own way, decodes its format, and answers
+// in the shape the provider expects (Alipay's "success", WeChat Pay's 204 or {"code":"FAIL"},
+// the generic format's JSON). Ingest picks the provider by the notify URL's query parameter.
+package provider
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// Provider is one notification format.
+type Provider interface {
+	// Name is the provider's name in payment ids and in the notify URL (?provider=NAME).
+	Name() string
+	// MediaType is the Content-Type the provider posts.
+	MediaType() string
+	// Parse verifies a notification and decodes it. relayIt is false for a verified
+	// notification that is not a payment (an unpaid or closed trade): it is acknowledged and
+	// logged, never stored. A notification that must be refused returns a *Refusal.
+	Parse(h http.Header, body []byte, now time.Time) (p relay.Payment, relayIt bool, err error)
+	// Ack answers a notification that was stored and enqueued (or needs nothing).
+	Ack(w http.ResponseWriter, paymentID string, duplicate bool)
+	// Refuse answers a refusal, or a failure of ours (5xx), in the provider's error shape.
+	Refuse(w http.ResponseWriter, r *Refusal)
+}
+
+// Refusal is a notification refused with an HTTP status and a reason for the logs.
+type Refusal struct {
+	Code   int
+	Reason string
+	Field  string
+}
+
+func (r *Refusal) Error() string { return r.Reason }
+
+func refuse(code int, format string, args ...any) *Refusal {
+	return &Refusal{Code: code, Reason: fmt.Sprintf(format, args...)}
+}
+
+// asRefusal classifies any error from parsing: a FieldError is a 422 naming the field.
+func asRefusal(err error) *Refusal {
+	var r *Refusal
+	if errors.As(err, &r) {
+		return r
+	}
+	var fe *relay.FieldError
+	if errors.As(err, &fe) {
+		return &Refusal{Code: http.StatusUnprocessableEntity, Reason: fe.Error(), Field: fe.Field}
+	}
+	return &Refusal{Code: http.StatusBadRequest, Reason: err.Error()}
+}
+
+// AsRefusal is asRefusal for the handler.
+func AsRefusal(err error) *Refusal { return asRefusal(err) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// Config is the providers' part of the configuration (PROVIDER_CONFIG, a JSON secret).
+type Config struct {
+	Alipay    []AlipayApp         `json:"alipay"`
+	WechatPay []WechatPayMerchant `json:"wechatpay"`
+}
+
+// ParseConfig reads PROVIDER_CONFIG. Empty means no native provider.
+func ParseConfig(raw string) (Config, error) {
+	var c Config
+	if raw == "" {
+		return c, nil
+	}
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		return c, fmt.Errorf("PROVIDER_CONFIG is not valid JSON: %w", err)
+	}
+	return c, nil
+}
+
+// Set is the providers Ingest knows, by name.
+type Set map[string]Provider
+
+// New builds the providers: generic always, Alipay and WeChat Pay when configured.
+func New(generic Provider, c Config) (Set, error) {
+	s := Set{generic.Name(): generic}
+	if len(c.Alipay) > 0 {
+		a, err := NewAlipay(c.Alipay)
+		if err != nil {
+			return nil, err
+		}
+		s[a.Name()] = a
+	}
+	if len(c.WechatPay) > 0 {
+		wp, err := NewWechatPay(c.WechatPay)
+		if err != nil {
+			return nil, err
+		}
+		s[wp.Name()] = wp
+	}
+	return s, nil
+}

@@ -1,0 +1,143 @@
+// Package providertest builds notifications the way Alipay and WeChat Pay send them, signed
+// with keys a test generates, for the provider, handler and end-to-end tests. The deployed
+// functions never import it.
+package providertest
+
+import (
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"golang.org/x/text/encoding/simplifiedchinese"
+
+	"github.com/payrelay/payrelay/functions/provider"
+)
+
+// PublicKeyPEM encodes key's public half as a PKIX PEM block, as consoles give it.
+func PublicKeyPEM(key *rsa.PrivateKey) string {
+	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
+
+// PublicKeyBase64 encodes key's public half as bare base64 DER, as the Alipay console shows it.
+func PublicKeyBase64(key *rsa.PrivateKey) string {
+	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	return base64.StdEncoding.EncodeToString(der)
+}
+
+// AlipayFields are the parameters of a TRADE_SUCCESS notification for order, as documented for
+// the asynchronous notification (values in UTF-8; SignAlipay converts to the charset).
+func AlipayFields(appID, order, amount, status string) map[string]string {
+	return map[string]string{
+		"gmt_create":       "2026-11-24 19:59:40",
+		"charset":          "utf-8",
+		"gmt_payment":      "2026-11-24 20:00:00",
+		"notify_time":      "2026-11-24 20:00:01",
+		"subject":          "月卡 648元 · 王者之剑",
+		"buyer_id":         "2088102177846880",
+		"invoice_amount":   amount,
+		"version":          "1.0",
+		"notify_id":        "2026112400222200001090000000000001",
+		"fund_bill_list":   `[{"amount":"` + amount + `","fundChannel":"ALIPAYACCOUNT"}]`,
+		"notify_type":      "trade_status_sync",
+		"out_trade_no":     order,
+		"total_amount":     amount,
+		"trade_status":     status,
+		"trade_no":         "2026112422001446881000000001",
+		"auth_app_id":      appID,
+		"receipt_amount":   amount,
+		"point_amount":     "0.00",
+		"app_id":           appID,
+		"buyer_pay_amount": amount,
+		"seller_id":        "2088102177846881",
+		"passback_params":  "",
+	}
+}
+
+// SignAlipay encodes fields in their charset, signs them RSA2 with key, and returns the form
+// body Alipay posts.
+func SignAlipay(key *rsa.PrivateKey, fields map[string]string) []byte {
+	raw := url.Values{}
+	gbk := fields["charset"] == "gbk" || fields["charset"] == "GBK"
+	for k, v := range fields {
+		if gbk {
+			b, err := simplifiedchinese.GBK.NewEncoder().Bytes([]byte(v))
+			if err != nil {
+				panic(err)
+			}
+			v = string(b)
+		}
+		raw.Set(k, v)
+	}
+	sum := sha256.Sum256([]byte(provider.AlipaySignContent(raw)))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
+	if err != nil {
+		panic(err)
+	}
+	if _, ok := fields["sign_type"]; !ok {
+		raw.Set("sign_type", "RSA2")
+	}
+	raw.Set("sign", base64.StdEncoding.EncodeToString(sig))
+	return []byte(raw.Encode())
+}
+
+// WechatTransaction is the decrypted resource of a TRANSACTION.SUCCESS notification.
+func WechatTransaction(mchID, appID, order string, fen int64) map[string]any {
+	return map[string]any{
+		"appid": appID, "mchid": mchID, "out_trade_no": order, "transaction_id": "4200001234202611240000000001",
+		"trade_type": "JSAPI", "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "CMC",
+		"attach": "王者之剑", "success_time": "2026-11-24T20:00:00+08:00",
+		"payer":  map[string]any{"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+		"amount": map[string]any{"total": fen, "payer_total": fen, "currency": "CNY", "payer_currency": "CNY"},
+	}
+}
+
+// WechatNotify encrypts resource with apiv3Key and builds the envelope and headers WeChat Pay
+// sends, signed with the platform key.
+func WechatNotify(platform *rsa.PrivateKey, serial, apiv3Key, eventType string, resource any, ts time.Time) (http.Header, []byte) {
+	plain, _ := json.Marshal(resource)
+	block, _ := aes.NewCipher([]byte(apiv3Key))
+	aead, _ := cipher.NewGCM(block)
+	nonce := "fdasflkja484"
+	ad := "transaction"
+	ct := aead.Seal(nil, []byte(nonce), plain, []byte(ad))
+	env := map[string]any{
+		"id": "EV-2018022511223320873", "create_time": "2026-11-24T20:00:01+08:00", "resource_type": "encrypt-resource",
+		"event_type": eventType, "summary": "支付成功",
+		"resource": map[string]any{"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+			"ciphertext": base64.StdEncoding.EncodeToString(ct), "associated_data": ad, "nonce": nonce},
+	}
+	body, _ := json.Marshal(env)
+	return SignWechat(platform, serial, body, ts), body
+}
+
+// SignWechat returns the headers of a WeChat Pay notification of body signed with platform.
+func SignWechat(platform *rsa.PrivateKey, serial string, body []byte, ts time.Time) http.Header {
+	tsText := strconv.FormatInt(ts.Unix(), 10)
+	nonce := fmt.Sprintf("%X", sha256.Sum256(body))[:32]
+	sum := sha256.Sum256(provider.WechatSignMessage(tsText, nonce, body))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, platform, crypto.SHA256, sum[:])
+	if err != nil {
+		panic(err)
+	}
+	h := http.Header{}
+	h.Set("Content-Type", "application/json")
+	h.Set(provider.HeaderWechatTimestamp, tsText)
+	h.Set(provider.HeaderWechatNonce, nonce)
+	h.Set(provider.HeaderWechatSerial, serial)
+	h.Set(provider.HeaderWechatSignature, base64.StdEncoding.EncodeToString(sig))
+	h.Set("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048")
+	return h
+}

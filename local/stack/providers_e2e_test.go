@@ -1,0 +1,124 @@
+package stack_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/provider"
+	"github.com/payrelay/payrelay/functions/provider/providertest"
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/infra/gamehttp"
+)
+
+const (
+	aliApp  = "2021004100000001"
+	wxMch   = "1900000109"
+	wxApp   = "wxd678efh567hg6787"
+	wxSer   = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+	wxAPIv3 = "a7cde1ef52b6d4dc4e2a2c0f6c9a2a0e"
+)
+
+var aliKey, platKey *rsa.PrivateKey
+
+// providerKeys makes the providers' keys and the PROVIDER_CONFIG the stack runs with.
+func providerKeys() string {
+	aliKey, _ = rsa.GenerateKey(rand.Reader, 2048)
+	platKey, _ = rsa.GenerateKey(rand.Reader, 2048)
+	b, _ := json.Marshal(provider.Config{
+		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: "sword"}},
+		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: "sword"},
+			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}}},
+	})
+	return string(b)
+}
+
+func post(t *testing.T, query, contentType string, h http.Header, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, st.FunctionsURL+"/Ingest?provider="+query, bytes.NewReader(body))
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func payloadKeys(t *testing.T, p gamehttp.Payload) []string {
+	b, _ := json.Marshal(p)
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func TestProvidersRelayedEndToEnd(t *testing.T) {
+	t.Parallel()
+	need(t)
+	// Alipay, twice (its own retry) and then TRADE_FINISHED: one chain.
+	ali := providertest.AlipayFields(aliApp, "ali-e2e-1", "648.00", "TRADE_SUCCESS")
+	ali["charset"] = "gbk"
+	for _, status := range []string{"TRADE_SUCCESS", "TRADE_SUCCESS", "TRADE_FINISHED"} {
+		ali["trade_status"] = status
+		code, body := post(t, "alipay", "application/x-www-form-urlencoded", nil, providertest.SignAlipay(aliKey, ali))
+		if code != 200 || body != "success" {
+			t.Fatalf("Alipay %s answered %d %q, want 200 \"success\"", status, code, body)
+		}
+	}
+	// WeChat Pay, twice.
+	h, body := providertest.WechatNotify(platKey, wxSer, wxAPIv3, "TRANSACTION.SUCCESS", providertest.WechatTransaction(wxMch, wxApp, "wx-e2e-1", 64800), time.Now())
+	for range 2 {
+		if code, b := post(t, "wechatpay", "application/json", h, body); code != http.StatusNoContent {
+			t.Fatalf("WeChat Pay answered %d %q, want 204", code, b)
+		}
+	}
+	aliID, wxID := relay.PaymentID("alipay", "ali-e2e-1"), relay.PaymentID("wechatpay", "wx-e2e-1")
+	for _, id := range []string{aliID, wxID} {
+		if p := waitTerminal(t, id, 20*time.Second); p.State != relay.StateDelivered {
+			t.Fatalf("payment %s ended %s", id, p.State)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	ah, wh := st.Game.Hits(aliID), st.Game.Hits(wxID)
+	if len(ah) != 1 || len(wh) != 1 {
+		t.Fatalf("game server got %d Alipay and %d WeChat posts, want one each", len(ah), len(wh))
+	}
+	a, w := ah[0].Payload, wh[0].Payload
+	if a.Provider != "alipay" || a.OrderID != "ali-e2e-1" || a.TransactionID != "2026112422001446881000000001" || a.AmountMinor != 64800 || a.Currency != "CNY" || a.AppID != aliApp || a.Status != "paid" {
+		t.Errorf("Alipay payment at the game server: %+v", a)
+	}
+	if w.Provider != "wechatpay" || w.OrderID != "wx-e2e-1" || w.AmountMinor != 64800 || w.Currency != "CNY" || w.AppID != wxApp {
+		t.Errorf("WeChat Pay payment at the game server: %+v", w)
+	}
+	if !a.PaidAt.Equal(w.PaidAt) || a.Metadata["game"] != "sword" || w.Metadata["game"] != "sword" {
+		t.Errorf("normalized facts differ: %v vs %v, %v vs %v", a.PaidAt, w.PaidAt, a.Metadata, w.Metadata)
+	}
+	if ka, kw := payloadKeys(t, a), payloadKeys(t, w); !slices.Equal(ka, kw) {
+		t.Errorf("the game server sees different shapes: %v vs %v", ka, kw)
+	}
+	// A refused notify stores nothing.
+	wrong, _ := rsa.GenerateKey(rand.Reader, 2048)
+	code, b := post(t, "alipay", "application/x-www-form-urlencoded", nil, providertest.SignAlipay(wrong, providertest.AlipayFields(aliApp, "ali-e2e-bad", "1.00", "TRADE_SUCCESS")))
+	if code != 401 || b != "failure" {
+		t.Errorf("wrongly signed Alipay notify answered %d %q", code, b)
+	}
+	if _, _, err := payments.Get(context.Background(), relay.PaymentID("alipay", "ali-e2e-bad")); err == nil {
+		t.Error("a refused notify was stored")
+	}
+}

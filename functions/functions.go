@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/sethvargo/go-envconfig"
@@ -106,7 +107,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	st.WithCounter(opts.Counter)
 	q, err := queue.NewCloudTasks(ctx, queue.Options{
 		Queue: cfg.TasksQueue, DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
-		Audience: cfg.Audience(), DispatchDeadline: cfg.DeliverLease, EmulatorHost: cfg.CloudTasksEmulatorHost,
+		Audience: cfg.Audience(), DispatchDeadline: dispatchDeadline(cfg.DeliverLease), EmulatorHost: cfg.CloudTasksEmulatorHost,
 		OnCreate: opts.OnCreate,
 	})
 	if err != nil {
@@ -144,6 +145,12 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	}
 	log.InfoContext(ctx, "payrelay configured", "config", cfg)
 	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID}, closeAll, nil
+}
+
+// dispatchDeadline is how long Cloud Tasks waits for Deliver: the lease (by then another
+// delivery may take the attempt over), within the 15s to 30m Cloud Tasks accepts.
+func dispatchDeadline(lease time.Duration) time.Duration {
+	return min(max(lease, 15*time.Second), 30*time.Minute)
 }
 
 func notConfigured(w http.ResponseWriter, err error) {

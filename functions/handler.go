@@ -22,6 +22,10 @@ import (
 	"github.com/payrelay/payrelay/infra/logging"
 )
 
+// IngestTimeout bounds one Ingest: WeChat Pay gives up on an answer after 5 s, and a prompt 503
+// makes a provider retry sooner than a timeout does.
+const IngestTimeout = 4 * time.Second
+
 // Body limits: a payment notification is a few hundred bytes; a task body a few dozen.
 const (
 	MaxIngestBody  = 64 << 10
@@ -111,7 +115,8 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.inflight.Done()
-	ctx := h.context(r)
+	ctx, cancel := context.WithTimeout(h.context(r), IngestTimeout)
+	defer cancel()
 	name := r.URL.Query().Get("provider")
 	if name == "" {
 		name = "generic"

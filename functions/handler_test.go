@@ -274,3 +274,12 @@ func TestDrainRefusesNewRequests(t *testing.T) {
 		t.Errorf("Ingest while draining = %d, want 503 and nothing stored", code)
 	}
 }
+
+func TestDispatchDeadlineWithinCloudTasksRange(t *testing.T) {
+	t.Parallel()
+	for lease, want := range map[time.Duration]time.Duration{6 * time.Second: 15 * time.Second, time.Minute: time.Minute, time.Hour: 30 * time.Minute} {
+		if got := dispatchDeadline(lease); got != want {
+			t.Errorf("dispatchDeadline(%v) = %v, want %v", lease, got, want)
+		}
+	}
+}

@@ -90,6 +90,9 @@ type Config struct {
 	// Backoff builds the bounded retry policy for store and queue calls that fail with
 	// ErrUnavailable; nil means DefaultBackoff.
 	Backoff func() retry.Backoff
+	// OpTimeout bounds each store or queue call (default 3s): an unreachable Firestore must
+	// give a prompt error, not a call that hangs while its client retries.
+	OpTimeout time.Duration
 }
 
 // DefaultBackoff retries an unavailable dependency 3 times within about a second: long enough
@@ -128,15 +131,21 @@ func NewService(cfg Config) (*Service, error) {
 	if cfg.Backoff == nil {
 		cfg.Backoff = DefaultBackoff
 	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = 3 * time.Second
+	}
 	return &Service{cfg: cfg}, nil
 }
 
 // Ladder returns the ladder the service walks.
 func (s *Service) Ladder() schedule.Ladder { return s.cfg.Ladder }
 
-// withRetry runs f, retrying only errors classified as Retryable, within the bounded backoff.
+// withRetry runs f, each try bounded by OpTimeout, retrying only errors classified as
+// Retryable, within the bounded backoff.
 func (s *Service) withRetry(ctx context.Context, f func(context.Context) error) error {
 	return retry.Do(ctx, s.cfg.Backoff(), func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+		defer cancel()
 		err := f(ctx)
 		if err != nil && Retryable(err) {
 			return retry.RetryableError(err)
@@ -248,7 +257,7 @@ func (s *Service) Deliver(ctx context.Context, paymentID string, attempt int, d 
 		return DeliverResult{Outcome: OutcomeRejected, Reason: "task names no payment or attempt"}, nil
 	}
 	for try := 1; ; try++ {
-		p, v, err := s.cfg.Store.Get(ctx, paymentID)
+		p, v, err := s.get(ctx, paymentID)
 		if errors.Is(err, ErrNotFound) {
 			return DeliverResult{Outcome: OutcomeRejected, Reason: "unknown payment"}, nil
 		}
@@ -271,7 +280,7 @@ func (s *Service) Deliver(ctx context.Context, paymentID string, attempt int, d 
 		p.State = StateDelivering
 		p.Lease = &Lease{Attempt: attempt, Owner: d.String(), ClaimedAt: now, Until: now.Add(s.cfg.Lease)}
 		p.UpdatedAt = now
-		v, err = s.cfg.Store.Update(ctx, p, v)
+		v, err = s.update(ctx, p, v)
 		if errors.Is(err, ErrVersionConflict) && try < maxClaimTries {
 			continue // someone else moved the payment; look again
 		}
@@ -360,6 +369,20 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, d Delivery
 		s.cfg.Observer.Attempted(p, rec, res.Outcome)
 	}
 	return res, nil
+}
+
+// get and update are single store calls bounded by OpTimeout. The claim is not retried here:
+// a conflict or an outage gives the task back to Cloud Tasks, which retries it.
+func (s *Service) get(ctx context.Context, id string) (*Payment, Version, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	return s.cfg.Store.Get(ctx, id)
+}
+
+func (s *Service) update(ctx context.Context, p *Payment, v Version) (Version, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	return s.cfg.Store.Update(ctx, p, v)
 }
 
 func (s *Service) enqueue(ctx context.Context, t Task) error {

@@ -169,8 +169,8 @@ func (c *Config) validate() error {
 	if c.DeliverTimeout <= 0 || c.DeliverTimeout > 10*time.Second {
 		errs = append(errs, fmt.Errorf("DELIVER_TIMEOUT %s: want more than 0 and at most 10s", c.DeliverTimeout))
 	}
-	if c.DeliverLease < c.DeliverTimeout+5*time.Second {
-		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least DELIVER_TIMEOUT + 5s, so a live delivery is never taken over", c.DeliverLease))
+	if c.DeliverLease < c.DeliverTimeout+5*time.Second || c.DeliverLease > 30*time.Minute {
+		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least DELIVER_TIMEOUT + 5s, so a live delivery is never taken over, and at most 30m", c.DeliverLease))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

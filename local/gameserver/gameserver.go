@@ -25,10 +25,12 @@ type Behaviour struct {
 	AlwaysFail bool
 }
 
-// Answer is one decision: a status and how long to wait before giving it.
+// Answer is one decision: a status and how long to wait before giving it, or a Custom
+// behaviour that answers by itself (resets, slow bodies, redirects, huge bodies).
 type Answer struct {
 	Status int
 	Delay  time.Duration
+	Custom func(w http.ResponseWriter, r *http.Request)
 }
 
 // Hit is one notification received.
@@ -125,6 +127,17 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.hits[p.PaymentID] = append(s.hits[p.PaymentID], hit)
 	notify := s.notify
 	s.mu.Unlock()
+	if ans.Custom != nil {
+		ans.Custom(w, r)
+		if notify != nil {
+			notify(hit)
+		}
+		select {
+		case s.signals <- struct{}{}:
+		default:
+		}
+		return
+	}
 	if ans.Delay > 0 {
 		select {
 		case <-time.After(ans.Delay):

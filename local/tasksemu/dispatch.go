@@ -152,7 +152,14 @@ func (s *Server) startLocked(queueName string, q *queue, t *task, now time.Time)
 	s.inflight.Add(1)
 	go func() {
 		defer s.inflight.Done()
+		if s.opts.DuplicateDispatch {
+			s.inflight.Add(1)
+			go func() { defer s.inflight.Done(); s.send(req) }() // its result is ignored
+		}
 		code, err := s.send(req)
+		if s.opts.OnResult != nil {
+			s.opts.OnResult(req.taskName, code, err)
+		}
 		s.finish(queueName, t, code, err)
 	}()
 }

@@ -36,9 +36,9 @@ func init() {
 // The process-wide handler, built from the environment on first use. A failed build is
 // answered with 500 and tried again on the next request, never cached.
 var (
-	mu       sync.Mutex
-	current  *Handler
-	observer relay.Observer
+	mu         sync.Mutex
+	current    *Handler
+	processOps Options
 )
 
 // SetObserver makes the process's handler report what happens to payments (the local
@@ -46,7 +46,15 @@ var (
 func SetObserver(o relay.Observer) {
 	mu.Lock()
 	defer mu.Unlock()
-	observer = o
+	processOps.Observer = o
+}
+
+// Instrument makes the process's handler count its Firestore operations and Cloud Tasks
+// creates (the benchmark's cost figures). Call it before the first request.
+func Instrument(c *store.Counter, onCreate func()) {
+	mu.Lock()
+	defer mu.Unlock()
+	processOps.Counter, processOps.OnCreate = c, onCreate
 }
 
 func handler(ctx context.Context) (*Handler, error) {
@@ -59,7 +67,7 @@ func handler(ctx context.Context) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, _, err := Build(ctx, cfg, Options{Observer: observer})
+	h, _, err := Build(ctx, cfg, processOps)
 	if err != nil {
 		return nil, err
 	}

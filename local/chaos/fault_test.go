@@ -180,9 +180,9 @@ func setup() (*harness, error) {
 
 func (hs *harness) startTasks(duplicate bool) error {
 	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate,
-		OnResult: func(_ string, status int, _ error) {
+		OnDispatch: func(d tasksemu.Dispatch) {
 			hs.dispatchN.Add(1)
-			if status >= 500 {
+			if d.Status >= 500 {
 				hs.tasks5xx.Add(1)
 			}
 		}})

@@ -1,24 +1,63 @@
 // Command fnserver serves payrelay's registered functions with functions-framework, configured
 // from the environment, the way Cloud Functions runs them: all functions at /Ingest and
-// /Deliver, or only FUNCTION_TARGET at /. The fault-injection suite runs it as a process of its
-// own so that it can kill it.
+// /Deliver, or only FUNCTION_TARGET at /. The fault-injection suite and the benchmark run it as
+// a process of their own, to kill it or to measure it.
+//
+// With PAYRELAY_DEBUG_ADDR (a loopback host:port) it also serves, there and only there,
+// /debug/counters (Firestore reads and writes and Cloud Tasks creates, counted at the adapters)
+// and /debug/pprof/.
 package main
 
 import (
+	"encoding/json"
 	"log"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
+	"sync/atomic"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/funcframework"
 
-	_ "github.com/payrelay/payrelay/functions"
+	"github.com/payrelay/payrelay/functions"
+	"github.com/payrelay/payrelay/infra/store"
 )
+
+// Counters are what /debug/counters reports.
+type Counters struct {
+	FirestoreReads  int64 `json:"firestore_reads"`
+	FirestoreWrites int64 `json:"firestore_writes"`
+	TasksCreated    int64 `json:"tasks_created"`
+}
 
 func main() {
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8080"
 	}
+	if addr := os.Getenv("PAYRELAY_DEBUG_ADDR"); addr != "" {
+		serveDebug(addr)
+	}
 	if err := funcframework.StartHostPort("127.0.0.1", port); err != nil {
 		log.Fatal(err)
 	}
+}
+
+func serveDebug(addr string) {
+	if host, _, err := net.SplitHostPort(addr); err != nil || !net.ParseIP(host).IsLoopback() {
+		log.Fatalf("PAYRELAY_DEBUG_ADDR %q must be a loopback host:port", addr)
+	}
+	var reads, writes, creates atomic.Int64
+	functions.Instrument(&store.Counter{Reads: func() { reads.Add(1) }, Writes: func() { writes.Add(1) }}, func() { creates.Add(1) })
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/counters", func(w http.ResponseWriter, _ *http.Request) {
+		json.NewEncoder(w).Encode(Counters{reads.Load(), writes.Load(), creates.Load()})
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	go http.Serve(l, mux)
 }

@@ -157,8 +157,8 @@ func (s *Server) startLocked(queueName string, q *queue, t *task, now time.Time)
 			go func() { defer s.inflight.Done(); s.send(req) }() // its result is ignored
 		}
 		code, err := s.send(req)
-		if s.opts.OnResult != nil {
-			s.opts.OnResult(req.taskName, code, err)
+		if s.opts.OnDispatch != nil {
+			s.opts.OnDispatch(Dispatch{Task: req.taskName, ETA: req.eta, SentAt: now, Status: code, Err: err})
 		}
 		s.finish(queueName, t, code, err)
 	}()

@@ -67,15 +67,24 @@ type Options struct {
 	Logger *slog.Logger
 	// Client makes the dispatches; its Timeout is overridden by each task's deadline.
 	Client *http.Client
-	// OnResult, if set, is told the outcome of every dispatch (status 0 with err when no
-	// response came back).
-	OnResult func(taskName string, status int, err error)
+	// OnDispatch, if set, is told of every dispatch once it has an outcome.
+	OnDispatch func(Dispatch)
 	// DuplicateDispatch sends every dispatch twice at once: a fault to inject, showing that a
 	// target survives Cloud Tasks' at-least-once delivery. Off by default.
 	DuplicateDispatch bool
 	// Now is the clock; nil is time.Now. Scheduling uses real timers, so tests that change it
 	// must keep it close to real time.
 	Now func() time.Time
+}
+
+// Dispatch describes one dispatch: the task, when it was due and sent, and its outcome
+// (Status 0 with Err when no response came back).
+type Dispatch struct {
+	Task   string
+	ETA    time.Time
+	SentAt time.Time
+	Status int
+	Err    error
 }
 
 // Server is a running emulator.

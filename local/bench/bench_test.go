@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchSmall runs every workload at a small size: the command keeps working, loses
+// nothing, and counts exactly the operations the cost targets allow. Speeds are printed, never
+// asserted.
+func TestBenchSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole stack")
+	}
+	host := os.Getenv("FIRESTORE_EMULATOR_HOST")
+	if host == "" && os.Getenv("CI") == "" {
+		t.Skip("set FIRESTORE_EMULATOR_HOST (or CI, to start one) to run the bench smoke test")
+	}
+	o := Options{Payments: 40, Concurrency: []int{1, 32}, LadderPayments: 5, Compression: 20000, CostPayments: 20,
+		Timeout: 2 * time.Minute, FirestoreHost: host, ProfileDir: t.TempDir()}
+	r, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	r.Print(&out)
+	t.Log(out.String())
+	if r.Lost != 0 || r.Sent != 40*2+40+5+20*2+1 {
+		t.Errorf("sent %d, lost %d; want %d sent and none lost", r.Sent, r.Lost, 40*2+40+5+20*2+1)
+	}
+	if r.Terminal["failed"] != 5 {
+		t.Errorf("%d failed, want the 5 ladder payments", r.Terminal["failed"])
+	}
+	if r.CostFirst != (Cost{1, 3, 1}) || r.CostFurther != (Cost{1, 2, 1}) {
+		t.Errorf("cost first %+v, further %+v; want exactly {1 3 1} and {1 2 1}", r.CostFirst, r.CostFurther)
+	}
+	if len(r.Ladder) != 7 {
+		t.Errorf("ladder lateness for %d attempts, want 7 (attempts 2-8)", len(r.Ladder))
+	}
+	for _, s := range []Stats{r.Baseline[32], r.Ingest[32], r.IngestAlone} {
+		if s.N != 40 || s.Errors != 0 || s.Rate <= 0 {
+			t.Errorf("stats %+v: want 40 requests, no error", s)
+		}
+	}
+	if fi, err := os.Stat(r.ProfilePath); err != nil || fi.Size() == 0 {
+		t.Errorf("no CPU profile at %q: %v", r.ProfilePath, err)
+	}
+	if !strings.Contains(out.String(), "targets:") {
+		t.Error("the table lacks the targets")
+	}
+}

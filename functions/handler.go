@@ -115,7 +115,9 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.inflight.Done()
-	ctx, cancel := context.WithTimeout(h.context(r), IngestTimeout)
+	// Bounded, but not cut short by a provider that hangs up mid-way: a payment stored without
+	// its task would wait for the provider's retry.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.context(r)), IngestTimeout)
 	defer cancel()
 	name := r.URL.Query().Get("provider")
 	if name == "" {

@@ -455,3 +455,23 @@ func BenchmarkPaymentValidate(b *testing.B) {
 		}
 	}
 }
+
+// The caller giving up after the POST (Cloud Tasks' deadline) must not lose the record: a lost
+// record means a second POST once the lease expires.
+func TestDeliverRecordsEvenIfTheCallerGoesAway(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	ctx, cancel := context.WithCancel(context.Background())
+	h.answer = func(int) relay.NotifyResult {
+		cancel() // the request is cut while the game server answers
+		return relay.NotifyResult{StatusCode: 200}
+	}
+	r, err := h.svc.Deliver(ctx, res.PaymentID, 1, relay.Delivery{})
+	if err != nil || r.Outcome != relay.OutcomeDelivered {
+		t.Fatalf("Deliver = %+v, %v; want delivered and recorded", r, err)
+	}
+	if p := h.store.Payment(res.PaymentID); p.State != relay.StateDelivered || p.Lease != nil {
+		t.Errorf("stored state %s, lease %v; want delivered, no lease", p.State, p.Lease)
+	}
+}

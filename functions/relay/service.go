@@ -347,8 +347,11 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, d Delivery
 		p.State = StateFailed
 		res.Outcome = OutcomeFailed
 	}
-	// Record with a short bounded retry: if this write is lost, the lease must expire before
-	// anyone may try again, and that try would be a second POST for the same attempt.
+	// The POST happened: from here on, finish even if the caller goes away (Cloud Tasks cut the
+	// request at its deadline), each call still bounded by OpTimeout. Record with a short
+	// bounded retry: if this write is lost, the lease must expire before anyone may try again,
+	// and that try would be a second POST for the same attempt.
+	ctx = context.WithoutCancel(ctx)
 	err := s.withRetry(ctx, func(ctx context.Context) error {
 		_, err := s.cfg.Store.Update(ctx, p, v)
 		return err

@@ -475,3 +475,29 @@ func TestDeliverRecordsEvenIfTheCallerGoesAway(t *testing.T) {
 		t.Errorf("stored state %s, lease %v; want delivered, no lease", p.State, p.Lease)
 	}
 }
+
+// While its lease holds, a delivery keeps trying to record its attempt through a store outage
+// longer than the ordinary retries, so the game server gets no second POST.
+func TestDeliverRecordsThroughAnOutageWithinTheLease(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	updates := 0
+	h.store.Fail = func(op string) error {
+		if op != "update" {
+			return nil
+		}
+		updates++
+		if updates >= 2 && updates <= 5 { // the claim passes, then the record fails 4 times
+			return fmt.Errorf("firestore: %w", relay.ErrUnavailable)
+		}
+		return nil
+	}
+	r, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{})
+	if err != nil || r.Outcome != relay.OutcomeDelivered || h.posts.Load() != 1 {
+		t.Fatalf("Deliver = %+v, %v after %d posts; want delivered after one", r, err, h.posts.Load())
+	}
+	if p := h.store.Payment(res.PaymentID); p.State != relay.StateDelivered {
+		t.Errorf("stored state %s, want delivered", p.State)
+	}
+}

@@ -143,7 +143,18 @@ func (s *Service) Ladder() schedule.Ladder { return s.cfg.Ladder }
 // withRetry runs f, each try bounded by OpTimeout, retrying only errors classified as
 // Retryable, within the bounded backoff.
 func (s *Service) withRetry(ctx context.Context, f func(context.Context) error) error {
-	return retry.Do(ctx, s.cfg.Backoff(), func(ctx context.Context) error {
+	return s.retryWith(ctx, s.cfg.Backoff(), f)
+}
+
+// recordBackoff retries the record of an attempt until the lease ends: until then nobody else
+// may POST this attempt, so giving up earlier would only invite a second POST once it expires.
+func recordBackoff(remaining time.Duration) retry.Backoff {
+	return retry.WithMaxDuration(max(remaining, 0), retry.WithCappedDuration(time.Second,
+		retry.WithJitterPercent(20, retry.NewExponential(50*time.Millisecond))))
+}
+
+func (s *Service) retryWith(ctx context.Context, b retry.Backoff, f func(context.Context) error) error {
+	return retry.Do(ctx, b, func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 		defer cancel()
 		err := f(ctx)
@@ -321,6 +332,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, attempt int) (res Deli
 // attempt posts to the game server under a held lease and records the result.
 func (s *Service) attempt(ctx context.Context, p *Payment, v Version, d Delivery) (DeliverResult, error) {
 	n := p.Attempt
+	leaseUntil := p.Lease.Until
 	start := s.cfg.Clock.Now()
 	r := s.cfg.Notifier.Notify(ctx, p, n)
 	end := s.cfg.Clock.Now()
@@ -348,11 +360,11 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, d Delivery
 		res.Outcome = OutcomeFailed
 	}
 	// The POST happened: from here on, finish even if the caller goes away (Cloud Tasks cut the
-	// request at its deadline), each call still bounded by OpTimeout. Record with a short
-	// bounded retry: if this write is lost, the lease must expire before anyone may try again,
-	// and that try would be a second POST for the same attempt.
+	// request at its deadline), each call still bounded by OpTimeout. A lost record means a
+	// second POST once the lease expires, so the record is retried for as long as the lease
+	// holds; the version check makes a write after a takeover fail rather than clobber it.
 	ctx = context.WithoutCancel(ctx)
-	err := s.withRetry(ctx, func(ctx context.Context) error {
+	err := s.retryWith(ctx, recordBackoff(leaseUntil.Sub(s.cfg.Clock.Now())), func(ctx context.Context) error {
 		_, err := s.cfg.Store.Update(ctx, p, v)
 		return err
 	})

@@ -38,11 +38,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/gamehttp"
 	"github.com/payrelay/payrelay/infra/store"
@@ -300,13 +295,10 @@ func (e *env) startFn(ctx context.Context) error {
 	e.debugAddr = fmt.Sprintf("127.0.0.1:%d", dport)
 	e.collection = fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(),
-		fmt.Sprint("PORT=", e.fnPort), "PAYRELAY_DEBUG_ADDR="+e.debugAddr,
-		"PROJECT_ID="+stack.ProjectID, "PAYMENTS_COLLECTION="+e.collection, "TASKS_QUEUE="+tasksemu.DefaultQueue,
-		fmt.Sprintf("DELIVER_URL=http://127.0.0.1:%d/Deliver", e.fnPort), "GAME_SERVER_URL="+e.game.URL,
-		"GAME_SERVER_SECRET="+stack.GameSecret.Encode(), "INGEST_SECRETS="+stack.IngestSecret.Encode(),
-		fmt.Sprint("LADDER_COMPRESSION=", e.o.Compression), "CLOUD_TASKS_EMULATOR_HOST="+e.tasksAddr,
-		"FIRESTORE_EMULATOR_HOST="+e.fsHost, "LOG_LEVEL=error")
+	cmd.Env = append(stack.FunctionEnv{
+		Port: e.fnPort, FunctionsURL: fmt.Sprintf("http://127.0.0.1:%d", e.fnPort), GameURL: e.game.URL,
+		TasksAddr: e.tasksAddr, FirestoreHost: e.fsHost, Collection: e.collection, Compression: e.o.Compression, LogLevel: "error",
+	}.Environ(), "PAYRELAY_DEBUG_ADDR="+e.debugAddr)
 	logf, err := os.Create(filepath.Join(e.dir, "fnserver.log"))
 	if err != nil {
 		return err
@@ -427,8 +419,7 @@ func (e *env) baseline(ctx context.Context, r *Result) error {
 		return err
 	}
 	defer fsc.Close()
-	tc, err := cloudtasks.NewClient(ctx, option.WithEndpoint(e.tasksAddr), option.WithoutAuthentication(),
-		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	tc, err := tasksemu.NewClient(ctx, e.tasksAddr)
 	if err != nil {
 		return err
 	}

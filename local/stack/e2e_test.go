@@ -13,9 +13,6 @@ import (
 
 	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/payrelay/payrelay/functions/relay"
@@ -257,8 +254,7 @@ func TestDuplicatedTaskGivesNoSecondPost(t *testing.T) {
 
 func newTasksClient(t *testing.T) *cloudtasks.Client {
 	t.Helper()
-	c, err := cloudtasks.NewClient(context.Background(), option.WithEndpoint(st.TasksAddr), option.WithoutAuthentication(),
-		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	c, err := tasksemu.NewClient(context.Background(), st.TasksAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

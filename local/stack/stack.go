@@ -50,6 +50,61 @@ var (
 	GameSecret = webhook.NewSecret([]byte(GameKey))
 )
 
+// FunctionEnv is the environment the functions read when they run against local emulators, in
+// this process or in one of their own: the one place that knows the local wiring of every
+// variable infra/config reads.
+type FunctionEnv struct {
+	Port                  int // PORT, for a process of their own; 0 leaves it out
+	FunctionsURL          string
+	GameURL               string
+	TasksAddr             string
+	FirestoreHost         string
+	Collection            string
+	Ladder                string
+	Compression           int
+	DeliverTimeout, Lease time.Duration
+	LogLevel              string
+	ProviderConfig        string
+}
+
+// Map returns the variables by name.
+func (f FunctionEnv) Map() map[string]string {
+	m := map[string]string{
+		"PROJECT_ID":                ProjectID,
+		"PAYMENTS_COLLECTION":       f.Collection,
+		"TASKS_QUEUE":               tasksemu.DefaultQueue,
+		"DELIVER_URL":               f.FunctionsURL + "/Deliver",
+		"GAME_SERVER_URL":           f.GameURL,
+		"GAME_SERVER_SECRET":        GameSecret.Encode(),
+		"INGEST_SECRETS":            IngestSecret.Encode(),
+		"LADDER":                    f.Ladder,
+		"LADDER_COMPRESSION":        strconv.Itoa(max(f.Compression, 1)),
+		"CLOUD_TASKS_EMULATOR_HOST": f.TasksAddr,
+		"FIRESTORE_EMULATOR_HOST":   f.FirestoreHost,
+		"LOG_LEVEL":                 f.LogLevel,
+		"PROVIDER_CONFIG":           f.ProviderConfig,
+	}
+	if f.DeliverTimeout > 0 {
+		m["DELIVER_TIMEOUT"] = f.DeliverTimeout.String()
+	}
+	if f.Lease > 0 {
+		m["DELIVER_LEASE"] = f.Lease.String()
+	}
+	if f.Port != 0 {
+		m["PORT"] = strconv.Itoa(f.Port)
+	}
+	return m
+}
+
+// Environ is this process's environment with the functions' variables set, for a child.
+func (f FunctionEnv) Environ() []string {
+	env := os.Environ()
+	for k, v := range f.Map() {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
 // Options configure a stack. Zero ports pick free ones.
 type Options struct {
 	Host          string // default 127.0.0.1
@@ -197,24 +252,12 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	}
 
 	s.FunctionsURL = "http://" + net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
-	env := map[string]string{
-		"PROJECT_ID":                ProjectID,
-		"PAYMENTS_COLLECTION":       o.Collection,
-		"TASKS_QUEUE":               tasksemu.DefaultQueue,
-		"DELIVER_URL":               s.FunctionsURL + "/Deliver",
-		"GAME_SERVER_URL":           s.Game.URL,
-		"GAME_SERVER_SECRET":        GameSecret.Encode(),
-		"INGEST_SECRETS":            IngestSecret.Encode(),
-		"LADDER":                    o.Ladder,
-		"LADDER_COMPRESSION":        strconv.Itoa(o.Compression),
-		"DELIVER_TIMEOUT":           o.DeliverTimeout.String(),
-		"DELIVER_LEASE":             o.Lease.String(),
-		"CLOUD_TASKS_EMULATOR_HOST": s.TasksAddr,
-		"FIRESTORE_EMULATOR_HOST":   s.FirestoreHost,
-		"LOG_LEVEL":                 o.LogLevel,
-		"PROVIDER_CONFIG":           o.ProviderConfig,
+	env := FunctionEnv{
+		FunctionsURL: s.FunctionsURL, GameURL: s.Game.URL, TasksAddr: s.TasksAddr, FirestoreHost: s.FirestoreHost,
+		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression, DeliverTimeout: o.DeliverTimeout,
+		Lease: o.Lease, LogLevel: o.LogLevel, ProviderConfig: o.ProviderConfig,
 	}
-	for k, v := range env {
+	for k, v := range env.Map() {
 		if err = os.Setenv(k, v); err != nil {
 			return s, err
 		}

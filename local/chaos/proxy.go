@@ -51,16 +51,18 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // Accepted receives one value per connection accepted while black-holing.
 func (p *Proxy) Accepted() <-chan struct{} { return p.accepted }
 
-// SetMode switches the proxy; leaving Pass cuts every connection in flight.
+// SetMode switches the proxy and cuts every connection it holds: leaving Pass ends the
+// forwarded ones (the outage begins), and leaving Blackhole ends the held ones, which would
+// otherwise hang their clients' handshakes past the outage.
 func (p *Proxy) SetMode(m Mode) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.mode = m
-	if m != Pass {
+	if m != p.mode {
 		for c := range p.conns {
 			c.Close()
 		}
 	}
+	p.mode = m
 }
 
 // Close stops the proxy and cuts its connections.

@@ -120,7 +120,7 @@ var queueRE = regexp.MustCompile(`^projects/[^/]+/locations/[^/]+/queues/[A-Za-z
 // missing or invalid at once.
 func Load(ctx context.Context, l envconfig.Lookuper) (*Config, error) {
 	var c Config
-	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: l, DefaultNoInit: false}); err != nil {
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: l}); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if c.Ladder.Attempts() == 0 {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -605,12 +606,7 @@ func (s *Server) ListTasks(_ context.Context, req *cloudtaskspb.ListTasksRequest
 	if err != nil {
 		return nil, err
 	}
-	var names []string
-	for name, t := range q.tasks {
-		if !t.deleted {
-			names = append(names, name)
-		}
-	}
+	names := slices.Collect(maps.Keys(q.tasks)) // deleted tasks leave the map at once
 	page, next, err := paginate(names, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
@@ -632,7 +628,7 @@ func (s *Server) taskLocked(name string) (*queue, *task, error) {
 		return nil, nil, err
 	}
 	t, ok := q.tasks[name]
-	if !ok || t.deleted {
+	if !ok {
 		return nil, nil, status.Errorf(codes.NotFound, "task %s does not exist", name)
 	}
 	return q, t, nil
@@ -697,7 +693,7 @@ func (s *Server) CreateTask(_ context.Context, req *cloudtaskspb.CreateTaskReque
 		if qn != req.GetParent() {
 			return nil, status.Errorf(codes.InvalidArgument, "task name %q is not in queue %s", pb.Name, req.GetParent())
 		}
-		if t, ok := q.tasks[pb.Name]; ok && !t.deleted {
+		if _, ok := q.tasks[pb.Name]; ok {
 			return nil, status.Errorf(codes.AlreadyExists, "task %s already exists", pb.Name)
 		}
 		if until, ok := s.tombstones[pb.Name]; ok && now.Before(until) {

@@ -220,3 +220,30 @@ func TestSendReportsNoServer(t *testing.T) {
 		t.Errorf("send with nothing listening: %v\n%s", err, out)
 	}
 }
+
+func TestRunnerWithoutGcloudSaysHowToInstall(t *testing.T) {
+	t.Parallel()
+	p := ports(t, 4)
+	cmd := exec.Command(bin, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]))
+	var env []string
+	for _, kv := range childEnv() {
+		if !strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = append(env, "PATH="+t.TempDir()) // no gcloud on it
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 {
+		t.Fatalf("exit %v, want non-zero\n%s", err, out)
+	}
+	for _, want := range []string{"gcloud", "install", "cloud-firestore-emulator"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("message lacks %q:\n%s", want, out)
+		}
+	}
+	for _, port := range p[:3] {
+		if listening(port) {
+			t.Errorf("port %d left listening", port)
+		}
+	}
+}

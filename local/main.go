@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,7 +25,6 @@ import (
 
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/functions/webhook"
-	"github.com/payrelay/payrelay/local/emulator"
 	"github.com/payrelay/payrelay/local/gameserver"
 	"github.com/payrelay/payrelay/local/stack"
 	"github.com/payrelay/payrelay/local/tasksemu"
@@ -130,10 +128,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel,
 	})
 	if err != nil {
-		fmt.Fprintln(stderr, "payrelay local:", err)
-		if errors.Is(err, emulator.ErrNotInstalled) {
-			fmt.Fprintln(stderr, "  to install it:", emulator.InstallHint)
-		}
+		fmt.Fprintln(stderr, "payrelay local:", err) // an ErrNotInstalled already says how to install
 		return 1
 	}
 	firestoreNote := "started by this command; stopped on exit"

@@ -15,11 +15,11 @@ import (
 )
 
 const (
-	aliApp  = "2021004100000001"
-	wxMch   = "1900000109"
-	wxApp   = "wxd678efh567hg6787"
-	wxSer   = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
-	wxAPIv3 = "a7cde1ef52b6d4dc4e2a2c0f6c9a2a0e"
+	aliApp  = providertest.AlipayAppID
+	wxMch   = providertest.WechatMchID
+	wxApp   = providertest.WechatAppID
+	wxSer   = providertest.WechatSerial
+	wxAPIv3 = providertest.APIv3Key
 )
 
 var (

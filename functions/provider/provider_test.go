@@ -18,12 +18,12 @@ import (
 )
 
 const (
-	appID    = "2021004100000001"
-	mchID    = "1900000109"
-	wxAppID  = "wxd678efh567hg6787"
-	serial   = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+	appID    = providertest.AlipayAppID
+	mchID    = providertest.WechatMchID
+	wxAppID  = providertest.WechatAppID
+	serial   = providertest.WechatSerial
 	serial2  = "PUB_KEY_ID_0119000001092026112400000000000001"
-	apiv3Key = "a7cde1ef52b6d4dc4e2a2c0f6c9a2a0e" // 32 bytes
+	apiv3Key = providertest.APIv3Key
 )
 
 var (

@@ -25,6 +25,16 @@ import (
 	"github.com/payrelay/payrelay/functions/provider"
 )
 
+// Sample merchant identifiers, in the providers' own formats, shared by every test that builds
+// notifications.
+const (
+	AlipayAppID  = "2021004100000001"
+	WechatMchID  = "1900000109"
+	WechatAppID  = "wxd678efh567hg6787"
+	WechatSerial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+	APIv3Key     = "a7cde1ef52b6d4dc4e2a2c0f6c9a2a0e" // 32 bytes
+)
+
 // PublicKeyPEM encodes key's public half as a PKIX PEM block, as consoles give it.
 func PublicKeyPEM(key *rsa.PrivateKey) string {
 	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)

@@ -136,39 +136,63 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 		prov.Refuse(w, refusal)
 		return
 	}
-	p, relayIt, err := prov.Parse(r.Header, body, h.Clock.Now())
+	result, err := prov.Parse(r.Header, body, h.Clock.Now())
 	if err != nil {
 		refusal := provider.AsRefusal(err)
 		log.WarnContext(ctx, "ingest refused", "status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
 		prov.Refuse(w, refusal)
 		return
 	}
-	if !relayIt {
-		log.InfoContext(ctx, "ingest acknowledged a verified notification that is not a payment; nothing stored")
-		prov.Ack(w, "", false)
-		return
+	p := result.Payment
+	log = log.With("order_id", p.OrderID, "merchant", p.Merchant)
+	if result.Refund != nil {
+		log = log.With("refund_id", result.Refund.ID)
 	}
-	res, err := h.Service.Ingest(ctx, p)
+	res, err := h.Service.Ingest(ctx, result)
+	var over *relay.ErrOverRefund
+	var fieldErr *relay.FieldError
 	switch {
 	case errors.Is(err, relay.ErrFactsDiffer):
-		log.ErrorContext(ctx, "ingest refused: callback contradicts the stored payment for the same order",
-			"payment_id", res.PaymentID, "order_id", p.OrderID)
-		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment for this order is stored with other facts (amount, currency, ...)"})
+		log.ErrorContext(ctx, "ingest refused: callback contradicts what is stored for the same order",
+			"payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())
+		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment or refund for this order is stored with other facts (amount, currency, ...)"})
+		return
+	case errors.As(err, &over):
+		log.ErrorContext(ctx, "ingest refused: refund exceeds what remains refundable",
+			"payment_id", res.PaymentID, "paid_minor", over.Paid, "refunded_minor", over.AlreadyRefunded, "refund_minor", over.Asked)
+		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: over.Error()})
+		return
+	case errors.As(err, &fieldErr):
+		log.WarnContext(ctx, "ingest refused", "status", http.StatusUnprocessableEntity, "reason", fieldErr.Error(), "field", fieldErr.Field)
+		prov.Refuse(w, &provider.Refusal{Code: http.StatusUnprocessableEntity, Reason: fieldErr.Error(), Field: fieldErr.Field})
 		return
 	case err != nil:
 		log.ErrorContext(ctx, "ingest failed; the provider will retry", "payment_id", res.PaymentID, "error", err.Error(), "retryable", relay.Retryable(err))
 		prov.Refuse(w, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"})
 		return
 	}
-	log.InfoContext(ctx, "payment received", "payment_id", res.PaymentID, "order_id", p.OrderID, "duplicate", res.Duplicate)
-	prov.Ack(w, res.PaymentID, res.Duplicate)
+	switch {
+	case result.Type == "" && result.Note.Alert:
+		log.ErrorContext(ctx, "ingest acknowledged a result that is not relayed and needs an operator",
+			"kind", result.Note.Kind, "reason", result.Note.Reason, "payment_id", res.PaymentID, "recorded", res.Stored)
+	case result.Type == "":
+		log.InfoContext(ctx, "ingest acknowledged a result that is not relayed",
+			"kind", result.Note.Kind, "payment_id", res.PaymentID, "recorded", res.Stored)
+	case res.Covered:
+		log.WarnContext(ctx, "refund already counted by a later refund; noted, not relayed", "payment_id", res.PaymentID)
+	default:
+		log.InfoContext(ctx, "notification received", "payment_id", res.PaymentID, "notification_id", res.NotificationID,
+			"type", string(result.Type), "state", string(res.State), "duplicate", res.Duplicate)
+	}
+	prov.Ack(w, res)
 }
 
 type deliverAnswer struct {
-	PaymentID string `json:"payment_id,omitempty"`
-	Attempt   int    `json:"attempt,omitempty"`
-	Outcome   string `json:"outcome"`
-	Reason    string `json:"reason,omitempty"`
+	PaymentID    string `json:"payment_id,omitempty"`
+	Notification string `json:"notification,omitempty"`
+	Attempt      int    `json:"attempt,omitempty"`
+	Outcome      string `json:"outcome"`
+	Reason       string `json:"reason,omitempty"`
 }
 
 // Deliver makes one attempt of the ladder for the task Cloud Tasks sends.
@@ -189,17 +213,17 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var msg relay.TaskMessage
-	if err := json.Unmarshal(body, &msg); err != nil || msg.PaymentID == "" || msg.Attempt < 1 {
+	if err := json.Unmarshal(body, &msg); err != nil || msg.PaymentID == "" || msg.Notification == "" || msg.Attempt < 1 {
 		// A task that can never succeed: acknowledge it so Cloud Tasks does not retry forever.
 		log.ErrorContext(ctx, "deliver rejected a malformed task", "body_bytes", len(body))
-		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(relay.OutcomeRejected), Reason: "task body must be {\"payment_id\":...,\"attempt\":n}"})
+		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(relay.OutcomeRejected), Reason: "task body must be {\"payment_id\":...,\"notification\":...,\"attempt\":n}"})
 		return
 	}
-	log = log.With("payment_id", msg.PaymentID, "attempt", msg.Attempt)
-	res, err := h.Service.Deliver(ctx, msg.PaymentID, msg.Attempt, d)
+	log = log.With("payment_id", msg.PaymentID, "notification_id", relay.NotificationID(msg.PaymentID, msg.Notification), "attempt", msg.Attempt)
+	res, err := h.Service.Deliver(ctx, msg, d)
 	if err != nil {
 		log.ErrorContext(ctx, "deliver could not record progress; Cloud Tasks will redeliver", "error", err.Error(), "retryable", relay.Retryable(err))
-		writeJSON(w, http.StatusServiceUnavailable, deliverAnswer{PaymentID: msg.PaymentID, Attempt: msg.Attempt, Outcome: "error", Reason: "temporarily unavailable"})
+		writeJSON(w, http.StatusServiceUnavailable, deliverAnswer{PaymentID: msg.PaymentID, Notification: msg.Notification, Attempt: msg.Attempt, Outcome: "error", Reason: "temporarily unavailable"})
 		return
 	}
 	attrs := []any{"outcome", string(res.Outcome)}
@@ -211,6 +235,9 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 	}
 	if !res.Next.IsZero() {
 		attrs = append(attrs, "next_attempt_at", res.Next.UTC().Format(time.RFC3339Nano))
+	}
+	if res.Released != "" {
+		attrs = append(attrs, "released", relay.NotificationID(msg.PaymentID, res.Released))
 	}
 	switch res.Outcome {
 	case relay.OutcomeRejected, relay.OutcomeFailed:
@@ -224,5 +251,5 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 	if res.Outcome.Class() == relay.ClassRetry {
 		code = http.StatusConflict // any non-2xx: Cloud Tasks redelivers after its backoff
 	}
-	writeJSON(w, code, deliverAnswer{PaymentID: msg.PaymentID, Attempt: msg.Attempt, Outcome: string(res.Outcome), Reason: res.Reason})
+	writeJSON(w, code, deliverAnswer{PaymentID: msg.PaymentID, Notification: msg.Notification, Attempt: msg.Attempt, Outcome: string(res.Outcome), Reason: res.Reason})
 }

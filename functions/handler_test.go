@@ -50,7 +50,7 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	clock := relaytest.NewClock(testNow)
 	svc, err := relay.NewService(relay.Config{
 		Store: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
-		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, int) relay.NotifyResult {
+		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
 			f.posts++
 			return relay.NotifyResult{StatusCode: 200}
 		}),
@@ -98,13 +98,13 @@ func TestIngestValid(t *testing.T) {
 	if code != http.StatusOK || out["duplicate"] != false {
 		t.Fatalf("Ingest = %d %v", code, out)
 	}
-	id := relay.PaymentID("generic", "order-1001")
+	id := relay.PaymentID("generic", "game-1", "order-1001")
 	p := f.store.Payment(id)
-	if p == nil || p.AmountMinor != 648 || p.Currency != "CNY" || p.State != relay.StatePending || out["payment_id"] != id {
+	if p == nil || p.AmountMinor != 648 || p.Currency != "CNY" || p.Paid().State != relay.StatePending || out["payment_id"] != id {
 		t.Fatalf("stored %+v", p)
 	}
-	if tasks := f.queue.Snapshot(); len(tasks) != 1 || tasks[0].Name() != id+"-1" || !tasks[0].At.Equal(testNow) {
-		t.Fatalf("tasks = %+v, want %s-1 now", tasks, id)
+	if tasks := f.queue.Snapshot(); len(tasks) != 1 || tasks[0].Name() != id+"-paid-1" || !tasks[0].At.Equal(testNow) {
+		t.Fatalf("tasks = %+v, want %s-paid-1 now", tasks, id)
 	}
 	code, out = serve(f.h.Ingest, signed(validBody, testNow))
 	if code != http.StatusOK || out["duplicate"] != true || len(f.queue.Snapshot()) != 1 {
@@ -116,6 +116,40 @@ func TestIngestValid(t *testing.T) {
 	}
 	if f.store.Payment(id).AmountMinor != 648 {
 		t.Error("the conflicting callback changed the stored payment")
+	}
+}
+
+// refundBody is a generic-format refund of refundAmount of validBody's payment.
+func refundBody(refundID, refundAmount string) string {
+	return strings.Replace(validBody, `"status":"paid"`, fmt.Sprintf(`"status":"refunded","refund_id":%q,"refund_amount":%q,"refunded_at":"2026-11-24T21:00:00+08:00"`, refundID, refundAmount), 1)
+}
+
+func TestIngestRefunds(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	id := relay.PaymentID("generic", "game-1", "order-1001")
+	if code, out := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK {
+		t.Fatalf("payment = %d %v", code, out)
+	}
+	code, out := serve(f.h.Ingest, signed(refundBody("r1", "1.48"), testNow))
+	if code != http.StatusOK || out["state"] != "held" || out["notification_id"] != id+"-"+relay.RefundKey("r1") {
+		t.Fatalf("refund while the payment is pending = %d %v; want 200, held", code, out)
+	}
+	if n := len(f.queue.Snapshot()); n != 1 {
+		t.Errorf("%d tasks; the held refund must wait for its payment", n)
+	}
+	if code, out := serve(f.h.Ingest, signed(refundBody("r1", "1.48"), testNow)); code != http.StatusOK || out["duplicate"] != true {
+		t.Errorf("repeated refund = %d %v, want 200 duplicate", code, out)
+	}
+	if code, _ := serve(f.h.Ingest, signed(refundBody("r1", "1.00"), testNow)); code != http.StatusConflict {
+		t.Errorf("same refund id, other amount = %d, want 409", code)
+	}
+	if code, _ := serve(f.h.Ingest, signed(refundBody("r2", "5.01"), testNow)); code != http.StatusConflict {
+		t.Errorf("refund beyond the 5.00 that remains = %d, want 409", code)
+	}
+	p := f.store.Payment(id)
+	if len(p.Notifications) != 2 || p.RefundedMinor != 148 {
+		t.Errorf("stored %d notifications, refunded %d; want the payment and one refund of 148", len(p.Notifications), p.RefundedMinor)
 	}
 }
 
@@ -158,6 +192,15 @@ func TestIngestRefusals(t *testing.T) {
 		{"unpaid status", func() *http.Request { return signed(replace(`"paid"`, `"pending"`), testNow) }, http.StatusUnprocessableEntity, "status"},
 		{"bad paid_at", func() *http.Request { return signed(replace(`2026-11-24T19:59:00+08:00`, `yesterday`), testNow) }, http.StatusUnprocessableEntity, "paid_at"},
 		{"missing app", func() *http.Request { return signed(replace(`"app_id":"game-1",`, ""), testNow) }, http.StatusUnprocessableEntity, "app_id"},
+		{"refund without id", func() *http.Request {
+			return signed(refundBody("", "1.00"), testNow)
+		}, http.StatusUnprocessableEntity, "refund_id"},
+		{"refund without amount", func() *http.Request { return signed(refundBody("r1", ""), testNow) }, http.StatusUnprocessableEntity, "refund_amount"},
+		{"refund amount beyond minor unit", func() *http.Request { return signed(refundBody("r1", "1.001"), testNow) }, http.StatusUnprocessableEntity, "refund_amount"},
+		{"refund without time", func() *http.Request {
+			return signed(strings.Replace(refundBody("r1", "1.00"), `"refunded_at":"2026-11-24T21:00:00+08:00"`, `"refunded_at":""`, 1), testNow)
+		}, http.StatusUnprocessableEntity, "refunded_at"},
+		{"refund larger than the payment", func() *http.Request { return signed(refundBody("r1", "6.49"), testNow) }, http.StatusConflict, ""},
 		{"oversized", func() *http.Request {
 			return signed(replace(`"gems_60"`, `"`+strings.Repeat("x", MaxIngestBody)+`"`), testNow)
 		}, http.StatusRequestEntityTooLarge, ""},
@@ -225,8 +268,8 @@ func TestDeliverHandler(t *testing.T) {
 	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK {
 		t.Fatal("ingest failed")
 	}
-	id := relay.PaymentID("generic", "order-1001")
-	for _, body := range []string{`not json`, `{}`, `{"payment_id":"x","attempt":0}`, `{"payment_id":"unknown","attempt":1}`} {
+	id := relay.PaymentID("generic", "game-1", "order-1001")
+	for _, body := range []string{`not json`, `{}`, `{"payment_id":"x","notification":"paid","attempt":0}`, `{"payment_id":"x","attempt":1}`, `{"payment_id":"unknown","notification":"paid","attempt":1}`, fmt.Sprintf(`{"payment_id":%q,"notification":"refund-00","attempt":1}`, id)} {
 		code, out := serve(f.h.Deliver, deliverReq(body))
 		if code != http.StatusOK || out["outcome"] != "rejected" {
 			t.Errorf("Deliver(%s) = %d %v, want 200 rejected (never retried forever)", body, code, out)
@@ -240,7 +283,7 @@ func TestDeliverHandler(t *testing.T) {
 	if code, _ := serve(f.h.Deliver, deliverReq(strings.Repeat(" ", MaxDeliverBody+1))); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("oversized task = %d, want 413", code)
 	}
-	task := fmt.Sprintf(`{"payment_id":%q,"attempt":1}`, id)
+	task := fmt.Sprintf(`{"payment_id":%q,"notification":"paid","attempt":1}`, id)
 	f.store.Fail = func(string) error { return fmt.Errorf("firestore: %w", relay.ErrUnavailable) }
 	if code, _ := serve(f.h.Deliver, deliverReq(task)); code != http.StatusServiceUnavailable || f.posts != 0 {
 		t.Errorf("store down: %d after %d posts, want 503 and no post", code, f.posts)
@@ -248,13 +291,13 @@ func TestDeliverHandler(t *testing.T) {
 	f.store.Fail = nil
 	// Another delivery holds a live lease: answer non-2xx so Cloud Tasks retries later.
 	p, v, _ := f.store.Get(context.Background(), id)
-	p.State, p.Lease = relay.StateDelivering, &relay.Lease{Attempt: 1, Owner: "other", Until: testNow.Add(time.Minute)}
+	p.Paid().State, p.Paid().Lease = relay.StateDelivering, &relay.Lease{Attempt: 1, Owner: "other", Until: testNow.Add(time.Minute)}
 	f.store.Update(context.Background(), p, v)
 	if code, out := serve(f.h.Deliver, deliverReq(task)); code != http.StatusConflict || out["outcome"] != "busy" || f.posts != 0 {
 		t.Errorf("live lease: %d %v, want 409 busy and no post", code, out)
 	}
 	p, v, _ = f.store.Get(context.Background(), id)
-	p.State, p.Lease = relay.StatePending, nil
+	p.Paid().State, p.Paid().Lease = relay.StatePending, nil
 	f.store.Update(context.Background(), p, v)
 	if code, out := serve(f.h.Deliver, deliverReq(task)); code != http.StatusOK || out["outcome"] != "delivered" || f.posts != 1 {
 		t.Errorf("Deliver = %d %v after %d posts, want 200 delivered after 1", code, out, f.posts)

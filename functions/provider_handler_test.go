@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -82,7 +83,7 @@ func TestAlipayAnswersAndOneChain(t *testing.T) {
 	if n := len(f.queue.Snapshot()); n != 1 || f.store.Len() != 1 {
 		t.Errorf("%d tasks and %d payments after SUCCESS, SUCCESS, FINISHED; want one chain", n, f.store.Len())
 	}
-	p := f.store.Payment(relay.PaymentID("alipay", "ali-1"))
+	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "ali-1"))
 	if p == nil || p.AmountMinor != 64800 || p.Provider != "alipay" {
 		t.Errorf("stored %+v", p)
 	}
@@ -143,6 +144,93 @@ func TestWechatAnswersAndOneChain(t *testing.T) {
 	w := record(f.h.Ingest, wechatReq(probe, body2))
 	if w.Code != 401 || !bytes.Contains(w.Body.Bytes(), []byte(`"code":"FAIL"`)) || f.store.Len() != 1 {
 		t.Errorf("probe answered %d %s with %d payments; want 401 {\"code\":\"FAIL\"} and nothing stored", w.Code, w.Body.String(), f.store.Len())
+	}
+}
+
+func TestAlipayRefundsRelayedInOrder(t *testing.T) {
+	t.Parallel()
+	f := withProviders(t, newFixture(t))
+	send := func(fields map[string]string) *httptest.ResponseRecorder {
+		return record(f.h.Ingest, alipayReq(providertest.SignAlipay(aliKey, fields)))
+	}
+	if w := send(providertest.AlipayFields(aliApp, "ali-r", "100.00", "TRADE_SUCCESS")); w.Body.String() != "success" {
+		t.Fatalf("payment answered %d %q", w.Code, w.Body.String())
+	}
+	// A partial refund of 30, its repeat, a second partial bringing the total to 50, then the
+	// full refund closing the trade: refund_fee is cumulative.
+	for _, fields := range []map[string]string{
+		providertest.AlipayRefundFields(aliApp, "ali-r", "100.00", "TRADE_SUCCESS", "30.00", "rf-1"),
+		providertest.AlipayRefundFields(aliApp, "ali-r", "100.00", "TRADE_SUCCESS", "30.00", "rf-1"),
+		providertest.AlipayRefundFields(aliApp, "ali-r", "100.00", "TRADE_SUCCESS", "50.00", "rf-2"),
+		providertest.AlipayRefundFields(aliApp, "ali-r", "100.00", "TRADE_CLOSED", "100.00", "rf-3"),
+	} {
+		if w := send(fields); w.Code != 200 || w.Body.String() != "success" {
+			t.Fatalf("refund %s answered %d %q", fields["out_biz_no"], w.Code, w.Body.String())
+		}
+	}
+	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "ali-r"))
+	var got []int64
+	for _, n := range p.Notifications[1:] {
+		got = append(got, n.Refund.AmountMinor)
+	}
+	if len(p.Notifications) != 4 || fmt.Sprint(got) != "[3000 2000 5000]" || p.RefundedMinor != 10000 {
+		t.Fatalf("stored %d notifications, refunds %v, total %d; want 3000, 2000, 5000 = 10000", len(p.Notifications), got, p.RefundedMinor)
+	}
+	for _, n := range p.Notifications[1:] {
+		if n.State != relay.StateHeld {
+			t.Errorf("refund %s is %s while the payment is pending; want held", n.Refund.ID, n.State)
+		}
+	}
+	// A refund beyond the payment is refused loudly, in Alipay's shape.
+	if w := send(providertest.AlipayRefundFields(aliApp, "ali-r", "100.00", "TRADE_CLOSED", "100.01", "rf-4")); w.Code != 409 || w.Body.String() != "failure" {
+		t.Errorf("over-refund answered %d %q, want 409 failure", w.Code, w.Body.String())
+	}
+	// Closed without refund_fee (closed unpaid) is acknowledged and not relayed.
+	if w := send(providertest.AlipayFields(aliApp, "ali-r", "100.00", "TRADE_CLOSED")); w.Body.String() != "success" || len(f.store.Payment(p.ID).Notifications) != 4 {
+		t.Errorf("closed unpaid answered %q; want success and no new notification", w.Body.String())
+	}
+}
+
+func TestWechatRefundEvents(t *testing.T) {
+	t.Parallel()
+	f := withProviders(t, newFixture(t))
+	notify := func(event string, resource any) *httptest.ResponseRecorder {
+		h, body := providertest.WechatNotify(platKey, wxSer, wxAPIv3, event, resource, testNow)
+		return record(f.h.Ingest, wechatReq(h, body))
+	}
+	if w := notify("TRANSACTION.SUCCESS", providertest.WechatTransaction(wxMch, wxApp, "wx-r", 600)); w.Code != 204 {
+		t.Fatalf("payment answered %d", w.Code)
+	}
+	id := relay.PaymentID("wechatpay", wxMch, "wx-r")
+	for _, event := range []string{"REFUND.ABNORMAL", "REFUND.CLOSED"} {
+		status := event[len("REFUND."):]
+		if w := notify(event, providertest.WechatRefund(wxMch, "wx-r", "50300000"+status, 600, 100, status)); w.Code != 204 {
+			t.Fatalf("%s answered %d", event, w.Code)
+		}
+	}
+	p := f.store.Payment(id)
+	if len(p.Notifications) != 1 || len(p.Notes) != 2 || p.RefundedMinor != 0 || !p.Notes[0].Alert {
+		t.Fatalf("after ABNORMAL and CLOSED: %d notifications, notes %+v, refunded %d; want notes only", len(p.Notifications), p.Notes, p.RefundedMinor)
+	}
+	for range 2 {
+		if w := notify("REFUND.SUCCESS", providertest.WechatRefund(wxMch, "wx-r", "503000001", 600, 250, "SUCCESS")); w.Code != 204 {
+			t.Fatalf("REFUND.SUCCESS answered %d %s", w.Code, w.Body.String())
+		}
+	}
+	p = f.store.Payment(id)
+	if n := p.RefundByID("503000001"); len(p.Notifications) != 2 || n == nil || n.Refund.AmountMinor != 250 || n.Refund.MerchantRefundNo != "out-503000001" || p.AppID != wxApp {
+		t.Fatalf("after REFUND.SUCCESS twice: %d notifications, refund %+v", len(p.Notifications), n)
+	}
+	if w := notify("REFUND.SUCCESS", providertest.WechatRefund(wxMch, "wx-r", "503000002", 600, 351, "SUCCESS")); w.Code != 409 || !bytes.Contains(w.Body.Bytes(), []byte(`"FAIL"`)) {
+		t.Errorf("refund beyond the 350 remaining answered %d %s, want 409 FAIL", w.Code, w.Body.String())
+	}
+	// A refund of a payment never received goes out on its own, with the merchant's only app.
+	if w := notify("REFUND.SUCCESS", providertest.WechatRefund(wxMch, "wx-unknown", "503000009", 600, 600, "SUCCESS")); w.Code != 204 {
+		t.Fatalf("refund of an unknown payment answered %d %s", w.Code, w.Body.String())
+	}
+	alone := f.store.Payment(relay.PaymentID("wechatpay", wxMch, "wx-unknown"))
+	if alone == nil || alone.Paid() != nil || alone.AppID != wxApp || !alone.PaidAt.IsZero() || alone.Notifications[0].State != relay.StatePending {
+		t.Errorf("refund of an unknown payment stored %+v", alone)
 	}
 }
 

@@ -160,7 +160,7 @@ ready
 	return 0
 }
 
-// progress prints what happens to payments, with a running count.
+// progress prints what happens to notifications (payments and refunds), with a running count.
 type progress struct {
 	mu                            sync.Mutex
 	w                             io.Writer
@@ -178,21 +178,37 @@ func (p *progress) line(format string, args ...any) {
 	fmt.Fprintf(p.w, "%s  %-60s [%s]\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...), p.summary())
 }
 
+// what names a notification for a person: the order, and the refund if it is one.
+func what(pay *relay.Payment, n *relay.Notification) string {
+	if n.Refund != nil {
+		return fmt.Sprintf("%s refund %s", pay.OrderID, n.Refund.ID)
+	}
+	return pay.OrderID
+}
+
 // Received implements relay.Observer.
-func (p *progress) Received(pay *relay.Payment, duplicate bool) {
+func (p *progress) Received(pay *relay.Payment, n *relay.Notification, duplicate bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if duplicate {
 		p.duplicates++
-		p.line("repeat    %s: already stored, no second chain", pay.OrderID)
+		p.line("repeat    %s: already stored, no second chain", what(pay, n))
 		return
 	}
 	p.received++
-	p.line("received  %s %d %s (payment %.8s)", pay.OrderID, pay.AmountMinor, pay.Currency, pay.ID)
+	held := ""
+	if n.State == relay.StateHeld {
+		held = ", held behind the payment's earlier notification"
+	}
+	if n.Refund != nil {
+		p.line("received  %s: %d back of %d %s (payment %.8s)%s", what(pay, n), n.Refund.AmountMinor, pay.AmountMinor, pay.Currency, pay.ID, held)
+		return
+	}
+	p.line("received  %s %d %s (payment %.8s)%s", pay.OrderID, pay.AmountMinor, pay.Currency, pay.ID, held)
 }
 
 // Attempted implements relay.Observer.
-func (p *progress) Attempted(pay *relay.Payment, rec relay.AttemptRecord, o relay.Outcome) {
+func (p *progress) Attempted(pay *relay.Payment, n *relay.Notification, rec relay.AttemptRecord, o relay.Outcome) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.attempts++
@@ -203,13 +219,13 @@ func (p *progress) Attempted(pay *relay.Payment, rec relay.AttemptRecord, o rela
 	switch o {
 	case relay.OutcomeDelivered:
 		p.delivered++
-		p.line("delivered %s at attempt %d (%s, %s)", pay.OrderID, rec.Number, result, rec.Duration.Round(100*time.Microsecond))
+		p.line("delivered %s at attempt %d (%s, %s)", what(pay, n), rec.Number, result, rec.Duration.Round(100*time.Microsecond))
 	case relay.OutcomeRetryScheduled:
-		p.line("attempt %d %s failed (%s); attempt %d at %s (in %s)", rec.Number, pay.OrderID, result, pay.Attempt,
-			pay.NextAttemptAt.Local().Format("15:04:05.000"), time.Until(pay.NextAttemptAt).Round(time.Millisecond))
+		p.line("attempt %d %s failed (%s); attempt %d at %s (in %s)", rec.Number, what(pay, n), result, n.Attempt,
+			n.NextAttemptAt.Local().Format("15:04:05.000"), time.Until(n.NextAttemptAt).Round(time.Millisecond))
 	case relay.OutcomeFailed:
 		p.failed++
-		p.line("FAILED    %s after %d attempts (%s); kept for replay", pay.OrderID, rec.Number, result)
+		p.line("FAILED    %s after %d attempts (%s); kept for replay", what(pay, n), rec.Number, result)
 	}
 }
 
@@ -222,6 +238,8 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 	currency := fs.String("currency", "CNY", "ISO 4217 currency code")
 	secret := fs.String("secret", stack.IngestSecret.Encode(), "the Standard Webhooks secret to sign with (whsec_...)")
 	n := fs.Int("n", 1, "send this many payments (order ids get a -1, -2, ... suffix when more than 1)")
+	refund := fs.String("refund", "", "send a refund of -order with this refund id instead of a payment")
+	refundAmount := fs.String("refund-amount", "1.00", "with -refund: this refund's amount in major units")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -236,7 +254,11 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 			id = fmt.Sprintf("%s-%d", *order, i)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		code, body, err := stack.Send(ctx, *url, sec, stack.SampleBody(id, *amount, *currency))
+		body := stack.SampleBody(id, *amount, *currency)
+		if *refund != "" {
+			body = stack.SampleRefundBody(id, *amount, *currency, *refund, *refundAmount)
+		}
+		code, body, err := stack.Send(ctx, *url, sec, body)
 		cancel()
 		if err != nil {
 			fmt.Fprintf(stderr, "payrelay local send: %v (is `go run ./local` running?)\n", err)

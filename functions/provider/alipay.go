@@ -148,35 +148,35 @@ func AlipaySignContent(params url.Values) string {
 }
 
 // Parse implements Provider.
-func (a *Alipay) Parse(_ http.Header, body []byte, _ time.Time) (relay.Payment, bool, error) {
+func (a *Alipay) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, error) {
 	params, err := url.ParseQuery(string(body))
 	if err != nil {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "malformed form body: %v", err)
+		return relay.Result{}, refuse(http.StatusBadRequest, "malformed form body: %v", err)
 	}
 	for k, v := range params {
 		if len(v) != 1 {
-			return relay.Payment{}, false, refuse(http.StatusBadRequest, "parameter %.40q appears %d times", k, len(v))
+			return relay.Result{}, refuse(http.StatusBadRequest, "parameter %.40q appears %d times", k, len(v))
 		}
 	}
 	decode, err := decoderFor(params.Get("charset"))
 	if err != nil {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "%v", err)
+		return relay.Result{}, refuse(http.StatusBadRequest, "%v", err)
 	}
 	if st := params.Get("sign_type"); st != "RSA2" {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "sign_type %.20q: only RSA2 is accepted", st)
+		return relay.Result{}, refuse(http.StatusBadRequest, "sign_type %.20q: only RSA2 is accepted", st)
 	}
 	appID := params.Get("app_id")
 	app, ok := a.apps[appID]
 	if !ok {
-		return relay.Payment{}, false, refuse(http.StatusForbidden, "app_id %.40q is not one of ours", appID)
+		return relay.Result{}, refuse(http.StatusForbidden, "app_id %.40q is not one of ours", appID)
 	}
 	sig, err := base64.StdEncoding.DecodeString(params.Get("sign"))
 	if err != nil || len(sig) == 0 {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "sign is missing or not base64")
+		return relay.Result{}, refuse(http.StatusUnauthorized, "sign is missing or not base64")
 	}
 	sum := sha256.Sum256([]byte(AlipaySignContent(params)))
 	if err := rsa.VerifyPKCS1v15(app.key, crypto.SHA256, sum[:], sig); err != nil {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "signature verification failed for app %s", appID)
+		return relay.Result{}, refuse(http.StatusUnauthorized, "signature verification failed for app %s", appID)
 	}
 	// Verified: from here on, values are decoded to UTF-8.
 	get := func(k string) (string, error) {
@@ -195,47 +195,96 @@ func (a *Alipay) Parse(_ http.Header, body []byte, _ time.Time) (relay.Payment, 
 	}
 	if app.SellerID != "" {
 		if seller, _ := get("seller_id"); seller != app.SellerID {
-			return relay.Payment{}, false, refuse(http.StatusForbidden, "seller_id %.40q is not ours", seller)
+			return relay.Result{}, refuse(http.StatusForbidden, "seller_id %.40q is not ours", seller)
 		}
 	}
-	status, _ := get("trade_status")
-	switch status {
-	case "TRADE_SUCCESS", "TRADE_FINISHED":
-	case "WAIT_BUYER_PAY", "TRADE_CLOSED":
-		return relay.Payment{}, false, nil
-	default:
-		return relay.Payment{}, false, refuse(http.StatusUnprocessableEntity, "trade_status %.40q is unknown", status)
-	}
-	var f [5]string
-	for i, k := range []string{"out_trade_no", "trade_no", "total_amount", "gmt_payment", "notify_time"} {
+	var f [9]string
+	for i, k := range []string{"out_trade_no", "trade_no", "total_amount", "gmt_payment", "notify_time", "trade_status", "refund_fee", "gmt_refund", "out_biz_no"} {
 		if f[i], err = get(k); err != nil {
-			return relay.Payment{}, false, refuse(http.StatusBadRequest, "%v", err)
+			return relay.Result{}, refuse(http.StatusBadRequest, "%v", err)
 		}
 	}
-	amount, err := relay.ParseAmount(f[2], "CNY")
-	if err != nil {
-		return relay.Payment{}, false, asRefusal(err)
+	orderID, tradeNo, total, gmtPayment, notifyTime, status, refundFee, gmtRefund, outBizNo := f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
+	pay := relay.Payment{Provider: a.Name(), Merchant: appID, OrderID: orderID, TransactionID: tradeNo, Currency: "CNY",
+		AppID: appID, Metadata: map[string]string{"game": app.Game}}
+	note := func(kind, reason string) (relay.Result, error) {
+		return relay.Result{Payment: pay, Note: &relay.Note{Kind: kind, Reason: reason}}, nil
 	}
-	paidText := f[3]
-	if paidText == "" {
-		paidText = f[4]
+	// Which result this is, from trade_status and the refund fields (Alipay 异步通知 for
+	// alipay.trade.*: refund_fee is "退款通知中，返回总退款金额", the cumulative refunded total;
+	// out_biz_no "退款通知中返回退款申请的流水号"; gmt_refund the refund's time):
+	//   TRADE_SUCCESS without refund_fee          the payment
+	//   TRADE_SUCCESS with refund_fee             a partial refund
+	//   TRADE_CLOSED with refund_fee              a full refund (the trade closes)
+	//   TRADE_CLOSED without refund_fee           closed unpaid: noted, not relayed
+	//   TRADE_FINISHED                            the payment (the refund period ended); its
+	//                                             refund fields repeat earlier refunds, so they
+	//                                             are not read as a new one
+	//   WAIT_BUYER_PAY                            unpaid: noted, not relayed
+	refunded := refundFee != "" && strings.Trim(refundFee, "0.") != ""
+	var typ relay.Type
+	switch {
+	case status == "TRADE_SUCCESS" && !refunded, status == "TRADE_FINISHED":
+		typ = relay.TypePaymentSucceeded
+	case status == "TRADE_SUCCESS" || status == "TRADE_CLOSED" && refunded:
+		typ = relay.TypePaymentRefunded
+	case status == "TRADE_CLOSED":
+		return note("TRADE_CLOSED", "closed unpaid (no refund_fee): not relayed")
+	case status == "WAIT_BUYER_PAY":
+		return note("WAIT_BUYER_PAY", "trade created, not paid: not relayed")
+	default:
+		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "trade_status %.40q is unknown", status)
 	}
-	paidAt, err := time.ParseInLocation(time.DateTime, paidText, shanghai)
-	if err != nil {
-		return relay.Payment{}, false, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "gmt_payment is not yyyy-MM-dd HH:mm:ss"}
+	if pay.AmountMinor, err = relay.ParseAmount(total, "CNY"); err != nil {
+		return relay.Result{}, asRefusal(err)
 	}
-	p := relay.Payment{
-		Provider: a.Name(), OrderID: f[0], TransactionID: f[1], AmountMinor: amount, Currency: "CNY",
-		Status: relay.StatusPaid, PaidAt: paidAt, AppID: appID, Metadata: map[string]string{"game": app.Game},
+	if gmtPayment != "" || typ == relay.TypePaymentSucceeded {
+		paidText := gmtPayment
+		if paidText == "" {
+			paidText = notifyTime
+		}
+		if pay.PaidAt, err = parseAlipayTime(paidText); err != nil {
+			return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "gmt_payment is not yyyy-MM-dd HH:mm:ss"}
+		}
 	}
-	if err := p.Validate(); err != nil {
-		return relay.Payment{}, false, asRefusal(err)
+	r := relay.Result{Type: typ, Payment: pay}
+	if typ == relay.TypePaymentRefunded {
+		cum, err := relay.ParseAmount(refundFee, "CNY")
+		if err != nil {
+			fe := asRefusal(err)
+			fe.Field, fe.Reason = "refund_fee", "refund_fee: "+fe.Reason
+			return relay.Result{}, fe
+		}
+		at := gmtRefund
+		if at == "" {
+			at = notifyTime
+		}
+		refundedAt, err := parseAlipayTime(at)
+		if err != nil {
+			return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "refunded_at", Reason: "gmt_refund is not yyyy-MM-dd HH:mm:ss[.S]"}
+		}
+		// out_biz_no names the refund request. Without it (a refund made in the merchant
+		// console may carry none) the cumulative total names it: it grows with every refund.
+		id := outBizNo
+		if id == "" {
+			id = fmt.Sprintf("refund_fee-%d", cum)
+		}
+		r.Refund = &relay.RefundFacts{ID: id, MerchantRefundNo: outBizNo, CumulativeMinor: cum, RefundedAt: refundedAt}
 	}
-	return p, true, nil
+	if err := r.Validate(); err != nil {
+		return relay.Result{}, asRefusal(err)
+	}
+	return r, nil
+}
+
+// parseAlipayTime reads Alipay's "yyyy-MM-dd HH:mm:ss", with the fraction gmt_refund may
+// carry (".S"), in China Standard Time.
+func parseAlipayTime(s string) (time.Time, error) {
+	return time.ParseInLocation("2006-01-02 15:04:05.999999999", s, shanghai)
 }
 
 // Ack implements Provider: exactly the 7 bytes "success", which stop Alipay's retries.
-func (*Alipay) Ack(w http.ResponseWriter, _ string, _ bool) {
+func (*Alipay) Ack(w http.ResponseWriter, _ relay.IngestResult) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	io.WriteString(w, "success")

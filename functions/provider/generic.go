@@ -2,6 +2,7 @@ package provider
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -31,7 +32,10 @@ func (*Generic) Name() string { return "generic" }
 // MediaType implements Provider.
 func (*Generic) MediaType() string { return "application/json" }
 
-type genericPayment struct {
+// genericNotification is the generic format: a payment ("status":"paid") or one refund of it
+// ("status":"refunded", with refund_id, refund_amount and refunded_at), each carrying the
+// payment's facts. The merchant account is app_id.
+type genericNotification struct {
 	Provider      string            `json:"provider"`
 	OrderID       string            `json:"order_id"`
 	TransactionID string            `json:"transaction_id"`
@@ -41,41 +45,73 @@ type genericPayment struct {
 	PaidAt        string            `json:"paid_at"`
 	AppID         string            `json:"app_id"`
 	Metadata      map[string]string `json:"metadata"`
+	RefundID      string            `json:"refund_id"`
+	RefundAmount  string            `json:"refund_amount"`
+	RefundedAt    string            `json:"refunded_at"`
 }
 
+// The generic format's statuses.
+const (
+	GenericPaid     = "paid"
+	GenericRefunded = "refunded"
+)
+
 // Parse implements Provider.
-func (g *Generic) Parse(h http.Header, body []byte, now time.Time) (relay.Payment, bool, error) {
+func (g *Generic) Parse(h http.Header, body []byte, now time.Time) (relay.Result, error) {
 	if err := g.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body, now); err != nil {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "signature verification failed: %v", err)
+		return relay.Result{}, refuse(http.StatusUnauthorized, "signature verification failed: %v", err)
 	}
-	var gp genericPayment
-	if err := json.Unmarshal(body, &gp); err != nil {
-		return relay.Payment{}, false, &Refusal{Code: http.StatusBadRequest, Reason: "malformed JSON: " + err.Error(), Field: "body"}
+	var gn genericNotification
+	if err := json.Unmarshal(body, &gn); err != nil {
+		return relay.Result{}, &Refusal{Code: http.StatusBadRequest, Reason: "malformed JSON: " + err.Error(), Field: "body"}
 	}
-	if gp.Provider == "" {
-		gp.Provider = "generic"
+	if gn.Provider == "" {
+		gn.Provider = "generic"
 	}
-	if gp.Provider == "alipay" || gp.Provider == "wechatpay" {
-		return relay.Payment{}, false, &Refusal{Code: http.StatusUnprocessableEntity, Field: "provider",
-			Reason: "provider: " + gp.Provider + " notifications go to ?provider=" + gp.Provider + " in its own format"}
+	if _, native := nativeProviders[gn.Provider]; native {
+		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "provider",
+			Reason: "provider: " + gn.Provider + " notifications go to ?provider=" + gn.Provider + " in its own format"}
 	}
-	amount, err := relay.ParseAmount(gp.Amount, gp.Currency)
+	amount, err := relay.ParseAmount(gn.Amount, gn.Currency)
 	if err != nil {
-		return relay.Payment{}, false, asRefusal(err)
+		return relay.Result{}, asRefusal(err)
 	}
-	paidAt, err := time.Parse(time.RFC3339Nano, gp.PaidAt)
+	paidAt, err := time.Parse(time.RFC3339Nano, gn.PaidAt)
 	if err != nil {
-		return relay.Payment{}, false, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "paid_at: want an RFC 3339 time such as 2026-11-24T12:00:00+08:00"}
+		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "paid_at: want an RFC 3339 time such as 2026-11-24T12:00:00+08:00"}
 	}
-	p := relay.Payment{
-		Provider: gp.Provider, OrderID: gp.OrderID, TransactionID: gp.TransactionID, AmountMinor: amount,
-		Currency: gp.Currency, Status: gp.Status, PaidAt: paidAt, AppID: gp.AppID, Metadata: gp.Metadata,
+	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{
+		Provider: gn.Provider, Merchant: gn.AppID, OrderID: gn.OrderID, TransactionID: gn.TransactionID, AmountMinor: amount,
+		Currency: gn.Currency, PaidAt: paidAt, AppID: gn.AppID, Metadata: gn.Metadata,
+	}}
+	switch gn.Status {
+	case GenericPaid:
+	case GenericRefunded:
+		refund, err := relay.ParseAmount(gn.RefundAmount, gn.Currency)
+		if err != nil {
+			fe := asRefusal(err)
+			fe.Field, fe.Reason = "refund_amount", "refund_amount: "+fe.Reason
+			return relay.Result{}, fe
+		}
+		at, err := time.Parse(time.RFC3339Nano, gn.RefundedAt)
+		if err != nil {
+			return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "refunded_at", Reason: "refunded_at: want an RFC 3339 time"}
+		}
+		r.Type = relay.TypePaymentRefunded
+		r.Refund = &relay.RefundFacts{ID: gn.RefundID, AmountMinor: refund, RefundedAt: at}
+	default:
+		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "status",
+			Reason: fmt.Sprintf("status %.20q: want %q or %q", gn.Status, GenericPaid, GenericRefunded)}
 	}
-	if err := p.Validate(); err != nil {
-		return relay.Payment{}, false, asRefusal(err)
+	if err := r.Validate(); err != nil {
+		return relay.Result{}, asRefusal(err)
 	}
-	return p, true, nil
+	return r, nil
 }
+
+// nativeProviders have formats of their own; the generic format may not claim their names,
+// so that their payments' ids cannot be forged through it.
+var nativeProviders = map[string]bool{"alipay": true, "wechatpay": true, "apple": true, "stripe": true}
 
 type errorBody struct {
 	Error  string `json:"error"`
@@ -84,11 +120,13 @@ type errorBody struct {
 }
 
 // Ack implements Provider.
-func (*Generic) Ack(w http.ResponseWriter, paymentID string, duplicate bool) {
+func (*Generic) Ack(w http.ResponseWriter, res relay.IngestResult) {
 	writeJSON(w, http.StatusOK, struct {
-		PaymentID string `json:"payment_id"`
-		Duplicate bool   `json:"duplicate"`
-	}{paymentID, duplicate})
+		PaymentID      string `json:"payment_id"`
+		NotificationID string `json:"notification_id,omitempty"`
+		Duplicate      bool   `json:"duplicate"`
+		State          string `json:"state,omitempty"`
+	}{res.PaymentID, res.NotificationID, res.Duplicate, string(res.State)})
 }
 
 // Refuse implements Provider.

@@ -1,5 +1,5 @@
 // Package provider turns each payment provider's notification into the relay's normalized
-// payment: it verifies the provider's signature its own way, decodes its format, and answers
+// result (a payment, a refund, or a result deliberately not relayed): it verifies the provider's signature its own way, decodes its format, and answers
 // in the shape the provider expects (Alipay's "success", WeChat Pay's 204 or {"code":"FAIL"},
 // the generic format's JSON). Ingest picks the provider by the notify URL's query parameter.
 package provider
@@ -20,12 +20,13 @@ type Provider interface {
 	Name() string
 	// MediaType is the Content-Type the provider posts.
 	MediaType() string
-	// Parse verifies a notification and decodes it. relayIt is false for a verified
-	// notification that is not a payment (an unpaid or closed trade): it is acknowledged and
-	// logged, never stored. A notification that must be refused returns a *Refusal.
-	Parse(h http.Header, body []byte, now time.Time) (p relay.Payment, relayIt bool, err error)
+	// Parse verifies a notification and decodes it into a payment or a refund, or, for a
+	// verified result that is deliberately not relayed (an unpaid or closed trade, a refund
+	// that did not complete), a Result with no Type and a Note saying what it was. A
+	// notification that must be refused returns a *Refusal.
+	Parse(h http.Header, body []byte, now time.Time) (relay.Result, error)
 	// Ack answers a notification that was stored and enqueued (or needs nothing).
-	Ack(w http.ResponseWriter, paymentID string, duplicate bool)
+	Ack(w http.ResponseWriter, res relay.IngestResult)
 	// Refuse answers a refusal, or a failure of ours (5xx), in the provider's error shape.
 	Refuse(w http.ResponseWriter, r *Refusal)
 }
@@ -104,4 +105,30 @@ func New(generic Provider, c Config) (Set, error) {
 		s[wp.Name()] = wp
 	}
 	return s, nil
+}
+
+// NotRelayed is the documented list of verified results that Ingest acknowledges (2xx) without
+// relaying to the game server, by provider, each with the Note kind it is recorded under on the
+// payment when payrelay holds it (invariant 7). Every other verified result is stored and
+// relayed, or refused. The README lists the same.
+var NotRelayed = map[string]map[string]string{
+	"alipay": {
+		"WAIT_BUYER_PAY": "the trade is created and not paid",
+		"TRADE_CLOSED":   "closed unpaid (TRADE_CLOSED without refund_fee)",
+	},
+	"wechatpay": {
+		"REFUND.ABNORMAL":        "the refund failed (the money did not go back); an operator must act",
+		"REFUND.CLOSED":          "the refund was closed (the money did not go back); an operator must act",
+		"trade_state NOTPAY":     "not paid",
+		"trade_state CLOSED":     "closed unpaid",
+		"trade_state REVOKED":    "revoked before payment",
+		"trade_state USERPAYING": "the user is still paying",
+		"trade_state PAYERROR":   "the payment failed",
+		"trade_state REFUND":     "a transaction notification of a refunded trade; its refunds come as REFUND.SUCCESS",
+	},
+	// Any provider whose refunds carry a cumulative total (Alipay's refund_fee): a refund whose
+	// money a later refund, delivered first, already counted.
+	"*": {
+		"refund_covered": "a refund already counted by a later refund's cumulative total",
+	},
 }

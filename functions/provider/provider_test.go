@@ -87,17 +87,18 @@ func TestAlipayValid(t *testing.T) {
 	for _, charset := range []string{"utf-8", "gbk"} {
 		f := providertest.AlipayFields(appID, "20261124000001", "648.00", "TRADE_SUCCESS")
 		f["charset"] = charset
-		p, relayIt, err := a.Parse(nil, providertest.SignAlipay(alipayKey, f), now)
-		if err != nil || !relayIt {
-			t.Fatalf("%s: Parse = %v, %v", charset, relayIt, err)
+		r, err := a.Parse(nil, providertest.SignAlipay(alipayKey, f), now)
+		if err != nil || r.Type != relay.TypePaymentSucceeded {
+			t.Fatalf("%s: Parse = %v, %v", charset, r.Type, err)
 		}
-		want := relay.Payment{Provider: "alipay", OrderID: "20261124000001", TransactionID: "2026112422001446881000000001",
-			AmountMinor: 64800, Currency: "CNY", Status: "paid", AppID: appID, Metadata: map[string]string{"game": "sword"}}
+		p := r.Payment
+		want := relay.Payment{Provider: "alipay", Merchant: appID, OrderID: "20261124000001", TransactionID: "2026112422001446881000000001",
+			AmountMinor: 64800, Currency: "CNY", AppID: appID, Metadata: map[string]string{"game": "sword"}}
 		if p.PaidAt.UTC() != time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC) {
 			t.Errorf("%s: paid_at %v, want 20:00 Beijing time", charset, p.PaidAt)
 		}
 		p.PaidAt = time.Time{}
-		if !p.SameFacts(&want) {
+		if !p.SameFacts(&want) || p.Merchant != want.Merchant {
 			t.Errorf("%s: payment = %+v, want %+v", charset, p, want)
 		}
 	}
@@ -106,15 +107,16 @@ func TestAlipayValid(t *testing.T) {
 func TestAlipayTRADE_FINISHEDIsTheSamePayment(t *testing.T) {
 	t.Parallel()
 	a := alipay(t)
-	s, _, err := a.Parse(nil, providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-fin", "6.00", "TRADE_SUCCESS")), now)
+	sr, err := a.Parse(nil, providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-fin", "6.00", "TRADE_SUCCESS")), now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, _, err := a.Parse(nil, providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-fin", "6.00", "TRADE_FINISHED")), now)
+	fr, err := a.Parse(nil, providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-fin", "6.00", "TRADE_FINISHED")), now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.SameFacts(&f) || relay.PaymentID(s.Provider, s.OrderID) != relay.PaymentID(f.Provider, f.OrderID) {
+	s, f := sr.Payment, fr.Payment
+	if fr.Type != relay.TypePaymentSucceeded || !s.SameFacts(&f) || relay.PaymentID(s.Provider, s.Merchant, s.OrderID) != relay.PaymentID(f.Provider, f.Merchant, f.OrderID) {
 		t.Errorf("TRADE_FINISHED after TRADE_SUCCESS is not the same payment: %+v vs %+v", s, f)
 	}
 }
@@ -166,9 +168,9 @@ func TestAlipayRefusals(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			p, relayIt, err := a.Parse(nil, tc.body, now)
+			r, err := a.Parse(nil, tc.body, now)
 			if err == nil {
-				t.Fatalf("accepted: %v %+v", relayIt, p)
+				t.Fatalf("accepted: %+v", r)
 			}
 			if got := refusalCode(t, err); got != tc.code {
 				t.Errorf("refused with %d (%v), want %d", got, err, tc.code)
@@ -181,14 +183,14 @@ func TestAlipayNonPaymentStatusIsAcknowledgedNotRelayed(t *testing.T) {
 	t.Parallel()
 	a := alipay(t)
 	for _, status := range []string{"WAIT_BUYER_PAY", "TRADE_CLOSED"} {
-		_, relayIt, err := a.Parse(nil, providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-w", "6.00", status)), now)
-		if err != nil || relayIt {
-			t.Errorf("%s: relay=%v err=%v; want acknowledged, not relayed", status, relayIt, err)
+		r, err := a.Parse(nil, providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-w", "6.00", status)), now)
+		if err != nil || r.Type != "" || r.Note == nil || r.Note.Kind != status || r.Payment.OrderID != "o-w" {
+			t.Errorf("%s: %+v, %v; want a note of %s on order o-w, not relayed", status, r, err, status)
 		}
 	}
 	// Unsigned, it is refused like anything else.
 	body := providertest.SignAlipay(otherKey, providertest.AlipayFields(appID, "o-w", "6.00", "TRADE_CLOSED"))
-	if _, _, err := a.Parse(nil, body, now); err == nil {
+	if _, err := a.Parse(nil, body, now); err == nil {
 		t.Error("an unverified TRADE_CLOSED was acknowledged")
 	}
 }
@@ -217,14 +219,15 @@ func TestWechatValid(t *testing.T) {
 		key    *rsa.PrivateKey
 	}{{serial, platKey}, {serial2, platKey2}} { // two platform keys at once, for rotation
 		h, body := providertest.WechatNotify(s.key, s.serial, apiv3Key, "TRANSACTION.SUCCESS", providertest.WechatTransaction(mchID, wxAppID, "wx-order-1", 64800), now)
-		p, relayIt, err := w.Parse(h, body, now)
-		if err != nil || !relayIt {
-			t.Fatalf("serial %s: Parse = %v, %v", s.serial, relayIt, err)
+		r, err := w.Parse(h, body, now)
+		if err != nil || r.Type != relay.TypePaymentSucceeded {
+			t.Fatalf("serial %s: Parse = %v, %v", s.serial, r.Type, err)
 		}
-		want := relay.Payment{Provider: "wechatpay", OrderID: "wx-order-1", TransactionID: "4200001234202611240000000001",
-			AmountMinor: 64800, Currency: "CNY", Status: "paid", AppID: wxAppID, Metadata: map[string]string{"game": "sword"},
+		p := r.Payment
+		want := relay.Payment{Provider: "wechatpay", Merchant: mchID, OrderID: "wx-order-1", TransactionID: "4200001234202611240000000001",
+			AmountMinor: 64800, Currency: "CNY", AppID: wxAppID, Metadata: map[string]string{"game": "sword"},
 			PaidAt: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
-		if !p.SameFacts(&want) {
+		if !p.SameFacts(&want) || p.Merchant != mchID {
 			t.Errorf("payment = %+v, want %+v", p, want)
 		}
 	}
@@ -317,9 +320,9 @@ func TestWechatRefusals(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			p, relayIt, err := w.Parse(tc.r.h, tc.r.body, now)
+			r, err := w.Parse(tc.r.h, tc.r.body, now)
 			if err == nil {
-				t.Fatalf("accepted: %v %+v", relayIt, p)
+				t.Fatalf("accepted: %+v", r)
 			}
 			if got := refusalCode(t, err); got != tc.code {
 				t.Errorf("refused with %d (%v), want %d", got, err, tc.code)
@@ -331,16 +334,11 @@ func TestWechatRefusals(t *testing.T) {
 func TestWechatNonPaymentIsAcknowledgedNotRelayed(t *testing.T) {
 	t.Parallel()
 	w := wechat(t)
-	refund := map[string]any{"mchid": mchID, "out_trade_no": "wx-1", "refund_status": "SUCCESS"}
-	h, body := providertest.WechatNotify(platKey, serial, apiv3Key, "REFUND.SUCCESS", refund, now)
-	if _, relayIt, err := w.Parse(h, body, now); err != nil || relayIt {
-		t.Errorf("REFUND.SUCCESS: relay=%v err=%v; want acknowledged, not relayed", relayIt, err)
-	}
 	tx := providertest.WechatTransaction(mchID, wxAppID, "wx-2", 100)
 	tx["trade_state"] = "NOTPAY"
-	h, body = providertest.WechatNotify(platKey, serial, apiv3Key, "TRANSACTION.SUCCESS", tx, now)
-	if _, relayIt, err := w.Parse(h, body, now); err != nil || relayIt {
-		t.Errorf("trade_state NOTPAY: relay=%v err=%v; want acknowledged, not relayed", relayIt, err)
+	h, body := providertest.WechatNotify(platKey, serial, apiv3Key, "TRANSACTION.SUCCESS", tx, now)
+	if r, err := w.Parse(h, body, now); err != nil || r.Type != "" || r.Note == nil || r.Payment.OrderID != "wx-2" {
+		t.Errorf("trade_state NOTPAY: %+v, %v; want a note on wx-2, not relayed", r, err)
 	}
 }
 
@@ -373,13 +371,13 @@ func FuzzAlipayParse(f *testing.F) {
 	f.Add([]byte("%"))
 	f.Add([]byte("a=1&a=2"))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		_, relayIt, err := a.Parse(nil, body, now)
+		res, err := a.Parse(nil, body, now)
 		if err != nil {
 			var r *provider.Refusal
 			if !errors.As(err, &r) || r.Code < 400 || r.Code >= 500 {
 				t.Fatalf("error %v is not a 4xx refusal", err)
 			}
-			if relayIt {
+			if res.Type != "" {
 				t.Fatal("refused and relayed at once")
 			}
 		}
@@ -399,7 +397,7 @@ func FuzzWechatParse(f *testing.F) {
 		hh.Set(provider.HeaderWechatTimestamp, ts)
 		hh.Set(provider.HeaderWechatNonce, nonce)
 		hh.Set(provider.HeaderWechatSignature, sig)
-		_, _, err := w.Parse(hh, body, now)
+		_, err := w.Parse(hh, body, now)
 		if err != nil {
 			var r *provider.Refusal
 			if !errors.As(err, &r) || r.Code < 400 || r.Code >= 500 {
@@ -414,7 +412,7 @@ func BenchmarkAlipayParse(b *testing.B) {
 	body := providertest.SignAlipay(alipayKey, providertest.AlipayFields(appID, "o-1", "648.00", "TRADE_SUCCESS"))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := a.Parse(nil, body, now); err != nil {
+		if _, err := a.Parse(nil, body, now); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -425,7 +423,7 @@ func BenchmarkWechatParse(b *testing.B) {
 	h, body := providertest.WechatNotify(platKey, serial, apiv3Key, "TRANSACTION.SUCCESS", providertest.WechatTransaction(mchID, wxAppID, "wx-1", 100), now)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := w.Parse(h, body, now); err != nil {
+		if _, err := w.Parse(h, body, now); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -28,7 +28,8 @@ type WechatPayMerchant struct {
 	PlatformKeys map[string]string `json:"platform_keys"`
 }
 
-// WechatPay verifies, decrypts and decodes WeChat Pay APIv3 payment notifications (支付通知).
+// WechatPay verifies, decrypts and decodes WeChat Pay APIv3 payment and refund notifications
+// (支付通知, 退款结果通知): both are signed and encrypted the same way, with the merchant's keys.
 type WechatPay struct {
 	bySerial map[string]wechatKey
 }
@@ -128,81 +129,164 @@ type wechatTransaction struct {
 }
 
 // Parse implements Provider.
-func (wp *WechatPay) Parse(h http.Header, body []byte, now time.Time) (relay.Payment, bool, error) {
+func (wp *WechatPay) Parse(h http.Header, body []byte, now time.Time) (relay.Result, error) {
 	serial := h.Get(HeaderWechatSerial)
 	k, ok := wp.bySerial[serial]
 	if !ok {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "Wechatpay-Serial %.64q is not a configured platform key", serial)
+		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Serial %.64q is not a configured platform key", serial)
 	}
 	ts := h.Get(HeaderWechatTimestamp)
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "Wechatpay-Timestamp is not a Unix time")
+		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Timestamp is not a Unix time")
 	}
 	if d := now.Sub(time.Unix(sec, 0)); d > 5*time.Minute || d < -5*time.Minute {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "Wechatpay-Timestamp is %s from now, more than 5 minutes", d.Round(time.Second))
+		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Timestamp is %s from now, more than 5 minutes", d.Round(time.Second))
 	}
 	sig, err := base64.StdEncoding.DecodeString(h.Get(HeaderWechatSignature))
 	if err != nil || len(sig) == 0 {
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "Wechatpay-Signature is missing or not base64")
+		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Signature is missing or not base64")
 	}
 	sum := sha256.Sum256(WechatSignMessage(ts, h.Get(HeaderWechatNonce), body))
 	if err := rsa.VerifyPKCS1v15(k.key, crypto.SHA256, sum[:], sig); err != nil {
 		// WeChat Pay sends such probes on purpose: they must be refused.
-		return relay.Payment{}, false, refuse(http.StatusUnauthorized, "signature verification failed (serial %s)", serial)
+		return relay.Result{}, refuse(http.StatusUnauthorized, "signature verification failed (serial %s)", serial)
 	}
 	var env wechatEnvelope
 	if err := json.Unmarshal(body, &env); err != nil {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "malformed JSON envelope: %v", err)
+		return relay.Result{}, refuse(http.StatusBadRequest, "malformed JSON envelope: %v", err)
 	}
 	if env.Resource.Algorithm != "AEAD_AES_256_GCM" {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "resource.algorithm %.40q: want AEAD_AES_256_GCM", env.Resource.Algorithm)
+		return relay.Result{}, refuse(http.StatusBadRequest, "resource.algorithm %.40q: want AEAD_AES_256_GCM", env.Resource.Algorithm)
 	}
 	ct, err := base64.StdEncoding.DecodeString(env.Resource.Ciphertext)
 	if err != nil || len(env.Resource.Nonce) != k.merchant.aead.NonceSize() {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "resource.ciphertext or nonce is malformed")
+		return relay.Result{}, refuse(http.StatusBadRequest, "resource.ciphertext or nonce is malformed")
 	}
 	plain, err := k.merchant.aead.Open(nil, []byte(env.Resource.Nonce), ct, []byte(env.Resource.AssociatedData))
 	if err != nil {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "resource does not decrypt with merchant %s's APIv3 key", k.merchant.MchID)
+		return relay.Result{}, refuse(http.StatusBadRequest, "resource does not decrypt with merchant %s's APIv3 key", k.merchant.MchID)
 	}
-	if env.EventType != "TRANSACTION.SUCCESS" {
-		return relay.Payment{}, false, nil // verified, not a payment: acknowledged, not stored
+	// Which result this is (WeChat Pay APIv3 支付通知 and 退款结果通知): TRANSACTION.SUCCESS with
+	// resource.original_type "transaction" is a payment; REFUND.SUCCESS, REFUND.ABNORMAL and
+	// REFUND.CLOSED with original_type "refund" are a refund's outcome, and only SUCCESS means
+	// the money went back. Any other verified event is acknowledged and logged.
+	switch env.EventType {
+	case "TRANSACTION.SUCCESS":
+		return wp.transaction(k.merchant, serial, plain)
+	case "REFUND.SUCCESS", "REFUND.ABNORMAL", "REFUND.CLOSED":
+		if env.Resource.OriginalType != "" && env.Resource.OriginalType != "refund" {
+			return relay.Result{}, refuse(http.StatusBadRequest, "event %s carries resource.original_type %.20q, want refund", env.EventType, env.Resource.OriginalType)
+		}
+		return wp.refund(k.merchant, serial, env.EventType, plain)
 	}
+	// Not one WeChat Pay documents for these notify URLs: refused, so that nothing unknown is
+	// acknowledged unrecorded (invariant 7); WeChat retries, and the log says what it was.
+	return relay.Result{}, refuse(http.StatusUnprocessableEntity, "event_type %.40q is not a payment or refund event payrelay knows", env.EventType)
+}
+
+func (wp *WechatPay) transaction(m *wechatMerchant, serial string, plain []byte) (relay.Result, error) {
 	var tx wechatTransaction
 	if err := json.Unmarshal(plain, &tx); err != nil {
-		return relay.Payment{}, false, refuse(http.StatusBadRequest, "decrypted resource is not a transaction: %v", err)
+		return relay.Result{}, refuse(http.StatusBadRequest, "decrypted resource is not a transaction: %v", err)
 	}
-	if tx.MchID != k.merchant.MchID {
-		return relay.Payment{}, false, refuse(http.StatusForbidden, "mchid %.40q is not the merchant of serial %s", tx.MchID, serial)
+	if tx.MchID != m.MchID {
+		return relay.Result{}, refuse(http.StatusForbidden, "mchid %.40q is not the merchant of serial %s", tx.MchID, serial)
 	}
-	game, ok := k.merchant.AppIDs[tx.AppID]
+	game, ok := m.AppIDs[tx.AppID]
 	if !ok {
-		return relay.Payment{}, false, refuse(http.StatusForbidden, "appid %.40q is not one of merchant %s's apps", tx.AppID, tx.MchID)
+		return relay.Result{}, refuse(http.StatusForbidden, "appid %.40q is not one of merchant %s's apps", tx.AppID, tx.MchID)
+	}
+	pay := relay.Payment{
+		Provider: wp.Name(), Merchant: m.MchID, OrderID: tx.OutTradeNo, TransactionID: tx.TransactionID, AmountMinor: tx.Amount.Total,
+		Currency: tx.Amount.Currency, AppID: tx.AppID, Metadata: map[string]string{"game": game},
+	}
+	if pay.Currency == "" {
+		pay.Currency = "CNY"
 	}
 	if tx.TradeState != "SUCCESS" {
-		return relay.Payment{}, false, nil
+		kind := "trade_state " + tx.TradeState
+		reason, listed := NotRelayed[wp.Name()][kind]
+		if !listed {
+			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "trade_state %.20q is unknown", tx.TradeState)
+		}
+		return relay.Result{Payment: pay, Note: &relay.Note{Kind: kind, Reason: reason + ": not relayed"}}, nil
 	}
 	paidAt, err := time.Parse(time.RFC3339, tx.SuccessTime)
 	if err != nil {
-		return relay.Payment{}, false, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "success_time is not RFC 3339"}
+		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "success_time is not RFC 3339"}
 	}
-	p := relay.Payment{
-		Provider: wp.Name(), OrderID: tx.OutTradeNo, TransactionID: tx.TransactionID, AmountMinor: tx.Amount.Total,
-		Currency: tx.Amount.Currency, Status: relay.StatusPaid, PaidAt: paidAt, AppID: tx.AppID,
-		Metadata: map[string]string{"game": game},
+	pay.PaidAt = paidAt
+	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay}
+	if err := r.Validate(); err != nil {
+		return relay.Result{}, asRefusal(err)
 	}
-	if p.Currency == "" {
-		p.Currency = "CNY"
+	return r, nil
+}
+
+// wechatRefund is the decrypted resource of a refund notification (退款结果通知). It names no
+// app id: a refund takes its app from the payment payrelay stored, or from the merchant's only
+// app.
+type wechatRefund struct {
+	MchID         string `json:"mchid"`
+	OutTradeNo    string `json:"out_trade_no"`
+	TransactionID string `json:"transaction_id"`
+	OutRefundNo   string `json:"out_refund_no"`
+	RefundID      string `json:"refund_id"`
+	RefundStatus  string `json:"refund_status"`
+	SuccessTime   string `json:"success_time"`
+	Amount        struct {
+		Total       int64  `json:"total"`
+		Refund      int64  `json:"refund"`
+		PayerTotal  int64  `json:"payer_total"`
+		PayerRefund int64  `json:"payer_refund"`
+		Currency    string `json:"currency"`
+	} `json:"amount"`
+}
+
+func (wp *WechatPay) refund(m *wechatMerchant, serial, event string, plain []byte) (relay.Result, error) {
+	var rf wechatRefund
+	if err := json.Unmarshal(plain, &rf); err != nil {
+		return relay.Result{}, refuse(http.StatusBadRequest, "decrypted resource is not a refund: %v", err)
 	}
-	if err := p.Validate(); err != nil {
-		return relay.Payment{}, false, asRefusal(err)
+	if rf.MchID != m.MchID {
+		return relay.Result{}, refuse(http.StatusForbidden, "mchid %.40q is not the merchant of serial %s", rf.MchID, serial)
 	}
-	return p, true, nil
+	pay := relay.Payment{
+		Provider: wp.Name(), Merchant: m.MchID, OrderID: rf.OutTradeNo, TransactionID: rf.TransactionID,
+		AmountMinor: rf.Amount.Total, Currency: rf.Amount.Currency,
+	}
+	if pay.Currency == "" {
+		pay.Currency = "CNY" // the refund notification's amount carries no currency: WeChat Pay settles CNY
+	}
+	if len(m.AppIDs) == 1 {
+		for app, game := range m.AppIDs {
+			pay.AppID, pay.Metadata = app, map[string]string{"game": game}
+		}
+	}
+	if event != "REFUND.SUCCESS" || rf.RefundStatus != "SUCCESS" {
+		// The money did not go back (ABNORMAL: the refund failed, e.g. the user's card is
+		// closed; CLOSED: it was closed): an operator must act, the game server must not revoke.
+		return relay.Result{Payment: pay, Note: &relay.Note{Kind: fmt.Sprintf("%.20s", event), RefundID: rf.RefundID, Alert: true,
+			Reason: fmt.Sprintf("refund %.64s (%.64s) of %d ended %.20s: not relayed", rf.RefundID, rf.OutRefundNo, rf.Amount.Refund, rf.RefundStatus)}}, nil
+	}
+	at, err := time.Parse(time.RFC3339, rf.SuccessTime)
+	if err != nil {
+		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "refunded_at", Reason: "success_time is not RFC 3339"}
+	}
+	r := relay.Result{Type: relay.TypePaymentRefunded, Payment: pay, Refund: &relay.RefundFacts{
+		ID: rf.RefundID, MerchantRefundNo: rf.OutRefundNo, AmountMinor: rf.Amount.Refund, RefundedAt: at,
+	}}
+	if err := r.Validate(); err != nil {
+		return relay.Result{}, asRefusal(err)
+	}
+	return r, nil
 }
 
 // Ack implements Provider: 204, which WeChat Pay takes as received.
-func (*WechatPay) Ack(w http.ResponseWriter, _ string, _ bool) { w.WriteHeader(http.StatusNoContent) }
+func (*WechatPay) Ack(w http.ResponseWriter, _ relay.IngestResult) {
+	w.WriteHeader(http.StatusNoContent)
+}
 
 // Refuse implements Provider: {"code":"FAIL","message":...} with a 4xx or 5xx, so WeChat Pay
 // retries on its own ladder.

@@ -15,69 +15,42 @@ import (
 	"time"
 )
 
-// State is where a payment is in its lifecycle. Each constant says who moves a payment into
-// and out of it.
-type State string
-
-const (
-	// StatePending: stored, attempt Attempt scheduled at NextAttemptAt. Ingest creates a payment
-	// in it; Deliver returns a payment to it after a failed attempt with steps left. Deliver
-	// moves it out by claiming the attempt.
-	StatePending State = "pending"
-	// StateDelivering: Deliver holds a lease on attempt Attempt and is posting to the game
-	// server. Deliver moves it out when it records the result; another Deliver takes it over
-	// once the lease has expired.
-	StateDelivering State = "delivering"
-	// StateDelivered: the game server acknowledged (2xx). Terminal.
-	StateDelivered State = "delivered"
-	// StateFailed: the ladder is exhausted without an acknowledgement. Terminal, but kept for
-	// an operator's replay, which moves it back to StatePending.
-	StateFailed State = "failed"
-)
-
-// Terminal reports whether no further attempt will be made.
-func (s State) Terminal() bool { return s == StateDelivered || s == StateFailed }
-
-// Payment is one provider's payment result, normalized, with its relay state.
+// Payment is one provider's payment, normalized: the facts every notification about it shares,
+// the refunds recorded against it, and the notifications that tell the game server about it.
+// One Firestore document holds all of it, so the invariants that span a payment's notifications
+// (causal order, refund arithmetic) are kept by one conditional write.
 type Payment struct {
 	// Facts from the provider; identical on every callback for the same order.
 	ID            string
 	Provider      string
+	Merchant      string // the merchant account the order id is unique within
 	OrderID       string
 	TransactionID string
 	AmountMinor   int64
 	Currency      string
-	Status        string
-	PaidAt        time.Time
+	PaidAt        time.Time // zero when only a refund told us of the payment and did not say
 	AppID         string
 	Metadata      map[string]string
 
-	// Relay state, owned by this package.
-	State         State
-	Attempt       int // the current attempt, 1-based
-	NextAttemptAt time.Time
-	ReceivedAt    time.Time
-	UpdatedAt     time.Time
-	Lease         *Lease
-	Attempts      []AttemptRecord
+	// RefundedMinor is the sum of the refunds recorded, in minor units.
+	RefundedMinor int64
+	// Notifications are in causal order: each is sent only once every one before it is
+	// delivered (invariant 8).
+	Notifications []Notification
+	// Notes are the verified results about this payment that are deliberately not relayed.
+	Notes []Note
+
+	ReceivedAt time.Time
+	UpdatedAt  time.Time
 }
 
-// Lease marks an attempt as claimed by one delivery until Until.
-type Lease struct {
-	Attempt   int
-	Owner     string
-	ClaimedAt time.Time
-	Until     time.Time
-}
-
-// StatusPaid is the only normalized status that is relayed to the game server.
-const StatusPaid = "paid"
-
-// PaymentID derives a payment's id from its provider and the provider's order id. The id is a
-// hash, so a repeated callback finds the same document and sequential order numbers spread
-// across Firestore's key space instead of hotspotting one range.
-func PaymentID(provider, orderID string) string {
-	sum := sha256.Sum256([]byte(provider + "\x00" + orderID))
+// PaymentID derives a payment's id from its provider, the merchant account and the provider's
+// order id: an order id is unique only within one merchant account (an Alipay app, a WeChat Pay
+// merchant), so two merchants' equal order numbers must be two payments. The id is a hash, so a
+// repeated callback finds the same document and sequential order numbers spread across
+// Firestore's key space instead of hotspotting one range.
+func PaymentID(provider, merchant, orderID string) string {
+	sum := sha256.Sum256([]byte(provider + "\x00" + merchant + "\x00" + orderID))
 	return hex.EncodeToString(sum[:16])
 }
 
@@ -115,7 +88,8 @@ func checkID(field, v string) error {
 	return nil
 }
 
-// Validate checks every fact of the payment and returns the first field at fault.
+// Validate checks every fact of the payment and returns the first field at fault. PaidAt may be
+// zero: a refund notification does not always say when its payment was made.
 func (p *Payment) Validate() error {
 	if !providerPattern.MatchString(p.Provider) {
 		return &FieldError{"provider", "want 1-32 lowercase letters, digits, _ or -, starting with a letter"}
@@ -129,17 +103,14 @@ func (p *Payment) Validate() error {
 	if err := checkID("app_id", p.AppID); err != nil {
 		return err
 	}
+	if err := checkID("merchant", p.Merchant); err != nil {
+		return err
+	}
 	if _, ok := currencyExponent[p.Currency]; !ok {
 		return &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", p.Currency)}
 	}
 	if p.AmountMinor <= 0 {
 		return &FieldError{"amount", "must be positive"}
-	}
-	if p.Status != StatusPaid {
-		return &FieldError{"status", fmt.Sprintf("%q: only %q payments are relayed", p.Status, StatusPaid)}
-	}
-	if p.PaidAt.IsZero() {
-		return &FieldError{"paid_at", "required"}
 	}
 	if len(p.Metadata) > MaxMetadataKeys {
 		return &FieldError{"metadata", fmt.Sprintf("more than %d keys", MaxMetadataKeys)}
@@ -156,11 +127,16 @@ func (p *Payment) Validate() error {
 }
 
 // SameFacts reports whether q carries the same provider facts as p: a repeated callback must,
-// and one that does not (same order, another amount) is a conflict to refuse loudly.
+// and one that does not (same order, another amount) is a conflict to refuse loudly. A fact q
+// does not know (a zero PaidAt, an empty transaction id or app id from a refund notification)
+// is not a contradiction.
 func (p *Payment) SameFacts(q *Payment) bool {
-	return p.Provider == q.Provider && p.OrderID == q.OrderID && p.TransactionID == q.TransactionID &&
-		p.AmountMinor == q.AmountMinor && p.Currency == q.Currency && p.Status == q.Status &&
-		p.PaidAt.Equal(q.PaidAt) && p.AppID == q.AppID && maps.Equal(p.Metadata, q.Metadata)
+	return p.Provider == q.Provider && p.Merchant == q.Merchant && p.OrderID == q.OrderID &&
+		(q.TransactionID == "" || p.TransactionID == "" || p.TransactionID == q.TransactionID) &&
+		p.AmountMinor == q.AmountMinor && p.Currency == q.Currency &&
+		(q.PaidAt.IsZero() || p.PaidAt.IsZero() || p.PaidAt.Equal(q.PaidAt)) &&
+		(q.AppID == "" || p.AppID == "" || p.AppID == q.AppID) &&
+		(q.Metadata == nil || maps.Equal(p.Metadata, q.Metadata))
 }
 
 // ParseAmount converts a decimal string in major units ("19.99") to minor units of currency,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,27 +22,42 @@ var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
 func samplePayment() relay.Payment {
 	return relay.Payment{
-		Provider: "generic", OrderID: "order-1001", TransactionID: "txn_9f8e7d",
-		AmountMinor: 1999, Currency: "CNY", Status: relay.StatusPaid, PaidAt: t0.Add(-time.Minute),
+		Provider: "generic", Merchant: "game-1", OrderID: "order-1001", TransactionID: "txn_9f8e7d",
+		AmountMinor: 1999, Currency: "CNY", PaidAt: t0.Add(-time.Minute),
 		AppID: "game-1", Metadata: map[string]string{"sku": "gems_500"},
 	}
 }
 
+// samplePaid is the payment.succeeded result of samplePayment.
+func samplePaid() relay.Result {
+	return relay.Result{Type: relay.TypePaymentSucceeded, Payment: samplePayment()}
+}
+
+// paidTask is the task message of attempt n of a payment's payment.succeeded notification.
+func paidTask(paymentID string, n int) relay.TaskMessage {
+	return relay.TaskMessage{PaymentID: paymentID, Notification: relay.KeyPaid, Attempt: n}
+}
+
 func TestPaymentID(t *testing.T) {
 	t.Parallel()
-	a := relay.PaymentID("generic", "order-1")
-	if a != relay.PaymentID("generic", "order-1") {
+	a := relay.PaymentID("generic", "m1", "order-1")
+	if a != relay.PaymentID("generic", "m1", "order-1") {
 		t.Fatal("PaymentID is not deterministic")
 	}
-	if a == relay.PaymentID("generic", "order-2") || a == relay.PaymentID("alipay", "order-1") {
+	if a == relay.PaymentID("generic", "m1", "order-2") || a == relay.PaymentID("alipay", "m1", "order-1") {
 		t.Fatal("PaymentID collides across orders or providers")
 	}
-	// "ab"+"c" and "a"+"bc" must not collide: the separator keeps provider and order apart.
-	if relay.PaymentID("ab", "c") == relay.PaymentID("a", "bc") {
-		t.Fatal("PaymentID ignores the boundary between provider and order id")
+	// Order ids are unique only within a merchant account: two merchants' equal order numbers
+	// are two payments.
+	if a == relay.PaymentID("generic", "m2", "order-1") {
+		t.Fatal("PaymentID collides across merchant accounts")
+	}
+	// The separators keep the parts apart: "ab"+"c" is not "a"+"bc".
+	if relay.PaymentID("ab", "c", "d") == relay.PaymentID("a", "bc", "d") || relay.PaymentID("p", "ab", "c") == relay.PaymentID("p", "a", "bc") {
+		t.Fatal("PaymentID ignores the boundary between its parts")
 	}
 	// Sequential order numbers must not share a key prefix (Firestore hotspotting).
-	if relay.PaymentID("generic", "1000")[:4] == relay.PaymentID("generic", "1001")[:4] {
+	if relay.PaymentID("generic", "m", "1000")[:4] == relay.PaymentID("generic", "m", "1001")[:4] {
 		t.Error("sequential order ids share a 4-character id prefix")
 	}
 }
@@ -65,8 +81,8 @@ func TestValidate(t *testing.T) {
 		{name: "lowercase currency", edit: func(p *relay.Payment) { p.Currency = "cny" }, field: "currency"},
 		{name: "zero amount", edit: func(p *relay.Payment) { p.AmountMinor = 0 }, field: "amount"},
 		{name: "negative amount", edit: func(p *relay.Payment) { p.AmountMinor = -5 }, field: "amount"},
-		{name: "status", edit: func(p *relay.Payment) { p.Status = "refunded" }, field: "status"},
-		{name: "paid_at", edit: func(p *relay.Payment) { p.PaidAt = time.Time{} }, field: "paid_at"},
+		{name: "empty merchant", edit: func(p *relay.Payment) { p.Merchant = "" }, field: "merchant"},
+		{name: "paid_at unknown (a refund's payment)", edit: func(p *relay.Payment) { p.PaidAt = time.Time{} }},
 		{name: "metadata key", edit: func(p *relay.Payment) { p.Metadata = map[string]string{"a b": "x"} }, field: "metadata"},
 		{name: "metadata value", edit: func(p *relay.Payment) { p.Metadata = map[string]string{"a": strings.Repeat("x", 257)} }, field: "metadata"},
 		{name: "metadata count", edit: func(p *relay.Payment) {
@@ -155,7 +171,7 @@ func TestOutcomeClass(t *testing.T) {
 
 func TestStateTerminal(t *testing.T) {
 	t.Parallel()
-	want := map[relay.State]bool{relay.StatePending: false, relay.StateDelivering: false, relay.StateDelivered: true, relay.StateFailed: true}
+	want := map[relay.State]bool{relay.StateHeld: false, relay.StatePending: false, relay.StateDelivering: false, relay.StateDelivered: true, relay.StateFailed: true}
 	for s, w := range want {
 		if s.Terminal() != w {
 			t.Errorf("%s.Terminal() = %v, want %v", s, !w, w)
@@ -170,8 +186,17 @@ type harness struct {
 	queue *relaytest.Queue
 	clock *relaytest.Clock
 	posts atomic.Int32
+	mu    sync.Mutex
+	sent  []sent // every POST, in order
 	// answer decides the game server's answer to attempt n.
 	answer func(n int) relay.NotifyResult
+}
+
+// sent is one POST the game server received.
+type sent struct {
+	PaymentID string
+	Key       string
+	Attempt   int
 }
 
 func newHarness(t *testing.T) *harness {
@@ -180,8 +205,11 @@ func newHarness(t *testing.T) *harness {
 	h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 200} }
 	svc, err := relay.NewService(relay.Config{
 		Store: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
-		Notifier: relaytest.NotifierFunc(func(_ context.Context, _ *relay.Payment, n int) relay.NotifyResult {
+		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, nt *relay.Notification, n int) relay.NotifyResult {
 			h.posts.Add(1)
+			h.mu.Lock()
+			h.sent = append(h.sent, sent{Key: nt.Key, Attempt: n, PaymentID: p.ID})
+			h.mu.Unlock()
 			return h.answer(n)
 		}),
 		Backoff: func() retry.Backoff { return retry.WithMaxRetries(2, retry.NewConstant(time.Millisecond)) },
@@ -198,7 +226,7 @@ func (h *harness) deliverNext(t *testing.T) relay.DeliverResult {
 	tasks := h.queue.Snapshot()
 	task := tasks[len(tasks)-1]
 	h.clock.Set(task.At)
-	res, err := h.svc.Deliver(context.Background(), task.PaymentID, task.Attempt, relay.Delivery{TaskName: task.Name()})
+	res, err := h.svc.Deliver(context.Background(), relay.TaskMessage{PaymentID: task.PaymentID, Notification: task.Key, Attempt: task.Attempt}, relay.Delivery{TaskName: task.Name()})
 	if err != nil {
 		t.Fatalf("Deliver(%s): %v", task.Name(), err)
 	}
@@ -208,11 +236,11 @@ func (h *harness) deliverNext(t *testing.T) relay.DeliverResult {
 func TestIngestThenDeliver(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	res, err := h.svc.Ingest(context.Background(), samplePayment())
+	res, err := h.svc.Ingest(context.Background(), samplePaid())
 	if err != nil || res.Duplicate {
 		t.Fatalf("Ingest = %+v, %v", res, err)
 	}
-	want := []relay.Task{{PaymentID: res.PaymentID, Attempt: 1, At: t0}}
+	want := []relay.Task{{PaymentID: res.PaymentID, Key: relay.KeyPaid, Attempt: 1, At: t0}}
 	if diff := cmp.Diff(want, h.queue.Snapshot()); diff != "" {
 		t.Fatalf("tasks (-want +got):\n%s", diff)
 	}
@@ -220,8 +248,8 @@ func TestIngestThenDeliver(t *testing.T) {
 		t.Fatalf("outcome = %s, want delivered", got.Outcome)
 	}
 	p := h.store.Payment(res.PaymentID)
-	if p.State != relay.StateDelivered || len(p.Attempts) != 1 || p.Attempts[0].StatusCode != 200 || p.Lease != nil {
-		t.Errorf("stored payment = state %s, attempts %+v, lease %v", p.State, p.Attempts, p.Lease)
+	if p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 1 || p.Paid().Attempts[0].StatusCode != 200 || p.Paid().Lease != nil {
+		t.Errorf("stored payment = state %s, attempts %+v, lease %v", p.Paid().State, p.Paid().Attempts, p.Paid().Lease)
 	}
 }
 
@@ -245,7 +273,7 @@ func TestLadderWalk(t *testing.T) {
 				}
 				return relay.NotifyResult{StatusCode: 204}
 			}
-			res, err := h.svc.Ingest(context.Background(), samplePayment())
+			res, err := h.svc.Ingest(context.Background(), samplePaid())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -256,8 +284,8 @@ func TestLadderWalk(t *testing.T) {
 				}
 			}
 			p := h.store.Payment(res.PaymentID)
-			if p.State != tc.wantState || int(h.posts.Load()) != tc.wantPosts || len(p.Attempts) != tc.wantPosts {
-				t.Fatalf("state %s after %d posts and %d records; want %s after %d", p.State, h.posts.Load(), len(p.Attempts), tc.wantState, tc.wantPosts)
+			if p.Paid().State != tc.wantState || int(h.posts.Load()) != tc.wantPosts || len(p.Paid().Attempts) != tc.wantPosts {
+				t.Fatalf("state %s after %d posts and %d records; want %s after %d", p.Paid().State, h.posts.Load(), len(p.Paid().Attempts), tc.wantState, tc.wantPosts)
 			}
 			// Each task is scheduled exactly one ladder step after the previous attempt.
 			tasks := h.queue.Snapshot()
@@ -276,20 +304,20 @@ func TestLadderWalk(t *testing.T) {
 func TestIngestDuplicate(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	first, err := h.svc.Ingest(context.Background(), samplePayment())
+	first, err := h.svc.Ingest(context.Background(), samplePaid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.deliverNext(t)
-	again, err := h.svc.Ingest(context.Background(), samplePayment())
+	again, err := h.svc.Ingest(context.Background(), samplePaid())
 	if err != nil || !again.Duplicate || again.PaymentID != first.PaymentID {
 		t.Fatalf("repeat Ingest = %+v, %v; want a duplicate of %s", again, err, first.PaymentID)
 	}
 	if n := len(h.queue.Snapshot()); n != 1 {
 		t.Errorf("%d tasks after a repeated callback, want 1", n)
 	}
-	changed := samplePayment()
-	changed.AmountMinor = 1
+	changed := samplePaid()
+	changed.Payment.AmountMinor = 1
 	if _, err := h.svc.Ingest(context.Background(), changed); !errors.Is(err, relay.ErrFactsDiffer) {
 		t.Errorf("Ingest with another amount = %v, want ErrFactsDiffer", err)
 	}
@@ -308,14 +336,14 @@ func TestIngestRetryCompletesWhatFailedBegan(t *testing.T) {
 		}
 		return nil
 	}
-	if _, err := h.svc.Ingest(context.Background(), samplePayment()); !relay.Retryable(err) {
+	if _, err := h.svc.Ingest(context.Background(), samplePaid()); !relay.Retryable(err) {
 		t.Fatalf("Ingest with the queue down = %v, want a retryable error", err)
 	}
 	if len(h.queue.Snapshot()) != 0 || h.store.Len() != 1 {
 		t.Fatalf("before recovery: %d tasks, %d payments", len(h.queue.Snapshot()), h.store.Len())
 	}
 	down = false
-	res, err := h.svc.Ingest(context.Background(), samplePayment())
+	res, err := h.svc.Ingest(context.Background(), samplePaid())
 	if err != nil || !res.Duplicate {
 		t.Fatalf("provider retry = %+v, %v", res, err)
 	}
@@ -335,13 +363,13 @@ func TestIngestStoreRetriesOnlyRetryable(t *testing.T) {
 		}
 		return nil
 	}
-	if _, err := h.svc.Ingest(context.Background(), samplePayment()); err != nil {
+	if _, err := h.svc.Ingest(context.Background(), samplePaid()); err != nil {
 		t.Fatalf("Ingest after two transient failures: %v", err)
 	}
 	h2 := newHarness(t)
 	calls = 0
 	h2.store.Fail = func(string) error { calls++; return errors.New("permission denied") }
-	if _, err := h2.svc.Ingest(context.Background(), samplePayment()); err == nil || calls != 1 {
+	if _, err := h2.svc.Ingest(context.Background(), samplePaid()); err == nil || calls != 1 {
 		t.Errorf("Ingest with a permanent store error: err %v after %d calls; want an error after 1", err, calls)
 	}
 }
@@ -355,16 +383,16 @@ func TestDeliverStaleAndTerminal(t *testing.T) {
 		}
 		return relay.NotifyResult{StatusCode: 200}
 	}
-	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	res, _ := h.svc.Ingest(context.Background(), samplePaid())
 	h.deliverNext(t) // attempt 1 fails; attempt 2 enqueued
 	ctx := context.Background()
-	old, err := h.svc.Deliver(ctx, res.PaymentID, 1, relay.Delivery{})
+	old, err := h.svc.Deliver(ctx, paidTask(res.PaymentID, 1), relay.Delivery{})
 	if err != nil || old.Outcome != relay.OutcomeRepaired {
 		t.Errorf("redelivered attempt 1 = %+v, %v; want repaired (attempt 2 already enqueued)", old, err)
 	}
 	h.deliverNext(t) // attempt 2 succeeds
 	for _, n := range []int{1, 2, 3} {
-		r, err := h.svc.Deliver(ctx, res.PaymentID, n, relay.Delivery{})
+		r, err := h.svc.Deliver(ctx, paidTask(res.PaymentID, n), relay.Delivery{})
 		if err != nil || r.Outcome != relay.OutcomeIgnored {
 			t.Errorf("Deliver(attempt %d) after delivery = %+v, %v; want ignored", n, r, err)
 		}
@@ -372,7 +400,7 @@ func TestDeliverStaleAndTerminal(t *testing.T) {
 	if h.posts.Load() != 2 {
 		t.Errorf("game server saw %d posts, want 2", h.posts.Load())
 	}
-	unknown, err := h.svc.Deliver(ctx, "nope", 1, relay.Delivery{})
+	unknown, err := h.svc.Deliver(ctx, paidTask("nope", 1), relay.Delivery{})
 	if err != nil || unknown.Outcome != relay.OutcomeRejected {
 		t.Errorf("Deliver(unknown) = %+v, %v; want rejected", unknown, err)
 	}
@@ -381,15 +409,15 @@ func TestDeliverStaleAndTerminal(t *testing.T) {
 func TestDeliverLease(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	res, _ := h.svc.Ingest(context.Background(), samplePaid())
 	// A delivery claims attempt 1 and dies before recording: simulate by writing its claim.
 	p, v, _ := h.store.Get(context.Background(), res.PaymentID)
-	p.State = relay.StateDelivering
-	p.Lease = &relay.Lease{Attempt: 1, Owner: "dead", ClaimedAt: t0, Until: t0.Add(time.Minute)}
+	p.Paid().State = relay.StateDelivering
+	p.Paid().Lease = &relay.Lease{Attempt: 1, Owner: "dead", ClaimedAt: t0, Until: t0.Add(time.Minute)}
 	if _, err := h.store.Update(context.Background(), p, v); err != nil {
 		t.Fatal(err)
 	}
-	busy, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{})
+	busy, err := h.svc.Deliver(context.Background(), paidTask(res.PaymentID, 1), relay.Delivery{})
 	if err != nil || busy.Outcome != relay.OutcomeBusy || busy.Outcome.Class() != relay.ClassRetry {
 		t.Fatalf("Deliver under a live lease = %+v, %v; want busy", busy, err)
 	}
@@ -397,13 +425,13 @@ func TestDeliverLease(t *testing.T) {
 		t.Fatal("posted under another delivery's live lease")
 	}
 	h.clock.Advance(time.Minute + time.Second)
-	taken, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{})
+	taken, err := h.svc.Deliver(context.Background(), paidTask(res.PaymentID, 1), relay.Delivery{})
 	if err != nil || taken.Outcome != relay.OutcomeDelivered {
 		t.Fatalf("Deliver after the lease expired = %+v, %v; want delivered", taken, err)
 	}
 	got := h.store.Payment(res.PaymentID)
-	if len(got.Attempts) != 2 || got.Attempts[0].ErrorClass != relay.ErrorLost || !got.Attempts[1].Succeeded() {
-		t.Errorf("history = %+v; want the lost attempt then the successful one", got.Attempts)
+	if len(got.Paid().Attempts) != 2 || got.Paid().Attempts[0].ErrorClass != relay.ErrorLost || !got.Paid().Attempts[1].Succeeded() {
+		t.Errorf("history = %+v; want the lost attempt then the successful one", got.Paid().Attempts)
 	}
 }
 
@@ -411,9 +439,9 @@ func TestDeliverStoreDown(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 500, ErrorClass: relay.ErrorHTTP} }
-	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	res, _ := h.svc.Ingest(context.Background(), samplePaid())
 	h.store.Fail = func(string) error { return fmt.Errorf("firestore: %w", relay.ErrUnavailable) }
-	if _, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{}); !relay.Retryable(err) {
+	if _, err := h.svc.Deliver(context.Background(), paidTask(res.PaymentID, 1), relay.Delivery{}); !relay.Retryable(err) {
 		t.Fatalf("Deliver with the store down = %v, want a retryable error", err)
 	}
 	if h.posts.Load() != 0 {
@@ -423,11 +451,11 @@ func TestDeliverStoreDown(t *testing.T) {
 	// and the redelivery enqueues attempt 2 without posting attempt 1 again.
 	h.store.Fail = nil
 	h.queue.Fail = func(relay.Task) error { return fmt.Errorf("cloudtasks: %w", relay.ErrUnavailable) }
-	if _, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{}); !relay.Retryable(err) {
+	if _, err := h.svc.Deliver(context.Background(), paidTask(res.PaymentID, 1), relay.Delivery{}); !relay.Retryable(err) {
 		t.Fatalf("Deliver with the queue down = %v, want a retryable error", err)
 	}
 	h.queue.Fail = nil
-	r, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{})
+	r, err := h.svc.Deliver(context.Background(), paidTask(res.PaymentID, 1), relay.Delivery{})
 	if err != nil || r.Outcome != relay.OutcomeRepaired {
 		t.Fatalf("redelivery = %+v, %v; want repaired", r, err)
 	}
@@ -461,18 +489,18 @@ func BenchmarkPaymentValidate(b *testing.B) {
 func TestDeliverRecordsEvenIfTheCallerGoesAway(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	res, _ := h.svc.Ingest(context.Background(), samplePaid())
 	ctx, cancel := context.WithCancel(context.Background())
 	h.answer = func(int) relay.NotifyResult {
 		cancel() // the request is cut while the game server answers
 		return relay.NotifyResult{StatusCode: 200}
 	}
-	r, err := h.svc.Deliver(ctx, res.PaymentID, 1, relay.Delivery{})
+	r, err := h.svc.Deliver(ctx, paidTask(res.PaymentID, 1), relay.Delivery{})
 	if err != nil || r.Outcome != relay.OutcomeDelivered {
 		t.Fatalf("Deliver = %+v, %v; want delivered and recorded", r, err)
 	}
-	if p := h.store.Payment(res.PaymentID); p.State != relay.StateDelivered || p.Lease != nil {
-		t.Errorf("stored state %s, lease %v; want delivered, no lease", p.State, p.Lease)
+	if p := h.store.Payment(res.PaymentID); p.Paid().State != relay.StateDelivered || p.Paid().Lease != nil {
+		t.Errorf("stored state %s, lease %v; want delivered, no lease", p.Paid().State, p.Paid().Lease)
 	}
 }
 
@@ -481,7 +509,7 @@ func TestDeliverRecordsEvenIfTheCallerGoesAway(t *testing.T) {
 func TestDeliverRecordsThroughAnOutageWithinTheLease(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	res, _ := h.svc.Ingest(context.Background(), samplePayment())
+	res, _ := h.svc.Ingest(context.Background(), samplePaid())
 	updates := 0
 	h.store.Fail = func(op string) error {
 		if op != "update" {
@@ -493,11 +521,11 @@ func TestDeliverRecordsThroughAnOutageWithinTheLease(t *testing.T) {
 		}
 		return nil
 	}
-	r, err := h.svc.Deliver(context.Background(), res.PaymentID, 1, relay.Delivery{})
+	r, err := h.svc.Deliver(context.Background(), paidTask(res.PaymentID, 1), relay.Delivery{})
 	if err != nil || r.Outcome != relay.OutcomeDelivered || h.posts.Load() != 1 {
 		t.Fatalf("Deliver = %+v, %v after %d posts; want delivered after one", r, err, h.posts.Load())
 	}
-	if p := h.store.Payment(res.PaymentID); p.State != relay.StateDelivered {
-		t.Errorf("stored state %s, want delivered", p.State)
+	if p := h.store.Payment(res.PaymentID); p.Paid().State != relay.StateDelivered {
+		t.Errorf("stored state %s, want delivered", p.Paid().State)
 	}
 }

@@ -1,4 +1,4 @@
-// Package gamehttp posts payments to the studio's game server, signed the Standard Webhooks
+// Package gamehttp posts payment notifications to the studio's game server, signed the Standard Webhooks
 // way, and classifies what happened: the game server failing is an attempt to record, never
 // an error of ours.
 package gamehttp
@@ -33,20 +33,66 @@ const (
 // HeaderAttempt carries the attempt number next to the body's.
 const HeaderAttempt = "X-Payrelay-Attempt"
 
-// Payload is what the game server receives: the same normalized payment whatever the provider.
+// Payload is what the game server receives, in the Standard Webhooks payload shape
+// (standardwebhooks.com, "Payload structure": type, timestamp, data): the same whatever the
+// provider. Type is payment.succeeded or payment.refunded; Timestamp is when the event
+// happened (the payment, or the refund).
 type Payload struct {
-	Type          string            `json:"type"`
-	PaymentID     string            `json:"payment_id"`
-	Attempt       int               `json:"attempt"`
-	Provider      string            `json:"provider"`
-	OrderID       string            `json:"order_id"`
-	TransactionID string            `json:"transaction_id"`
-	AmountMinor   int64             `json:"amount_minor"`
-	Currency      string            `json:"currency"`
-	Status        string            `json:"status"`
-	PaidAt        time.Time         `json:"paid_at"`
-	AppID         string            `json:"app_id"`
-	Metadata      map[string]string `json:"metadata,omitempty"`
+	Type      string    `json:"type"`
+	Timestamp time.Time `json:"timestamp"`
+	Data      Data      `json:"data"`
+}
+
+// Data is a notification's content: the payment's facts, and for a refund the refund.
+type Data struct {
+	NotificationID string            `json:"notification_id"` // also webhook-id: deduplicate by it
+	Attempt        int               `json:"attempt"`
+	PaymentID      string            `json:"payment_id"`
+	Provider       string            `json:"provider"`
+	MerchantID     string            `json:"merchant_id"`
+	OrderID        string            `json:"order_id"`
+	TransactionID  string            `json:"transaction_id"`
+	AmountMinor    int64             `json:"amount_minor"`
+	Currency       string            `json:"currency"`
+	PaidAt         *time.Time        `json:"paid_at,omitempty"` // absent when only a refund told us of the payment and did not say
+	AppID          string            `json:"app_id"`
+	Metadata       map[string]string `json:"metadata,omitempty"`
+	// PaymentNotified is false on a refund of a payment payrelay never received: its facts come
+	// from the refund notification, and no payment.succeeded preceded it.
+	PaymentNotified bool        `json:"payment_notified"`
+	Refund          *RefundData `json:"refund,omitempty"`
+}
+
+// RefundData is one refund: this refund's amount, and the payment's refunded total with it.
+type RefundData struct {
+	RefundID           string    `json:"refund_id"`
+	MerchantRefundNo   string    `json:"merchant_refund_no,omitempty"`
+	AmountMinor        int64     `json:"amount_minor"`
+	RefundedTotalMinor int64     `json:"refunded_total_minor"`
+	FullyRefunded      bool      `json:"fully_refunded"`
+	RefundedAt         time.Time `json:"refunded_at"`
+}
+
+// NewPayload describes attempt `attempt` of notification n of payment p.
+func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
+	pl := Payload{Type: string(n.Type), Timestamp: p.PaidAt, Data: Data{
+		NotificationID: relay.NotificationID(p.ID, n.Key), Attempt: attempt, PaymentID: p.ID, Provider: p.Provider,
+		MerchantID: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID, AmountMinor: p.AmountMinor,
+		Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata,
+	}}
+	if !p.PaidAt.IsZero() {
+		t := p.PaidAt
+		pl.Data.PaidAt = &t
+	}
+	pl.Data.PaymentNotified = p.PaymentFirst(n.Key)
+	if r := n.Refund; r != nil {
+		pl.Timestamp = r.RefundedAt
+		pl.Data.Refund = &RefundData{
+			RefundID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
+			RefundedTotalMinor: r.CumulativeMinor, FullyRefunded: r.CumulativeMinor >= p.AmountMinor, RefundedAt: r.RefundedAt,
+		}
+	}
+	return pl
 }
 
 // Notifier posts to one game server URL.
@@ -84,13 +130,12 @@ func New(url string, secret webhook.Secret, timeout time.Duration) (*Notifier, e
 	return &Notifier{url: url, secret: secret, client: client, now: time.Now}, nil
 }
 
-// Notify implements relay.Notifier.
-func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, attempt int) relay.NotifyResult {
-	body, err := json.Marshal(Payload{
-		Type: "payment.succeeded", PaymentID: p.ID, Attempt: attempt, Provider: p.Provider, OrderID: p.OrderID,
-		TransactionID: p.TransactionID, AmountMinor: p.AmountMinor, Currency: p.Currency, Status: p.Status,
-		PaidAt: p.PaidAt, AppID: p.AppID, Metadata: p.Metadata,
-	})
+// Notify implements relay.Notifier. webhook-id is the notification's id, the same on every
+// attempt, so the game server can deduplicate by it.
+func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, nt *relay.Notification, attempt int) relay.NotifyResult {
+	pl := NewPayload(p, nt, attempt)
+	msgID := pl.Data.NotificationID
+	body, err := json.Marshal(pl)
 	if err != nil {
 		return relay.NotifyResult{ErrorClass: relay.ErrorHTTP, Error: "encode payload: " + err.Error()}
 	}
@@ -101,9 +146,9 @@ func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, attempt int) re
 	ts := n.now()
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "payrelay/1")
-	req.Header.Set(webhook.HeaderID, p.ID)
+	req.Header.Set(webhook.HeaderID, msgID)
 	req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
-	req.Header.Set(webhook.HeaderSignature, n.secret.Sign(p.ID, ts, body))
+	req.Header.Set(webhook.HeaderSignature, n.secret.Sign(msgID, ts, body))
 	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
 	resp, err := n.client.Do(req)
 	if err != nil {

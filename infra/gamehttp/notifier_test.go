@@ -18,8 +18,14 @@ import (
 var secret = webhook.NewSecret([]byte("0123456789abcdef0123456789abcdef"))
 
 func payment() *relay.Payment {
-	return &relay.Payment{ID: "pid1", Provider: "generic", OrderID: "o1", TransactionID: "t1", AmountMinor: 1999,
-		Currency: "CNY", Status: relay.StatusPaid, PaidAt: time.Date(2026, 11, 24, 1, 2, 3, 0, time.UTC), AppID: "game-1"}
+	at := time.Date(2026, 11, 24, 1, 2, 3, 0, time.UTC)
+	return &relay.Payment{ID: "pid1", Provider: "generic", Merchant: "game-1", OrderID: "o1", TransactionID: "t1", AmountMinor: 1999,
+		Currency: "CNY", PaidAt: at, AppID: "game-1", RefundedMinor: 1999,
+		Notifications: []relay.Notification{
+			{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StateDelivered, Attempt: 1, CreatedAt: at},
+			{Key: relay.RefundKey("r1"), Type: relay.TypePaymentRefunded, State: relay.StatePending, Attempt: 1, CreatedAt: at.Add(time.Hour),
+				Refund: &relay.Refund{ID: "r1", MerchantRefundNo: "out-r1", AmountMinor: 1999, CumulativeMinor: 1999, RefundedAt: at.Add(time.Hour)}},
+		}}
 }
 
 func TestNotifySignsAndDescribesPayment(t *testing.T) {
@@ -33,7 +39,8 @@ func TestNotifySignsAndDescribesPayment(t *testing.T) {
 		}
 		var p Payload
 		json.Unmarshal(b, &p)
-		if p.PaymentID != "pid1" || p.Attempt != 2 || p.AmountMinor != 1999 || p.Currency != "CNY" || r.Header.Get("webhook-id") != "pid1" || r.Header.Get(HeaderAttempt) != "2" {
+		if p.Type != "payment.succeeded" || p.Data.PaymentID != "pid1" || p.Data.Attempt != 2 || p.Data.AmountMinor != 1999 || p.Data.Currency != "CNY" ||
+			p.Data.Refund != nil || r.Header.Get("webhook-id") != "pid1-paid" || r.Header.Get(HeaderAttempt) != "2" {
 			http.Error(w, "unexpected payload "+string(b), http.StatusBadRequest)
 			return
 		}
@@ -44,7 +51,8 @@ func TestNotifySignsAndDescribesPayment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := n.Notify(context.Background(), payment(), 2)
+	pay := payment()
+	r := n.Notify(context.Background(), pay, pay.Paid(), 2)
 	if r.StatusCode != 200 || r.ErrorClass != relay.ErrorNone || r.Response != `{"ok":true}` {
 		t.Errorf("Notify = %+v", r)
 	}
@@ -106,7 +114,7 @@ func TestNotifyErrorClasses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := n.Notify(context.Background(), payment(), 1)
+		r := n.Notify(context.Background(), payment(), payment().Paid(), 1)
 		if r.StatusCode != tc.status || r.ErrorClass != tc.class {
 			t.Errorf("%s: status %d class %q (%s), want %d %q", tc.url, r.StatusCode, r.ErrorClass, r.Error, tc.status, tc.class)
 		}
@@ -116,5 +124,38 @@ func TestNotifyErrorClasses(t *testing.T) {
 	}
 	if _, err := New(srv.URL, secret, 11*time.Second); err == nil {
 		t.Error("a timeout over 10s was accepted")
+	}
+}
+
+// The two payloads, exactly as the game server receives them (the README shows the same).
+func TestPayloads(t *testing.T) {
+	t.Parallel()
+	p := payment()
+	p.Metadata = map[string]string{"game": "sword"}
+	for _, tc := range []struct {
+		n    *relay.Notification
+		want string
+	}{
+		{p.Paid(), `{"type":"payment.succeeded","timestamp":"2026-11-24T01:02:03Z","data":{"notification_id":"pid1-paid","attempt":1,` +
+			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
+			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","metadata":{"game":"sword"},"payment_notified":true}}`},
+		{&p.Notifications[1], `{"type":"payment.refunded","timestamp":"2026-11-24T02:02:03Z","data":{"notification_id":"pid1-` + relay.RefundKey("r1") + `","attempt":1,` +
+			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
+			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","metadata":{"game":"sword"},"payment_notified":true,` +
+			`"refund":{"refund_id":"r1","merchant_refund_no":"out-r1","amount_minor":1999,"refunded_total_minor":1999,"fully_refunded":true,"refunded_at":"2026-11-24T02:02:03Z"}}}`},
+	} {
+		b, err := json.Marshal(NewPayload(p, tc.n, 1))
+		if err != nil || string(b) != tc.want {
+			t.Errorf("payload of %s =\n%s\nwant\n%s", tc.n.Key, b, tc.want)
+		}
+	}
+	// A refund of a payment payrelay never received says so, and has no paid_at when the
+	// refund did not tell it.
+	alone := payment()
+	alone.Notifications = alone.Notifications[1:]
+	alone.PaidAt = time.Time{}
+	pl := NewPayload(alone, &alone.Notifications[0], 1)
+	if pl.Data.PaymentNotified || pl.Data.PaidAt != nil || pl.Type != "payment.refunded" {
+		t.Errorf("refund alone: payment_notified %v, paid_at %v, type %s", pl.Data.PaymentNotified, pl.Data.PaidAt, pl.Type)
 	}
 }

@@ -78,9 +78,9 @@ func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
 // Close releases the client.
 func (q *CloudTasks) Close() error { return q.client.Close() }
 
-// Enqueue implements relay.Queue: it creates the task named {payment}-{attempt} at t.At.
+// Enqueue implements relay.Queue: it creates the task named {notification}-{attempt} at t.At.
 func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
-	body, err := json.Marshal(relay.TaskMessage{PaymentID: t.PaymentID, Attempt: t.Attempt})
+	body, err := json.Marshal(relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Attempt: t.Attempt})
 	if err != nil {
 		return fmt.Errorf("encode task: %w", err)
 	}

@@ -51,7 +51,7 @@ func TestEnqueueDispatchesSignedTask(t *testing.T) {
 	}
 	t.Cleanup(func() { q.Close() })
 	at := time.Now().Add(200 * time.Millisecond)
-	task := relay.Task{PaymentID: "abc123", Attempt: 3, At: at}
+	task := relay.Task{PaymentID: "abc123", Key: relay.KeyPaid, Attempt: 3, At: at}
 	if err := q.Enqueue(context.Background(), task); err != nil {
 		t.Fatal(err)
 	}
@@ -68,11 +68,11 @@ func TestEnqueueDispatchesSignedTask(t *testing.T) {
 		t.Error("dispatched before its schedule time")
 	}
 	var msg relay.TaskMessage
-	if err := json.Unmarshal(<-bodies, &msg); err != nil || msg != (relay.TaskMessage{PaymentID: "abc123", Attempt: 3}) {
+	if err := json.Unmarshal(<-bodies, &msg); err != nil || msg != (relay.TaskMessage{PaymentID: "abc123", Notification: relay.KeyPaid, Attempt: 3}) {
 		t.Errorf("task body = %+v, %v", msg, err)
 	}
-	if name := r.Header.Get("X-CloudTasks-TaskName"); name != "abc123-3" {
-		t.Errorf("task name = %q, want abc123-3", name)
+	if name := r.Header.Get("X-CloudTasks-TaskName"); name != "abc123-paid-3" {
+		t.Errorf("task name = %q, want abc123-paid-3", name)
 	}
 	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 	claims, err := tasksemu.VerifyIDToken(tok, srv.PublicKey(), deliver.URL+"/Deliver", time.Now())
@@ -90,7 +90,7 @@ func TestEnqueueClassifiesErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer missing.Close()
-	if err := missing.Enqueue(ctx, relay.Task{PaymentID: "x", Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
+	if err := missing.Enqueue(ctx, relay.Task{PaymentID: "x", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
 		t.Errorf("Enqueue on a missing queue = %v, want a permanent error", err)
 	}
 	// A port nobody listens on: the queue is unavailable, which is worth retrying.
@@ -104,7 +104,7 @@ func TestEnqueueClassifiesErrors(t *testing.T) {
 	defer down.Close()
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := down.Enqueue(cctx, relay.Task{PaymentID: "x", Attempt: 1, At: time.Now()}); !relay.Retryable(err) {
+	if err := down.Enqueue(cctx, relay.Task{PaymentID: "x", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !relay.Retryable(err) {
 		t.Errorf("Enqueue with the queue down = %v, want a retryable error", err)
 	}
 	if _, err := queue.NewCloudTasks(ctx, queue.Options{Queue: tasksemu.DefaultQueue, DeliverURL: "http://x/", DispatchDeadline: time.Second}); err == nil {

@@ -1,5 +1,6 @@
 // Package store keeps payments in Firestore, one document per payment, keyed by the payment's
-// hashed id. It classifies Firestore's errors into the relay core's, once, here.
+// hashed id, holding its facts, refunds, notifications (each with its state, lease and attempt
+// history) and notes. It classifies Firestore's errors into the relay core's, once, here.
 package store
 
 import (
@@ -19,6 +20,13 @@ import (
 var _ relay.Store = (*Firestore)(nil)
 
 // Firestore is a relay.Store over a Firestore collection.
+//
+// A payment's notifications live in its document, not in documents of their own: causal order
+// (a refund waits behind its payment) and refund arithmetic (the refunded total never exceeds
+// what was paid) span them, and one conditional write on one document keeps both, where
+// separate documents would need a transaction and a second read on every delivery. The price
+// is that writes to one payment serialize; they are few (one notification is in flight at a
+// time) and the core re-applies a write that lost the race.
 //
 // Claiming an attempt is a compare-and-set on one document: a read, then an update
 // conditioned on the document's update time (firestore.LastUpdateTime). Firestore applies that
@@ -90,20 +98,20 @@ func classify(op string, err error) error {
 
 // Create implements relay.Store: a create-if-absent, then a read of the existing document when
 // one was there.
-func (s *Firestore) Create(ctx context.Context, p *relay.Payment) (*relay.Payment, bool, error) {
+func (s *Firestore) Create(ctx context.Context, p *relay.Payment) (*relay.Payment, relay.Version, bool, error) {
 	s.counter.write()
-	_, err := s.coll.Doc(p.ID).Create(ctx, toDoc(p))
+	wr, err := s.coll.Doc(p.ID).Create(ctx, toDoc(p))
 	if err == nil {
-		return p, true, nil
+		return p, relay.Version(wr.UpdateTime.UnixNano()), true, nil
 	}
 	if status.Code(err) != codes.AlreadyExists {
-		return nil, false, classify("firestore.Create", err)
+		return nil, 0, false, classify("firestore.Create", err)
 	}
-	stored, _, err := s.Get(ctx, p.ID)
+	stored, v, err := s.Get(ctx, p.ID)
 	if err != nil {
-		return nil, false, err
+		return nil, 0, false, err
 	}
-	return stored, false, nil
+	return stored, v, false, nil
 }
 
 // Get implements relay.Store.
@@ -120,18 +128,20 @@ func (s *Firestore) Get(ctx context.Context, id string) (*relay.Payment, relay.V
 	return d.toPayment(id), relay.Version(snap.UpdateTime.UnixNano()), nil
 }
 
-// Update implements relay.Store: it writes the relay state if the document's update time is
+// Update implements relay.Store: it writes the mutable state if the document's update time is
 // still v.
 func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Version) (relay.Version, error) {
 	d := toDoc(p)
 	s.counter.write()
 	wr, err := s.coll.Doc(p.ID).Update(ctx, []firestore.Update{
-		{Path: "state", Value: d.State},
-		{Path: "attempt", Value: d.Attempt},
-		{Path: "next_attempt_at", Value: d.NextAttemptAt},
+		{Path: "transaction_id", Value: d.TransactionID},
+		{Path: "paid_at", Value: d.PaidAt},
+		{Path: "app_id", Value: d.AppID},
+		{Path: "metadata", Value: d.Metadata},
+		{Path: "refunded_minor", Value: d.RefundedMinor},
+		{Path: "notifications", Value: d.Notifications},
+		{Path: "notes", Value: d.Notes},
 		{Path: "updated_at", Value: d.UpdatedAt},
-		{Path: "lease", Value: d.Lease},
-		{Path: "attempts", Value: d.Attempts},
 	}, firestore.LastUpdateTime(time.Unix(0, int64(v))))
 	if err != nil {
 		return 0, classify("firestore.Update", err)
@@ -142,21 +152,47 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 // paymentDoc is a payment as stored: snake_case fields an operator can read in the console.
 type paymentDoc struct {
 	Provider      string            `firestore:"provider"`
+	Merchant      string            `firestore:"merchant"`
 	OrderID       string            `firestore:"order_id"`
 	TransactionID string            `firestore:"transaction_id"`
 	AmountMinor   int64             `firestore:"amount_minor"`
 	Currency      string            `firestore:"currency"`
-	Status        string            `firestore:"status"`
-	PaidAt        time.Time         `firestore:"paid_at"`
+	PaidAt        *time.Time        `firestore:"paid_at"` // null when only a refund told of the payment
 	AppID         string            `firestore:"app_id"`
 	Metadata      map[string]string `firestore:"metadata"`
-	State         string            `firestore:"state"`
-	Attempt       int               `firestore:"attempt"`
-	NextAttemptAt time.Time         `firestore:"next_attempt_at"`
+	RefundedMinor int64             `firestore:"refunded_minor"`
+	Notifications []notificationDoc `firestore:"notifications"`
+	Notes         []noteDoc         `firestore:"notes"`
 	ReceivedAt    time.Time         `firestore:"received_at"`
 	UpdatedAt     time.Time         `firestore:"updated_at"`
-	Lease         *leaseDoc         `firestore:"lease"`
-	Attempts      []attemptDoc      `firestore:"attempts"`
+}
+
+type notificationDoc struct {
+	Key           string       `firestore:"key"`
+	Type          string       `firestore:"type"`
+	Refund        *refundDoc   `firestore:"refund"`
+	State         string       `firestore:"state"`
+	Attempt       int          `firestore:"attempt"`
+	NextAttemptAt time.Time    `firestore:"next_attempt_at"`
+	CreatedAt     time.Time    `firestore:"created_at"`
+	Lease         *leaseDoc    `firestore:"lease"`
+	Attempts      []attemptDoc `firestore:"attempts"`
+}
+
+type refundDoc struct {
+	ID               string    `firestore:"id"`
+	MerchantRefundNo string    `firestore:"merchant_refund_no"`
+	AmountMinor      int64     `firestore:"amount_minor"`
+	CumulativeMinor  int64     `firestore:"cumulative_minor"`
+	RefundedAt       time.Time `firestore:"refunded_at"`
+}
+
+type noteDoc struct {
+	Kind       string    `firestore:"kind"`
+	Reason     string    `firestore:"reason"`
+	Alert      bool      `firestore:"alert"`
+	RefundID   string    `firestore:"refund_id"`
+	ReceivedAt time.Time `firestore:"received_at"`
 }
 
 type leaseDoc struct {
@@ -182,38 +218,72 @@ func utf8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 func toDoc(p *relay.Payment) *paymentDoc {
 	d := &paymentDoc{
-		Provider: p.Provider, OrderID: p.OrderID, TransactionID: p.TransactionID, AmountMinor: p.AmountMinor,
-		Currency: p.Currency, Status: p.Status, PaidAt: p.PaidAt, AppID: p.AppID, Metadata: p.Metadata,
-		State: string(p.State), Attempt: p.Attempt, NextAttemptAt: p.NextAttemptAt, ReceivedAt: p.ReceivedAt,
-		UpdatedAt: p.UpdatedAt, Attempts: []attemptDoc{},
+		Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
+		AmountMinor: p.AmountMinor, Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata,
+		RefundedMinor: p.RefundedMinor, ReceivedAt: p.ReceivedAt, UpdatedAt: p.UpdatedAt,
+		Notifications: []notificationDoc{}, Notes: []noteDoc{},
 	}
-	if p.Lease != nil {
-		d.Lease = &leaseDoc{Attempt: p.Lease.Attempt, Owner: p.Lease.Owner, ClaimedAt: p.Lease.ClaimedAt, Until: p.Lease.Until}
+	if !p.PaidAt.IsZero() {
+		t := p.PaidAt
+		d.PaidAt = &t
 	}
-	for _, a := range p.Attempts {
-		d.Attempts = append(d.Attempts, attemptDoc{
-			Number: a.Number, StartedAt: a.StartedAt, DurationMS: float64(a.Duration) / float64(time.Millisecond),
-			StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass), Error: utf8(a.Error), Response: utf8(a.Response), Delivery: a.Delivery,
-		})
+	for _, n := range p.Notifications {
+		nd := notificationDoc{
+			Key: n.Key, Type: string(n.Type), State: string(n.State), Attempt: n.Attempt,
+			NextAttemptAt: n.NextAttemptAt, CreatedAt: n.CreatedAt, Attempts: []attemptDoc{},
+		}
+		if r := n.Refund; r != nil {
+			nd.Refund = &refundDoc{ID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
+				CumulativeMinor: r.CumulativeMinor, RefundedAt: r.RefundedAt}
+		}
+		if l := n.Lease; l != nil {
+			nd.Lease = &leaseDoc{Attempt: l.Attempt, Owner: l.Owner, ClaimedAt: l.ClaimedAt, Until: l.Until}
+		}
+		for _, a := range n.Attempts {
+			nd.Attempts = append(nd.Attempts, attemptDoc{
+				Number: a.Number, StartedAt: a.StartedAt, DurationMS: float64(a.Duration) / float64(time.Millisecond),
+				StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass), Error: utf8(a.Error), Response: utf8(a.Response), Delivery: a.Delivery,
+			})
+		}
+		d.Notifications = append(d.Notifications, nd)
+	}
+	for _, n := range p.Notes {
+		d.Notes = append(d.Notes, noteDoc{Kind: n.Kind, Reason: utf8(n.Reason), Alert: n.Alert, RefundID: n.RefundID, ReceivedAt: n.ReceivedAt})
 	}
 	return d
 }
 
 func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	p := &relay.Payment{
-		ID: id, Provider: d.Provider, OrderID: d.OrderID, TransactionID: d.TransactionID, AmountMinor: d.AmountMinor,
-		Currency: d.Currency, Status: d.Status, PaidAt: d.PaidAt.UTC(), AppID: d.AppID, Metadata: d.Metadata,
-		State: relay.State(d.State), Attempt: d.Attempt, NextAttemptAt: d.NextAttemptAt.UTC(), ReceivedAt: d.ReceivedAt.UTC(),
-		UpdatedAt: d.UpdatedAt.UTC(),
+		ID: id, Provider: d.Provider, Merchant: d.Merchant, OrderID: d.OrderID, TransactionID: d.TransactionID,
+		AmountMinor: d.AmountMinor, Currency: d.Currency, AppID: d.AppID, Metadata: d.Metadata,
+		RefundedMinor: d.RefundedMinor, ReceivedAt: d.ReceivedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}
-	if d.Lease != nil {
-		p.Lease = &relay.Lease{Attempt: d.Lease.Attempt, Owner: d.Lease.Owner, ClaimedAt: d.Lease.ClaimedAt.UTC(), Until: d.Lease.Until.UTC()}
+	if d.PaidAt != nil {
+		p.PaidAt = d.PaidAt.UTC()
 	}
-	for _, a := range d.Attempts {
-		p.Attempts = append(p.Attempts, relay.AttemptRecord{
-			Number: a.Number, StartedAt: a.StartedAt.UTC(), Duration: time.Duration(a.DurationMS * float64(time.Millisecond)),
-			StatusCode: a.StatusCode, ErrorClass: relay.ErrorClass(a.ErrorClass), Error: a.Error, Response: a.Response, Delivery: a.Delivery,
-		})
+	for _, nd := range d.Notifications {
+		n := relay.Notification{
+			Key: nd.Key, Type: relay.Type(nd.Type), State: relay.State(nd.State), Attempt: nd.Attempt,
+			NextAttemptAt: nd.NextAttemptAt.UTC(), CreatedAt: nd.CreatedAt.UTC(),
+		}
+		if r := nd.Refund; r != nil {
+			n.Refund = &relay.Refund{ID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
+				CumulativeMinor: r.CumulativeMinor, RefundedAt: r.RefundedAt.UTC()}
+		}
+		if l := nd.Lease; l != nil {
+			n.Lease = &relay.Lease{Attempt: l.Attempt, Owner: l.Owner, ClaimedAt: l.ClaimedAt.UTC(), Until: l.Until.UTC()}
+		}
+		for _, a := range nd.Attempts {
+			n.Attempts = append(n.Attempts, relay.AttemptRecord{
+				Number: a.Number, StartedAt: a.StartedAt.UTC(), Duration: time.Duration(a.DurationMS * float64(time.Millisecond)),
+				StatusCode: a.StatusCode, ErrorClass: relay.ErrorClass(a.ErrorClass), Error: a.Error, Response: a.Response, Delivery: a.Delivery,
+			})
+		}
+		p.Notifications = append(p.Notifications, n)
+	}
+	for _, nd := range d.Notes {
+		p.Notes = append(p.Notes, relay.Note{Kind: nd.Kind, Reason: nd.Reason, Alert: nd.Alert, RefundID: nd.RefundID, ReceivedAt: nd.ReceivedAt.UTC()})
 	}
 	return p
 }

@@ -33,10 +33,11 @@ func newStore(t *testing.T) *store.Firestore {
 func payment(order string) *relay.Payment {
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	return &relay.Payment{
-		ID: relay.PaymentID("generic", order), Provider: "generic", OrderID: order, TransactionID: "txn-" + order,
-		AmountMinor: 648, Currency: "CNY", Status: relay.StatusPaid, PaidAt: now.Add(-time.Second), AppID: "game-1",
-		Metadata: map[string]string{"sku": "月卡"}, State: relay.StatePending, Attempt: 1,
-		NextAttemptAt: now, ReceivedAt: now, UpdatedAt: now,
+		ID: relay.PaymentID("generic", "game-1", order), Provider: "generic", Merchant: "game-1", OrderID: order, TransactionID: "txn-" + order,
+		AmountMinor: 648, Currency: "CNY", PaidAt: now.Add(-time.Second), AppID: "game-1",
+		Metadata: map[string]string{"sku": "月卡"}, ReceivedAt: now, UpdatedAt: now,
+		Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StatePending,
+			Attempt: 1, NextAttemptAt: now, CreatedAt: now}},
 	}
 }
 
@@ -45,19 +46,27 @@ func TestCreateGetRoundTrip(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	p := payment("rt-1")
-	p.Attempts = []relay.AttemptRecord{{Number: 1, StartedAt: p.ReceivedAt, Duration: 1500 * time.Millisecond, StatusCode: 502,
+	paid := p.Paid()
+	paid.Attempts = []relay.AttemptRecord{{Number: 1, StartedAt: p.ReceivedAt, Duration: 1500 * time.Millisecond, StatusCode: 502,
 		ErrorClass: relay.ErrorHTTP, Error: "game server answered 502", Response: "bad \xff gateway", Delivery: "t-1#0"}}
-	p.Lease = &relay.Lease{Attempt: 1, Owner: "t-1#0", ClaimedAt: p.ReceivedAt, Until: p.ReceivedAt.Add(time.Minute)}
-	if _, created, err := s.Create(ctx, p); err != nil || !created {
-		t.Fatalf("Create = %v, %v", created, err)
+	paid.Lease = &relay.Lease{Attempt: 1, Owner: "t-1#0", ClaimedAt: p.ReceivedAt, Until: p.ReceivedAt.Add(time.Minute)}
+	p.RefundedMinor = 100
+	p.Notifications = append(p.Notifications, relay.Notification{Key: relay.RefundKey("r1"), Type: relay.TypePaymentRefunded,
+		State: relay.StateHeld, Attempt: 1, CreatedAt: p.ReceivedAt,
+		Refund: &relay.Refund{ID: "r1", MerchantRefundNo: "out-r1", AmountMinor: 100, CumulativeMinor: 100, RefundedAt: p.ReceivedAt}})
+	p.Notes = []relay.Note{{Kind: "REFUND.ABNORMAL", Reason: "card closed", Alert: true, RefundID: "r0", ReceivedAt: p.ReceivedAt}}
+	_, v0, created, err := s.Create(ctx, p)
+	if err != nil || !created || v0 == 0 {
+		t.Fatalf("Create = %v, %v, %v", v0, created, err)
 	}
 	got, v, err := s.Get(ctx, p.ID)
-	if err != nil || v == 0 {
-		t.Fatalf("Get = %v, %v", v, err)
+	if err != nil || v != v0 {
+		t.Fatalf("Get = %v, %v; want the version Create returned, %v", v, err, v0)
 	}
 	want := *p
-	want.Attempts = []relay.AttemptRecord{p.Attempts[0]}
-	want.Attempts[0].Response = "bad \uFFFD gateway" // stored as valid UTF-8
+	want.Notifications = append([]relay.Notification(nil), p.Notifications...)
+	want.Notifications[0].Attempts = []relay.AttemptRecord{paid.Attempts[0]}
+	want.Notifications[0].Attempts[0].Response = "bad \uFFFD gateway" // stored as valid UTF-8
 	if diff := cmp.Diff(&want, got, cmpopts.EquateApproxTime(time.Microsecond)); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
@@ -68,13 +77,13 @@ func TestCreateIsIdempotent(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	p := payment("dup-1")
-	if _, created, err := s.Create(ctx, p); err != nil || !created {
+	if _, _, created, err := s.Create(ctx, p); err != nil || !created {
 		t.Fatalf("first Create = %v, %v", created, err)
 	}
 	other := payment("dup-1")
 	other.AmountMinor = 1
-	stored, created, err := s.Create(ctx, other)
-	if err != nil || created {
+	stored, v, created, err := s.Create(ctx, other)
+	if err != nil || created || v == 0 {
 		t.Fatalf("second Create = %v, %v; want the stored payment and created=false", created, err)
 	}
 	if stored.AmountMinor != 648 {
@@ -99,24 +108,24 @@ func TestUpdateIsConditional(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	p := payment("cas-1")
-	if _, _, err := s.Create(ctx, p); err != nil {
+	if _, _, _, err := s.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	got, v1, err := s.Get(ctx, p.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.State = relay.StateDelivering
+	got.Paid().State = relay.StateDelivering
 	v2, err := s.Update(ctx, got, v1)
 	if err != nil || v2 == v1 {
 		t.Fatalf("Update at the current version = %v, %v", v2, err)
 	}
-	got.State = relay.StateDelivered
+	got.Paid().State = relay.StateDelivered
 	if _, err := s.Update(ctx, got, v1); !errors.Is(err, relay.ErrVersionConflict) {
 		t.Fatalf("Update at a stale version = %v, want ErrVersionConflict", err)
 	}
-	if after, _, _ := s.Get(ctx, p.ID); after.State != relay.StateDelivering {
-		t.Errorf("a stale update was applied: state %s", after.State)
+	if after, _, _ := s.Get(ctx, p.ID); after.Paid().State != relay.StateDelivering {
+		t.Errorf("a stale update was applied: state %s", after.Paid().State)
 	}
 	if _, err := s.Update(ctx, got, v2); err != nil {
 		t.Errorf("Update at the version the last write returned: %v", err)
@@ -129,7 +138,7 @@ func TestConcurrentClaimsHaveOneWinner(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	p := payment("race-1")
-	if _, _, err := s.Create(ctx, p); err != nil {
+	if _, _, _, err := s.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	_, v, err := s.Get(ctx, p.ID)
@@ -143,8 +152,9 @@ func TestConcurrentClaimsHaveOneWinner(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			c := *p
-			c.State = relay.StateDelivering
-			c.Lease = &relay.Lease{Attempt: 1, Owner: strings.Repeat("x", i+1)}
+			c.Notifications = []relay.Notification{p.Notifications[0]}
+			c.Notifications[0].State = relay.StateDelivering
+			c.Notifications[0].Lease = &relay.Lease{Attempt: 1, Owner: strings.Repeat("x", i+1)}
 			_, err := s.Update(ctx, &c, v)
 			switch {
 			case err == nil:

@@ -38,6 +38,11 @@ func TestBenchSmall(t *testing.T) {
 	if r.CostFirst != (Cost{1, 3, 1}) || r.CostFurther != (Cost{1, 2, 1}) {
 		t.Errorf("cost first %+v, further %+v; want exactly {1 3 1} and {1 2 1}", r.CostFirst, r.CostFurther)
 	}
+	// A refund of a delivered payment: Ingest reads the payment and writes the refund onto it
+	// (1 read, 1 write, its task), then Deliver's read, claim and record.
+	if r.CostRefund != (Cost{2, 3, 1}) {
+		t.Errorf("cost of a refund %+v; want exactly {2 3 1}", r.CostRefund)
+	}
 	if len(r.Ladder) != 7 {
 		t.Errorf("ladder lateness for %d attempts, want 7 (attempts 2-8)", len(r.Ladder))
 	}

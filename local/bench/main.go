@@ -159,6 +159,7 @@ type Result struct {
 	Ladder       []Lateness         `json:"ladder"`
 	CostFirst    Cost               `json:"cost_first_attempt"`
 	CostFurther  Cost               `json:"cost_per_further_attempt"`
+	CostRefund   Cost               `json:"cost_refund_first_attempt"`
 	CPUPer1000   float64            `json:"functions_cpu_seconds_per_1000"`
 	PeakRSSMB    float64            `json:"functions_peak_rss_mb"`
 	Sent         int                `json:"payments_sent"`
@@ -268,16 +269,16 @@ func (e *env) start(ctx context.Context) error {
 	}
 	e.game.SetDecide(func(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 		switch {
-		case strings.HasPrefix(p.OrderID, "lad-"):
+		case strings.HasPrefix(p.Data.OrderID, "lad-"):
 			return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
-		case strings.HasPrefix(p.OrderID, "cost2-") && attempt == 1:
+		case strings.HasPrefix(p.Data.OrderID, "cost2-") && attempt == 1:
 			return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
 		}
 		return gameserver.Answer{Status: http.StatusOK}, true
 	})
 	e.game.OnHit(func(hit gameserver.Hit) {
 		e.mu.Lock()
-		e.hits[hit.Payload.PaymentID] = append(e.hits[hit.Payload.PaymentID], hit)
+		e.hits[hit.Payload.Data.PaymentID] = append(e.hits[hit.Payload.Data.PaymentID], hit)
 		e.mu.Unlock()
 	})
 	e.ladder, _ = schedule.Default().Compress(e.o.Compression)
@@ -443,14 +444,14 @@ func (e *env) baseline(ctx context.Context, r *Result) error {
 	})
 	for _, c := range e.o.Concurrency {
 		lat, errs, wall := e.run(ctx, fmt.Sprintf("baseline c=%d", c), e.o.Payments, c, func(i int) error {
-			id := relay.PaymentID("baseline", fmt.Sprintf("%d-%d", c, i))
+			id := relay.PaymentID("baseline", "bench", fmt.Sprintf("%d-%d", c, i))
 			if _, err := coll.Doc(id).Create(ctx, map[string]any{"order_id": id, "amount_minor": 648, "currency": "CNY", "state": "pending", "received_at": time.Now()}); err != nil {
 				return err
 			}
 			_, err := tc.CreateTask(ctx, &cloudtaskspb.CreateTaskRequest{Parent: queue, Task: &cloudtaskspb.Task{
 				Name: queue + "/tasks/" + id + "-1", ScheduleTime: timestamppb.Now(),
 				MessageType: &cloudtaskspb.Task_HttpRequest{HttpRequest: &cloudtaskspb.HttpRequest{
-					Url: "http://127.0.0.1:1/Deliver", Body: []byte(`{"payment_id":"` + id + `","attempt":1}`)}},
+					Url: "http://127.0.0.1:1/Deliver", Body: []byte(`{"payment_id":"` + id + `","notification":"paid","attempt":1}`)}},
 			}})
 			return err
 		})
@@ -501,7 +502,7 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 			var first, last time.Time
 			e.mu.Lock()
 			for i, o := range ordersC {
-				hits := e.hits[relay.PaymentID("generic", o)]
+				hits := e.hits[stack.SamplePaymentID(o)]
 				if len(hits) == 0 {
 					continue
 				}
@@ -605,13 +606,19 @@ func (e *env) profile(ctx context.Context, r *Result) chan error {
 
 // waitDelivered waits until the game server has acknowledged every order (or the bound).
 func (e *env) waitDelivered(ctx context.Context, orders []string, label string) error {
+	return e.waitAcknowledged(ctx, orders, label, string(relay.TypePaymentSucceeded))
+}
+
+// waitAcknowledged waits until the game server acknowledged a notification of type typ of
+// every order's payment.
+func (e *env) waitAcknowledged(ctx context.Context, orders []string, label, typ string) error {
 	deadline := time.Now().Add(e.o.Timeout)
 	for {
 		n := 0
 		e.mu.Lock()
 		for _, o := range orders {
-			for _, h := range e.hits[relay.PaymentID("generic", o)] {
-				if h.Status < 300 {
+			for _, h := range e.hits[stack.SamplePaymentID(o)] {
+				if h.Status < 300 && h.Payload.Type == typ {
 					n++
 					break
 				}
@@ -657,7 +664,7 @@ func (e *env) ladderWorkload(ctx context.Context, r *Result) error {
 		n := 0
 		e.mu.Lock()
 		for _, o := range orders {
-			n += len(e.hits[relay.PaymentID("generic", o)])
+			n += len(e.hits[stack.SamplePaymentID(o)])
 		}
 		e.mu.Unlock()
 		e.progress(fmt.Sprintf("ladder: attempts (%s)", total.Round(time.Second)), min(n, want), want)
@@ -677,12 +684,12 @@ func (e *env) ladderWorkload(ctx context.Context, r *Result) error {
 	}{}
 	real := schedule.Default()
 	for _, o := range orders {
-		p, _, err := e.store.Get(ctx, relay.PaymentID("generic", o))
+		p, _, err := e.store.Get(ctx, stack.SamplePaymentID(o))
 		if err != nil {
 			return err
 		}
-		for i := 1; i < len(p.Attempts); i++ {
-			prev, cur := p.Attempts[i-1], p.Attempts[i]
+		for i := 1; i < len(p.Paid().Attempts); i++ {
+			prev, cur := p.Paid().Attempts[i-1], p.Paid().Attempts[i]
 			n := cur.Number
 			step := e.ladder.Wait(n)
 			planned := prev.StartedAt.Add(prev.Duration).Add(step)
@@ -758,7 +765,10 @@ func (e *env) peakRSSMB() float64 {
 
 // cost counts operations per payment delivered first time, and per further attempt.
 func (e *env) cost(ctx context.Context, r *Result) error {
-	measure := func(prefix string) (counters, float64, error) {
+	// measure sends one notification for each of CostPayments orders: the payment, or with
+	// refund a refund of the (delivered) payment, and counts the operations until the game
+	// server has acknowledged them all.
+	measure := func(prefix string, refund bool) (counters, float64, error) {
 		var orders []string
 		for i := range e.o.CostPayments {
 			orders = append(orders, fmt.Sprintf("%s-%d", prefix, i))
@@ -768,8 +778,16 @@ func (e *env) cost(ctx context.Context, r *Result) error {
 			return counters{}, 0, err
 		}
 		cpu0 := e.cpuSeconds()
-		_, errs, _ := e.run(ctx, "cost: "+prefix, len(orders), 8, func(i int) error {
-			code, _, err := stack.Send(ctx, e.ingestURL(), stack.IngestSecret, stack.SampleBody(orders[i], "6.48", "CNY"))
+		label, typ := "cost: "+prefix, string(relay.TypePaymentSucceeded)
+		if refund {
+			label, typ = "cost: refunds of "+prefix, string(relay.TypePaymentRefunded)
+		}
+		_, errs, _ := e.run(ctx, label, len(orders), 8, func(i int) error {
+			body := stack.SampleBody(orders[i], "6.48", "CNY")
+			if refund {
+				body = stack.SampleRefundBody(orders[i], "6.48", "CNY", "r1", "1.00")
+			}
+			code, _, err := stack.Send(ctx, e.ingestURL(), stack.IngestSecret, body)
 			if err == nil && code != 200 {
 				err = fmt.Errorf("status %d", code)
 			}
@@ -778,8 +796,10 @@ func (e *env) cost(ctx context.Context, r *Result) error {
 		if errs > 0 {
 			return counters{}, 0, fmt.Errorf("cost: %d ingest errors", errs)
 		}
-		e.sent = append(e.sent, orders...)
-		if err := e.waitDelivered(ctx, orders, "cost: deliveries "+prefix); err != nil {
+		if !refund {
+			e.sent = append(e.sent, orders...)
+		}
+		if err := e.waitAcknowledged(ctx, orders, label+": deliveries", typ); err != nil {
 			return counters{}, 0, err
 		}
 		time.Sleep(300 * time.Millisecond) // the last records land
@@ -787,17 +807,22 @@ func (e *env) cost(ctx context.Context, r *Result) error {
 		cpu := e.cpuSeconds() - cpu0
 		return counters{after.Reads - before.Reads, after.Writes - before.Writes, after.Tasks - before.Tasks}, cpu, err
 	}
-	first, cpu, err := measure("cost1")
+	first, cpu, err := measure("cost1", false)
 	if err != nil {
 		return err
 	}
-	second, _, err := measure("cost2")
+	second, _, err := measure("cost2", false)
+	if err != nil {
+		return err
+	}
+	refund, _, err := measure("cost1", true)
 	if err != nil {
 		return err
 	}
 	k := float64(e.o.CostPayments)
 	r.CostFirst = Cost{float64(first.Reads) / k, float64(first.Writes) / k, float64(first.Tasks) / k}
 	r.CostFurther = Cost{float64(second.Reads-first.Reads) / k, float64(second.Writes-first.Writes) / k, float64(second.Tasks-first.Tasks) / k}
+	r.CostRefund = Cost{float64(refund.Reads) / k, float64(refund.Writes) / k, float64(refund.Tasks) / k}
 	r.CPUPer1000 = cpu / k * 1000
 	r.PeakRSSMB = e.peakRSSMB()
 	return nil
@@ -807,14 +832,14 @@ func (e *env) cost(ctx context.Context, r *Result) error {
 func (e *env) finish(ctx context.Context, r *Result) {
 	r.Sent = len(e.sent)
 	for _, o := range e.sent {
-		p, _, err := e.store.Get(ctx, relay.PaymentID("generic", o))
+		p, _, err := e.store.Get(ctx, stack.SamplePaymentID(o))
 		switch {
 		case err != nil:
 			r.Lost++
-		case strings.HasPrefix(o, "lad-") && p.State == relay.StateFailed, !strings.HasPrefix(o, "lad-") && p.State == relay.StateDelivered:
-			r.Terminal[string(p.State)]++
+		case strings.HasPrefix(o, "lad-") && p.Paid().State == relay.StateFailed, !strings.HasPrefix(o, "lad-") && p.Paid().State == relay.StateDelivered:
+			r.Terminal[string(p.Paid().State)]++
 		default:
-			r.Terminal[string(p.State)]++
+			r.Terminal[string(p.Paid().State)]++
 			r.Lost++
 		}
 	}
@@ -840,6 +865,8 @@ func (e *env) finish(ctx context.Context, r *Result) {
 		r.CostFirst.Reads <= 1 && r.CostFirst.Writes <= 3 && r.CostFirst.Tasks <= 1)
 	add("cost, per further attempt", fmt.Sprintf("%.2f reads, %.2f writes, %.2f tasks", r.CostFurther.Reads, r.CostFurther.Writes, r.CostFurther.Tasks), "<= 1, 2, 1",
 		r.CostFurther.Reads <= 1 && r.CostFurther.Writes <= 2 && r.CostFurther.Tasks <= 1)
+	add("cost, a refund of a delivered payment, delivered first time", fmt.Sprintf("%.2f reads, %.2f writes, %.2f tasks", r.CostRefund.Reads, r.CostRefund.Writes, r.CostRefund.Tasks), "<= 2, 3, 1",
+		r.CostRefund.Reads <= 2 && r.CostRefund.Writes <= 3 && r.CostRefund.Tasks <= 1)
 	errs := 0
 	for _, s := range r.Ingest {
 		errs += s.Errors
@@ -881,6 +908,8 @@ func (r *Result) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\ncost per payment (counted at the adapters): first attempt %.2f reads, %.2f writes, %.2f tasks; each further attempt %.2f reads, %.2f writes, %.2f tasks\n",
 		r.CostFirst.Reads, r.CostFirst.Writes, r.CostFirst.Tasks, r.CostFurther.Reads, r.CostFurther.Writes, r.CostFurther.Tasks)
+	fmt.Fprintf(w, "cost per refund of a delivered payment, delivered first time: %.2f reads, %.2f writes, %.2f tasks\n",
+		r.CostRefund.Reads, r.CostRefund.Writes, r.CostRefund.Tasks)
 	fmt.Fprintf(w, "functions' process: %.2f CPU seconds per 1000 payments, peak RSS %.0f MB\n", r.CPUPer1000, r.PeakRSSMB)
 	if len(r.CPUCores) > 0 {
 		fmt.Fprint(w, "CPU cores in use during ingest c=32 (of 2):")

@@ -75,8 +75,12 @@ type harness struct {
 	summary summary
 }
 
+// summary counts notifications (payments and refunds): sent, and how each settled.
 type summary struct {
 	Sent, Delivered, Failed, Lost int
+	RefundsSent, RefundsDelivered int
+	Held                          int // refunds held behind a failed payment, as they must be
+	CausalViolations              int
 	ExtraPosts                    map[string]int
 	BadTried, BadRefused          int
 	Ingest5xx                     map[string]int
@@ -255,7 +259,7 @@ func (hs *harness) report() {
 
 // decide answers by the hook registered for the order id's prefix (up to its first "-").
 func (hs *harness) decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
-	prefix, _, _ := strings.Cut(p.OrderID, "-")
+	prefix, _, _ := strings.Cut(p.Data.OrderID, "-")
 	hs.mu.Lock()
 	f := hs.hooks[prefix]
 	hs.mu.Unlock()
@@ -316,24 +320,65 @@ func ingest(t *testing.T, scenario, order string) {
 	t.Fatalf("%s: Ingest never answered 200", order)
 }
 
-func id(order string) string { return relay.PaymentID("generic", order) }
+// ingestRefund sends a refund of the sample payment of order as a provider does, retrying
+// until it gets 200.
+func ingestRefund(t *testing.T, scenario, order, refundID string) {
+	t.Helper()
+	for try := 0; try < 100; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		code, body, err := stack.Send(ctx, ingestURL(), stack.IngestSecret, stack.SampleRefundBody(order, "6.48", "CNY", refundID, "1.00"))
+		cancel()
+		switch {
+		case err == nil && code == http.StatusOK:
+			h.mu.Lock()
+			h.summary.Sent++
+			h.summary.RefundsSent++
+			h.mu.Unlock()
+			return
+		case err != nil || code >= 500:
+			h.mu.Lock()
+			h.summary.Ingest5xx[scenario]++
+			h.mu.Unlock()
+		default:
+			t.Fatalf("%s refund %s: Ingest answered %d %s", order, refundID, code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s refund %s: Ingest never answered 200", order, refundID)
+}
 
-// waitTerminal waits until every order's payment is delivered or failed.
+func id(order string) string { return stack.SamplePaymentID(order) }
+
+// settled reports whether every notification of p is where it rests: terminal, or held
+// behind one that failed (it waits for an operator's replay).
+func settled(p *relay.Payment) bool {
+	for i, n := range p.Notifications {
+		if !n.State.Terminal() && !(n.State == relay.StateHeld && i > 0 && p.Notifications[i-1].State == relay.StateFailed) {
+			return false
+		}
+	}
+	return len(p.Notifications) > 0
+}
+
+// waitTerminal waits until every notification of every order's payment is settled.
 func waitTerminal(t *testing.T, orders []string, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for _, o := range orders {
 		for {
 			p, _, err := h.store.Get(context.Background(), id(o))
-			if err == nil && p.State.Terminal() {
+			if err == nil && settled(p) {
 				break
 			}
 			if time.Now().After(deadline) {
 				state := "not stored"
 				if p != nil {
-					state = fmt.Sprintf("%s at attempt %d, %d records", p.State, p.Attempt, len(p.Attempts))
+					state = ""
+					for _, n := range p.Notifications {
+						state += fmt.Sprintf("%s %s at attempt %d, %d records; ", n.Key, n.State, n.Attempt, len(n.Attempts))
+					}
 				}
-				t.Fatalf("%s not terminal after %v: %s (%v)\nfnserver log tail:\n%s", o, within, state, err, tail(h.fnLog))
+				t.Fatalf("%s not settled after %v: %s (%v)\nfnserver log tail:\n%s", o, within, state, err, tail(h.fnLog))
 			}
 			time.Sleep(25 * time.Millisecond)
 		}
@@ -348,8 +393,11 @@ func tail(path string) string {
 	return string(b)
 }
 
-// check reads each payment and checks the invariants against what the game server saw.
-// allowExtra permits one extra POST for an attempt whose record says a delivery was lost.
+// check reads each payment and checks the invariants, notification by notification, against
+// what the game server saw: every notification settled; every attempt recorded once and POSTed
+// once (allowExtra permits one extra POST for an attempt whose record says a delivery was
+// lost); no notification acknowledged twice; no refund POSTed before the notification ahead of
+// it was acknowledged (causal order).
 func check(t *testing.T, scenario string, orders []string, allowExtra bool) map[string]*relay.Payment {
 	t.Helper()
 	out := map[string]*relay.Payment{}
@@ -364,64 +412,112 @@ func check(t *testing.T, scenario string, orders []string, allowExtra bool) map[
 			continue
 		}
 		out[o] = p
-		if !p.State.Terminal() {
+		if !settled(p) {
 			h.mu.Lock()
 			h.summary.Lost++
 			h.mu.Unlock()
-			t.Errorf("%s: not terminal: %s", o, p.State)
+			t.Errorf("%s: not settled: %+v", o, p.Notifications)
 			continue
 		}
-		posts := map[int]int{}
-		for _, hit := range h.game.Hits(p.ID) {
-			posts[hit.Attempt]++
+		hits := h.game.Hits(p.ID)
+		for i := range p.Notifications {
+			checkNotification(t, scenario, o, p, i, hits, allowExtra)
 		}
-		recorded, lost := map[int]int{}, map[int]int{}
-		for _, r := range p.Attempts {
-			if r.ErrorClass == relay.ErrorLost {
-				lost[r.Number]++
-			} else {
-				recorded[r.Number]++
-			}
-		}
-		last := p.Attempts[len(p.Attempts)-1]
-		for n := 1; n <= last.Number; n++ {
-			if recorded[n] != 1 {
-				t.Errorf("%s: attempt %d recorded %d times", o, n, recorded[n])
-			}
-			extra := posts[n] - 1
-			switch {
-			case posts[n] < 1:
-				t.Errorf("%s: attempt %d recorded but the game server never saw it", o, n)
-			case extra > 0 && (!allowExtra || extra > lost[n]):
-				t.Errorf("%s: attempt %d POSTed %d times with %d lost deliveries recorded", o, n, posts[n], lost[n])
-			case extra > 0:
-				h.mu.Lock()
-				h.summary.ExtraPosts[scenario] += extra
-				h.mu.Unlock()
-			}
-		}
-		if posts[last.Number+1] != 0 {
-			t.Errorf("%s: the game server saw attempt %d, which was never recorded", o, last.Number+1)
-		}
-		h.mu.Lock()
-		switch p.State {
-		case relay.StateDelivered:
-			h.summary.Delivered++
-			if !last.Succeeded() {
-				t.Errorf("%s: delivered, but its last attempt %+v did not succeed", o, last)
-			}
-		case relay.StateFailed:
-			h.summary.Failed++
-			if last.Number != ladder.Attempts() || last.Succeeded() {
-				t.Errorf("%s: failed at attempt %d (%+v), want after %d", o, last.Number, last, ladder.Attempts())
-			}
-		}
-		h.mu.Unlock()
 	}
 	h.mu.Lock()
 	h.summary.Scenarios = append(h.summary.Scenarios, scenario)
 	h.mu.Unlock()
 	return out
+}
+
+func checkNotification(t *testing.T, scenario, o string, p *relay.Payment, i int, hits []gameserver.Hit, allowExtra bool) {
+	t.Helper()
+	n := p.Notifications[i]
+	nid := relay.NotificationID(p.ID, n.Key)
+	what := o + " " + n.Key
+	posts, acks, firstPost := map[int]int{}, 0, -1
+	for k, hit := range hits {
+		if hit.Payload.Data.NotificationID != nid {
+			continue
+		}
+		posts[hit.Attempt]++
+		if hit.Status >= 200 && hit.Status < 300 {
+			acks++
+		}
+		if firstPost < 0 {
+			firstPost = k
+		}
+	}
+	if acks > 1 {
+		t.Errorf("%s: acknowledged by the game server %d times", what, acks)
+	}
+	// Causal order: the first POST of a notification comes after the acknowledged POST of the
+	// one before it.
+	if i > 0 && firstPost >= 0 {
+		prev := relay.NotificationID(p.ID, p.Notifications[i-1].Key)
+		ok := false
+		for _, hit := range hits[:firstPost] {
+			if hit.Payload.Data.NotificationID == prev && hit.Status >= 200 && hit.Status < 300 {
+				ok = true
+			}
+		}
+		if !ok {
+			h.mu.Lock()
+			h.summary.CausalViolations++
+			h.mu.Unlock()
+			t.Errorf("%s: POSTed before %s was acknowledged", what, p.Notifications[i-1].Key)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n.State == relay.StateHeld {
+		h.summary.Held++
+		if len(posts) != 0 {
+			t.Errorf("%s: held, yet POSTed %v", what, posts)
+		}
+		return
+	}
+	recorded, lost := map[int]int{}, map[int]int{}
+	for _, r := range n.Attempts {
+		if r.ErrorClass == relay.ErrorLost {
+			lost[r.Number]++
+		} else {
+			recorded[r.Number]++
+		}
+	}
+	last := n.Attempts[len(n.Attempts)-1]
+	for a := 1; a <= last.Number; a++ {
+		if recorded[a] != 1 {
+			t.Errorf("%s: attempt %d recorded %d times", what, a, recorded[a])
+		}
+		extra := posts[a] - 1
+		switch {
+		case posts[a] < 1:
+			t.Errorf("%s: attempt %d recorded but the game server never saw it", what, a)
+		case extra > 0 && (!allowExtra || extra > lost[a]):
+			t.Errorf("%s: attempt %d POSTed %d times with %d lost deliveries recorded", what, a, posts[a], lost[a])
+		case extra > 0:
+			h.summary.ExtraPosts[scenario] += extra
+		}
+	}
+	if posts[last.Number+1] != 0 {
+		t.Errorf("%s: the game server saw attempt %d, which was never recorded", what, last.Number+1)
+	}
+	switch n.State {
+	case relay.StateDelivered:
+		h.summary.Delivered++
+		if n.Type == relay.TypePaymentRefunded {
+			h.summary.RefundsDelivered++
+		}
+		if !last.Succeeded() {
+			t.Errorf("%s: delivered, but its last attempt %+v did not succeed", what, last)
+		}
+	case relay.StateFailed:
+		h.summary.Failed++
+		if last.Number != ladder.Attempts() || last.Succeeded() {
+			t.Errorf("%s: failed at attempt %d (%+v), want after %d", what, last.Number, last, ladder.Attempts())
+		}
+	}
 }
 
 func orders(prefix string, n int) []string {
@@ -445,6 +541,8 @@ func TestS1DeliverKilledMidAttempt(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Deliver never tried the game server")
 	}
+	// A refund arrives while the payment's attempt is claimed: it waits behind it.
+	ingestRefund(t, "1-deliver-killed", "killclaim-1", "r1")
 	h.killFn()
 	h.gameProxy.SetMode(chaos.Pass)
 	if err := h.startFn(); err != nil {
@@ -470,6 +568,7 @@ func TestS1DeliverKilledMidAttempt(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the game server never got the POST")
 	}
+	ingestRefund(t, "1-deliver-killed", "killpost-1", "r1")
 	h.killFn()
 	if err := h.startFn(); err != nil {
 		t.Fatal(err)
@@ -482,11 +581,14 @@ func TestS1DeliverKilledMidAttempt(t *testing.T) {
 		if p == nil {
 			continue
 		}
-		if p.State != relay.StateDelivered || len(p.Attempts) != 2 || p.Attempts[0].ErrorClass != relay.ErrorLost || !p.Attempts[1].Succeeded() {
-			t.Errorf("%s: %s with history %+v; want a lost attempt 1, then attempt 1 delivered", o, p.State, p.Attempts)
+		if p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 2 || p.Paid().Attempts[0].ErrorClass != relay.ErrorLost || !p.Paid().Attempts[1].Succeeded() {
+			t.Errorf("%s: %s with history %+v; want a lost attempt 1, then attempt 1 delivered", o, p.Paid().State, p.Paid().Attempts)
 		}
-		if n := len(h.game.Hits(p.ID)); n != wantPosts {
-			t.Errorf("%s: the game server saw %d POSTs, want %d", o, n, wantPosts)
+		if n := len(h.game.Hits(p.ID)); n != wantPosts+1 {
+			t.Errorf("%s: the game server saw %d POSTs, want %d of the payment and 1 of its refund", o, n, wantPosts)
+		}
+		if r := p.RefundByID("r1"); r == nil || r.State != relay.StateDelivered || len(r.Attempts) != 1 {
+			t.Errorf("%s: refund %+v; want delivered at its first attempt, after the payment", o, r)
 		}
 	}
 }
@@ -577,8 +679,8 @@ func TestS3CloudTasksUnavailable(t *testing.T) {
 	waitTerminal(t, all, 60*time.Second)
 	ps := check(t, "3-cloudtasks-down", all, false)
 	for _, o := range deliverOrders {
-		if p := ps[o]; p != nil && (p.State != relay.StateDelivered || len(p.Attempts) != 2) {
-			t.Errorf("%s: %s after %d attempts, want delivered at attempt 2", o, p.State, len(p.Attempts))
+		if p := ps[o]; p != nil && (p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 2) {
+			t.Errorf("%s: %s after %d attempts, want delivered at attempt 2", o, p.Paid().State, len(p.Paid().Attempts))
 		}
 	}
 }
@@ -606,13 +708,25 @@ func TestS4DuplicatesEverywhere(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	// Each payment's refund, twice at once too, while the payment is still failing.
+	for _, o := range all {
+		for range 2 {
+			wg.Add(1)
+			go func() { defer wg.Done(); ingestRefund(t, "4-duplicates", o, "r1") }()
+		}
+	}
+	wg.Wait()
 	h.mu.Lock()
-	h.summary.Sent -= len(all) // each payment was sent twice; count it once
+	h.summary.Sent -= 2 * len(all) // each payment and refund was sent twice; count it once
+	h.summary.RefundsSent -= len(all)
 	h.mu.Unlock()
 	waitTerminal(t, all, 30*time.Second)
 	for o, p := range check(t, "4-duplicates", all, false) {
-		if p.State != relay.StateDelivered || len(p.Attempts) != 3 {
-			t.Errorf("%s: %s after %d attempts, want delivered at attempt 3", o, p.State, len(p.Attempts))
+		if p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 3 {
+			t.Errorf("%s: %s after %d attempts, want delivered at attempt 3", o, p.Paid().State, len(p.Paid().Attempts))
+		}
+		if r := p.RefundByID("r1"); len(p.Notifications) != 2 || r == nil || r.State != relay.StateDelivered || len(r.Attempts) != 3 {
+			t.Errorf("%s: %d notifications, refund %+v; want one refund, delivered at attempt 3", o, len(p.Notifications), r)
 		}
 	}
 }
@@ -703,12 +817,12 @@ func TestS5GameServerChaos(t *testing.T) {
 		prefix, _, _ := strings.Cut(o, "-")
 		switch prefix {
 		case "ctimeout", "creset", "credirect":
-			if p.State != relay.StateDelivered || len(p.Attempts) != 2 || p.Attempts[0].ErrorClass != wantClass[prefix] {
-				t.Errorf("%s: %s, history %+v; want attempt 1 failed with class %s, then delivered", o, p.State, p.Attempts, wantClass[prefix])
+			if p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 2 || p.Paid().Attempts[0].ErrorClass != wantClass[prefix] {
+				t.Errorf("%s: %s, history %+v; want attempt 1 failed with class %s, then delivered", o, p.Paid().State, p.Paid().Attempts, wantClass[prefix])
 			}
 		case "cslowbody", "chuge":
-			if p.State != relay.StateDelivered || len(p.Attempts) != 1 || len(p.Attempts[0].Response) > gamehttp.SnippetBytes {
-				t.Errorf("%s: %s, history %+v; want delivered at once, at most 1 KiB of response kept", o, p.State, p.Attempts)
+			if p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 1 || len(p.Paid().Attempts[0].Response) > gamehttp.SnippetBytes {
+				t.Errorf("%s: %s, history %+v; want delivered at once, at most 1 KiB of response kept", o, p.Paid().State, p.Paid().Attempts)
 			}
 		case "c500":
 			// Delivered at the first 2xx the game server gave, or failed after all 8.
@@ -720,10 +834,10 @@ func TestS5GameServerChaos(t *testing.T) {
 					break
 				}
 			}
-			if (firstOK == 0 && p.State != relay.StateFailed) || (firstOK != 0 && (p.State != relay.StateDelivered || len(p.Attempts) != firstOK)) {
-				t.Errorf("%s: %s after %d attempts; the game server first said 2xx at attempt %d", o, p.State, len(p.Attempts), firstOK)
+			if (firstOK == 0 && p.Paid().State != relay.StateFailed) || (firstOK != 0 && (p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != firstOK)) {
+				t.Errorf("%s: %s after %d attempts; the game server first said 2xx at attempt %d", o, p.Paid().State, len(p.Paid().Attempts), firstOK)
 			}
-			for _, r := range p.Attempts[:len(p.Attempts)-1] {
+			for _, r := range p.Paid().Attempts[:len(p.Paid().Attempts)-1] {
 				if r.StatusCode != 500 || r.ErrorClass != relay.ErrorHTTP {
 					t.Errorf("%s: failed attempt recorded as %+v", o, r)
 				}
@@ -749,8 +863,8 @@ func TestS6CloudTasksRestart(t *testing.T) {
 	}
 	waitTerminal(t, all, 30*time.Second)
 	for o, p := range check(t, "6-tasks-restart", all, false) {
-		if p.State != relay.StateDelivered || len(p.Attempts) != 8 {
-			t.Errorf("%s: %s after %d attempts, want delivered at attempt 8", o, p.State, len(p.Attempts))
+		if p.Paid().State != relay.StateDelivered || len(p.Paid().Attempts) != 8 {
+			t.Errorf("%s: %s after %d attempts, want delivered at attempt 8", o, p.Paid().State, len(p.Paid().Attempts))
 		}
 		hits := h.game.Hits(p.ID)
 		for i := 1; i < len(hits); i++ {
@@ -896,8 +1010,8 @@ func TestS7BadInputAtVolume(t *testing.T) {
 	}
 	waitTerminal(t, orders("bulk", valid), 60*time.Second)
 	for o, p := range check(t, "7-bad-input", orders("bulk", valid), false) {
-		if p.State != relay.StateDelivered {
-			t.Errorf("%s: %s", o, p.State)
+		if p.Paid().State != relay.StateDelivered {
+			t.Errorf("%s: %s", o, p.Paid().State)
 		}
 	}
 	// The process serving the functions is still the one we started: nothing crashed it.

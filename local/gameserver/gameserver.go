@@ -89,7 +89,7 @@ func (s *Server) OnHit(f func(Hit)) {
 	s.notify = f
 }
 
-// Hits returns the notifications received for one payment, in order.
+// Hits returns the notifications received for one payment (all its types), in order.
 func (s *Server) Hits(paymentID string) []Hit {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -124,7 +124,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		ans = s.behaviour.answer(attempt)
 	}
 	hit := Hit{At: time.Now(), Payload: p, Attempt: attempt, Status: ans.Status}
-	s.hits[p.PaymentID] = append(s.hits[p.PaymentID], hit)
+	s.hits[p.Data.PaymentID] = append(s.hits[p.Data.PaymentID], hit)
 	notify := s.notify
 	s.mu.Unlock()
 	if ans.Custom != nil {

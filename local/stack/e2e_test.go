@@ -58,15 +58,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// decide answers by order id prefix: ok-* at once, fail3-* fails attempts 1-3, fail-* always,
-// slow-* takes 300 ms to acknowledge.
+// decide answers a payment.succeeded by its order id's prefix: ok-* at once, fail3-* fails
+// attempts 1-3, fail-* always, slow-* takes 300 ms to acknowledge. Refunds are acknowledged at
+// once.
 func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
+	order := p.Data.OrderID
 	switch {
-	case strings.HasPrefix(p.OrderID, "fail3-") && attempt <= 3:
+	case p.Type != string(relay.TypePaymentSucceeded):
+	case strings.HasPrefix(order, "fail3-") && attempt <= 3:
 		return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
-	case strings.HasPrefix(p.OrderID, "fail-"):
+	case strings.HasPrefix(order, "fail-"):
 		return gameserver.Answer{Status: http.StatusInternalServerError}, true
-	case strings.HasPrefix(p.OrderID, "slow-"):
+	case strings.HasPrefix(order, "slow-"):
 		return gameserver.Answer{Status: http.StatusOK, Delay: 300 * time.Millisecond}, true
 	}
 	return gameserver.Answer{Status: http.StatusOK}, true
@@ -95,19 +98,28 @@ func ingest(t *testing.T, order string) string {
 	return out.PaymentID
 }
 
-// waitState polls the store until the payment reaches a terminal state.
+// waitTerminal polls the store until the payment's payment.succeeded notification reaches a
+// terminal state.
 func waitTerminal(t *testing.T, id string, within time.Duration) *relay.Payment {
+	t.Helper()
+	return waitNotification(t, id, relay.KeyPaid, within)
+}
+
+// waitNotification polls the store until notification key of payment id is terminal.
+func waitNotification(t *testing.T, id, key string, within time.Duration) *relay.Payment {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		p, _, err := payments.Get(context.Background(), id)
-		if err == nil && p.State.Terminal() {
-			return p
+		if err == nil {
+			if n := p.Notification(key); n != nil && n.State.Terminal() {
+				return p
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	p, _, err := payments.Get(context.Background(), id)
-	t.Fatalf("payment %s not terminal after %v: %+v %v", id, within, p, err)
+	t.Fatalf("notification %s-%s not terminal after %v: %+v %v", id, key, within, p, err)
 	return nil
 }
 
@@ -125,11 +137,13 @@ func TestDeliveredAtOnce(t *testing.T) {
 	id := ingest(t, "ok-1")
 	p := waitTerminal(t, id, 20*time.Second)
 	hits := st.Game.Hits(id)
-	if p.State != relay.StateDelivered || len(hits) != 1 || len(p.Attempts) != 1 || p.Attempts[0].StatusCode != 200 {
-		t.Fatalf("state %s, %d posts, attempts %+v; want delivered after one", p.State, len(hits), p.Attempts)
+	n := p.Paid()
+	if n.State != relay.StateDelivered || len(hits) != 1 || len(n.Attempts) != 1 || n.Attempts[0].StatusCode != 200 {
+		t.Fatalf("state %s, %d posts, attempts %+v; want delivered after one", n.State, len(hits), n.Attempts)
 	}
 	got := hits[0].Payload
-	if got.OrderID != "ok-1" || got.AmountMinor != 648 || got.Currency != "CNY" || got.Provider != "generic" || got.Status != "paid" || got.AppID != "demo-game" {
+	if got.Type != "payment.succeeded" || got.Data.NotificationID != id+"-paid" || got.Data.OrderID != "ok-1" || got.Data.AmountMinor != 648 ||
+		got.Data.Currency != "CNY" || got.Data.Provider != "generic" || got.Data.AppID != "demo-game" || got.Data.MerchantID != "demo-game" || !got.Data.PaymentNotified {
 		t.Errorf("game server got %+v", got)
 	}
 }
@@ -140,8 +154,8 @@ func TestDeliveredAtAttemptFour(t *testing.T) {
 	id := ingest(t, "fail3-1")
 	p := waitTerminal(t, id, 20*time.Second)
 	hits := st.Game.Hits(id)
-	if p.State != relay.StateDelivered || fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4]" {
-		t.Fatalf("state %s after posts for attempts %v; want delivered at attempt 4", p.State, attemptsOf(hits))
+	if p.Paid().State != relay.StateDelivered || fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4]" {
+		t.Fatalf("state %s after posts for attempts %v; want delivered at attempt 4", p.Paid().State, attemptsOf(hits))
 	}
 	for i := 1; i < len(hits); i++ {
 		gap, want := hits[i].At.Sub(hits[i-1].At), ladder.Wait(i+1)
@@ -150,7 +164,7 @@ func TestDeliveredAtAttemptFour(t *testing.T) {
 		}
 		t.Logf("attempt %d: planned wait %v, actual %v", i+1, want, gap)
 	}
-	for i, a := range p.Attempts {
+	for i, a := range p.Paid().Attempts {
 		wantCode, wantClass := 503, relay.ErrorHTTP
 		if i == 3 {
 			wantCode, wantClass = 200, relay.ErrorNone
@@ -167,8 +181,8 @@ func TestAlwaysFailingGivesEightAttempts(t *testing.T) {
 	id := ingest(t, "fail-1")
 	p := waitTerminal(t, id, 40*time.Second)
 	hits := st.Game.Hits(id)
-	if p.State != relay.StateFailed || fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4 5 6 7 8]" || len(p.Attempts) != 8 {
-		t.Fatalf("state %s after posts %v and %d records; want failed after exactly 8", p.State, attemptsOf(hits), len(p.Attempts))
+	if p.Paid().State != relay.StateFailed || fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4 5 6 7 8]" || len(p.Paid().Attempts) != 8 {
+		t.Fatalf("state %s after posts %v and %d records; want failed after exactly 8", p.Paid().State, attemptsOf(hits), len(p.Paid().Attempts))
 	}
 	if total, want := hits[7].At.Sub(hits[0].At), ladder.Elapsed(8); total < want {
 		t.Errorf("8 attempts took %v, less than the ladder's %v", total, want)
@@ -203,7 +217,7 @@ func TestRepeatedCallbackGivesOneChain(t *testing.T) {
 			t.Errorf("a repeated callback got %d, want 200", c)
 		}
 	}
-	id := relay.PaymentID("generic", "repeat-1")
+	id := stack.SamplePaymentID("repeat-1")
 	waitTerminal(t, id, 20*time.Second)
 	if code, _, _ := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body); code != http.StatusOK {
 		t.Errorf("callback after delivery got %d", code)
@@ -221,7 +235,7 @@ func TestDuplicatedTaskGivesNoSecondPost(t *testing.T) {
 	// While attempt 1 is in flight (the game server takes 300 ms), Cloud Tasks "delivers" the
 	// same attempt again: three copies through the emulator and two straight to Deliver.
 	c := newTasksClient(t)
-	body := fmt.Appendf(nil, `{"payment_id":%q,"attempt":1}`, id)
+	body := fmt.Appendf(nil, `{"payment_id":%q,"notification":"paid","attempt":1}`, id)
 	for i := range 3 {
 		_, err := c.CreateTask(context.Background(), &cloudtaskspb.CreateTaskRequest{Parent: tasksemu.DefaultQueue, Task: &cloudtaskspb.Task{
 			Name:         fmt.Sprintf("%s/tasks/copy-%s-%d", tasksemu.DefaultQueue, id, i),
@@ -247,7 +261,7 @@ func TestDuplicatedTaskGivesNoSecondPost(t *testing.T) {
 	wg.Wait()
 	p := waitTerminal(t, id, 20*time.Second)
 	time.Sleep(500 * time.Millisecond) // let the copies' retries play out
-	if hits := st.Game.Hits(id); len(hits) != 1 || p.State != relay.StateDelivered {
+	if hits := st.Game.Hits(id); len(hits) != 1 || p.Paid().State != relay.StateDelivered {
 		t.Errorf("game server got %d posts (attempts %v) for one attempt dispatched 6 times, want 1", len(hits), attemptsOf(hits))
 	}
 }

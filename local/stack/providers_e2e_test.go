@@ -24,6 +24,7 @@ const (
 	wxApp   = providertest.WechatAppID
 	wxSer   = providertest.WechatSerial
 	wxAPIv3 = providertest.APIv3Key
+	aliApp2 = "2021004100000002" // a second Alipay app, for another game
 )
 
 var aliKey, platKey *rsa.PrivateKey
@@ -33,7 +34,8 @@ func providerKeys() string {
 	aliKey, _ = rsa.GenerateKey(rand.Reader, 2048)
 	platKey, _ = rsa.GenerateKey(rand.Reader, 2048)
 	b, _ := json.Marshal(provider.Config{
-		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: "sword"}},
+		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: "sword"},
+			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: "farm"}},
 		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: "sword"},
 			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}}},
 	})
@@ -57,7 +59,7 @@ func post(t *testing.T, query, contentType string, h http.Header, body []byte) (
 }
 
 func payloadKeys(t *testing.T, p gamehttp.Payload) []string {
-	b, _ := json.Marshal(p)
+	b, _ := json.Marshal(p.Data)
 	var m map[string]any
 	json.Unmarshal(b, &m)
 	var ks []string
@@ -88,10 +90,10 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 			t.Fatalf("WeChat Pay answered %d %q, want 204", code, b)
 		}
 	}
-	aliID, wxID := relay.PaymentID("alipay", "ali-e2e-1"), relay.PaymentID("wechatpay", "wx-e2e-1")
+	aliID, wxID := relay.PaymentID("alipay", aliApp, "ali-e2e-1"), relay.PaymentID("wechatpay", wxMch, "wx-e2e-1")
 	for _, id := range []string{aliID, wxID} {
-		if p := waitTerminal(t, id, 20*time.Second); p.State != relay.StateDelivered {
-			t.Fatalf("payment %s ended %s", id, p.State)
+		if p := waitTerminal(t, id, 20*time.Second); p.Paid().State != relay.StateDelivered {
+			t.Fatalf("payment %s ended %s", id, p.Paid().State)
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -99,17 +101,17 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 	if len(ah) != 1 || len(wh) != 1 {
 		t.Fatalf("game server got %d Alipay and %d WeChat posts, want one each", len(ah), len(wh))
 	}
-	a, w := ah[0].Payload, wh[0].Payload
-	if a.Provider != "alipay" || a.OrderID != "ali-e2e-1" || a.TransactionID != "2026112422001446881000000001" || a.AmountMinor != 64800 || a.Currency != "CNY" || a.AppID != aliApp || a.Status != "paid" {
+	a, w := ah[0].Payload.Data, wh[0].Payload.Data
+	if ah[0].Payload.Type != "payment.succeeded" || a.Provider != "alipay" || a.MerchantID != aliApp || a.OrderID != "ali-e2e-1" || a.TransactionID != "2026112422001446881000000001" || a.AmountMinor != 64800 || a.Currency != "CNY" || a.AppID != aliApp {
 		t.Errorf("Alipay payment at the game server: %+v", a)
 	}
-	if w.Provider != "wechatpay" || w.OrderID != "wx-e2e-1" || w.AmountMinor != 64800 || w.Currency != "CNY" || w.AppID != wxApp {
+	if w.Provider != "wechatpay" || w.MerchantID != wxMch || w.OrderID != "wx-e2e-1" || w.AmountMinor != 64800 || w.Currency != "CNY" || w.AppID != wxApp {
 		t.Errorf("WeChat Pay payment at the game server: %+v", w)
 	}
-	if !a.PaidAt.Equal(w.PaidAt) || a.Metadata["game"] != "sword" || w.Metadata["game"] != "sword" {
+	if a.PaidAt == nil || w.PaidAt == nil || !a.PaidAt.Equal(*w.PaidAt) || a.Metadata["game"] != "sword" || w.Metadata["game"] != "sword" {
 		t.Errorf("normalized facts differ: %v vs %v, %v vs %v", a.PaidAt, w.PaidAt, a.Metadata, w.Metadata)
 	}
-	if ka, kw := payloadKeys(t, a), payloadKeys(t, w); !slices.Equal(ka, kw) {
+	if ka, kw := payloadKeys(t, ah[0].Payload), payloadKeys(t, wh[0].Payload); !slices.Equal(ka, kw) {
 		t.Errorf("the game server sees different shapes: %v vs %v", ka, kw)
 	}
 	// A refused notify stores nothing.
@@ -118,7 +120,7 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 	if code != 401 || b != "failure" {
 		t.Errorf("wrongly signed Alipay notify answered %d %q", code, b)
 	}
-	if _, _, err := payments.Get(context.Background(), relay.PaymentID("alipay", "ali-e2e-bad")); err == nil {
+	if _, _, err := payments.Get(context.Background(), relay.PaymentID("alipay", aliApp, "ali-e2e-bad")); err == nil {
 		t.Error("a refused notify was stored")
 	}
 }

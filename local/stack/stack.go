@@ -332,6 +332,16 @@ func SampleBody(order, amount, currency string) []byte {
 		order, order, amount, currency, SamplePaidAt)
 }
 
+// SampleRefundedAt is the refunded_at of sample refunds: fixed, like SamplePaidAt.
+const SampleRefundedAt = "2026-11-24T21:00:00+08:00"
+
+// SampleRefundBody is a valid generic-format refund of refundAmount of the sample payment of
+// order (whose amount is amount).
+func SampleRefundBody(order, amount, currency, refundID, refundAmount string) []byte {
+	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"refunded","paid_at":%q,"app_id":"demo-game","metadata":{"sku":"gems_60"},"refund_id":%q,"refund_amount":%q,"refunded_at":%q}`,
+		order, order, amount, currency, SamplePaidAt, refundID, refundAmount, SampleRefundedAt)
+}
+
 // Send posts body to an Ingest URL signed with secret, as a provider would.
 func Send(ctx context.Context, ingestURL string, secret webhook.Secret, body []byte) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ingestURL, bytes.NewReader(body))
@@ -352,3 +362,9 @@ func Send(ctx context.Context, ingestURL string, secret webhook.Secret, body []b
 	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	return resp.StatusCode, out, err
 }
+
+// SampleApp is the app id (and so the merchant account) of sample payments.
+const SampleApp = "demo-game"
+
+// SamplePaymentID is the payment id of the sample payment of order.
+func SamplePaymentID(order string) string { return relay.PaymentID("generic", SampleApp, order) }

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/text/encoding/simplifiedchinese"
@@ -76,6 +77,24 @@ func AlipayFields(appID, order, amount, status string) map[string]string {
 	}
 }
 
+// AlipayRefundFields are the parameters of a refund notification as Alipay documents them for
+// the asynchronous notification: the trade's own fields (status TRADE_SUCCESS for a partial
+// refund, TRADE_CLOSED for a full one) plus refund_fee, the cumulative refunded total, gmt_refund
+// and out_biz_no, the merchant's refund request number ("" leaves it out).
+func AlipayRefundFields(appID, order, total, status, refundFee, outBizNo string) map[string]string {
+	f := AlipayFields(appID, order, total, status)
+	f["refund_fee"] = refundFee
+	f["gmt_refund"] = "2026-11-24 21:00:00.123"
+	f["notify_time"] = "2026-11-24 21:00:01"
+	if outBizNo != "" {
+		f["out_biz_no"] = outBizNo
+	}
+	if status == "TRADE_CLOSED" {
+		f["gmt_close"] = "2026-11-24 21:00:00"
+	}
+	return f
+}
+
 // SignAlipay encodes fields in their charset, signs them RSA2 with key, and returns the form
 // body Alipay posts.
 func SignAlipay(key *rsa.PrivateKey, fields map[string]string) []byte {
@@ -114,19 +133,38 @@ func WechatTransaction(mchID, appID, order string, fen int64) map[string]any {
 	}
 }
 
+// WechatRefund is the decrypted resource of a refund notification (退款结果通知): refund of fen
+// out of a payment of total, ending status (SUCCESS, ABNORMAL or CLOSED). It names no app id,
+// as WeChat Pay documents it.
+func WechatRefund(mchID, order, refundID string, total, fen int64, status string) map[string]any {
+	r := map[string]any{
+		"mchid": mchID, "out_trade_no": order, "transaction_id": "4200001234202611240000000001",
+		"out_refund_no": "out-" + refundID, "refund_id": refundID, "refund_status": status,
+		"user_received_account": "招商银行信用卡0403",
+		"amount":                map[string]any{"total": total, "refund": fen, "payer_total": total, "payer_refund": fen},
+	}
+	if status == "SUCCESS" {
+		r["success_time"] = "2026-11-24T21:00:00+08:00"
+	}
+	return r
+}
+
 // WechatNotify encrypts resource with apiv3Key and builds the envelope and headers WeChat Pay
-// sends, signed with the platform key.
+// sends, signed with the platform key. A REFUND.* event carries original_type "refund".
 func WechatNotify(platform *rsa.PrivateKey, serial, apiv3Key, eventType string, resource any, ts time.Time) (http.Header, []byte) {
 	plain, _ := json.Marshal(resource)
 	block, _ := aes.NewCipher([]byte(apiv3Key))
 	aead, _ := cipher.NewGCM(block)
 	nonce := "fdasflkja484"
-	ad := "transaction"
+	ad, original, summary := "transaction", "transaction", "支付成功"
+	if strings.HasPrefix(eventType, "REFUND.") {
+		ad, original, summary = "refund", "refund", "退款成功"
+	}
 	ct := aead.Seal(nil, []byte(nonce), plain, []byte(ad))
 	env := map[string]any{
 		"id": "EV-2018022511223320873", "create_time": "2026-11-24T20:00:01+08:00", "resource_type": "encrypt-resource",
-		"event_type": eventType, "summary": "支付成功",
-		"resource": map[string]any{"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+		"event_type": eventType, "summary": summary,
+		"resource": map[string]any{"original_type": original, "algorithm": "AEAD_AES_256_GCM",
 			"ciphertext": base64.StdEncoding.EncodeToString(ct), "associated_data": ad, "nonce": nonce},
 	}
 	body, _ := json.Marshal(env)

@@ -28,6 +28,9 @@ type Store struct {
 	// Fail, if set, is called before each operation ("create", "get", "update"); an error it
 	// returns is returned by that operation.
 	Fail func(op string) error
+	// BeforeUpdate, if set, runs (unlocked) before each update: a test can change the payment
+	// under a write there.
+	BeforeUpdate func(p *relay.Payment)
 	// Creates, Gets and Updates count the calls that reached the store.
 	Creates, Gets, Updates int
 }
@@ -40,10 +43,19 @@ func NewStore() *Store {
 func clone(p *relay.Payment) *relay.Payment {
 	c := *p
 	c.Metadata = maps.Clone(p.Metadata)
-	c.Attempts = slices.Clone(p.Attempts)
-	if p.Lease != nil {
-		l := *p.Lease
-		c.Lease = &l
+	c.Notes = slices.Clone(p.Notes)
+	c.Notifications = slices.Clone(p.Notifications)
+	for i := range c.Notifications {
+		n := &c.Notifications[i]
+		n.Attempts = slices.Clone(n.Attempts)
+		if n.Lease != nil {
+			l := *n.Lease
+			n.Lease = &l
+		}
+		if n.Refund != nil {
+			r := *n.Refund
+			n.Refund = &r
+		}
 	}
 	return &c
 }
@@ -56,20 +68,20 @@ func (s *Store) fail(op string) error {
 }
 
 // Create implements relay.Store.
-func (s *Store) Create(_ context.Context, p *relay.Payment) (*relay.Payment, bool, error) {
+func (s *Store) Create(_ context.Context, p *relay.Payment) (*relay.Payment, relay.Version, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail("create"); err != nil {
-		return nil, false, err
+		return nil, 0, false, err
 	}
 	s.Creates++
 	if old, ok := s.payments[p.ID]; ok {
-		return clone(old), false, nil
+		return clone(old), s.versions[p.ID], false, nil
 	}
 	s.next++
 	s.payments[p.ID] = clone(p)
 	s.versions[p.ID] = s.next
-	return clone(p), true, nil
+	return clone(p), s.next, true, nil
 }
 
 // Get implements relay.Store.
@@ -89,6 +101,9 @@ func (s *Store) Get(_ context.Context, id string) (*relay.Payment, relay.Version
 
 // Update implements relay.Store.
 func (s *Store) Update(_ context.Context, p *relay.Payment, v relay.Version) (relay.Version, error) {
+	if s.BeforeUpdate != nil {
+		s.BeforeUpdate(p)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail("update"); err != nil {
@@ -163,11 +178,11 @@ func (q *Queue) Snapshot() []relay.Task {
 }
 
 // NotifierFunc adapts a function to relay.Notifier.
-type NotifierFunc func(ctx context.Context, p *relay.Payment, attempt int) relay.NotifyResult
+type NotifierFunc func(ctx context.Context, p *relay.Payment, n *relay.Notification, attempt int) relay.NotifyResult
 
 // Notify implements relay.Notifier.
-func (f NotifierFunc) Notify(ctx context.Context, p *relay.Payment, attempt int) relay.NotifyResult {
-	return f(ctx, p, attempt)
+func (f NotifierFunc) Notify(ctx context.Context, p *relay.Payment, n *relay.Notification, attempt int) relay.NotifyResult {
+	return f(ctx, p, n, attempt)
 }
 
 // Clock is a clock that tests move by hand.
@@ -198,4 +213,19 @@ func (c *Clock) Set(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = t
+}
+
+// Mutate changes a stored payment as another writer would, bumping its version.
+func (s *Store) Mutate(id string, f func(p *relay.Payment)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.payments[id]
+	if !ok {
+		return
+	}
+	c := clone(p)
+	f(c)
+	s.next++
+	s.payments[id] = c
+	s.versions[id] = s.next
 }

@@ -1,0 +1,301 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sethvargo/go-retry"
+)
+
+// Delivery identifies one execution of a task, for the lease owner and the attempt record.
+type Delivery struct {
+	TaskName       string
+	RetryCount     int
+	ExecutionCount int
+}
+
+func (d Delivery) String() string {
+	if d.TaskName == "" {
+		return "direct"
+	}
+	return fmt.Sprintf("%s#%d", d.TaskName, d.RetryCount)
+}
+
+// DeliverResult is what Deliver did with one task.
+type DeliverResult struct {
+	Outcome Outcome
+	Reason  string         // why, for ignored, rejected and busy outcomes
+	Record  *AttemptRecord // the attempt made, if one was
+	Next    time.Time      // when the next attempt is due, for OutcomeRetryScheduled
+	// Released is the key of the notification this delivery let go out (the next one of the
+	// same payment, held behind it), if any.
+	Released string
+}
+
+// maxClaimTries bounds how often Deliver re-reads a payment that changed under it before it
+// gives the task back to Cloud Tasks.
+const maxClaimTries = 3
+
+// TaskMessage is the body of a Deliver task: which notification of which payment, which
+// attempt.
+type TaskMessage struct {
+	PaymentID    string `json:"payment_id"`
+	Notification string `json:"notification"`
+	Attempt      int    `json:"attempt"`
+}
+
+// Deliver makes attempt `attempt` of a payment's notification, at most once at a time
+// (invariant 3), records it, and schedules the next attempt, releases the notification held
+// behind it, or ends the chain. An error means progress could not be recorded and the same
+// task must be redelivered; the redelivery finishes the job.
+func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (DeliverResult, error) {
+	if m.PaymentID == "" || m.Notification == "" || m.Attempt < 1 {
+		return DeliverResult{Outcome: OutcomeRejected, Reason: "task names no payment, notification or attempt"}, nil
+	}
+	for try := 1; ; try++ {
+		p, v, err := s.get(ctx, m.PaymentID)
+		if errors.Is(err, ErrNotFound) {
+			return DeliverResult{Outcome: OutcomeRejected, Reason: "unknown payment"}, nil
+		}
+		if err != nil {
+			return DeliverResult{}, fmt.Errorf("load payment: %w", err)
+		}
+		n := p.Notification(m.Notification)
+		if n == nil {
+			return DeliverResult{Outcome: OutcomeRejected, Reason: "unknown notification " + m.Notification}, nil
+		}
+		res, claimable, err := s.decide(ctx, p, n, m.Attempt)
+		if err != nil || !claimable {
+			return res, err
+		}
+		now := s.cfg.Clock.Now()
+		if n.State == StateDelivering && n.Lease != nil {
+			// The lease expired: a delivery died between claiming and recording. Its POST may
+			// or may not have reached the game server; say so in the history.
+			n.Attempts = append(n.Attempts, AttemptRecord{
+				Number: n.Lease.Attempt, StartedAt: n.Lease.ClaimedAt, ErrorClass: ErrorLost,
+				Error: "delivery ended without recording a result (lease expired); outcome unknown",
+			})
+		}
+		n.State = StateDelivering
+		n.Lease = &Lease{Attempt: m.Attempt, Owner: d.String() + "/" + token(), ClaimedAt: now, Until: now.Add(s.cfg.Lease)}
+		p.UpdatedAt = now
+		v, err = s.update(ctx, p, v)
+		if errors.Is(err, ErrVersionConflict) && try < maxClaimTries {
+			continue // someone else moved the payment; look again
+		}
+		if errors.Is(err, ErrVersionConflict) {
+			return DeliverResult{Outcome: OutcomeBusy, Reason: "payment keeps changing under this delivery"}, nil
+		}
+		if err != nil {
+			return DeliverResult{}, fmt.Errorf("claim attempt: %w", err)
+		}
+		return s.attempt(ctx, p, v, n.Key, d)
+	}
+}
+
+// token makes a lease owner unique, so a record can tell its own lease from a takeover's.
+func token() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// decide looks at a notification and a task's attempt and either settles the task
+// (claimable=false) or says the attempt may be claimed.
+func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, attempt int) (res DeliverResult, claimable bool, err error) {
+	switch {
+	case n.State == StateDelivered:
+		// The delivery that recorded it may have failed to enqueue the notification it released.
+		if next := p.successor(n.Key); next != nil && next.untouched() {
+			if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: next.Key, Attempt: 1, At: next.NextAttemptAt}); err != nil {
+				return DeliverResult{}, false, fmt.Errorf("re-enqueue released %s: %w", next.Key, err)
+			}
+			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the one it released is enqueued", Released: next.Key}, false, nil
+		}
+		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is delivered"}, false, nil
+	case n.State == StateFailed:
+		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is failed"}, false, nil
+	case n.State == StateHeld:
+		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is held behind an earlier one of its payment"}, false, nil
+	case attempt > n.Attempt:
+		return DeliverResult{Outcome: OutcomeRejected, Reason: fmt.Sprintf("attempt %d is ahead of the notification's attempt %d", attempt, n.Attempt)}, false, nil
+	case attempt < n.Attempt:
+		if n.State == StatePending && attempt == n.Attempt-1 {
+			// The delivery of this attempt recorded it but may not have enqueued the next one.
+			err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: n.Key, Attempt: n.Attempt, At: n.NextAttemptAt})
+			if err != nil {
+				return DeliverResult{}, false, fmt.Errorf("re-enqueue attempt %d: %w", n.Attempt, err)
+			}
+			return DeliverResult{Outcome: OutcomeRepaired, Reason: fmt.Sprintf("attempt %d is already recorded; attempt %d is enqueued", attempt, n.Attempt)}, false, nil
+		}
+		return DeliverResult{Outcome: OutcomeIgnored, Reason: fmt.Sprintf("attempt %d is stale; the notification is at attempt %d", attempt, n.Attempt)}, false, nil
+	case n.State == StateDelivering && n.Lease != nil && s.cfg.Clock.Now().Before(n.Lease.Until):
+		return DeliverResult{Outcome: OutcomeBusy, Reason: "attempt is held by " + n.Lease.Owner + " until " + n.Lease.Until.UTC().Format(time.RFC3339)}, false, nil
+	}
+	return DeliverResult{}, true, nil
+}
+
+// errTakenOver: our lease expired and another delivery took the attempt over.
+var errTakenOver = errors.New("lease was taken over before the result was recorded")
+
+// attempt posts to the game server under a held lease and records the result.
+func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string, d Delivery) (DeliverResult, error) {
+	n := p.Notification(key)
+	lease := *n.Lease
+	num := n.Attempt
+	start := s.cfg.Clock.Now()
+	r := s.cfg.Notifier.Notify(ctx, p, n, num)
+	end := s.cfg.Clock.Now()
+	rec := AttemptRecord{
+		Number: num, StartedAt: start, Duration: end.Sub(start), StatusCode: r.StatusCode,
+		ErrorClass: r.ErrorClass, Error: r.Error, Response: r.Response, Delivery: d.String(),
+	}
+	res := DeliverResult{Record: &rec}
+	next, more := s.cfg.Ladder.Next(end, num)
+	switch {
+	case rec.Succeeded():
+		res.Outcome = OutcomeDelivered
+	case more:
+		res.Outcome = OutcomeRetryScheduled
+		res.Next = next
+	default:
+		res.Outcome = OutcomeFailed
+	}
+	// apply writes the result onto a copy of the payment as read; it fails if the lease there
+	// is no longer ours.
+	apply := func(p *Payment) error {
+		n := p.Notification(key)
+		if n == nil || n.State != StateDelivering || n.Lease == nil || n.Lease.Owner != lease.Owner {
+			return errTakenOver
+		}
+		n.Attempts = append(n.Attempts, rec)
+		n.Lease = nil
+		p.UpdatedAt = end
+		res.Released = ""
+		switch res.Outcome {
+		case OutcomeDelivered:
+			n.State = StateDelivered
+			if next := p.release(key, end); next != nil {
+				res.Released = next.Key
+			}
+		case OutcomeRetryScheduled:
+			n.State = StatePending
+			n.Attempt = num + 1
+			n.NextAttemptAt = next
+		default:
+			n.State = StateFailed
+		}
+		return nil
+	}
+	// The POST happened: from here on, finish even if the caller goes away (Cloud Tasks cut the
+	// request at its deadline), each call still bounded by OpTimeout. A lost record means a
+	// second POST once the lease expires, so the record is retried for as long as the lease
+	// holds. The write is conditioned on the version read; if the payment changed meanwhile
+	// (Ingest added a refund), the result is applied again to a fresh read, as long as the
+	// lease there is still ours.
+	ctx = context.WithoutCancel(ctx)
+	cur, fresh := p, false
+	err := retry.Do(ctx, recordBackoff(lease.Until.Sub(s.cfg.Clock.Now())), func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+		defer cancel()
+		if fresh {
+			var err error
+			if cur, v, err = s.cfg.Store.Get(ctx, p.ID); err != nil {
+				return retryable(err)
+			}
+		}
+		rp := cur.clone()
+		if err := apply(rp); err != nil {
+			return err
+		}
+		_, err := s.cfg.Store.Update(ctx, rp, v)
+		if errors.Is(err, ErrVersionConflict) {
+			fresh = true
+			return retry.RetryableError(err)
+		}
+		if err == nil {
+			cur = rp
+		}
+		return retryable(err)
+	})
+	if errors.Is(err, errTakenOver) || errors.Is(err, ErrVersionConflict) {
+		// Another delivery took the attempt over (it records it), or the payment kept changing
+		// until the lease ran out: either way a later delivery settles it.
+		return DeliverResult{Outcome: OutcomeBusy, Reason: errTakenOver.Error(), Record: &rec}, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("record attempt %d: %w", num, err)
+	}
+	switch {
+	case res.Outcome == OutcomeRetryScheduled:
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: key, Attempt: num + 1, At: next}); err != nil {
+			return res, fmt.Errorf("enqueue attempt %d: %w", num+1, err)
+		}
+	case res.Released != "":
+		rel := cur.Notification(res.Released)
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: rel.Key, Attempt: 1, At: rel.NextAttemptAt}); err != nil {
+			return res, fmt.Errorf("enqueue released %s: %w", rel.Key, err)
+		}
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Attempted(cur, cur.Notification(key), rec, res.Outcome)
+	}
+	return res, nil
+}
+
+// retryable marks an error worth another try for retry.Do.
+func retryable(err error) error {
+	if err != nil && Retryable(err) {
+		return retry.RetryableError(err)
+	}
+	return err
+}
+
+// clone copies a payment deeply enough that applying a change to the copy leaves p as it was.
+func (p *Payment) clone() *Payment {
+	c := *p
+	c.Notifications = make([]Notification, len(p.Notifications))
+	for i, n := range p.Notifications {
+		n.Attempts = append([]AttemptRecord(nil), n.Attempts...)
+		if n.Lease != nil {
+			l := *n.Lease
+			n.Lease = &l
+		}
+		if n.Refund != nil {
+			r := *n.Refund
+			n.Refund = &r
+		}
+		c.Notifications[i] = n
+	}
+	c.Notes = append([]Note(nil), p.Notes...)
+	return &c
+}
+
+// get and update are single store calls bounded by OpTimeout. The claim is not retried here:
+// a conflict or an outage gives the task back to Cloud Tasks, which retries it.
+func (s *Service) get(ctx context.Context, id string) (*Payment, Version, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	return s.cfg.Store.Get(ctx, id)
+}
+
+func (s *Service) update(ctx context.Context, p *Payment, v Version) (Version, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+	defer cancel()
+	return s.cfg.Store.Update(ctx, p, v)
+}
+
+func (s *Service) enqueue(ctx context.Context, t Task) error {
+	return s.withRetry(ctx, func(ctx context.Context) error {
+		err := s.cfg.Queue.Enqueue(ctx, t)
+		if errors.Is(err, ErrTaskExists) {
+			return nil
+		}
+		return err
+	})
+}

@@ -1,0 +1,322 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Result is one verified provider notification, normalized: what Ingest takes. Type says what
+// it is; a Result with no Type is a verified result deliberately not relayed, described by Note.
+type Result struct {
+	Type Type
+	// Payment holds the payment's facts as this notification tells them. A refund notification
+	// may not know every fact (WeChat Pay's does not say when the payment was made).
+	Payment Payment
+	Refund  *RefundFacts // for TypePaymentRefunded
+	Note    *Note        // for a result not relayed
+}
+
+// Validate checks the result and returns the first field at fault.
+func (r *Result) Validate() error {
+	switch r.Type {
+	case TypePaymentSucceeded:
+		if r.Payment.PaidAt.IsZero() {
+			return &FieldError{"paid_at", "required"}
+		}
+		return r.Payment.Validate()
+	case TypePaymentRefunded:
+		if r.Refund == nil {
+			return &FieldError{"refund", "required"}
+		}
+		if err := r.Refund.Validate(); err != nil {
+			return err
+		}
+		// The app may be unknown to a refund notification (WeChat Pay's names none); the stored
+		// payment supplies it. Everything else must hold.
+		q := r.Payment
+		if q.AppID == "" {
+			q.AppID = "unknown"
+		}
+		return q.Validate()
+	case "":
+		if r.Note == nil || r.Note.Kind == "" {
+			return &FieldError{"note", "a result that is not relayed must say what it is"}
+		}
+		if r.Payment.OrderID == "" {
+			return nil // names no order: logged, nothing to record it on
+		}
+		if !providerPattern.MatchString(r.Payment.Provider) {
+			return &FieldError{"provider", "invalid"}
+		}
+		if err := checkID("merchant", r.Payment.Merchant); err != nil {
+			return err
+		}
+		return checkID("order_id", r.Payment.OrderID)
+	}
+	return &FieldError{"type", fmt.Sprintf("%q is not a notification type", r.Type)}
+}
+
+// IngestResult is what Ingest did.
+type IngestResult struct {
+	PaymentID      string
+	NotificationID string // empty for a result not relayed
+	// Duplicate: this notification was already stored by an earlier callback (or, for a
+	// result not relayed, already noted).
+	Duplicate bool
+	// Stored is false only for a result not relayed about a payment payrelay does not hold:
+	// it was acknowledged and logged, and nothing was written.
+	Stored bool
+	// State is the notification's state after Ingest (held behind an earlier one, pending, ...).
+	State State
+	// Covered: a refund whose money a later refund already counted; noted, not relayed.
+	Covered bool
+}
+
+// maxIngestTries bounds how often Ingest re-reads a payment that changed under it (a Deliver
+// recording an attempt) before it answers the provider 503 to retry later.
+const maxIngestTries = 5
+
+// Ingest stores a validated result and makes sure the task of a notification that may go out
+// now exists. It returns only once both are durable, so that a 2xx to the provider means
+// nothing is lost; an error means the provider should retry, and its retry completes what this
+// call began.
+func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
+	if err := r.Validate(); err != nil {
+		return IngestResult{}, err
+	}
+	in := r.Payment
+	in.ID = PaymentID(in.Provider, in.Merchant, in.OrderID)
+	// Firestore keeps microseconds: normalize so a repeated callback compares equal.
+	in.PaidAt = in.PaidAt.UTC().Truncate(time.Microsecond)
+	in.RefundedMinor, in.Notifications, in.Notes = 0, nil, nil
+	res := IngestResult{PaymentID: in.ID}
+	var err error
+	switch r.Type {
+	case TypePaymentSucceeded:
+		res, err = s.ingestPaid(ctx, in)
+	case TypePaymentRefunded:
+		res, err = s.ingestRefund(ctx, in, *r.Refund)
+	default:
+		res, err = s.ingestNote(ctx, in, *r.Note)
+	}
+	return res, err
+}
+
+// ingestPaid creates the payment with its payment.succeeded notification: one write in the
+// common case. A repeat finds it; a payment first known from a refund gains the notification.
+func (s *Service) ingestPaid(ctx context.Context, in Payment) (IngestResult, error) {
+	now := s.cfg.Clock.Now()
+	p := in
+	p.ReceivedAt, p.UpdatedAt = now, now
+	n := p.appendNotification(KeyPaid, TypePaymentSucceeded, nil, now, s.cfg.Ladder.First(now))
+	stored, v, created, err := s.create(ctx, &p)
+	if err != nil {
+		return IngestResult{PaymentID: p.ID}, err
+	}
+	if created {
+		return s.finishIngest(ctx, &p, n, false)
+	}
+	for try := 1; ; try++ {
+		if !stored.SameFacts(&in) {
+			return IngestResult{PaymentID: p.ID}, ErrFactsDiffer
+		}
+		if n := stored.Paid(); n != nil {
+			return s.finishIngest(ctx, stored, n, true)
+		}
+		// Known so far only from a refund: the payment's own notification joins the chain
+		// behind what is there, with the facts the refund did not know.
+		completeFacts(stored, &in)
+		n := stored.appendNotification(KeyPaid, TypePaymentSucceeded, nil, now, s.cfg.Ladder.First(now))
+		stored.UpdatedAt = now
+		key := n.Key
+		if _, err := s.write(ctx, stored, v); err == nil {
+			return s.finishIngest(ctx, stored, stored.Notification(key), false)
+		} else if !errors.Is(err, ErrVersionConflict) || try == maxIngestTries {
+			return IngestResult{PaymentID: p.ID}, fmt.Errorf("add payment notification: %w", err)
+		}
+		if stored, v, err = s.getRetry(ctx, p.ID); err != nil {
+			return IngestResult{PaymentID: p.ID}, err
+		}
+	}
+}
+
+// completeFacts fills in the facts a refund notification did not know.
+func completeFacts(stored, in *Payment) {
+	if stored.PaidAt.IsZero() {
+		stored.PaidAt = in.PaidAt
+	}
+	if stored.TransactionID == "" {
+		stored.TransactionID = in.TransactionID
+	}
+	if stored.AppID == "" {
+		stored.AppID = in.AppID
+	}
+	if stored.Metadata == nil {
+		stored.Metadata = in.Metadata
+	}
+}
+
+// ingestRefund records a refund against its payment (creating the payment from the refund's
+// facts when payrelay never received it) and queues its notification behind the payment's.
+func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts) (IngestResult, error) {
+	res := IngestResult{PaymentID: in.ID}
+	for try := 1; ; try++ {
+		now := s.cfg.Clock.Now()
+		stored, v, err := s.getRetry(ctx, in.ID)
+		if errors.Is(err, ErrNotFound) {
+			created, res, err := s.createFromRefund(ctx, in, f, now)
+			if created || err != nil {
+				return res, err
+			}
+			continue // another callback created it meanwhile: apply to what it stored
+		}
+		if err != nil {
+			return res, err
+		}
+		if !stored.SameFacts(&in) {
+			return res, ErrFactsDiffer
+		}
+		decision, refund, err := DecideRefund(stored, f)
+		if err != nil {
+			return res, err
+		}
+		switch decision {
+		case RefundRepeat:
+			return s.finishIngest(ctx, stored, stored.RefundByID(f.ID), true)
+		case RefundCovered:
+			res.Covered, res.Duplicate, res.Stored = true, true, true
+			note := Note{Kind: "refund_covered", RefundID: f.ID, ReceivedAt: now,
+				Reason: fmt.Sprintf("cumulative refunded total %d is already counted (recorded total %d)", refund.CumulativeMinor, stored.RefundedMinor)}
+			if !stored.addNote(note) {
+				return res, nil
+			}
+			res.Duplicate = false
+			stored.UpdatedAt = now
+			if _, err = s.write(ctx, stored, v); err == nil {
+				return res, nil
+			}
+		case RefundNew:
+			stored.RefundedMinor = refund.CumulativeMinor
+			n := stored.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, now, now)
+			stored.UpdatedAt = now
+			key := n.Key
+			if _, err = s.write(ctx, stored, v); err == nil {
+				return s.finishIngest(ctx, stored, stored.Notification(key), false)
+			}
+		}
+		if !errors.Is(err, ErrVersionConflict) || try == maxIngestTries {
+			return res, fmt.Errorf("record refund: %w", err)
+		}
+	}
+}
+
+// createFromRefund stores a payment payrelay never received, with the facts its refund
+// carries, and the refund's notification, which goes out on its own.
+func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFacts, now time.Time) (bool, IngestResult, error) {
+	res := IngestResult{PaymentID: in.ID}
+	if in.AppID == "" {
+		return false, res, &FieldError{"app_id", "the refund names no app and payrelay holds no payment for this order to take it from"}
+	}
+	p := in
+	p.ReceivedAt, p.UpdatedAt = now, now
+	decision, refund, err := DecideRefund(&p, f)
+	if err != nil {
+		return false, res, err
+	}
+	if decision != RefundNew { // a cumulative total is always new against nothing recorded
+		return false, res, fmt.Errorf("refund of an unknown payment decided %d", decision)
+	}
+	p.RefundedMinor = refund.CumulativeMinor
+	n := p.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, now, now)
+	_, _, created, err := s.create(ctx, &p)
+	if err != nil || !created {
+		return false, res, err
+	}
+	res, err = s.finishIngest(ctx, &p, n, false)
+	return true, res, err
+}
+
+// ingestNote records a result that is not relayed on its payment, if payrelay holds it.
+func (s *Service) ingestNote(ctx context.Context, in Payment, note Note) (IngestResult, error) {
+	res := IngestResult{PaymentID: in.ID}
+	if in.OrderID == "" {
+		return IngestResult{}, nil
+	}
+	for try := 1; ; try++ {
+		stored, v, err := s.getRetry(ctx, in.ID)
+		if errors.Is(err, ErrNotFound) {
+			return res, nil // acknowledged and logged; nothing to record it on
+		}
+		if err != nil {
+			return res, err
+		}
+		res.Stored = true
+		note.ReceivedAt = s.cfg.Clock.Now()
+		if !stored.addNote(note) {
+			res.Duplicate = true
+			return res, nil
+		}
+		stored.UpdatedAt = note.ReceivedAt
+		if _, err = s.write(ctx, stored, v); err == nil {
+			return res, nil
+		}
+		if !errors.Is(err, ErrVersionConflict) || try == maxIngestTries {
+			return res, fmt.Errorf("record note: %w", err)
+		}
+	}
+}
+
+// finishIngest makes sure the task of a notification that may go out now exists: the callback
+// that stored it may have failed before its task did. Once Deliver has touched it, the chain
+// is under way and needs nothing.
+func (s *Service) finishIngest(ctx context.Context, p *Payment, n *Notification, dup bool) (IngestResult, error) {
+	res := IngestResult{PaymentID: p.ID, NotificationID: NotificationID(p.ID, n.Key), Duplicate: dup, Stored: true, State: n.State}
+	if n.untouched() {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: n.Key, Attempt: 1, At: n.NextAttemptAt}); err != nil {
+			return res, fmt.Errorf("enqueue attempt 1: %w", err)
+		}
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Received(p, n, dup)
+	}
+	return res, nil
+}
+
+// create and getRetry are store calls with the bounded retry of an unavailable store.
+func (s *Service) create(ctx context.Context, p *Payment) (stored *Payment, v Version, created bool, err error) {
+	err = s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		stored, v, created, err = s.cfg.Store.Create(ctx, p)
+		return err
+	})
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("store payment: %w", err)
+	}
+	return stored, v, created, nil
+}
+
+func (s *Service) getRetry(ctx context.Context, id string) (p *Payment, v Version, err error) {
+	err = s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		p, v, err = s.cfg.Store.Get(ctx, id)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, 0, fmt.Errorf("load payment: %w", err)
+	}
+	return p, v, err
+}
+
+// write is a conditional update with the bounded retry of an unavailable store. A write that
+// was applied but reported unavailable comes back as ErrVersionConflict on its retry; the
+// caller re-reads and finds its change there.
+func (s *Service) write(ctx context.Context, p *Payment, v Version) (nv Version, err error) {
+	err = s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		nv, err = s.cfg.Store.Update(ctx, p, v)
+		return err
+	})
+	return nv, err
+}

@@ -114,6 +114,33 @@ func (l Ladder) Next(now time.Time, failed int) (at time.Time, ok bool) {
 	return now.Add(l.steps[failed]), true
 }
 
+// NextNotBefore is Next, held back to notBefore when the game server asked for that (a
+// Retry-After), but never further than the ladder's longest step after now: a game server
+// cannot push a notification past the ladder's own patience. The attempt still counts.
+func (l Ladder) NextNotBefore(now time.Time, failed int, notBefore time.Time) (at time.Time, ok bool) {
+	at, ok = l.Next(now, failed)
+	if !ok || !notBefore.After(at) {
+		return at, ok
+	}
+	return earlier(notBefore, now.Add(l.Longest())), true
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Longest is the ladder's longest step.
+func (l Ladder) Longest() time.Duration {
+	var m time.Duration
+	for _, s := range l.steps {
+		m = max(m, s)
+	}
+	return m
+}
+
 // Compress divides every step by factor so that local runs and tests play the whole ladder in
 // seconds; factor 1 is the real ladder.
 func (l Ladder) Compress(factor int) (Ladder, error) {

@@ -128,3 +128,31 @@ func BenchmarkNext(b *testing.B) {
 		l.Next(now, 1+i%8)
 	}
 }
+
+func TestNextNotBefore(t *testing.T) {
+	t.Parallel()
+	l := Default()
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name      string
+		failed    int
+		notBefore time.Time
+		want      time.Time
+		ok        bool
+	}{
+		{"no wish: the ladder", 1, time.Time{}, now.Add(2 * time.Minute), true},
+		{"wish sooner than the ladder: the ladder", 1, now.Add(time.Minute), now.Add(2 * time.Minute), true},
+		{"wish later: honoured", 1, now.Add(30 * time.Minute), now.Add(30 * time.Minute), true},
+		{"wish beyond the longest step: capped at it", 2, now.Add(48 * time.Hour), now.Add(15 * time.Hour), true},
+		{"last attempt: exhausted whatever the wish", 8, now.Add(time.Minute), time.Time{}, false},
+	}
+	for _, tc := range cases {
+		got, ok := l.NextNotBefore(now, tc.failed, tc.notBefore)
+		if !got.Equal(tc.want) || ok != tc.ok {
+			t.Errorf("%s: NextNotBefore = %v, %v; want %v, %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+	if l.Longest() != 15*time.Hour {
+		t.Errorf("Longest = %v, want 15h", l.Longest())
+	}
+}

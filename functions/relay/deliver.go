@@ -153,19 +153,27 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	end := s.cfg.Clock.Now()
 	rec := AttemptRecord{
 		Number: num, StartedAt: start, Duration: end.Sub(start), StatusCode: r.StatusCode,
-		ErrorClass: r.ErrorClass, Error: r.Error, Response: r.Response, Delivery: d.String(),
+		ErrorClass: r.ErrorClass, Error: r.Error, Response: r.Response, Delivery: d.String(), RetryAfter: r.RetryAfter,
 	}
 	res := DeliverResult{Record: &rec}
-	next, more := s.cfg.Ladder.Next(end, num)
+	// A game server's Retry-After holds the next attempt back (capped at the ladder's longest
+	// step); a 410 Gone ends the notification at once. Both are documented for game servers.
+	next, more := s.cfg.Ladder.NextNotBefore(end, num, r.RetryAfter)
+	var reason string
 	switch {
 	case rec.Succeeded():
 		res.Outcome = OutcomeDelivered
+	case r.Gone:
+		res.Outcome = OutcomeFailed
+		reason = fmt.Sprintf("the game server answered 410 Gone at attempt %d", num)
 	case more:
 		res.Outcome = OutcomeRetryScheduled
 		res.Next = next
 	default:
 		res.Outcome = OutcomeFailed
+		reason = fmt.Sprintf("the ladder is exhausted after %d attempts", num)
 	}
+	res.Reason = reason
 	// apply writes the result onto a copy of the payment as read; it fails if the lease there
 	// is no longer ours.
 	apply := func(p *Payment) error {
@@ -189,6 +197,7 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 			n.NextAttemptAt = next
 		default:
 			n.State = StateFailed
+			n.Reason = reason
 		}
 		return nil
 	}

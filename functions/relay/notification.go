@@ -61,6 +61,9 @@ type Notification struct {
 	CreatedAt     time.Time
 	Lease         *Lease
 	Attempts      []AttemptRecord
+	// Reason says why a notification ended failed: the ladder was exhausted, or the game
+	// server answered 410 Gone.
+	Reason string
 }
 
 // Refund is one refund recorded against a payment.

@@ -90,8 +90,9 @@ type AttemptRecord struct {
 	StatusCode int
 	ErrorClass ErrorClass
 	Error      string
-	Response   string // the first bytes of the response body
-	Delivery   string // the execution that made it (Cloud Tasks task name and count)
+	Response   string    // the first bytes of the response body
+	Delivery   string    // the execution that made it (Cloud Tasks task name and count)
+	RetryAfter time.Time // when the game server asked to be tried again, if it did
 }
 
 // Succeeded reports whether the game server acknowledged the attempt.

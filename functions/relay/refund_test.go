@@ -345,3 +345,47 @@ func TestNotesAreRecordedNotRelayed(t *testing.T) {
 		t.Errorf("%d tasks; a note must enqueue nothing", n)
 	}
 }
+
+func TestGameServerSignals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	t.Run("Retry-After holds the next attempt back, capped at the longest step", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		var wish time.Duration
+		h.answer = func(int) relay.NotifyResult {
+			return relay.NotifyResult{StatusCode: 429, ErrorClass: relay.ErrorHTTP, RetryAfter: h.clock.Now().Add(wish)}
+		}
+		pay, _ := h.svc.Ingest(ctx, samplePaid())
+		for _, tc := range []struct{ wish, want time.Duration }{
+			{30 * time.Minute, 30 * time.Minute}, // after attempt 1: beyond the ladder's 2m, honoured
+			{time.Second, 10 * time.Minute},      // after attempt 2: sooner than the ladder's 10m, the ladder
+			{48 * time.Hour, 15 * time.Hour},     // after attempt 3: capped at the 15h step
+		} {
+			wish = tc.wish
+			r := h.deliverNext(t)
+			if r.Outcome != relay.OutcomeRetryScheduled || r.Next.Sub(h.clock.Now()) != tc.want {
+				t.Errorf("Retry-After %v: next in %v (%s), want %v", tc.wish, r.Next.Sub(h.clock.Now()), r.Outcome, tc.want)
+			}
+		}
+		n := h.store.Payment(pay.PaymentID).Paid()
+		if n.Attempt != 4 || n.Attempts[0].RetryAfter.IsZero() {
+			t.Errorf("attempt %d, first record %+v; want the attempts counted and the wish recorded", n.Attempt, n.Attempts[0])
+		}
+	})
+	t.Run("410 Gone fails the notification at once; its refunds stay held", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t)
+		h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 410, ErrorClass: relay.ErrorHTTP, Gone: true} }
+		pay, _ := h.svc.Ingest(ctx, samplePaid())
+		h.svc.Ingest(ctx, refundOf("r1", 100))
+		h.drain(t)
+		p := h.store.Payment(pay.PaymentID)
+		if n := p.Paid(); n.State != relay.StateFailed || len(n.Attempts) != 1 || !strings.Contains(n.Reason, "410") {
+			t.Errorf("payment %s after %d attempts, reason %q; want failed at once, saying 410", n.State, len(n.Attempts), n.Reason)
+		}
+		if p.RefundByID("r1").State != relay.StateHeld || h.posts.Load() != 1 {
+			t.Errorf("refund %s after %d POSTs; want held after 1", p.RefundByID("r1").State, h.posts.Load())
+		}
+	})
+}

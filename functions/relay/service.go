@@ -62,6 +62,11 @@ type NotifyResult struct {
 	ErrorClass ErrorClass
 	Error      string
 	Response   string
+	// RetryAfter is when the game server asked to be tried again (a 429 or 503 with
+	// Retry-After); zero when it did not.
+	RetryAfter time.Time
+	// Gone: the game server answered 410, asking never to be sent this notification again.
+	Gone bool
 }
 
 // Clock tells the time to stateful code; tests drive it.

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/payrelay/payrelay/functions/relay"
@@ -162,11 +163,36 @@ func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, nt *relay.Notif
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		res.ErrorClass = relay.ErrorHTTP
 		res.Error = "game server answered " + resp.Status
+		res.Gone = resp.StatusCode == http.StatusGone
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			res.RetryAfter = RetryAfter(resp.Header.Get("Retry-After"), n.now())
+		}
 	case readErr != nil:
 		// A 2xx status line is the acknowledgement; a body cut short does not undo it.
 		res.Error = "reading the acknowledgement's body: " + readErr.Error()
 	}
 	return res
+}
+
+// RetryAfter reads a Retry-After header (RFC 9110 section 10.2.3: a number of seconds, or an
+// HTTP-date) into the time it names, relative to now. An absent, malformed or past value is
+// zero: the ladder alone decides. How far ahead is honoured is the core's to cap.
+func RetryAfter(v string, now time.Time) time.Time {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return time.Time{}
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 || secs > 30*24*3600 {
+			return time.Time{}
+		}
+		return now.Add(time.Duration(secs) * time.Second)
+	}
+	t, err := http.ParseTime(v)
+	if err != nil || !t.After(now) {
+		return time.Time{}
+	}
+	return t
 }
 
 // Classify names the first thing that went wrong in a failed request.

@@ -159,3 +159,59 @@ func TestPayloads(t *testing.T) {
 		t.Errorf("refund alone: payment_notified %v, paid_at %v, type %s", pl.Data.PaymentNotified, pl.Data.PaidAt, pl.Type)
 	}
 }
+
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	for v, want := range map[string]time.Time{
+		"":                              {},
+		"120":                           now.Add(2 * time.Minute),
+		" 5 ":                           now.Add(5 * time.Second),
+		"0":                             {},
+		"-3":                            {},
+		"soon":                          {},
+		"Tue, 24 Nov 2026 12:30:00 GMT": now.Add(30 * time.Minute),
+		"Tue, 24 Nov 2026 11:00:00 GMT": {}, // in the past
+		"99999999999":                   {}, // beyond any ladder: ignored, not overflowed
+	} {
+		if got := RetryAfter(v, now); !got.Equal(want) {
+			t.Errorf("RetryAfter(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
+
+func TestNotifyReadsTheGameServersSignals(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/429", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "90")
+		w.WriteHeader(http.StatusTooManyRequests)
+	})
+	mux.HandleFunc("/503", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	mux.HandleFunc("/500", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30") // only 429 and 503 carry a Retry-After we honour
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	mux.HandleFunc("/410", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusGone) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	for path, want := range map[string]struct {
+		after time.Duration
+		gone  bool
+	}{"/429": {90 * time.Second, false}, "/503": {30 * time.Second, false}, "/500": {0, false}, "/410": {0, true}} {
+		n, _ := New(srv.URL+path, secret, 2*time.Second)
+		n.now = func() time.Time { return now }
+		r := n.Notify(context.Background(), payment(), payment().Paid(), 1)
+		var after time.Duration
+		if !r.RetryAfter.IsZero() {
+			after = r.RetryAfter.Sub(now)
+		}
+		if after != want.after || r.Gone != want.gone || r.ErrorClass != relay.ErrorHTTP {
+			t.Errorf("%s: retry after %v, gone %v, class %s; want %v, %v, http", path, after, r.Gone, r.ErrorClass, want.after, want.gone)
+		}
+	}
+}

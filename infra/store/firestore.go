@@ -177,6 +177,7 @@ type notificationDoc struct {
 	CreatedAt     time.Time    `firestore:"created_at"`
 	Lease         *leaseDoc    `firestore:"lease"`
 	Attempts      []attemptDoc `firestore:"attempts"`
+	Reason        string       `firestore:"reason"`
 }
 
 type refundDoc struct {
@@ -203,14 +204,15 @@ type leaseDoc struct {
 }
 
 type attemptDoc struct {
-	Number     int       `firestore:"number"`
-	StartedAt  time.Time `firestore:"started_at"`
-	DurationMS float64   `firestore:"duration_ms"`
-	StatusCode int       `firestore:"status_code"`
-	ErrorClass string    `firestore:"error_class"`
-	Error      string    `firestore:"error"`
-	Response   string    `firestore:"response"`
-	Delivery   string    `firestore:"delivery"`
+	Number     int        `firestore:"number"`
+	StartedAt  time.Time  `firestore:"started_at"`
+	DurationMS float64    `firestore:"duration_ms"`
+	StatusCode int        `firestore:"status_code"`
+	ErrorClass string     `firestore:"error_class"`
+	Error      string     `firestore:"error"`
+	Response   string     `firestore:"response"`
+	Delivery   string     `firestore:"delivery"`
+	RetryAfter *time.Time `firestore:"retry_after"`
 }
 
 // utf8 makes s storable: Firestore strings must be valid UTF-8, and game servers answer bytes.
@@ -230,7 +232,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 	for _, n := range p.Notifications {
 		nd := notificationDoc{
 			Key: n.Key, Type: string(n.Type), State: string(n.State), Attempt: n.Attempt,
-			NextAttemptAt: n.NextAttemptAt, CreatedAt: n.CreatedAt, Attempts: []attemptDoc{},
+			NextAttemptAt: n.NextAttemptAt, CreatedAt: n.CreatedAt, Attempts: []attemptDoc{}, Reason: n.Reason,
 		}
 		if r := n.Refund; r != nil {
 			nd.Refund = &refundDoc{ID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
@@ -240,10 +242,15 @@ func toDoc(p *relay.Payment) *paymentDoc {
 			nd.Lease = &leaseDoc{Attempt: l.Attempt, Owner: l.Owner, ClaimedAt: l.ClaimedAt, Until: l.Until}
 		}
 		for _, a := range n.Attempts {
-			nd.Attempts = append(nd.Attempts, attemptDoc{
+			ad := attemptDoc{
 				Number: a.Number, StartedAt: a.StartedAt, DurationMS: float64(a.Duration) / float64(time.Millisecond),
 				StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass), Error: utf8(a.Error), Response: utf8(a.Response), Delivery: a.Delivery,
-			})
+			}
+			if !a.RetryAfter.IsZero() {
+				t := a.RetryAfter
+				ad.RetryAfter = &t
+			}
+			nd.Attempts = append(nd.Attempts, ad)
 		}
 		d.Notifications = append(d.Notifications, nd)
 	}
@@ -265,7 +272,7 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	for _, nd := range d.Notifications {
 		n := relay.Notification{
 			Key: nd.Key, Type: relay.Type(nd.Type), State: relay.State(nd.State), Attempt: nd.Attempt,
-			NextAttemptAt: nd.NextAttemptAt.UTC(), CreatedAt: nd.CreatedAt.UTC(),
+			NextAttemptAt: nd.NextAttemptAt.UTC(), CreatedAt: nd.CreatedAt.UTC(), Reason: nd.Reason,
 		}
 		if r := nd.Refund; r != nil {
 			n.Refund = &relay.Refund{ID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
@@ -275,10 +282,14 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 			n.Lease = &relay.Lease{Attempt: l.Attempt, Owner: l.Owner, ClaimedAt: l.ClaimedAt.UTC(), Until: l.Until.UTC()}
 		}
 		for _, a := range nd.Attempts {
-			n.Attempts = append(n.Attempts, relay.AttemptRecord{
+			rec := relay.AttemptRecord{
 				Number: a.Number, StartedAt: a.StartedAt.UTC(), Duration: time.Duration(a.DurationMS * float64(time.Millisecond)),
 				StatusCode: a.StatusCode, ErrorClass: relay.ErrorClass(a.ErrorClass), Error: a.Error, Response: a.Response, Delivery: a.Delivery,
-			})
+			}
+			if a.RetryAfter != nil {
+				rec.RetryAfter = a.RetryAfter.UTC()
+			}
+			n.Attempts = append(n.Attempts, rec)
 		}
 		p.Notifications = append(p.Notifications, n)
 	}

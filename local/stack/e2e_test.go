@@ -59,8 +59,8 @@ func TestMain(m *testing.M) {
 }
 
 // decide answers a payment.succeeded by its order id's prefix: ok-* at once, fail3-* fails
-// attempts 1-3, fail-* always, slow-* takes 300 ms to acknowledge. Refunds are acknowledged at
-// once.
+// attempts 1-3, fail-* always, slow-* takes 300 ms to acknowledge, gone-* answers 410, later-*
+// answers attempt 1 with 429 and Retry-After: 1. Refunds are acknowledged at once.
 func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 	order := p.Data.OrderID
 	switch {
@@ -71,6 +71,13 @@ func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "slow-"):
 		return gameserver.Answer{Status: http.StatusOK, Delay: 300 * time.Millisecond}, true
+	case strings.HasPrefix(order, "gone-"):
+		return gameserver.Answer{Status: http.StatusGone}, true
+	case strings.HasPrefix(order, "later-") && attempt == 1:
+		return gameserver.Answer{Status: http.StatusTooManyRequests, Custom: func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}}, true
 	}
 	return gameserver.Answer{Status: http.StatusOK}, true
 }
@@ -274,4 +281,28 @@ func newTasksClient(t *testing.T) *cloudtasks.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+func TestGameServerSignalsEndToEnd(t *testing.T) {
+	t.Parallel()
+	need(t)
+	gone := ingest(t, "gone-1")
+	later := ingest(t, "later-1")
+	p := waitTerminal(t, gone, 20*time.Second)
+	if n := p.Paid(); n.State != relay.StateFailed || len(n.Attempts) != 1 || n.Attempts[0].StatusCode != 410 || !strings.Contains(n.Reason, "410") {
+		t.Errorf("410: %s after %d attempts (%q); want failed at once", n.State, len(n.Attempts), n.Reason)
+	}
+	p = waitTerminal(t, later, 20*time.Second)
+	hits := st.Game.Hits(later)
+	if n := p.Paid(); n.State != relay.StateDelivered || len(hits) != 2 || n.Attempts[0].RetryAfter.IsZero() {
+		t.Fatalf("429: %s after %d POSTs, record %+v", n.State, len(hits), n.Attempts)
+	}
+	// The ladder's compressed 2m step is 6 ms; the game server asked for a second.
+	if gap := hits[1].At.Sub(hits[0].At); gap < time.Second {
+		t.Errorf("attempt 2 came %v after a Retry-After of 1s", gap)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(st.Game.Hits(gone)); n != 1 {
+		t.Errorf("the game server that answered 410 got %d POSTs, want 1", n)
+	}
 }

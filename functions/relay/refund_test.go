@@ -376,7 +376,9 @@ func TestGameServerSignals(t *testing.T) {
 	t.Run("410 Gone fails the notification at once; its refunds stay held", func(t *testing.T) {
 		t.Parallel()
 		h := newHarness(t)
-		h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 410, ErrorClass: relay.ErrorHTTP, Gone: true} }
+		h.answer = func(int) relay.NotifyResult {
+			return relay.NotifyResult{StatusCode: 410, ErrorClass: relay.ErrorHTTP, Gone: true}
+		}
 		pay, _ := h.svc.Ingest(ctx, samplePaid())
 		h.svc.Ingest(ctx, refundOf("r1", 100))
 		h.drain(t)

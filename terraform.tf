@@ -1,6 +1,6 @@
 # payrelay on Google Cloud: Ingest (public; providers call it) and Deliver (private; only Cloud
 # Tasks' invoker identity may call it), 2nd gen Cloud Functions over Firestore and a Cloud Tasks
-# queue. Secrets live in Secret Manager and reach the functions as secret environment
+# queue (or several) per game. Secrets live in Secret Manager and reach the functions as secret environment
 # variables; no secret value appears in this file, its variables or its state outputs.
 #
 # Build the source first (README, "Deploy"): go run ./infra/deploy/zipsource -o dist/payrelay-source.zip
@@ -62,12 +62,45 @@ variable "name" {
   }
 }
 
-variable "game_server_url" {
-  description = "HTTPS URL of the studio's game server endpoint that receives payments."
-  type        = string
+variable "games" {
+  description = <<-EOT
+    The studio's games, by name: where each one's notifications go and the Cloud Tasks queues
+    they go through. Each game gets its own queue(s), so one game's failing or hanging server can
+    only use its own dispatch capacity. A game may spread over `shards` queues (Cloud Tasks
+    dispatches at most 500 tasks/s from one queue). Signing secrets are not here: each game's go
+    in the Secret Manager secret <name>-game-<game>-secrets (README, "Deploy").
+  EOT
+  type = map(object({
+    url                       = string
+    timeout                   = optional(string, "10s")
+    allow_private             = optional(bool, false)
+    shards                    = optional(number, 1)
+    max_dispatches_per_second = optional(number, 50)
+    max_concurrent_dispatches = optional(number, 100)
+  }))
   validation {
-    condition     = can(regex("^https://[^/\\s]+(/\\S*)?$", var.game_server_url))
-    error_message = "game_server_url must be an https:// URL."
+    condition     = length(var.games) > 0
+    error_message = "games must configure at least one game."
+  }
+  validation {
+    condition     = alltrue([for g, c in var.games : can(regex("^[a-z][a-z0-9-]{0,29}$", g))])
+    error_message = "each game's name must be 1-30 lowercase letters, digits or hyphens, starting with a letter."
+  }
+  validation {
+    condition     = alltrue([for g, c in var.games : can(regex("^https://[^/\\s]+(/\\S*)?$", c.url))])
+    error_message = "each game's url must be an https:// URL."
+  }
+  validation {
+    condition     = alltrue([for g, c in var.games : can(regex("^([1-9]|10)s$|^[1-9][0-9]{0,3}ms$", c.timeout))])
+    error_message = "each game's timeout must be at most 10s, e.g. 10s or 2500ms."
+  }
+  validation {
+    condition     = alltrue([for g, c in var.games : c.shards >= 1 && c.shards <= 16 && floor(c.shards) == c.shards])
+    error_message = "each game's shards must be a whole number from 1 to 16."
+  }
+  validation {
+    condition     = alltrue([for g, c in var.games : c.max_dispatches_per_second > 0 && c.max_dispatches_per_second <= 500 && c.max_concurrent_dispatches >= 1 && c.max_concurrent_dispatches <= 5000])
+    error_message = "each game's max_dispatches_per_second must be in (0, 500] and max_concurrent_dispatches in [1, 5000]."
   }
 }
 
@@ -127,26 +160,6 @@ variable "deliver_max_instances" {
   }
 }
 
-variable "queue_max_dispatches_per_second" {
-  description = "Cloud Tasks dispatch rate to Deliver."
-  type        = number
-  default     = 50
-  validation {
-    condition     = var.queue_max_dispatches_per_second > 0 && var.queue_max_dispatches_per_second <= 500
-    error_message = "queue_max_dispatches_per_second must be in (0, 500]."
-  }
-}
-
-variable "queue_max_concurrent_dispatches" {
-  description = "Cloud Tasks concurrent dispatches to Deliver."
-  type        = number
-  default     = 100
-  validation {
-    condition     = var.queue_max_concurrent_dispatches >= 1 && var.queue_max_concurrent_dispatches <= 5000
-    error_message = "queue_max_concurrent_dispatches must be between 1 and 5000."
-  }
-}
-
 variable "log_level" {
   description = "Functions' log level: debug, info, warn or error."
   type        = string
@@ -196,15 +209,25 @@ resource "google_firestore_database" "payments" {
   depends_on              = [google_project_service.api]
 }
 
-# The ladder lives in Firestore and the functions; the queue only retries failures of Deliver
-# itself (store or queue unavailable, a live lease). It must never drop a task while its
-# payment is pending: unlimited attempts, bounded backoff.
-resource "google_cloud_tasks_queue" "deliveries" {
-  name     = "${var.name}-deliveries"
+locals {
+  # One entry per queue: each game's shards, named <name>-<game>-<k>.
+  game_queues = merge([for g, c in var.games : {
+    for k in range(c.shards) : "${g}-${k}" => { game = g, config = c }
+  }]...)
+}
+
+# A game's queues. The ladder lives in Firestore and the functions; a queue only retries
+# failures of Deliver itself (store or queue unavailable, a live lease). It must never drop a
+# task while its notification is pending: unlimited attempts, bounded backoff. Its rate limits
+# are the game's: a hanging game server holds at most max_concurrent_dispatches Deliver
+# requests, all from its own queues.
+resource "google_cloud_tasks_queue" "game" {
+  for_each = local.game_queues
+  name     = "${var.name}-${each.key}"
   location = var.region
   rate_limits {
-    max_dispatches_per_second = var.queue_max_dispatches_per_second
-    max_concurrent_dispatches = var.queue_max_concurrent_dispatches
+    max_dispatches_per_second = each.value.config.max_dispatches_per_second
+    max_concurrent_dispatches = each.value.config.max_concurrent_dispatches
   }
   retry_config {
     max_attempts       = -1
@@ -222,7 +245,7 @@ resource "google_cloud_tasks_queue" "deliveries" {
 resource "google_service_account" "runtime" {
   account_id   = "${var.name}-runtime"
   display_name = "payrelay functions runtime"
-  description  = "Identity of Ingest and Deliver: Firestore, enqueue on the deliveries queue, read payrelay's secrets."
+  description  = "Identity of Ingest and Deliver: Firestore, enqueue on the games' queues, read payrelay's secrets."
 }
 
 resource "google_service_account" "invoker" {
@@ -237,9 +260,11 @@ resource "google_project_iam_member" "runtime_firestore" {
   member  = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# Enqueue on the games' queues, each granted on the queue itself, nothing project-wide.
 resource "google_cloud_tasks_queue_iam_member" "runtime_enqueue" {
-  name     = google_cloud_tasks_queue.deliveries.name
-  location = google_cloud_tasks_queue.deliveries.location
+  for_each = google_cloud_tasks_queue.game
+  name     = each.value.name
+  location = each.value.location
   role     = "roles/cloudtasks.enqueuer"
   member   = "serviceAccount:${google_service_account.runtime.email}"
 }
@@ -255,11 +280,10 @@ resource "google_service_account_iam_member" "runtime_acts_as_invoker" {
 # Secrets: created here, their values added by the operator (README, "Deploy")
 
 locals {
-  secrets = {
-    ingest      = "${var.name}-ingest-secrets"
-    game_server = "${var.name}-game-server-secret"
-    providers   = "${var.name}-provider-config"
-  }
+  secrets = merge({
+    ingest    = "${var.name}-ingest-secrets"
+    providers = "${var.name}-provider-config"
+  }, { for g, c in var.games : "game-${g}" => "${var.name}-game-${g}-secrets" })
 }
 
 resource "google_secret_manager_secret" "secret" {
@@ -305,27 +329,39 @@ locals {
   # a dependency cycle, and that URL is the audience Cloud Run checks on the OIDC token.
   deliver_url = "https://${local.deliver_name}-${data.google_project.this.number}.${var.region}.run.app"
 
+  # Each game's queue paths, projects/P/locations/L/queues/Q.
+  queue_paths = { for g, c in var.games : g => [
+    for k in range(c.shards) : "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.game["${g}-${k}"].name}"
+  ] }
+  # GAMES: each game's URL, timeout and queue paths, as infra/config reads them.
+  games_json = jsonencode([for g, c in var.games : {
+    name          = g
+    url           = c.url
+    timeout       = c.timeout
+    allow_private = c.allow_private
+    queues        = local.queue_paths[g]
+  }])
+
   # Every variable infra/config reads in the cloud (the emulator hosts are for local runs only).
   function_env = {
     PROJECT_ID          = var.project_id
     FIRESTORE_DATABASE  = google_firestore_database.payments.name
     PAYMENTS_COLLECTION = "payments"
-    TASKS_QUEUE         = google_cloud_tasks_queue.deliveries.id
     DELIVER_URL         = local.deliver_url
     TASKS_INVOKER_SA    = google_service_account.invoker.email
     TASKS_OIDC_AUDIENCE = local.deliver_url
-    GAME_SERVER_URL     = var.game_server_url
+    GAMES               = local.games_json
     LADDER              = var.ladder
     LADDER_COMPRESSION  = "1"
-    DELIVER_TIMEOUT     = "10s"
     DELIVER_LEASE       = "60s"
     LOG_LEVEL           = var.log_level
   }
   function_secret_env = {
-    INGEST_SECRETS     = google_secret_manager_secret.secret["ingest"].secret_id
-    GAME_SERVER_SECRET = google_secret_manager_secret.secret["game_server"].secret_id
-    PROVIDER_CONFIG    = google_secret_manager_secret.secret["providers"].secret_id
+    INGEST_SECRETS  = google_secret_manager_secret.secret["ingest"].secret_id
+    PROVIDER_CONFIG = google_secret_manager_secret.secret["providers"].secret_id
   }
+  # Each game's signing secrets: GAME_SECRETS_<GAME>, upper case, - as _ (config.GameSecretsVar).
+  game_secret_env = { for g, c in var.games : "GAME_SECRETS_${upper(replace(g, "-", "_"))}" => google_secret_manager_secret.secret["game-${g}"].secret_id }
   functions = {
     ingest  = { name = local.ingest_name, entry_point = "Ingest", max_instances = var.ingest_max_instances }
     deliver = { name = local.deliver_name, entry_point = "Deliver", max_instances = var.deliver_max_instances }
@@ -359,7 +395,7 @@ resource "google_cloudfunctions2_function" "fn" {
     environment_variables            = local.function_env
 
     dynamic "secret_environment_variables" {
-      for_each = local.function_secret_env
+      for_each = merge(local.function_secret_env, local.game_secret_env)
       content {
         key        = secret_environment_variables.key
         project_id = var.project_id
@@ -405,9 +441,9 @@ output "deliver_url" {
   value       = local.deliver_url
 }
 
-output "queue" {
-  description = "The Cloud Tasks queue path."
-  value       = google_cloud_tasks_queue.deliveries.id
+output "queues" {
+  description = "Each game's Cloud Tasks queue paths."
+  value       = local.queue_paths
 }
 
 output "runtime_service_account" {

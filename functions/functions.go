@@ -108,13 +108,25 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	for _, w := range ladder.Warnings() {
 		log.WarnContext(ctx, "ladder: "+w)
 	}
+	var games []gamehttp.Game
+	for _, g := range cfg.Games {
+		games = append(games, gamehttp.Game{Name: g.Name, URL: g.URL, Secrets: g.Secrets, Timeout: g.Timeout, AllowPrivate: g.AllowPrivate})
+	}
+	notifier, err := gamehttp.NewGames(games)
+	if err != nil {
+		return nil, nil, err
+	}
+	providers, err := provider.New(cfg.ProviderConfig.Config, cfg.IngestSecrets...)
+	if err != nil {
+		return nil, nil, err
+	}
 	st, err := store.NewFirestore(ctx, cfg.ProjectID, cfg.FirestoreDatabase, cfg.Collection)
 	if err != nil {
 		return nil, nil, err
 	}
 	st.WithCounter(opts.Counter)
 	q, err := queue.NewCloudTasks(ctx, queue.Options{
-		Queue: cfg.TasksQueue, DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
+		Queues: cfg.Games.Queues(), DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
 		Audience: cfg.Audience(), DispatchDeadline: dispatchDeadline(cfg.DeliverLease), EmulatorHost: cfg.CloudTasksEmulatorHost,
 		OnCreate: opts.OnCreate,
 	})
@@ -123,26 +135,6 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		return nil, nil, err
 	}
 	closeAll := func() error { return errors.Join(st.Close(), q.Close()) }
-	notifier, err := gamehttp.New(cfg.GameServerURL, cfg.GameServerSecret.Secret, cfg.DeliverTimeout)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	generic, err := provider.NewGeneric(cfg.IngestSecrets...)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	provCfg, err := provider.ParseConfig(cfg.ProviderConfig)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	providers, err := provider.New(generic, provCfg)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
 	svc, err := relay.NewService(relay.Config{
 		Store: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease,

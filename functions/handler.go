@@ -139,12 +139,18 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	result, err := prov.Parse(r.Header, body, h.Clock.Now())
 	if err != nil {
 		refusal := provider.AsRefusal(err)
-		log.WarnContext(ctx, "ingest refused", "status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
+		if refusal.Unrouted {
+			// Verified and real, but our configuration routes its app to no game: nothing is
+			// stored, and the provider retries until the configuration is fixed.
+			log.ErrorContext(ctx, "ingest refused: the notification's app maps to no game; fix PROVIDER_CONFIG", "status", refusal.Code, "reason", refusal.Reason)
+		} else {
+			log.WarnContext(ctx, "ingest refused", "status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
+		}
 		prov.Refuse(w, refusal)
 		return
 	}
 	p := result.Payment
-	log = log.With("order_id", p.OrderID, "merchant", p.Merchant)
+	log = log.With("order_id", p.OrderID, "merchant", p.Merchant, "game", p.Game)
 	if result.Refund != nil {
 		log = log.With("refund_id", result.Refund.ID)
 	}

@@ -59,7 +59,7 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	generic, _ := provider.NewGeneric(testSecret)
+	generic, _ := provider.NewGeneric(map[string]string{"game-1": "game-1"}, testSecret)
 	f.h = &Handler{Service: svc, Providers: provider.Set{"generic": generic}, Logger: log, Clock: clock}
 	return f
 }

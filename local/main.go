@@ -78,10 +78,15 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	firestorePort := fs.Int("firestore-port", 8085, "port of the Firestore emulator, when this command starts it")
 	compression := fs.Int("compression", 1000, "divide the ladder's waits by this (1 = real time)")
 	ladderSpec := fs.String("ladder", schedule.DefaultSpec, "the notification ladder, comma-separated waits")
-	failFirst := fs.Int("fail-first", 0, "demo game server: fail each payment's first N attempts")
-	failRate := fs.Float64("fail-rate", 0, "demo game server: fail this fraction (0 to 1) of the other attempts")
-	slow := fs.Duration("slow", 0, "demo game server: answer this late (Deliver gives up after 10s)")
-	alwaysFail := fs.Bool("always-fail", false, "demo game server: fail every attempt (payments end failed)")
+	gameBPort := fs.Int("game-b-port", 8091, "port of game "+stack.GameB+"'s demo game server")
+	failFirst := fs.Int("fail-first", 0, "game "+stack.GameA+"'s demo game server: fail each notification's first N attempts")
+	failRate := fs.Float64("fail-rate", 0, "game "+stack.GameA+"'s demo game server: fail this fraction (0 to 1) of the other attempts")
+	slow := fs.Duration("slow", 0, "game "+stack.GameA+"'s demo game server: answer this late (Deliver gives up after 10s)")
+	alwaysFail := fs.Bool("always-fail", false, "game "+stack.GameA+"'s demo game server: fail every attempt (notifications end failed)")
+	bFailFirst := fs.Int("b-fail-first", 0, "the same for game "+stack.GameB)
+	bFailRate := fs.Float64("b-fail-rate", 0, "the same for game "+stack.GameB)
+	bSlow := fs.Duration("b-slow", 0, "the same for game "+stack.GameB)
+	bAlwaysFail := fs.Bool("b-always-fail", false, "the same for game "+stack.GameB)
 	dataDir := fs.String("data-dir", "", "keep the Cloud Tasks emulator's tasks in this directory across restarts")
 	verbose := fs.Bool("v", false, "also print the functions' JSON logs")
 	if err := fs.Parse(args); err != nil {
@@ -100,10 +105,10 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	if *compression < 1 {
 		bad = append(bad, "-compression must be 1 or more")
 	}
-	if *failFirst < 0 || *failRate < 0 || *failRate > 1 || *slow < 0 {
-		bad = append(bad, "-fail-first and -slow must not be negative; -fail-rate must be between 0 and 1")
+	if *failFirst < 0 || *failRate < 0 || *failRate > 1 || *slow < 0 || *bFailFirst < 0 || *bFailRate < 0 || *bFailRate > 1 || *bSlow < 0 {
+		bad = append(bad, "-fail-first and -slow must not be negative; -fail-rate must be between 0 and 1 (and the same for -b-...)")
 	}
-	for _, p := range []*int{port, tasksPort, gamePort, firestorePort} {
+	for _, p := range []*int{port, tasksPort, gamePort, gameBPort, firestorePort} {
 		if *p < 1 || *p > 65535 {
 			bad = append(bad, fmt.Sprintf("port %d is not between 1 and 65535", *p))
 		}
@@ -122,9 +127,10 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	defer stop()
 	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
 	s, err := stack.Start(ctx, stack.Options{
-		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, FirestorePort: *firestorePort,
+		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, FirestorePort: *firestorePort,
 		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
 		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
+		GameB:        gameserver.Behaviour{FailFirst: *bFailFirst, FailRate: *bFailRate, Delay: *bSlow, AlwaysFail: *bAlwaysFail},
 		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel,
 	})
 	if err != nil {
@@ -139,15 +145,19 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
   Ingest                http://%[1]s/Ingest
   Deliver               http://%[1]s/Deliver
   Firestore emulator    %[2]s (%[3]s)
-  Cloud Tasks emulator  %[4]s  queue %[5]s
-  demo game server      %[6]s  (fail first %[7]d, fail rate %[8]g, delay %[9]s, always fail %[10]v)
-  ladder                %[11]s, compressed %[12]dx: %[13]d attempts within %[14]s (real time %[15]s)
+  Cloud Tasks emulator  %[4]s  queues %[5]s, %[6]s
+  game %[16]s           %[7]s  app %[18]s  (fail first %[8]d, fail rate %[9]g, delay %[10]s, always fail %[11]v)
+  game %[17]s           %[19]s  app %[20]s  (fail first %[21]d, fail rate %[22]g, delay %[23]s, always fail %[24]v)
+  ladder                %[12]s, compressed %[13]dx: %[14]d attempts within %[15]s
 
-Send a payment from another terminal:  go run ./local send      Stop with Ctrl-C.
+Send a payment from another terminal:  go run ./local send%[25]s   (game %[16]s)
+                                       go run ./local send%[25]s -app %[20]s   (game %[17]s)
+Stop with Ctrl-C.
 ready
-`, strings.TrimPrefix(s.FunctionsURL, "http://"), s.FirestoreHost, firestoreNote, s.TasksAddr, tasksemu.DefaultQueue, s.Game.URL,
+`, strings.TrimPrefix(s.FunctionsURL, "http://"), s.FirestoreHost, firestoreNote, s.TasksAddr, stack.QueueName(stack.GameA, 0), stack.QueueName(stack.GameB, 0), s.Game.URL,
 		*failFirst, *failRate, *slow, *alwaysFail, ladder, *compression, compressed.Attempts(),
-		compressed.Elapsed(compressed.Attempts()), ladder.Elapsed(ladder.Attempts()))
+		compressed.Elapsed(compressed.Attempts()), stack.GameA, stack.GameB, stack.SampleApp, s.GameB.URL, stack.SampleAppB,
+		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port))
 	<-ctx.Done()
 	stop()
 	fmt.Fprintln(stdout, "\npayrelay local: stopping: refusing new requests, letting deliveries in flight finish (at most 10 s)...")
@@ -229,6 +239,14 @@ func (p *progress) Attempted(pay *relay.Payment, n *relay.Notification, rec rela
 	}
 }
 
+// sendURLFlag is what `send` needs to reach a runner on another port than its default.
+func sendURLFlag(functionsURL string, defaultPort int) string {
+	if functionsURL == fmt.Sprintf("http://127.0.0.1:%d", defaultPort) {
+		return ""
+	}
+	return " -url " + functionsURL + "/Ingest"
+}
+
 func send(args []string, e env, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("payrelay local send", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -238,6 +256,7 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 	currency := fs.String("currency", "CNY", "ISO 4217 currency code")
 	secret := fs.String("secret", stack.IngestSecret.Encode(), "the Standard Webhooks secret to sign with (whsec_...)")
 	n := fs.Int("n", 1, "send this many payments (order ids get a -1, -2, ... suffix when more than 1)")
+	app := fs.String("app", stack.SampleApp, "the app id, which routes the payment to its game ("+stack.SampleApp+": "+stack.GameA+", "+stack.SampleAppB+": "+stack.GameB+")")
 	refund := fs.String("refund", "", "send a refund of -order with this refund id instead of a payment")
 	refundAmount := fs.String("refund-amount", "1.00", "with -refund: this refund's amount in major units")
 	if err := fs.Parse(args); err != nil {
@@ -254,9 +273,9 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 			id = fmt.Sprintf("%s-%d", *order, i)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		body := stack.SampleBody(id, *amount, *currency)
+		body := stack.SampleBodyFor(*app, id, *amount, *currency)
 		if *refund != "" {
-			body = stack.SampleRefundBody(id, *amount, *currency, *refund, *refundAmount)
+			body = stack.SampleRefundBodyFor(*app, id, *amount, *currency, *refund, *refundAmount)
 		}
 		code, body, err := stack.Send(ctx, *url, sec, body)
 		cancel()

@@ -30,7 +30,7 @@ type AlipayApp struct {
 	PublicKey string `json:"public_key"`
 	// SellerID, if set, must match the notification's seller_id.
 	SellerID string `json:"seller_id,omitempty"`
-	// Game is the studio's game this app sells for (sent as metadata "game").
+	// Game is the studio's game this app sells for: its notifications go to that game.
 	Game string `json:"game"`
 }
 
@@ -206,7 +206,7 @@ func (a *Alipay) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, e
 	}
 	orderID, tradeNo, total, gmtPayment, notifyTime, status, refundFee, gmtRefund, outBizNo := f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
 	pay := relay.Payment{Provider: a.Name(), Merchant: appID, OrderID: orderID, TransactionID: tradeNo, Currency: "CNY",
-		AppID: appID, Metadata: map[string]string{"game": app.Game}}
+		AppID: appID, Game: app.Game}
 	note := func(kind, reason string) (relay.Result, error) {
 		return relay.Result{Payment: pay, Note: &relay.Note{Kind: kind, Reason: reason}}, nil
 	}

@@ -13,17 +13,24 @@ import (
 // Generic is the generic format: a JSON payment signed the Standard Webhooks way.
 type Generic struct {
 	verifier *webhook.Verifier
+	apps     map[string]string // app_id to game
 }
 
 var _ Provider = (*Generic)(nil)
 
-// NewGeneric verifies with any of secrets (several, for rotation).
-func NewGeneric(secrets ...webhook.Secret) (*Generic, error) {
+// NewGeneric verifies with any of secrets (several, for rotation) and routes each app id to
+// its game with apps.
+func NewGeneric(apps map[string]string, secrets ...webhook.Secret) (*Generic, error) {
 	v, err := webhook.NewVerifier(secrets...)
 	if err != nil {
 		return nil, err
 	}
-	return &Generic{verifier: v}, nil
+	for app, game := range apps {
+		if app == "" || !relay.GamePattern.MatchString(game) {
+			return nil, fmt.Errorf("PROVIDER_CONFIG generic.apps: %q routes to %q; want an app id and a game name", app, game)
+		}
+	}
+	return &Generic{verifier: v, apps: apps}, nil
 }
 
 // Name implements Provider.
@@ -82,7 +89,7 @@ func (g *Generic) Parse(h http.Header, body []byte, now time.Time) (relay.Result
 	}
 	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{
 		Provider: gn.Provider, Merchant: gn.AppID, OrderID: gn.OrderID, TransactionID: gn.TransactionID, AmountMinor: amount,
-		Currency: gn.Currency, PaidAt: paidAt, AppID: gn.AppID, Metadata: gn.Metadata,
+		Currency: gn.Currency, PaidAt: paidAt, AppID: gn.AppID, Metadata: gn.Metadata, Game: g.apps[gn.AppID],
 	}}
 	switch gn.Status {
 	case GenericPaid:
@@ -102,6 +109,9 @@ func (g *Generic) Parse(h http.Header, body []byte, now time.Time) (relay.Result
 	default:
 		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "status",
 			Reason: fmt.Sprintf("status %.20q: want %q or %q", gn.Status, GenericPaid, GenericRefunded)}
+	}
+	if gn.AppID != "" && r.Payment.Game == "" {
+		return relay.Result{}, unrouted("generic app_id %.64q maps to no game (PROVIDER_CONFIG generic.apps)", gn.AppID)
 	}
 	if err := r.Validate(); err != nil {
 		return relay.Result{}, asRefusal(err)

@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
 )
 
 // Provider is one notification format.
@@ -36,6 +39,14 @@ type Refusal struct {
 	Code   int
 	Reason string
 	Field  string
+	// Unrouted: a verified notification of an app mapped to no game. It is a failure of our
+	// configuration, answered 500 so the provider retries until it is fixed, logged at ERROR.
+	Unrouted bool
+}
+
+// unrouted refuses a verified notification whose app maps to no game.
+func unrouted(format string, args ...any) *Refusal {
+	return &Refusal{Code: http.StatusInternalServerError, Reason: fmt.Sprintf(format, args...), Unrouted: true}
 }
 
 func (r *Refusal) Error() string { return r.Reason }
@@ -66,10 +77,61 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// Config is the providers' part of the configuration (PROVIDER_CONFIG, a JSON secret).
+// Config is the providers' part of the configuration (PROVIDER_CONFIG, a JSON secret): each
+// provider's keys, and the routing of each app to its game.
 type Config struct {
+	Generic   GenericConfig       `json:"generic"`
 	Alipay    []AlipayApp         `json:"alipay"`
 	WechatPay []WechatPayMerchant `json:"wechatpay"`
+}
+
+// GenericConfig routes the generic format's app ids to games.
+type GenericConfig struct {
+	// Apps maps each app_id the generic format may carry to its game.
+	Apps map[string]string `json:"apps"`
+}
+
+// Games lists every game the configuration routes to, with where each route comes from.
+func (c Config) Games() map[string][]string {
+	out := map[string][]string{}
+	for app, g := range c.Generic.Apps {
+		out[g] = append(out[g], "generic app "+app)
+	}
+	for _, a := range c.Alipay {
+		out[a.Game] = append(out[a.Game], "alipay app "+a.AppID)
+	}
+	for _, m := range c.WechatPay {
+		for app, g := range m.AppIDs {
+			out[g] = append(out[g], "wechatpay merchant "+m.MchID+" app "+app)
+		}
+	}
+	return out
+}
+
+// Validate checks the whole configuration against the configured games and returns every
+// problem at once: keys that do not parse, apps that route to no game or to an unknown one.
+func (c Config) Validate(games []string) error {
+	var errs []error
+	for game, routes := range c.Games() {
+		if !slices.Contains(games, game) {
+			slices.Sort(routes)
+			errs = append(errs, fmt.Errorf("PROVIDER_CONFIG routes %s to game %q, which GAMES does not configure", strings.Join(routes, ", "), game))
+		}
+	}
+	if _, err := NewGeneric(c.Generic.Apps, webhook.NewSecret([]byte("validation-only"))); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.Alipay) > 0 {
+		if _, err := NewAlipay(c.Alipay); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.WechatPay) > 0 {
+		if _, err := NewWechatPay(c.WechatPay); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ParseConfig reads PROVIDER_CONFIG. Empty means no native provider.
@@ -87,8 +149,13 @@ func ParseConfig(raw string) (Config, error) {
 // Set is the providers Ingest knows, by name.
 type Set map[string]Provider
 
-// New builds the providers: generic always, Alipay and WeChat Pay when configured.
-func New(generic Provider, c Config) (Set, error) {
+// New builds the providers: the generic format always (verified with ingestSecrets), Alipay
+// and WeChat Pay when configured.
+func New(c Config, ingestSecrets ...webhook.Secret) (Set, error) {
+	generic, err := NewGeneric(c.Generic.Apps, ingestSecrets...)
+	if err != nil {
+		return nil, err
+	}
 	s := Set{generic.Name(): generic}
 	if len(c.Alipay) > 0 {
 		a, err := NewAlipay(c.Alipay)

@@ -93,12 +93,12 @@ func TestAlipayValid(t *testing.T) {
 		}
 		p := r.Payment
 		want := relay.Payment{Provider: "alipay", Merchant: appID, OrderID: "20261124000001", TransactionID: "2026112422001446881000000001",
-			AmountMinor: 64800, Currency: "CNY", AppID: appID, Metadata: map[string]string{"game": "sword"}}
+			AmountMinor: 64800, Currency: "CNY", AppID: appID, Game: "sword"}
 		if p.PaidAt.UTC() != time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC) {
 			t.Errorf("%s: paid_at %v, want 20:00 Beijing time", charset, p.PaidAt)
 		}
 		p.PaidAt = time.Time{}
-		if !p.SameFacts(&want) || p.Merchant != want.Merchant {
+		if !p.SameFacts(&want) || p.Merchant != want.Merchant || p.Game != want.Game {
 			t.Errorf("%s: payment = %+v, want %+v", charset, p, want)
 		}
 	}
@@ -225,9 +225,9 @@ func TestWechatValid(t *testing.T) {
 		}
 		p := r.Payment
 		want := relay.Payment{Provider: "wechatpay", Merchant: mchID, OrderID: "wx-order-1", TransactionID: "4200001234202611240000000001",
-			AmountMinor: 64800, Currency: "CNY", AppID: wxAppID, Metadata: map[string]string{"game": "sword"},
+			AmountMinor: 64800, Currency: "CNY", AppID: wxAppID, Game: "sword",
 			PaidAt: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
-		if !p.SameFacts(&want) || p.Merchant != mchID {
+		if !p.SameFacts(&want) || p.Merchant != mchID || p.Game != "sword" {
 			t.Errorf("payment = %+v, want %+v", p, want)
 		}
 	}
@@ -288,10 +288,12 @@ func TestWechatRefusals(t *testing.T) {
 			h, b := notify(func(m map[string]any) { m["mchid"] = "1900000999" })
 			return req{h, b}
 		}(), http.StatusForbidden},
-		"wrong app id": {func() req {
+		// Verified, but an app our configuration routes to no game: a failure of ours, so WeChat
+		// retries until the configuration is fixed.
+		"app id mapped to no game": {func() req {
 			h, b := notify(func(m map[string]any) { m["appid"] = "wx0000000000000000" })
 			return req{h, b}
-		}(), http.StatusForbidden},
+		}(), http.StatusInternalServerError},
 		"corrupted ciphertext": {resigned(func(s string) string {
 			i := strings.Index(s, `"ciphertext":"`) + len(`"ciphertext":"`)
 			c := []byte(s)

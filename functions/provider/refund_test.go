@@ -205,7 +205,7 @@ func TestEveryDocumentedResultIsRelayedOrListed(t *testing.T) {
 	}
 	// The generic format: paid and refunded are relayed; no other status is acknowledged.
 	secret := webhook.NewSecret([]byte("generic-secret-generic-secret-32"))
-	g, _ := provider.NewGeneric(secret)
+	g, _ := provider.NewGeneric(map[string]string{"game-1": "sword"}, secret)
 	for status, want := range map[string]relay.Type{"paid": relay.TypePaymentSucceeded, "refunded": relay.TypePaymentRefunded, "pending": ""} {
 		t.Run("generic "+status, func(t *testing.T) {
 			body := []byte(fmt.Sprintf(`{"order_id":"g-1","transaction_id":"t-1","amount":"6.48","currency":"CNY","status":%q,"paid_at":"2026-11-24T19:59:00+08:00","app_id":"game-1","refund_id":"r-1","refund_amount":"1.00","refunded_at":"2026-11-24T21:00:00+08:00"}`, status))

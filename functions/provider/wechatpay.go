@@ -21,7 +21,7 @@ type WechatPayMerchant struct {
 	MchID string `json:"mchid"`
 	// APIv3Key is the 32-byte APIv3 key set in the merchant platform (a secret).
 	APIv3Key string `json:"apiv3_key"`
-	// AppIDs maps each app id paying into this merchant to the studio's game.
+	// AppIDs routes each app id paying into this merchant to the studio's game.
 	AppIDs map[string]string `json:"app_ids"`
 	// PlatformKeys maps Wechatpay-Serial values to the platform certificate or WeChat Pay
 	// public key (PEM): several at once, for rotation.
@@ -195,11 +195,12 @@ func (wp *WechatPay) transaction(m *wechatMerchant, serial string, plain []byte)
 	}
 	game, ok := m.AppIDs[tx.AppID]
 	if !ok {
-		return relay.Result{}, refuse(http.StatusForbidden, "appid %.40q is not one of merchant %s's apps", tx.AppID, tx.MchID)
+		// Verified with the merchant's keys: real money for an app our configuration forgot.
+		return relay.Result{}, unrouted("appid %.40q of merchant %s maps to no game (PROVIDER_CONFIG wechatpay app_ids)", tx.AppID, tx.MchID)
 	}
 	pay := relay.Payment{
 		Provider: wp.Name(), Merchant: m.MchID, OrderID: tx.OutTradeNo, TransactionID: tx.TransactionID, AmountMinor: tx.Amount.Total,
-		Currency: tx.Amount.Currency, AppID: tx.AppID, Metadata: map[string]string{"game": game},
+		Currency: tx.Amount.Currency, AppID: tx.AppID, Game: game,
 	}
 	if pay.Currency == "" {
 		pay.Currency = "CNY"
@@ -261,7 +262,7 @@ func (wp *WechatPay) refund(m *wechatMerchant, serial, event string, plain []byt
 	}
 	if len(m.AppIDs) == 1 {
 		for app, game := range m.AppIDs {
-			pay.AppID, pay.Metadata = app, map[string]string{"game": game}
+			pay.AppID, pay.Game = app, game
 		}
 	}
 	if event != "REFUND.SUCCESS" || rf.RefundStatus != "SUCCESS" {

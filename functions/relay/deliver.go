@@ -112,7 +112,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, attem
 	case n.State == StateDelivered:
 		// The delivery that recorded it may have failed to enqueue the notification it released.
 		if next := p.successor(n.Key); next != nil && next.untouched() {
-			if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: next.Key, Attempt: 1, At: next.NextAttemptAt}); err != nil {
+			if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: next.Key, Attempt: 1, At: next.NextAttemptAt}); err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue released %s: %w", next.Key, err)
 			}
 			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the one it released is enqueued", Released: next.Key}, false, nil
@@ -127,7 +127,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, attem
 	case attempt < n.Attempt:
 		if n.State == StatePending && attempt == n.Attempt-1 {
 			// The delivery of this attempt recorded it but may not have enqueued the next one.
-			err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: n.Key, Attempt: n.Attempt, At: n.NextAttemptAt})
+			err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Attempt: n.Attempt, At: n.NextAttemptAt})
 			if err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue attempt %d: %w", n.Attempt, err)
 			}
@@ -242,12 +242,12 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	}
 	switch {
 	case res.Outcome == OutcomeRetryScheduled:
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: key, Attempt: num + 1, At: next}); err != nil {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: key, Attempt: num + 1, At: next}); err != nil {
 			return res, fmt.Errorf("enqueue attempt %d: %w", num+1, err)
 		}
 	case res.Released != "":
 		rel := cur.Notification(res.Released)
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: rel.Key, Attempt: 1, At: rel.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: rel.Key, Attempt: 1, At: rel.NextAttemptAt}); err != nil {
 			return res, fmt.Errorf("enqueue released %s: %w", rel.Key, err)
 		}
 	}

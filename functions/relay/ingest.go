@@ -39,6 +39,9 @@ func (r *Result) Validate() error {
 		if q.AppID == "" {
 			q.AppID = "unknown"
 		}
+		if q.Game == "" {
+			q.Game = "unknown"
+		}
 		return q.Validate()
 	case "":
 		if r.Note == nil || r.Note.Kind == "" {
@@ -156,6 +159,9 @@ func completeFacts(stored, in *Payment) {
 	if stored.Metadata == nil {
 		stored.Metadata = in.Metadata
 	}
+	if stored.Game == "" {
+		stored.Game = in.Game
+	}
 }
 
 // ingestRefund records a refund against its payment (creating the payment from the refund's
@@ -216,8 +222,8 @@ func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts) (
 // carries, and the refund's notification, which goes out on its own.
 func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFacts, now time.Time) (bool, IngestResult, error) {
 	res := IngestResult{PaymentID: in.ID}
-	if in.AppID == "" {
-		return false, res, &FieldError{"app_id", "the refund names no app and payrelay holds no payment for this order to take it from"}
+	if in.AppID == "" || in.Game == "" {
+		return false, res, &FieldError{"app_id", "the refund names no app (so no game) and payrelay holds no payment for this order to take it from"}
 	}
 	p := in
 	p.ReceivedAt, p.UpdatedAt = now, now
@@ -274,7 +280,7 @@ func (s *Service) ingestNote(ctx context.Context, in Payment, note Note) (Ingest
 func (s *Service) finishIngest(ctx context.Context, p *Payment, n *Notification, dup bool) (IngestResult, error) {
 	res := IngestResult{PaymentID: p.ID, NotificationID: NotificationID(p.ID, n.Key), Duplicate: dup, Stored: true, State: n.State}
 	if n.untouched() {
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Key: n.Key, Attempt: 1, At: n.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Attempt: 1, At: n.NextAttemptAt}); err != nil {
 			return res, fmt.Errorf("enqueue attempt 1: %w", err)
 		}
 	}

@@ -80,6 +80,8 @@ const (
 	ErrorHTTP     ErrorClass = "http"     // the game server answered non-2xx
 	ErrorRedirect ErrorClass = "redirect" // a redirect we refused to follow
 	ErrorLost     ErrorClass = "lost"     // the delivery died mid-attempt; the outcome is unknown
+	ErrorBlocked  ErrorClass = "blocked"  // the game server's address is one Deliver may not reach
+	ErrorConfig   ErrorClass = "config"   // the payment's game is not configured
 )
 
 // AttemptRecord is the history of one notification, kept on the payment.

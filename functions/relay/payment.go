@@ -31,6 +31,9 @@ type Payment struct {
 	PaidAt        time.Time // zero when only a refund told us of the payment and did not say
 	AppID         string
 	Metadata      map[string]string
+	// Game is the studio's game the payment belongs to, routed from its app or merchant at
+	// Ingest: its notifications go to that game's server through that game's queues.
+	Game string
 
 	// RefundedMinor is the sum of the refunds recorded, in minor units.
 	RefundedMinor int64
@@ -66,6 +69,8 @@ var (
 	idPattern       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:\-]*$`)
 	providerPattern = regexp.MustCompile(`^[a-z][a-z0-9_\-]{0,31}$`)
 	metaKeyPattern  = regexp.MustCompile(`^[A-Za-z0-9_.\-]+$`)
+	// GamePattern is a game's name: short, lowercase, usable in queue and secret names.
+	GamePattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,29}$`)
 )
 
 // FieldError names the field of a payment that is invalid and why.
@@ -106,6 +111,9 @@ func (p *Payment) Validate() error {
 	if err := checkID("merchant", p.Merchant); err != nil {
 		return err
 	}
+	if !GamePattern.MatchString(p.Game) {
+		return &FieldError{"game", "the payment is routed to no game"}
+	}
 	if _, ok := currencyExponent[p.Currency]; !ok {
 		return &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", p.Currency)}
 	}
@@ -136,6 +144,7 @@ func (p *Payment) SameFacts(q *Payment) bool {
 		p.AmountMinor == q.AmountMinor && p.Currency == q.Currency &&
 		(q.PaidAt.IsZero() || p.PaidAt.IsZero() || p.PaidAt.Equal(q.PaidAt)) &&
 		(q.AppID == "" || p.AppID == "" || p.AppID == q.AppID) &&
+		(q.Game == "" || p.Game == "" || p.Game == q.Game) &&
 		(q.Metadata == nil || maps.Equal(p.Metadata, q.Metadata))
 }
 

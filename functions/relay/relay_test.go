@@ -24,7 +24,7 @@ func samplePayment() relay.Payment {
 	return relay.Payment{
 		Provider: "generic", Merchant: "game-1", OrderID: "order-1001", TransactionID: "txn_9f8e7d",
 		AmountMinor: 1999, Currency: "CNY", PaidAt: t0.Add(-time.Minute),
-		AppID: "game-1", Metadata: map[string]string{"sku": "gems_500"},
+		AppID: "game-1", Game: "sword", Metadata: map[string]string{"sku": "gems_500"},
 	}
 }
 
@@ -240,7 +240,7 @@ func TestIngestThenDeliver(t *testing.T) {
 	if err != nil || res.Duplicate {
 		t.Fatalf("Ingest = %+v, %v", res, err)
 	}
-	want := []relay.Task{{PaymentID: res.PaymentID, Key: relay.KeyPaid, Attempt: 1, At: t0}}
+	want := []relay.Task{{PaymentID: res.PaymentID, Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: t0}}
 	if diff := cmp.Diff(want, h.queue.Snapshot()); diff != "" {
 		t.Fatalf("tasks (-want +got):\n%s", diff)
 	}

@@ -33,6 +33,7 @@ type Store interface {
 // Task asks Deliver to make attempt Attempt of the notification Key of payment PaymentID at At.
 type Task struct {
 	PaymentID string
+	Game      string // whose queues carry it
 	Key       string
 	Attempt   int
 	At        time.Time

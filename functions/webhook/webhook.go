@@ -71,6 +71,17 @@ func (s Secret) Sign(id string, ts time.Time, body []byte) string {
 	return "v1," + base64.StdEncoding.EncodeToString(s.mac(id, ts.Unix(), body))
 }
 
+// SignAll returns the webhook-signature header value with one v1 signature per secret,
+// space-separated as Standard Webhooks allows: during a rotation a receiver holding either
+// secret verifies the message, so it can switch at its own pace.
+func SignAll(secrets []Secret, id string, ts time.Time, body []byte) string {
+	sigs := make([]string, len(secrets))
+	for i, s := range secrets {
+		sigs[i] = s.Sign(id, ts, body)
+	}
+	return strings.Join(sigs, " ")
+}
+
 // Errors of Verify; each says what a sender must fix.
 var (
 	ErrMissingHeaders = errors.New("missing webhook-id, webhook-timestamp or webhook-signature header")

@@ -123,3 +123,26 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// During a rotation every message carries a signature per secret; a receiver holding only
+// the old secret, only the new one, or both verifies it, and one holding neither does not.
+func TestSignAllVerifiesAgainstEachSecret(t *testing.T) {
+	t.Parallel()
+	old, next := NewSecret([]byte("old-secret-old-secret-old-secret")), NewSecret([]byte("new-secret-new-secret-new-secret"))
+	now := time.Unix(1795003200, 0)
+	body := []byte(`{"type":"payment.succeeded"}`)
+	header := SignAll([]Secret{old, next}, "msg_1", now, body)
+	if n := len(strings.Fields(header)); n != 2 {
+		t.Fatalf("header %q has %d signatures, want 2", header, n)
+	}
+	for name, secrets := range map[string][]Secret{"old": {old}, "new": {next}, "both": {old, next}} {
+		v, _ := NewVerifier(secrets...)
+		if err := v.Verify("msg_1", "1795003200", header, body, now); err != nil {
+			t.Errorf("receiver with the %s secret: %v", name, err)
+		}
+	}
+	other, _ := NewVerifier(NewSecret([]byte("neither-secret-neither-secret-32")))
+	if err := other.Verify("msg_1", "1795003200", header, body, now); err == nil {
+		t.Error("a receiver with neither secret verified the message")
+	}
+}

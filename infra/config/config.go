@@ -4,6 +4,7 @@ package config
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/payrelay/payrelay/functions/provider"
+	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/functions/webhook"
 	"github.com/payrelay/payrelay/schedule"
 )
@@ -27,8 +30,6 @@ type Config struct {
 	FirestoreDatabase string `env:"FIRESTORE_DATABASE, default=(default)"`
 	// Collection is the Firestore collection of payments.
 	Collection string `env:"PAYMENTS_COLLECTION, default=payments"`
-	// TasksQueue is the Cloud Tasks queue, projects/P/locations/L/queues/Q.
-	TasksQueue string `env:"TASKS_QUEUE"`
 	// DeliverURL is the URL of the Deliver function that tasks call.
 	DeliverURL string `env:"DELIVER_URL"`
 	// InvokerServiceAccount is the account whose OIDC token Cloud Tasks puts on each task;
@@ -36,21 +37,19 @@ type Config struct {
 	InvokerServiceAccount string `env:"TASKS_INVOKER_SA"`
 	// OIDCAudience is the token's audience; DeliverURL when empty.
 	OIDCAudience string `env:"TASKS_OIDC_AUDIENCE"`
-	// GameServerURL is where Deliver posts payments.
-	GameServerURL string `env:"GAME_SERVER_URL"`
-	// GameServerSecret signs what Deliver posts (Standard Webhooks, whsec_...).
-	GameServerSecret Secret `env:"GAME_SERVER_SECRET"`
+	// Games are the studio's games: where each one's notifications go, through which queues.
+	// Each game's signing secrets come from GAME_SECRETS_<NAME> (see GameSecretsVar).
+	Games Games `env:"GAMES"`
 	// IngestSecrets verify generic-format callbacks; several, comma-separated, for rotation.
 	IngestSecrets Secrets `env:"INGEST_SECRETS"`
-	// ProviderConfig is the native providers' configuration (JSON, a secret: it holds WeChat
-	// Pay's APIv3 keys): Alipay apps and WeChat Pay merchants, see functions/provider.Config.
-	ProviderConfig string `env:"PROVIDER_CONFIG"`
+	// ProviderConfig is the providers' configuration (JSON, a secret: it holds WeChat Pay's
+	// APIv3 keys): the generic format's apps, Alipay apps and WeChat Pay merchants, each routed
+	// to a game; see functions/provider.Config.
+	ProviderConfig ProviderConfig `env:"PROVIDER_CONFIG"`
 	// Ladder is the notification ladder, a comma-separated list of durations.
 	Ladder Ladder `env:"LADDER"`
 	// LadderCompression divides every step of the ladder; 1 in production.
 	LadderCompression int `env:"LADDER_COMPRESSION, default=1"`
-	// DeliverTimeout bounds one POST to the game server.
-	DeliverTimeout time.Duration `env:"DELIVER_TIMEOUT, default=10s"`
 	// DeliverLease is how long a claimed attempt is held before another delivery may take over.
 	DeliverLease time.Duration `env:"DELIVER_LEASE, default=60s"`
 	// CloudTasksEmulatorHost (host:port) makes the queue talk plain gRPC to an emulator.
@@ -59,25 +58,6 @@ type Config struct {
 	FirestoreEmulatorHost string `env:"FIRESTORE_EMULATOR_HOST"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"LOG_LEVEL, default=info"`
-}
-
-// Secret is a Standard Webhooks secret read from the environment.
-type Secret struct {
-	webhook.Secret
-	set bool
-}
-
-// EnvDecode implements envconfig.Decoder.
-func (s *Secret) EnvDecode(v string) error {
-	if v == "" {
-		return nil
-	}
-	sec, err := webhook.ParseSecret(v)
-	if err != nil {
-		return err
-	}
-	s.Secret, s.set = sec, true
-	return nil
 }
 
 // Secrets is a comma-separated list of secrets.
@@ -96,6 +76,75 @@ func (s *Secrets) EnvDecode(v string) error {
 		*s = append(*s, sec)
 	}
 	return nil
+}
+
+// ProviderConfig wraps provider.Config for decoding.
+type ProviderConfig struct{ provider.Config }
+
+// EnvDecode implements envconfig.Decoder.
+func (p *ProviderConfig) EnvDecode(v string) error {
+	c, err := provider.ParseConfig(v)
+	if err != nil {
+		return err
+	}
+	p.Config = c
+	return nil
+}
+
+// Game is one game as the functions see it: the studio sets these in terraform's games
+// variable, which writes GAMES; the secrets come from Secret Manager.
+type Game struct {
+	Name    string        `json:"name"`
+	URL     string        `json:"url"`
+	Timeout time.Duration `json:"-"`
+	// TimeoutText is the JSON form of Timeout ("10s"); empty means 10s.
+	TimeoutText string `json:"timeout"`
+	// AllowPrivate lets Deliver reach the game server on private addresses.
+	AllowPrivate bool `json:"allow_private"`
+	// Queues are the game's Cloud Tasks queues (K shards; a notification's id picks one).
+	Queues []string `json:"queues"`
+	// Secrets sign the game's notifications; read from GameSecretsVar(Name).
+	Secrets Secrets `json:"-"`
+}
+
+// Games is GAMES: a JSON list of games.
+type Games []Game
+
+// EnvDecode implements envconfig.Decoder.
+func (g *Games) EnvDecode(v string) error {
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(v))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(g); err != nil {
+		return fmt.Errorf("GAMES is not a JSON list of games: %w", err)
+	}
+	return nil
+}
+
+// GameSecretsVar is the environment variable holding a game's signing secrets
+// (whsec_...[,whsec_...]): GAME_SECRETS_ and the name in upper case, - as _.
+func GameSecretsVar(game string) string {
+	return "GAME_SECRETS_" + strings.ToUpper(strings.ReplaceAll(game, "-", "_"))
+}
+
+// Names lists the games' names.
+func (g Games) Names() []string {
+	var ns []string
+	for _, x := range g {
+		ns = append(ns, x.Name)
+	}
+	return ns
+}
+
+// Queues maps each game to its queues.
+func (g Games) Queues() map[string][]string {
+	m := map[string][]string{}
+	for _, x := range g {
+		m[x.Name] = x.Queues
+	}
+	return m
 }
 
 // Ladder wraps schedule.Ladder for decoding.
@@ -128,34 +177,77 @@ func Load(ctx context.Context, l envconfig.Lookuper) (*Config, error) {
 			return nil, err
 		}
 	}
-	if err := c.validate(); err != nil {
+	errs := c.loadGames(l)
+	if err := c.validate(errs); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-func (c *Config) validate() error {
+// loadGames reads each game's secrets and checks each game, naming every problem.
+func (c *Config) loadGames(l envconfig.Lookuper) []error {
 	var errs []error
+	if len(c.Games) == 0 {
+		return []error{errors.New("GAMES is required: a JSON list of games, each with name, url and queues")}
+	}
+	seen := map[string]bool{}
+	for i := range c.Games {
+		g := &c.Games[i]
+		name := g.Name
+		if !relay.GamePattern.MatchString(name) {
+			errs = append(errs, fmt.Errorf("GAMES[%d]: name %q: want 1-30 lowercase letters, digits or -, starting with a letter", i, name))
+			continue
+		}
+		if seen[name] {
+			errs = append(errs, fmt.Errorf("GAMES: game %s twice", name))
+		}
+		seen[name] = true
+		if g.URL == "" {
+			errs = append(errs, fmt.Errorf("GAMES %s: url is required", name))
+		} else if err := checkURL("GAMES "+name+" url", g.URL); err != nil {
+			errs = append(errs, err)
+		}
+		g.Timeout = 10 * time.Second
+		if g.TimeoutText != "" {
+			d, err := time.ParseDuration(g.TimeoutText)
+			if err != nil || d <= 0 || d > 10*time.Second {
+				errs = append(errs, fmt.Errorf("GAMES %s: timeout %q: want more than 0 and at most 10s", name, g.TimeoutText))
+			} else {
+				g.Timeout = d
+			}
+		}
+		if len(g.Queues) == 0 {
+			errs = append(errs, fmt.Errorf("GAMES %s: queues: at least one Cloud Tasks queue is required", name))
+		}
+		for _, q := range g.Queues {
+			if !queueRE.MatchString(q) {
+				errs = append(errs, fmt.Errorf("GAMES %s: queue %q: want projects/P/locations/L/queues/Q", name, q))
+			}
+		}
+		v := GameSecretsVar(name)
+		raw, _ := l.Lookup(v)
+		if err := g.Secrets.EnvDecode(raw); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", v, err))
+		} else if len(g.Secrets) == 0 {
+			errs = append(errs, fmt.Errorf("%s is required: game %s's signing secrets (one or more whsec_<base64>, comma-separated)", v, name))
+		}
+	}
+	if err := c.ProviderConfig.Validate(c.Games.Names()); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+func (c *Config) validate(errs []error) error {
 	need := func(name, v string) {
 		if strings.TrimSpace(v) == "" {
 			errs = append(errs, fmt.Errorf("%s is required", name))
 		}
 	}
 	need("PROJECT_ID", c.ProjectID)
-	need("TASKS_QUEUE", c.TasksQueue)
 	need("DELIVER_URL", c.DeliverURL)
-	need("GAME_SERVER_URL", c.GameServerURL)
-	if c.TasksQueue != "" && !queueRE.MatchString(c.TasksQueue) {
-		errs = append(errs, fmt.Errorf("TASKS_QUEUE %q: want projects/P/locations/L/queues/Q", c.TasksQueue))
-	}
 	if err := checkURL("DELIVER_URL", c.DeliverURL); err != nil {
 		errs = append(errs, err)
-	}
-	if err := checkURL("GAME_SERVER_URL", c.GameServerURL); err != nil {
-		errs = append(errs, err)
-	}
-	if !c.GameServerSecret.set {
-		errs = append(errs, errors.New("GAME_SERVER_SECRET is required (whsec_<base64>)"))
 	}
 	if len(c.IngestSecrets) == 0 {
 		errs = append(errs, errors.New("INGEST_SECRETS is required (one or more whsec_<base64>, comma-separated)"))
@@ -166,11 +258,8 @@ func (c *Config) validate() error {
 	if c.LadderCompression < 1 {
 		errs = append(errs, fmt.Errorf("LADDER_COMPRESSION %d: want 1 (real time) or more", c.LadderCompression))
 	}
-	if c.DeliverTimeout <= 0 || c.DeliverTimeout > 10*time.Second {
-		errs = append(errs, fmt.Errorf("DELIVER_TIMEOUT %s: want more than 0 and at most 10s", c.DeliverTimeout))
-	}
-	if c.DeliverLease < c.DeliverTimeout+5*time.Second || c.DeliverLease > 30*time.Minute {
-		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least DELIVER_TIMEOUT + 5s, so a live delivery is never taken over, and at most 30m", c.DeliverLease))
+	if longest := c.LongestTimeout(); c.DeliverLease < longest+5*time.Second || c.DeliverLease > 30*time.Minute {
+		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least the longest game timeout (%s) + 5s, so a live delivery is never taken over, and at most 30m", c.DeliverLease, longest))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -208,6 +297,15 @@ func checkURL(name, raw string) error {
 	return fmt.Errorf("%s %q: want an https URL", name, raw)
 }
 
+// LongestTimeout is the longest of the games' timeouts.
+func (c *Config) LongestTimeout() time.Duration {
+	var m time.Duration
+	for _, g := range c.Games {
+		m = max(m, g.Timeout)
+	}
+	return m
+}
+
 // EffectiveLadder is the ladder after compression.
 func (c *Config) EffectiveLadder() (schedule.Ladder, error) {
 	return c.Ladder.Compress(c.LadderCompression)
@@ -227,15 +325,23 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("project_id", c.ProjectID),
 		slog.String("firestore_database", c.FirestoreDatabase),
 		slog.String("collection", c.Collection),
-		slog.String("tasks_queue", c.TasksQueue),
 		slog.String("deliver_url", c.DeliverURL),
-		slog.String("game_server_url", c.GameServerURL),
+		slog.Any("games", c.gameSummary()),
 		slog.String("ladder", c.Ladder.String()),
 		slog.Int("ladder_compression", c.LadderCompression),
 		slog.Int("ingest_secrets", len(c.IngestSecrets)),
-		slog.Duration("deliver_timeout", c.DeliverTimeout),
 		slog.Duration("deliver_lease", c.DeliverLease),
 		slog.String("cloud_tasks_emulator", c.CloudTasksEmulatorHost),
 		slog.String("firestore_emulator", c.FirestoreEmulatorHost),
 	)
+}
+
+// gameSummary is what the log says of the games: names, URLs, queues, how many secrets.
+func (c *Config) gameSummary() []map[string]any {
+	var out []map[string]any
+	for _, g := range c.Games {
+		out = append(out, map[string]any{"name": g.Name, "url": g.URL, "queues": len(g.Queues), "secrets": len(g.Secrets),
+			"timeout": g.Timeout.String(), "allow_private": g.AllowPrivate})
+	}
+	return out
 }

@@ -17,15 +17,21 @@ var (
 	secretB = "whsec_" + base64.StdEncoding.EncodeToString([]byte("fedcba9876543210fedcba9876543210"))
 )
 
+const games = `[
+ {"name":"sword","url":"https://sword.example.com/payrelay","queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]},
+ {"name":"farm-valley","url":"https://10.0.3.7/payrelay","timeout":"5s","allow_private":true,
+  "queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-0","projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-1"]}]`
+
 func valid() map[string]string {
 	return map[string]string{
-		"PROJECT_ID":         "studio-prod",
-		"TASKS_QUEUE":        "projects/studio-prod/locations/asia-east1/queues/deliveries",
-		"DELIVER_URL":        "https://deliver-abc.a.run.app",
-		"TASKS_INVOKER_SA":   "payrelay-invoker@studio-prod.iam.gserviceaccount.com",
-		"GAME_SERVER_URL":    "https://game.example.com/payments",
-		"GAME_SERVER_SECRET": secretA,
-		"INGEST_SECRETS":     secretA + "," + secretB,
+		"PROJECT_ID":               "studio-prod",
+		"DELIVER_URL":              "https://deliver-abc.a.run.app",
+		"TASKS_INVOKER_SA":         "payrelay-invoker@studio-prod.iam.gserviceaccount.com",
+		"GAMES":                    games,
+		"GAME_SECRETS_SWORD":       secretA,
+		"GAME_SECRETS_FARM_VALLEY": secretA + "," + secretB,
+		"INGEST_SECRETS":           secretA + "," + secretB,
+		"PROVIDER_CONFIG":          `{"generic":{"apps":{"web-shop":"sword","farm-web":"farm-valley"}}}`,
 	}
 }
 
@@ -38,8 +44,18 @@ func TestLoadDefaults(t *testing.T) {
 	if c.Ladder.String() != "0s,2m0s,10m0s,10m0s,1h0m0s,2h0m0s,6h0m0s,15h0m0s" || c.LadderCompression != 1 {
 		t.Errorf("ladder = %s x%d, want the default at real time", c.Ladder, c.LadderCompression)
 	}
-	if c.DeliverTimeout != 10*time.Second || c.DeliverLease != time.Minute || c.Collection != "payments" || c.FirestoreDatabase != "(default)" {
+	if c.DeliverLease != time.Minute || c.Collection != "payments" || c.FirestoreDatabase != "(default)" {
 		t.Errorf("defaults = %+v", c)
+	}
+	sword, farm := c.Games[0], c.Games[1]
+	if sword.Name != "sword" || sword.Timeout != 10*time.Second || len(sword.Secrets) != 1 || sword.AllowPrivate || len(sword.Queues) != 1 {
+		t.Errorf("game sword = %+v", sword)
+	}
+	if farm.Name != "farm-valley" || farm.Timeout != 5*time.Second || len(farm.Secrets) != 2 || !farm.AllowPrivate || len(farm.Queues) != 2 {
+		t.Errorf("game farm-valley = %+v", farm)
+	}
+	if c.ProviderConfig.Generic.Apps["web-shop"] != "sword" {
+		t.Errorf("provider config = %+v", c.ProviderConfig)
 	}
 	if len(c.IngestSecrets) != 2 || c.Audience() != c.DeliverURL {
 		t.Errorf("ingest secrets %d, audience %q", len(c.IngestSecrets), c.Audience())
@@ -48,24 +64,61 @@ func TestLoadDefaults(t *testing.T) {
 
 func TestLoadReportsEveryProblem(t *testing.T) {
 	t.Parallel()
-	_, err := Load(context.Background(), envconfig.MapLookuper(map[string]string{"DELIVER_TIMEOUT": "30s"}))
+	_, err := Load(context.Background(), envconfig.MapLookuper(map[string]string{"LOG_LEVEL": "loud"}))
 	if err == nil {
 		t.Fatal("Load of an empty environment succeeded")
 	}
-	for _, name := range []string{"PROJECT_ID", "TASKS_QUEUE", "DELIVER_URL", "GAME_SERVER_URL", "GAME_SERVER_SECRET", "INGEST_SECRETS", "TASKS_INVOKER_SA", "DELIVER_TIMEOUT"} {
+	for _, name := range []string{"PROJECT_ID", "DELIVER_URL", "GAMES", "INGEST_SECRETS", "TASKS_INVOKER_SA", "LOG_LEVEL"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}
 	}
 }
 
+// Every problem of the games and their routing is named at once.
+func TestLoadNamesEveryGameProblem(t *testing.T) {
+	t.Parallel()
+	env := valid()
+	env["GAMES"] = `[
+ {"name":"Sword","url":"https://sword.example.com/x","queues":["projects/p/locations/l/queues/q"]},
+ {"name":"farm","url":"http://farm.example.com/x","timeout":"30s","queues":[]},
+ {"name":"mine","url":"https://mine.example.com/x","queues":["mine-0"]},
+ {"name":"mine","url":"https://mine.example.com/y","queues":["projects/p/locations/l/queues/mine-1"]}]`
+	env["GAME_SECRETS_MINE"] = "hunter2"
+	env["PROVIDER_CONFIG"] = `{"generic":{"apps":{"web-shop":"sword"}}}`
+	_, err := Load(context.Background(), envconfig.MapLookuper(env))
+	if err == nil {
+		t.Fatal("Load accepted broken games")
+	}
+	for _, want := range []string{
+		`name "Sword"`,                  // not a game name
+		"plain http",                    // farm's URL
+		`timeout "30s"`,                 // farm's timeout
+		"GAMES farm: queues",            // farm has none
+		"GAME_SECRETS_FARM is required", // farm's secrets missing
+		`queue "mine-0"`,                // not a queue path
+		"game mine twice",
+		"GAME_SECRETS_MINE",                    // not whsec_
+		`generic app web-shop to game "sword"`, // routes to a game not configured
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %q:\n%v", want, err)
+		}
+	}
+	env = valid()
+	env["GAMES"] = "not json"
+	if _, err := Load(context.Background(), envconfig.MapLookuper(env)); err == nil || !strings.Contains(err.Error(), "GAMES") {
+		t.Errorf("GAMES not JSON: %v", err)
+	}
+}
+
 func TestLoadInvalid(t *testing.T) {
 	t.Parallel()
 	cases := map[string]struct{ key, val, want string }{
-		"queue path":       {"TASKS_QUEUE", "deliveries", "TASKS_QUEUE"},
-		"http game server": {"GAME_SERVER_URL", "http://game.example.com/x", "plain http"},
 		"relative url":     {"DELIVER_URL", "/Deliver", "not an absolute URL"},
-		"bad secret":       {"GAME_SERVER_SECRET", "hunter2", "whsec_"},
+		"bad secret":       {"GAME_SECRETS_SWORD", "hunter2", "whsec_"},
+		"unrouted game":    {"PROVIDER_CONFIG", `{"generic":{"apps":{"web":"ghost"}}}`, `"ghost"`},
+		"bad provider key": {"PROVIDER_CONFIG", `{"alipay":[{"app_id":"1","public_key":"x","game":"sword"}]}`, "public_key"},
 		"bad ladder":       {"LADDER", "0s,soon", `step 2 ("soon")`},
 		"compression":      {"LADDER_COMPRESSION", "0", "LADDER_COMPRESSION"},
 		"short lease":      {"DELIVER_LEASE", "12s", "DELIVER_LEASE"},
@@ -99,7 +152,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 	var b strings.Builder
 	slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "config", c)
-	out := b.String() + fmt.Sprintf("%v %+v", c.GameServerSecret, c.IngestSecrets)
+	out := b.String() + fmt.Sprintf("%v %+v %+v", c.Games, c.IngestSecrets, c.Games[1].Secrets)
 	for _, s := range []string{secretA, secretB, strings.TrimPrefix(secretA, "whsec_")} {
 		if strings.Contains(out, s) {
 			t.Fatalf("a secret reached the output: %s", out)

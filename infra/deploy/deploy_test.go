@@ -148,9 +148,9 @@ func main() {
 			cmd := exec.CommandContext(ctx, filepath.Join(app, "fn"))
 			secret := "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 			cmd.Env = append(os.Environ(), "FUNCTION_TARGET="+tc.target, fmt.Sprint("PORT=", port),
-				"PROJECT_ID=studio-prod", "TASKS_QUEUE=projects/studio-prod/locations/asia-east1/queues/deliveries",
-				"DELIVER_URL=http://127.0.0.1:1/Deliver", "GAME_SERVER_URL=http://127.0.0.1:1/payments",
-				"GAME_SERVER_SECRET="+secret, "INGEST_SECRETS="+secret, "CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:1",
+				"PROJECT_ID=studio-prod", "DELIVER_URL=http://127.0.0.1:1/Deliver",
+				`GAMES=[{"name":"sword","url":"http://127.0.0.1:1/payments","queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]}]`,
+				"GAME_SECRETS_SWORD="+secret, "INGEST_SECRETS="+secret, "CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:1",
 				"FIRESTORE_EMULATOR_HOST=127.0.0.1:1")
 			var logs bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &logs, &logs

@@ -14,6 +14,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +59,7 @@ type Data struct {
 	Currency       string            `json:"currency"`
 	PaidAt         *time.Time        `json:"paid_at,omitempty"` // absent when only a refund told us of the payment and did not say
 	AppID          string            `json:"app_id"`
+	Game           string            `json:"game"`
 	Metadata       map[string]string `json:"metadata,omitempty"`
 	// PaymentNotified is false on a refund of a payment payrelay never received: its facts come
 	// from the refund notification, and no payment.succeeded preceded it.
@@ -79,7 +82,7 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 	pl := Payload{Type: string(n.Type), Timestamp: p.PaidAt, Data: Data{
 		NotificationID: relay.NotificationID(p.ID, n.Key), Attempt: attempt, PaymentID: p.ID, Provider: p.Provider,
 		MerchantID: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID, AmountMinor: p.AmountMinor,
-		Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata,
+		Currency: p.Currency, AppID: p.AppID, Game: p.Game, Metadata: p.Metadata,
 	}}
 	if !p.PaidAt.IsZero() {
 		t := p.PaidAt
@@ -96,29 +99,51 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 	return pl
 }
 
-// Notifier posts to one game server URL.
+// Game is one game's endpoint, as Deliver reaches it.
+type Game struct {
+	Name string
+	URL  string
+	// Secrets sign every notification, one signature each: two during a rotation.
+	Secrets []webhook.Secret
+	Timeout time.Duration
+	// AllowPrivate lets Deliver reach private addresses (a game server on a private network).
+	AllowPrivate bool
+}
+
+// Notifier posts to one game's URL.
 type Notifier struct {
-	url    string
-	secret webhook.Secret
+	game   Game
 	client *http.Client
+	guard  *guard
 	now    func() time.Time
 }
 
 var errRedirect = errors.New("redirect refused")
 
-// New returns a notifier. It follows a redirect only to the same host with 307 or 308 (which
-// keep the method and body), never elsewhere.
-func New(url string, secret webhook.Secret, timeout time.Duration) (*Notifier, error) {
-	if url == "" {
-		return nil, errors.New("gamehttp: url is required")
+// New returns a game's notifier. It follows a redirect only to the same host with 307 or 308
+// (which keep the method and body), never elsewhere, and dials only the addresses its guard
+// allows; it uses no proxy from the environment, which would bypass the guard.
+func New(g Game) (*Notifier, error) {
+	u, err := url.Parse(g.URL)
+	if g.URL == "" || err != nil || u.Host == "" {
+		return nil, fmt.Errorf("gamehttp: game %s: an absolute url is required", g.Name)
 	}
-	if timeout <= 0 || timeout > MaxTimeout {
-		return nil, fmt.Errorf("gamehttp: timeout %s must be in (0, %s]", timeout, MaxTimeout)
+	if g.Timeout <= 0 || g.Timeout > MaxTimeout {
+		return nil, fmt.Errorf("gamehttp: game %s: timeout %s must be in (0, %s]", g.Name, g.Timeout, MaxTimeout)
 	}
+	if len(g.Secrets) == 0 {
+		return nil, fmt.Errorf("gamehttp: game %s: at least one signing secret is required", g.Name)
+	}
+	host := u.Hostname()
+	ip, err := netip.ParseAddr(host)
+	loopbackURL := host == "localhost" || (err == nil && ip.IsLoopback())
+	gd := newGuard(g.AllowPrivate, loopbackURL)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	tr.DialContext = gd.DialContext
 	tr.MaxIdleConnsPerHost = 64
 	client := &http.Client{
-		Timeout:   timeout,
+		Timeout:   g.Timeout,
 		Transport: tr,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			code := req.Response.StatusCode
@@ -128,7 +153,36 @@ func New(url string, secret webhook.Secret, timeout time.Duration) (*Notifier, e
 			return nil
 		},
 	}
-	return &Notifier{url: url, secret: secret, client: client, now: time.Now}, nil
+	return &Notifier{game: g, client: client, guard: gd, now: time.Now}, nil
+}
+
+// Games routes each notification to its payment's game.
+type Games map[string]*Notifier
+
+var _ relay.Notifier = Games(nil)
+
+// NewGames builds a notifier per game.
+func NewGames(games []Game) (Games, error) {
+	gs := Games{}
+	for _, g := range games {
+		n, err := New(g)
+		if err != nil {
+			return nil, err
+		}
+		gs[g.Name] = n
+	}
+	return gs, nil
+}
+
+// Notify implements relay.Notifier. A payment of a game no longer configured is a failed
+// attempt that says so: the ladder moves on, and an operator can replay it once the game is
+// back.
+func (gs Games) Notify(ctx context.Context, p *relay.Payment, n *relay.Notification, attempt int) relay.NotifyResult {
+	g, ok := gs[p.Game]
+	if !ok {
+		return relay.NotifyResult{ErrorClass: relay.ErrorConfig, Error: fmt.Sprintf("game %q is not configured (GAMES)", p.Game)}
+	}
+	return g.Notify(ctx, p, n, attempt)
 }
 
 // Notify implements relay.Notifier. webhook-id is the notification's id, the same on every
@@ -140,7 +194,7 @@ func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, nt *relay.Notif
 	if err != nil {
 		return relay.NotifyResult{ErrorClass: relay.ErrorHTTP, Error: "encode payload: " + err.Error()}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.game.URL, bytes.NewReader(body))
 	if err != nil {
 		return relay.NotifyResult{ErrorClass: relay.ErrorConnect, Error: err.Error()}
 	}
@@ -149,7 +203,7 @@ func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, nt *relay.Notif
 	req.Header.Set("User-Agent", "payrelay/1")
 	req.Header.Set(webhook.HeaderID, msgID)
 	req.Header.Set(webhook.HeaderTimestamp, strconv.FormatInt(ts.Unix(), 10))
-	req.Header.Set(webhook.HeaderSignature, n.secret.Sign(msgID, ts, body))
+	req.Header.Set(webhook.HeaderSignature, webhook.SignAll(n.game.Secrets, msgID, ts, body))
 	req.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
 	resp, err := n.client.Do(req)
 	if err != nil {
@@ -208,6 +262,8 @@ func Classify(err error) relay.ErrorClass {
 	switch {
 	case errors.Is(err, errRedirect):
 		return relay.ErrorRedirect
+	case errors.Is(err, ErrBlockedAddress):
+		return relay.ErrorBlocked
 	case errors.As(err, &dnsErr):
 		return relay.ErrorDNS
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,11 @@ import (
 )
 
 var secret = webhook.NewSecret([]byte("0123456789abcdef0123456789abcdef"))
+
+// game is a game whose server is at url, signing with secret.
+func game(url string, timeout time.Duration) Game {
+	return Game{Name: "sword", URL: url, Secrets: []webhook.Secret{secret}, Timeout: timeout}
+}
 
 func payment() *relay.Payment {
 	at := time.Date(2026, 11, 24, 1, 2, 3, 0, time.UTC)
@@ -47,7 +53,7 @@ func TestNotifySignsAndDescribesPayment(t *testing.T) {
 		w.Write([]byte(`{"ok":true}`))
 	}))
 	defer srv.Close()
-	n, err := New(srv.URL, secret, 2*time.Second)
+	n, err := New(game(srv.URL, 2*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +116,7 @@ func TestNotifyErrorClasses(t *testing.T) {
 		{"http://payrelay-no-such-host.invalid/", 0, relay.ErrorDNS},
 	}
 	for _, tc := range cases {
-		n, err := New(tc.url, secret, time.Second)
+		n, err := New(game(tc.url, time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +128,7 @@ func TestNotifyErrorClasses(t *testing.T) {
 			t.Errorf("%s: kept %d bytes of response, want at most %d", tc.url, len(r.Response), SnippetBytes)
 		}
 	}
-	if _, err := New(srv.URL, secret, 11*time.Second); err == nil {
+	if _, err := New(game(srv.URL, 11*time.Second)); err == nil {
 		t.Error("a timeout over 10s was accepted")
 	}
 }
@@ -131,17 +137,17 @@ func TestNotifyErrorClasses(t *testing.T) {
 func TestPayloads(t *testing.T) {
 	t.Parallel()
 	p := payment()
-	p.Metadata = map[string]string{"game": "sword"}
+	p.Game, p.Metadata = "sword", map[string]string{"sku": "gems_60"}
 	for _, tc := range []struct {
 		n    *relay.Notification
 		want string
 	}{
 		{p.Paid(), `{"type":"payment.succeeded","timestamp":"2026-11-24T01:02:03Z","data":{"notification_id":"pid1-paid","attempt":1,` +
 			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
-			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","metadata":{"game":"sword"},"payment_notified":true}}`},
+			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","metadata":{"sku":"gems_60"},"payment_notified":true}}`},
 		{&p.Notifications[1], `{"type":"payment.refunded","timestamp":"2026-11-24T02:02:03Z","data":{"notification_id":"pid1-` + relay.RefundKey("r1") + `","attempt":1,` +
 			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
-			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","metadata":{"game":"sword"},"payment_notified":true,` +
+			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","metadata":{"sku":"gems_60"},"payment_notified":true,` +
 			`"refund":{"refund_id":"r1","merchant_refund_no":"out-r1","amount_minor":1999,"refunded_total_minor":1999,"fully_refunded":true,"refunded_at":"2026-11-24T02:02:03Z"}}}`},
 	} {
 		b, err := json.Marshal(NewPayload(p, tc.n, 1))
@@ -203,7 +209,7 @@ func TestNotifyReadsTheGameServersSignals(t *testing.T) {
 		after time.Duration
 		gone  bool
 	}{"/429": {90 * time.Second, false}, "/503": {30 * time.Second, false}, "/500": {0, false}, "/410": {0, true}} {
-		n, _ := New(srv.URL+path, secret, 2*time.Second)
+		n, _ := New(game(srv.URL+path, 2*time.Second))
 		n.now = func() time.Time { return now }
 		r := n.Notify(context.Background(), payment(), payment().Paid(), 1)
 		var after time.Duration
@@ -212,6 +218,66 @@ func TestNotifyReadsTheGameServersSignals(t *testing.T) {
 		}
 		if after != want.after || r.Gone != want.gone || r.ErrorClass != relay.ErrorHTTP {
 			t.Errorf("%s: retry after %v, gone %v, class %s; want %v, %v, http", path, after, r.Gone, r.ErrorClass, want.after, want.gone)
+		}
+	}
+}
+
+// The guard decides after DNS resolution: a name that resolves to the metadata server, a
+// link-local, unspecified or private address never gets a connection, whatever the URL says.
+func TestDialGuard(t *testing.T) {
+	t.Parallel()
+	answer := map[string][]netip.Addr{
+		"metadata.example.com":   {netip.MustParseAddr("169.254.169.254")},
+		"linklocal6.example.com": {netip.MustParseAddr("fe80::1")},
+		"zero.example.com":       {netip.MustParseAddr("0.0.0.0")},
+		"private.example.com":    {netip.MustParseAddr("10.0.3.7")},
+		"private6.example.com":   {netip.MustParseAddr("fd12::7")},
+		"mapped.example.com":     {netip.MustParseAddr("::ffff:169.254.169.254")},
+		"loop.example.com":       {netip.MustParseAddr("127.0.0.1")},
+	}
+	resolver := func(_ context.Context, host string) ([]netip.Addr, error) {
+		if a, ok := answer[host]; ok {
+			return a, nil
+		}
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	for _, tc := range []struct {
+		url          string
+		allowPrivate bool
+		blocked      bool
+	}{
+		{"https://metadata.example.com/p", true, true},
+		{"https://linklocal6.example.com/p", true, true},
+		{"https://zero.example.com/p", true, true},
+		{"https://mapped.example.com/p", true, true},
+		{"http://169.254.169.254/computeMetadata/v1/", true, true},
+		{"https://private.example.com/p", false, true},
+		{"https://private6.example.com/p", false, true},
+		{"https://loop.example.com/p", true, true}, // loopback only when the URL itself names it
+	} {
+		g := game(tc.url, time.Second)
+		g.AllowPrivate = tc.allowPrivate
+		n, err := New(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.guard.lookup = resolver
+		r := n.Notify(context.Background(), payment(), payment().Paid(), 1)
+		if tc.blocked && r.ErrorClass != relay.ErrorBlocked {
+			t.Errorf("%s (allow private %v): class %q (%s), want blocked", tc.url, tc.allowPrivate, r.ErrorClass, r.Error)
+		}
+	}
+	// A game allowed private addresses may reach them (checked without dialling: no test sends
+	// traffic beyond this machine's loopback).
+	if err := newGuard(true, false).check(netip.MustParseAddr("10.0.3.7")); err != nil {
+		t.Errorf("a game allowed private addresses: %v", err)
+	}
+	// The guard's rules, address by address.
+	gd := newGuard(false, false)
+	for addr, ok := range map[string]bool{"8.8.8.8": true, "2001:4860::8888": true, "169.254.1.1": false, "172.16.0.1": false,
+		"192.168.1.1": false, "100.64.0.1": true, "224.0.0.1": false, "::": false, "::1": false} {
+		if err := gd.check(netip.MustParseAddr(addr)); (err == nil) != ok {
+			t.Errorf("check(%s) = %v, want allowed %v", addr, err, ok)
 		}
 	}
 }

@@ -8,12 +8,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"time"
 
 	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -27,8 +29,9 @@ var _ relay.Queue = (*CloudTasks)(nil)
 
 // Options configure the queue.
 type Options struct {
-	// Queue is projects/P/locations/L/queues/Q.
-	Queue string
+	// Queues maps each game to its queues, projects/P/locations/L/queues/Q: one, or K shards
+	// over which the game's notifications spread by a hash of their id.
+	Queues map[string][]string
 	// DeliverURL is where tasks are sent.
 	DeliverURL string
 	// ServiceAccount signs the OIDC token on each task; empty sends none (emulator only).
@@ -51,8 +54,13 @@ type CloudTasks struct {
 
 // NewCloudTasks connects to Cloud Tasks, or to the emulator at opts.EmulatorHost.
 func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
-	if opts.Queue == "" || opts.DeliverURL == "" {
-		return nil, errors.New("queue: Queue and DeliverURL are required")
+	if len(opts.Queues) == 0 || opts.DeliverURL == "" {
+		return nil, errors.New("queue: Queues and DeliverURL are required")
+	}
+	for game, qs := range opts.Queues {
+		if len(qs) == 0 {
+			return nil, fmt.Errorf("queue: game %s has no queue", game)
+		}
 	}
 	if opts.Audience == "" {
 		opts.Audience = opts.DeliverURL
@@ -63,7 +71,12 @@ func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
 	if opts.DispatchDeadline < 15*time.Second || opts.DispatchDeadline > 30*time.Minute {
 		return nil, fmt.Errorf("queue: dispatch deadline %s must be between 15s and 30m", opts.DispatchDeadline)
 	}
-	var clientOpts []option.ClientOption
+	// As the store's: a reconnect after an outage within seconds, not gRPC's default of up to
+	// 120 s, so a blip of the queue does not outlast a delivery's lease.
+	clientOpts := []option.ClientOption{option.WithGRPCDialOption(grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	}))}
 	if opts.EmulatorHost != "" {
 		clientOpts = append(clientOpts, option.WithEndpoint(opts.EmulatorHost), option.WithoutAuthentication(),
 			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
@@ -78,8 +91,23 @@ func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
 // Close releases the client.
 func (q *CloudTasks) Close() error { return q.client.Close() }
 
-// Enqueue implements relay.Queue: it creates the task named {notification}-{attempt} at t.At.
+// Shard picks the queue of a notification among its game's queues: a hash of the notification
+// id, so every attempt of one notification goes to the same queue, where its task names
+// deduplicate, and a game's notifications spread evenly over its K queues.
+func Shard(queues []string, notificationID string) string {
+	h := fnv.New32a()
+	h.Write([]byte(notificationID))
+	return queues[h.Sum32()%uint32(len(queues))]
+}
+
+// Enqueue implements relay.Queue: it creates the task named {notification}-{attempt} at t.At
+// on the notification's queue among its game's.
 func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
+	queues := q.opts.Queues[t.Game]
+	if len(queues) == 0 {
+		return fmt.Errorf("queue: game %q has no queue (GAMES)", t.Game)
+	}
+	queue := Shard(queues, relay.NotificationID(t.PaymentID, t.Key))
 	body, err := json.Marshal(relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Attempt: t.Attempt})
 	if err != nil {
 		return fmt.Errorf("encode task: %w", err)
@@ -94,9 +122,9 @@ func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
 		}}
 	}
 	req := &cloudtaskspb.CreateTaskRequest{
-		Parent: q.opts.Queue,
+		Parent: queue,
 		Task: &cloudtaskspb.Task{
-			Name:             q.opts.Queue + "/tasks/" + t.Name(),
+			Name:             queue + "/tasks/" + t.Name(),
 			ScheduleTime:     timestamppb.New(t.At),
 			DispatchDeadline: durationpb.New(q.opts.DispatchDeadline),
 			MessageType:      &cloudtaskspb.Task_HttpRequest{HttpRequest: hr},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/queue"
@@ -43,7 +46,7 @@ func TestEnqueueDispatchesSignedTask(t *testing.T) {
 	}))
 	t.Cleanup(deliver.Close)
 	q, err := queue.NewCloudTasks(context.Background(), queue.Options{
-		Queue: tasksemu.DefaultQueue, DeliverURL: deliver.URL + "/Deliver", EmulatorHost: addr,
+		Queues: map[string][]string{"sword": {tasksemu.DefaultQueue}}, DeliverURL: deliver.URL + "/Deliver", EmulatorHost: addr,
 		ServiceAccount: "invoker@p.iam.gserviceaccount.com",
 	})
 	if err != nil {
@@ -51,7 +54,7 @@ func TestEnqueueDispatchesSignedTask(t *testing.T) {
 	}
 	t.Cleanup(func() { q.Close() })
 	at := time.Now().Add(200 * time.Millisecond)
-	task := relay.Task{PaymentID: "abc123", Key: relay.KeyPaid, Attempt: 3, At: at}
+	task := relay.Task{PaymentID: "abc123", Game: "sword", Key: relay.KeyPaid, Attempt: 3, At: at}
 	if err := q.Enqueue(context.Background(), task); err != nil {
 		t.Fatal(err)
 	}
@@ -85,29 +88,98 @@ func TestEnqueueClassifiesErrors(t *testing.T) {
 	t.Parallel()
 	_, addr := emulator(t)
 	ctx := context.Background()
-	missing, err := queue.NewCloudTasks(ctx, queue.Options{Queue: "projects/p/locations/l/queues/missing", DeliverURL: "http://127.0.0.1:1/", EmulatorHost: addr})
+	missing, err := queue.NewCloudTasks(ctx, queue.Options{Queues: map[string][]string{"sword": {"projects/p/locations/l/queues/missing"}}, DeliverURL: "http://127.0.0.1:1/", EmulatorHost: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer missing.Close()
-	if err := missing.Enqueue(ctx, relay.Task{PaymentID: "x", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
+	if err := missing.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
 		t.Errorf("Enqueue on a missing queue = %v, want a permanent error", err)
 	}
 	// A port nobody listens on: the queue is unavailable, which is worth retrying.
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := l.Addr().String()
 	l.Close()
-	down, err := queue.NewCloudTasks(ctx, queue.Options{Queue: tasksemu.DefaultQueue, DeliverURL: "http://127.0.0.1:1/", EmulatorHost: dead})
+	down, err := queue.NewCloudTasks(ctx, queue.Options{Queues: map[string][]string{"sword": {tasksemu.DefaultQueue}}, DeliverURL: "http://127.0.0.1:1/", EmulatorHost: dead})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer down.Close()
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := down.Enqueue(cctx, relay.Task{PaymentID: "x", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !relay.Retryable(err) {
+	if err := down.Enqueue(cctx, relay.Task{PaymentID: "x", Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !relay.Retryable(err) {
 		t.Errorf("Enqueue with the queue down = %v, want a retryable error", err)
 	}
-	if _, err := queue.NewCloudTasks(ctx, queue.Options{Queue: tasksemu.DefaultQueue, DeliverURL: "http://x/", DispatchDeadline: time.Second}); err == nil {
+	if _, err := queue.NewCloudTasks(ctx, queue.Options{Queues: map[string][]string{"sword": {tasksemu.DefaultQueue}}, DeliverURL: "http://x/", DispatchDeadline: time.Second}); err == nil {
 		t.Error("a 1s dispatch deadline was accepted")
+	}
+}
+
+// A game's notifications spread over its K queues by their id; every attempt of one
+// notification lands on the same queue, where its task name deduplicates.
+func TestShardsSpreadAGameOverItsQueues(t *testing.T) {
+	t.Parallel()
+	srv, err := tasksemu.New(tasksemu.Options{Queues: []string{"projects/p/locations/l/queues/farm-0", "projects/p/locations/l/queues/farm-1",
+		"projects/p/locations/l/queues/farm-2", "projects/p/locations/l/queues/farm-3", "projects/p/locations/l/queues/sword-0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"farm-0", "farm-1", "farm-2", "farm-3", "sword-0"} {
+		srv.PauseQueue(context.Background(), &cloudtaskspb.PauseQueueRequest{Name: "projects/p/locations/l/queues/" + q})
+	}
+	addr, err := srv.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	farm := []string{"projects/p/locations/l/queues/farm-0", "projects/p/locations/l/queues/farm-1", "projects/p/locations/l/queues/farm-2", "projects/p/locations/l/queues/farm-3"}
+	q, err := queue.NewCloudTasks(context.Background(), queue.Options{
+		Queues: map[string][]string{"farm": farm, "sword": {"projects/p/locations/l/queues/sword-0"}}, DeliverURL: "http://127.0.0.1:1/Deliver", EmulatorHost: addr,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	ctx := context.Background()
+	const n = 400
+	for i := range n {
+		task := relay.Task{PaymentID: fmt.Sprintf("p%03d", i), Game: "farm", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}
+		if err := q.Enqueue(ctx, task); err != nil {
+			t.Fatal(err)
+		}
+		task.Attempt = 1 // the same attempt again: the same queue, so a duplicate
+		if err := q.Enqueue(ctx, task); !errors.Is(err, relay.ErrTaskExists) {
+			t.Fatalf("repeat of %s = %v, want ErrTaskExists", task.Name(), err)
+		}
+	}
+	if err := q.Enqueue(ctx, relay.Task{PaymentID: "s1", Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := tasksemu.NewClient(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	total := 0
+	for _, name := range farm {
+		it := c.ListTasks(ctx, &cloudtaskspb.ListTasksRequest{Parent: name})
+		k := 0
+		for {
+			if _, err := it.Next(); err != nil {
+				break
+			}
+			k++
+		}
+		total += k
+		// 400 notifications over 4 queues: each gets its share, give or take.
+		if k < n/4/2 || k > n/4*2 {
+			t.Errorf("queue %s holds %d of %d notifications", name, k, n)
+		}
+	}
+	if total != n {
+		t.Errorf("the farm queues hold %d tasks, want %d", total, n)
+	}
+	if err := q.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "ghost", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
+		t.Errorf("Enqueue for a game with no queue = %v, want a permanent error", err)
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"cloud.google.com/go/firestore"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -58,6 +61,16 @@ func (c *Counter) write() {
 	}
 }
 
+// reconnect bounds how long the client's gRPC connection waits before reconnecting after a
+// failure: gRPC's default backoff grows to 120 s, longer than a delivery's lease, and the
+// record of an attempt is retried only while its lease holds; past it, an outage of seconds
+// would cost a second POST. (The emulator's connection is dialled by the client itself and
+// keeps the default.)
+var reconnect = option.WithGRPCDialOption(grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
+}))
+
 // NewFirestore opens the database and returns a store over collection. The client uses the
 // emulator when FIRESTORE_EMULATOR_HOST is set.
 func NewFirestore(ctx context.Context, projectID, database, collection string) (*Firestore, error) {
@@ -67,7 +80,7 @@ func NewFirestore(ctx context.Context, projectID, database, collection string) (
 	if database == "" {
 		database = firestore.DefaultDatabaseID
 	}
-	c, err := firestore.NewClientWithDatabase(ctx, projectID, database)
+	c, err := firestore.NewClientWithDatabase(ctx, projectID, database, reconnect)
 	if err != nil {
 		return nil, fmt.Errorf("firestore.NewClient: %w", err)
 	}
@@ -138,6 +151,7 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 		{Path: "paid_at", Value: d.PaidAt},
 		{Path: "app_id", Value: d.AppID},
 		{Path: "metadata", Value: d.Metadata},
+		{Path: "game", Value: d.Game},
 		{Path: "refunded_minor", Value: d.RefundedMinor},
 		{Path: "notifications", Value: d.Notifications},
 		{Path: "notes", Value: d.Notes},
@@ -160,6 +174,7 @@ type paymentDoc struct {
 	PaidAt        *time.Time        `firestore:"paid_at"` // null when only a refund told of the payment
 	AppID         string            `firestore:"app_id"`
 	Metadata      map[string]string `firestore:"metadata"`
+	Game          string            `firestore:"game"`
 	RefundedMinor int64             `firestore:"refunded_minor"`
 	Notifications []notificationDoc `firestore:"notifications"`
 	Notes         []noteDoc         `firestore:"notes"`
@@ -221,7 +236,7 @@ func utf8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 func toDoc(p *relay.Payment) *paymentDoc {
 	d := &paymentDoc{
 		Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
-		AmountMinor: p.AmountMinor, Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata,
+		AmountMinor: p.AmountMinor, Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata, Game: p.Game,
 		RefundedMinor: p.RefundedMinor, ReceivedAt: p.ReceivedAt, UpdatedAt: p.UpdatedAt,
 		Notifications: []notificationDoc{}, Notes: []noteDoc{},
 	}
@@ -263,7 +278,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	p := &relay.Payment{
 		ID: id, Provider: d.Provider, Merchant: d.Merchant, OrderID: d.OrderID, TransactionID: d.TransactionID,
-		AmountMinor: d.AmountMinor, Currency: d.Currency, AppID: d.AppID, Metadata: d.Metadata,
+		AmountMinor: d.AmountMinor, Currency: d.Currency, AppID: d.AppID, Metadata: d.Metadata, Game: d.Game,
 		RefundedMinor: d.RefundedMinor, ReceivedAt: d.ReceivedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}
 	if d.PaidAt != nil {

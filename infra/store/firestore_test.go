@@ -35,7 +35,7 @@ func payment(order string) *relay.Payment {
 	return &relay.Payment{
 		ID: relay.PaymentID("generic", "game-1", order), Provider: "generic", Merchant: "game-1", OrderID: order, TransactionID: "txn-" + order,
 		AmountMinor: 648, Currency: "CNY", PaidAt: now.Add(-time.Second), AppID: "game-1",
-		Metadata: map[string]string{"sku": "月卡"}, ReceivedAt: now, UpdatedAt: now,
+		Metadata: map[string]string{"sku": "月卡"}, Game: "sword", ReceivedAt: now, UpdatedAt: now,
 		Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StatePending,
 			Attempt: 1, NextAttemptAt: now, CreatedAt: now}},
 	}

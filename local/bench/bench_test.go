@@ -21,7 +21,8 @@ func TestBenchSmall(t *testing.T) {
 		t.Skip("set FIRESTORE_EMULATOR_HOST (or CI, to start one) to run the bench smoke test")
 	}
 	o := Options{Payments: 40, Concurrency: []int{1, 32}, LadderPayments: 5, Compression: 20000, CostPayments: 20,
-		Timeout: 2 * time.Minute, FirestoreHost: host, ProfileDir: t.TempDir()}
+		Timeout: 2 * time.Minute, FirestoreHost: host, ProfileDir: t.TempDir(),
+		ShardPayments: 60, IsolationPayments: 30, IsolationRate: 60, IsolationTimeout: time.Second, E2EPayments: 40}
 	r, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -29,8 +30,19 @@ func TestBenchSmall(t *testing.T) {
 	var out bytes.Buffer
 	r.Print(&out)
 	t.Log(out.String())
-	if r.Lost != 0 || r.Sent != 40*2+40+5+20*2+1 {
-		t.Errorf("sent %d, lost %d; want %d sent and none lost", r.Sent, r.Lost, 40*2+40+5+20*2+1)
+	// ingest at 2 levels, ingest alone, e2e, ladder, 2 cost runs, warm-up; sharding 60 per queue
+	// for K = 1, 2, 4; isolation 30 to B and 6 to A, twice.
+	want := 40*2 + 40 + 40 + 5 + 20*2 + 1 + 60*(1+2+4) + 2*(30+6)
+	if r.Lost != 0 || r.Sent != want {
+		t.Errorf("sent %d, lost %d; want %d sent and none lost", r.Sent, r.Lost, want)
+	}
+	for _, k := range []int{1, 2, 4} {
+		if s := r.Sharding[k]; s.N != 60*k || s.DeliveredPer <= 0 {
+			t.Errorf("sharding K=%d: %+v", k, s)
+		}
+	}
+	if r.Isolation.Healthy.N != 30 || r.Isolation.Hanging.N != 30 || r.E2EBaseline.N != 40 || r.E2ERelay.N != 40 {
+		t.Errorf("isolation %+v, e2e baseline %+v, payrelay %+v", r.Isolation, r.E2EBaseline, r.E2ERelay)
 	}
 	if r.Terminal["failed"] != 5 {
 		t.Errorf("%d failed, want the 5 ladder payments", r.Terminal["failed"])

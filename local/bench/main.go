@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/gamehttp"
 	"github.com/payrelay/payrelay/infra/store"
@@ -60,6 +61,15 @@ type Options struct {
 	ProfileDir     string
 	FirestoreHost  string
 	Progress       io.Writer
+	// ShardPayments is the sharding workload's payments per queue (K queues: K times as many).
+	ShardPayments int
+	// IsolationPayments are sent to game B at IsolationRate per second in each isolation run;
+	// game A's server, when hanging, answers after IsolationTimeout (its games' timeout) + 1s.
+	IsolationPayments int
+	IsolationRate     int
+	IsolationTimeout  time.Duration
+	// E2EPayments are sent by the minimal end-to-end baseline and by payrelay at concurrency 32.
+	E2EPayments int
 }
 
 func main() {
@@ -71,6 +81,11 @@ func main() {
 	flag.IntVar(&o.Compression, "compression", 1000, "ladder compression for the ladder workload (1000: 88 s)")
 	flag.IntVar(&o.CostPayments, "cost-payments", 300, "payments per cost workload")
 	flag.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound of each workload")
+	flag.IntVar(&o.ShardPayments, "shard-payments", 150, "sharding workload: payments per queue (rate limit 50/s each)")
+	flag.IntVar(&o.IsolationPayments, "isolation-payments", 300, "isolation workload: payments to the healthy game per run")
+	flag.IntVar(&o.IsolationRate, "isolation-rate", 100, "isolation workload: offered payments per second to the healthy game")
+	flag.DurationVar(&o.IsolationTimeout, "isolation-timeout", 10*time.Second, "isolation workload: the games' timeout (the hanging game answers 1s later)")
+	flag.IntVar(&o.E2EPayments, "e2e-payments", 1000, "end-to-end workload: payments through the minimal baseline and through payrelay")
 	flag.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
 	flag.StringVar(&o.ProfileDir, "profile", "", "write a CPU profile of the functions' process during Ingest at concurrency 32 here")
 	flag.Parse()
@@ -82,8 +97,9 @@ func main() {
 		}
 		o.Concurrency = append(o.Concurrency, n)
 	}
-	if o.Payments < 1 || o.LadderPayments < 0 || o.Compression < 1 || o.CostPayments < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -payments, -cost-payments and -compression must be positive")
+	if o.Payments < 1 || o.LadderPayments < 0 || o.Compression < 1 || o.CostPayments < 1 || o.ShardPayments < 1 || o.IsolationPayments < 1 ||
+		o.IsolationRate < 1 || o.IsolationTimeout <= 0 || o.IsolationTimeout > 10*time.Second || o.E2EPayments < 1 {
+		fmt.Fprintln(os.Stderr, "bench: counts, rates and -compression must be positive; -isolation-timeout at most 10s")
 		os.Exit(2)
 	}
 	o.FirestoreHost = os.Getenv("FIRESTORE_EMULATOR_HOST")
@@ -160,6 +176,10 @@ type Result struct {
 	CostFirst    Cost               `json:"cost_first_attempt"`
 	CostFurther  Cost               `json:"cost_per_further_attempt"`
 	CostRefund   Cost               `json:"cost_refund_first_attempt"`
+	E2EBaseline  Stats              `json:"e2e_baseline"`
+	E2ERelay     Stats              `json:"e2e_payrelay"`
+	Sharding     map[int]ShardStats `json:"sharding"`
+	Isolation    Isolation          `json:"isolation"`
 	CPUPer1000   float64            `json:"functions_cpu_seconds_per_1000"`
 	PeakRSSMB    float64            `json:"functions_peak_rss_mb"`
 	Sent         int                `json:"payments_sent"`
@@ -187,7 +207,9 @@ type env struct {
 	mu         sync.Mutex
 	hits       map[string][]gameserver.Hit
 	dispatches map[string]tasksemu.Dispatch
-	sent       []string
+	sent       []string // sample orders of game GameA
+	sentIDs    []string // payment ids of the other games' workloads
+	isoHang    atomic.Bool
 	progressMu sync.Mutex
 }
 
@@ -206,7 +228,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		Machine:     fmt.Sprintf("%s/%s, %d cores, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version()),
 		Compression: o.Compression, Terminal: map[string]int{}, CPUCores: map[string]float64{},
 	}
-	steps := []func(context.Context, *Result) error{e.baseline, e.ingest, e.ladderWorkload, e.cost}
+	steps := []func(context.Context, *Result) error{e.baseline, e.ingest, e.endToEnd, e.sharding, e.isolation, e.ladderWorkload, e.cost}
 	for _, step := range steps {
 		if err := step(ctx, r); err != nil {
 			return r, err
@@ -244,7 +266,12 @@ func (e *env) start(ctx context.Context) error {
 		e.fsHost = e.fs.Host
 	}
 	os.Setenv("FIRESTORE_EMULATOR_HOST", e.fsHost) // for this process's own clients
-	e.tasks, err = tasksemu.New(tasksemu.Options{OnDispatch: func(d tasksemu.Dispatch) {
+	games := e.games()
+	queues := []string{e2eQueue}
+	for _, g := range games {
+		queues = append(queues, g.queues()...)
+	}
+	e.tasks, err = tasksemu.New(tasksemu.Options{Queues: queues, OnDispatch: func(d tasksemu.Dispatch) {
 		e.mu.Lock()
 		if _, seen := e.dispatches[d.Task]; !seen {
 			e.dispatches[d.Task] = d
@@ -254,12 +281,17 @@ func (e *env) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := e.tasks.UpdateQueue(ctx, &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
-		Name: tasksemu.DefaultQueue,
-		RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(100 * time.Millisecond),
-			MaxBackoff: durationpb.New(5 * time.Second), MaxDoublings: 5},
-	}}); err != nil {
-		return err
+	for _, g := range games {
+		for _, q := range g.queues() {
+			if _, err := e.tasks.UpdateQueue(ctx, &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
+				Name:       q,
+				RateLimits: &cloudtaskspb.RateLimits{MaxDispatchesPerSecond: g.rate, MaxConcurrentDispatches: g.concurrent},
+				RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(100 * time.Millisecond),
+					MaxBackoff: durationpb.New(5 * time.Second), MaxDoublings: 5},
+			}}); err != nil {
+				return err
+			}
+		}
 	}
 	if e.tasksAddr, err = e.tasks.Start("127.0.0.1:0"); err != nil {
 		return err
@@ -267,8 +299,11 @@ func (e *env) start(ctx context.Context) error {
 	if e.game, err = gameserver.Start("127.0.0.1:0", stack.GameSecret, gameserver.Behaviour{}); err != nil {
 		return err
 	}
+	isoA, _ := e.isoGames()
 	e.game.SetDecide(func(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 		switch {
+		case p.Data.Game == isoA.name && e.isoHang.Load():
+			return gameserver.Answer{Status: http.StatusOK, Delay: e.o.IsolationTimeout + time.Second}, true
 		case strings.HasPrefix(p.Data.OrderID, "lad-"):
 			return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
 		case strings.HasPrefix(p.Data.OrderID, "cost2-") && attempt == 1:
@@ -296,10 +331,16 @@ func (e *env) startFn(ctx context.Context) error {
 	e.debugAddr = fmt.Sprintf("127.0.0.1:%d", dport)
 	e.collection = fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	cmd := exec.Command(bin)
-	cmd.Env = append(stack.FunctionEnv{
-		Port: e.fnPort, FunctionsURL: fmt.Sprintf("http://127.0.0.1:%d", e.fnPort), GameURL: e.game.URL,
+	fenv := stack.FunctionEnv{
+		Port: e.fnPort, FunctionsURL: fmt.Sprintf("http://127.0.0.1:%d", e.fnPort),
 		TasksAddr: e.tasksAddr, FirestoreHost: e.fsHost, Collection: e.collection, Compression: e.o.Compression, LogLevel: "error",
-	}.Environ(), "PAYRELAY_DEBUG_ADDR="+e.debugAddr)
+		Providers: provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{}}},
+	}
+	for _, g := range e.games() {
+		fenv.Games = append(fenv.Games, stack.GameEnv{Name: g.name, URL: e.game.URL, Queues: g.queues(), Timeout: g.timeout})
+		fenv.Providers.Generic.Apps[g.app] = g.name
+	}
+	cmd.Env = append(fenv.Environ(), "PAYRELAY_DEBUG_ADDR="+e.debugAddr)
 	logf, err := os.Create(filepath.Join(e.dir, "fnserver.log"))
 	if err != nil {
 		return err
@@ -531,7 +572,7 @@ func (e *env) ingest(ctx context.Context, r *Result) error {
 // ingestAlone runs Ingest at concurrency 32 with the queue paused, so that no delivery shares
 // the Firestore emulator and the two cores with it, then lets the deliveries run.
 func (e *env) ingestAlone(ctx context.Context, r *Result) error {
-	if _, err := e.tasks.PauseQueue(ctx, &cloudtaskspb.PauseQueueRequest{Name: tasksemu.DefaultQueue}); err != nil {
+	if _, err := e.tasks.PauseQueue(ctx, &cloudtaskspb.PauseQueueRequest{Name: mainQueue}); err != nil {
 		return err
 	}
 	orders := make([]string, e.o.Payments)
@@ -545,7 +586,7 @@ func (e *env) ingestAlone(ctx context.Context, r *Result) error {
 	})
 	r.IngestAlone = stats(lat, errs, wall)
 	e.sent = append(e.sent, orders...)
-	if _, err := e.tasks.ResumeQueue(ctx, &cloudtaskspb.ResumeQueueRequest{Name: tasksemu.DefaultQueue}); err != nil {
+	if _, err := e.tasks.ResumeQueue(ctx, &cloudtaskspb.ResumeQueueRequest{Name: mainQueue}); err != nil {
 		return err
 	}
 	return e.waitDelivered(ctx, orders, "deliveries after the pause")
@@ -705,7 +746,7 @@ func (e *env) ladderWorkload(ctx context.Context, r *Result) error {
 			b.delivery = append(b.delivery, float64(late)/float64(step))
 			b.deliveryAbs = append(b.deliveryAbs, late)
 			e.mu.Lock()
-			d, ok := e.dispatches[fmt.Sprintf("%s/tasks/%s-%d", tasksemu.DefaultQueue, p.ID, n)]
+			d, ok := e.dispatches[fmt.Sprintf("%s/tasks/%s-%d", mainQueue, p.ID, n)]
 			e.mu.Unlock()
 			if ok {
 				b.dispatch = append(b.dispatch, float64(d.SentAt.Sub(d.ETA))/float64(step))
@@ -843,8 +884,36 @@ func (e *env) finish(ctx context.Context, r *Result) {
 			r.Lost++
 		}
 	}
+	for _, id := range e.sentIDs {
+		p, _, err := e.store.Get(ctx, id)
+		switch {
+		case err != nil:
+			r.Lost++
+		default:
+			r.Terminal[string(p.Paid().State)]++
+			if p.Paid().State != relay.StateDelivered {
+				r.Lost++
+			}
+		}
+	}
+	r.Sent += len(e.sentIDs)
 	add := func(name, value, goal string, met bool) {
 		r.Targets = append(r.Targets, Target{name, value, goal, met})
+	}
+	if b, p := r.E2EBaseline, r.E2ERelay; b.Rate > 0 && b.P99 > 0 {
+		add("end to end rate / minimal baseline (c=32)", fmt.Sprintf("%.2f (%.0f/s vs %.0f/s)", p.Rate/b.Rate, p.Rate, b.Rate), ">= 0.80", p.Rate >= 0.8*b.Rate)
+		add("end to end p99 / minimal baseline (c=32)", fmt.Sprintf("%.2f (%.1f ms vs %.1f ms)", p.P99/b.P99, p.P99, b.P99), "<= 2.00", p.P99 <= 2*b.P99)
+	}
+	for _, k := range shardCounts {
+		if s, ok := r.Sharding[k]; ok {
+			want := float64(k) * shardRate
+			add(fmt.Sprintf("sharding K=%d: delivered/s / (K x %d/s)", k, shardRate), fmt.Sprintf("%.2f (%.0f/s)", s.DeliveredPer/want, s.DeliveredPer), ">= 0.80", s.DeliveredPer >= 0.8*want)
+		}
+	}
+	if h, g := r.Isolation.Healthy, r.Isolation.Hanging; h.P99 > 0 && h.Rate > 0 {
+		add("isolation: B p50 with A hanging / A healthy", fmt.Sprintf("%.2f (%.1f vs %.1f ms)", g.P50/h.P50, g.P50, h.P50), "<= 1.20", g.P50 <= 1.2*h.P50)
+		add("isolation: B p99 with A hanging / A healthy", fmt.Sprintf("%.2f (%.1f vs %.1f ms)", g.P99/h.P99, g.P99, h.P99), "<= 1.20", g.P99 <= 1.2*h.P99)
+		add("isolation: B rate with A hanging / A healthy", fmt.Sprintf("%.2f (%.0f vs %.0f /s)", g.Rate/h.Rate, g.Rate, h.Rate), ">= 0.83", g.Rate >= h.Rate/1.2)
 	}
 	if b, ok := r.Baseline[32]; ok {
 		i, a := r.Ingest[32], r.IngestAlone
@@ -898,6 +967,22 @@ func (r *Result) Print(w io.Writer) {
 		fmt.Fprintf(w, "%-26s %8.0f %10.1f %10.1f %10.1f %7d\n", "ingest c=32, no delivery", a.Rate, a.P50, a.P99, a.Max, a.Errors)
 	}
 	fmt.Fprintf(w, "%-26s %8.0f %10.1f %10.1f %10.1f %7s\n", "ack -> game server (c=32)", r.DeliveryRate, r.EndToEnd.P50, r.EndToEnd.P99, r.EndToEnd.Max, "-")
+	for _, x := range []struct {
+		name string
+		s    Stats
+	}{{"e2e minimal baseline c=32", r.E2EBaseline}, {"e2e payrelay c=32", r.E2ERelay},
+		{"iso: B, A healthy", r.Isolation.Healthy}, {"iso: B, A hanging", r.Isolation.Hanging}} {
+		if x.s.N > 0 {
+			fmt.Fprintf(w, "%-26s %8.0f %10.1f %10.1f %10.1f %7d\n", x.name, x.s.Rate, x.s.P50, x.s.P99, x.s.Max, x.s.Errors)
+		}
+	}
+	if len(r.Sharding) > 0 {
+		fmt.Fprintf(w, "\nsharding (each queue limited to %d/s):", shardRate)
+		for _, k := range shardCounts {
+			fmt.Fprintf(w, " K=%d %.0f delivered/s;", k, r.Sharding[k].DeliveredPer)
+		}
+		fmt.Fprintln(w)
+	}
 	if len(r.Ladder) > 0 {
 		fmt.Fprintf(w, "\nladder (compressed %dx): lateness as a fraction of the step\n", r.Compression)
 		fmt.Fprintf(w, "%-8s %10s %5s %12s %12s %12s %12s %12s %14s\n", "attempt", "step ms", "n", "dispatch p99", "deliver p50", "deliver p99", "deliver max", "p99 ms", "p99/real step")

@@ -32,6 +32,7 @@ import (
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/functions/webhook"
 	"github.com/payrelay/payrelay/infra/gamehttp"
@@ -47,7 +48,10 @@ import (
 const (
 	compression    = 20000 // the 24h22m ladder in 4.4 s
 	deliverTimeout = time.Second
-	lease          = 10 * time.Second // longer than the outages injected below
+	// lease is longer than the outages injected below plus the time the Firestore client's gRPC
+	// connection takes to come back after one: against the emulator it keeps gRPC's default
+	// reconnect backoff (1 s growing by 1.6x), so a 5 s refused outage can keep it away ~10 s.
+	lease = 20 * time.Second
 )
 
 var (
@@ -161,8 +165,11 @@ func setup() (*harness, error) {
 	collection := fmt.Sprintf("fault-%d", time.Now().UnixNano())
 	hs.fnEnv = stack.FunctionEnv{
 		Port: hs.fnPort, FunctionsURL: fmt.Sprintf("http://127.0.0.1:%d", hs.fnPort),
-		GameURL: "http://" + hs.gameProxy.Addr() + "/payments", TasksAddr: hs.tasksProxy.Addr(), FirestoreHost: hs.fsProxy.Addr(),
-		Collection: collection, Compression: compression, DeliverTimeout: deliverTimeout, Lease: lease, LogLevel: "warn",
+		Games: []stack.GameEnv{{Name: stack.GameA, URL: "http://" + hs.gameProxy.Addr() + "/payments",
+			Queues: []string{stack.QueueName(stack.GameA, 0)}, Timeout: deliverTimeout}},
+		TasksAddr: hs.tasksProxy.Addr(), FirestoreHost: hs.fsProxy.Addr(),
+		Collection: collection, Compression: compression, Lease: lease, LogLevel: "warn",
+		Providers: provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{stack.SampleApp: stack.GameA}}},
 	}.Environ()
 	if err = hs.startFn(); err != nil {
 		return hs, err
@@ -172,7 +179,7 @@ func setup() (*harness, error) {
 }
 
 func (hs *harness) startTasks(duplicate bool) error {
-	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate,
+	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate, Queues: []string{stack.QueueName(stack.GameA, 0)},
 		OnDispatch: func(d tasksemu.Dispatch) {
 			hs.dispatchN.Add(1)
 			if d.Status >= 500 {
@@ -183,7 +190,7 @@ func (hs *harness) startTasks(duplicate bool) error {
 		return err
 	}
 	if _, err := srv.UpdateQueue(context.Background(), &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
-		Name: tasksemu.DefaultQueue,
+		Name: stack.QueueName(stack.GameA, 0),
 		RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(50 * time.Millisecond),
 			MaxBackoff: durationpb.New(500 * time.Millisecond), MaxDoublings: 3},
 	}}); err != nil {

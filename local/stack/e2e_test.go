@@ -38,15 +38,17 @@ func TestMain(m *testing.M) {
 	ctx := context.Background()
 	ladder, _ = schedule.Default().Compress(compression)
 	providerConfig := providerKeys()
+	providerConfig.Generic = stack.DefaultProviders().Generic
 	st, startErr = stack.Start(ctx, stack.Options{
-		ProviderConfig: providerConfig,
-		FirestoreHost:  os.Getenv("FIRESTORE_EMULATOR_HOST"),
-		Compression:    compression,
-		Collection:     fmt.Sprintf("e2e-%d", time.Now().UnixNano()),
-		LogLevel:       "warn",
+		Providers:     providerConfig,
+		FirestoreHost: os.Getenv("FIRESTORE_EMULATOR_HOST"),
+		Compression:   compression,
+		Collection:    fmt.Sprintf("e2e-%d", time.Now().UnixNano()),
+		LogLevel:      "warn",
 	})
 	if startErr == nil {
 		st.Game.SetDecide(decide)
+		st.GameB.SetDecide(decide)
 		payments, startErr = st.OpenStore(ctx)
 	}
 	code := m.Run()
@@ -71,6 +73,8 @@ func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "slow-"):
 		return gameserver.Answer{Status: http.StatusOK, Delay: 300 * time.Millisecond}, true
+	case strings.HasPrefix(order, "bdown-"):
+		return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
 	case strings.HasPrefix(order, "gone-"):
 		return gameserver.Answer{Status: http.StatusGone}, true
 	case strings.HasPrefix(order, "later-") && attempt == 1:
@@ -244,8 +248,8 @@ func TestDuplicatedTaskGivesNoSecondPost(t *testing.T) {
 	c := newTasksClient(t)
 	body := fmt.Appendf(nil, `{"payment_id":%q,"notification":"paid","attempt":1}`, id)
 	for i := range 3 {
-		_, err := c.CreateTask(context.Background(), &cloudtaskspb.CreateTaskRequest{Parent: tasksemu.DefaultQueue, Task: &cloudtaskspb.Task{
-			Name:         fmt.Sprintf("%s/tasks/copy-%s-%d", tasksemu.DefaultQueue, id, i),
+		_, err := c.CreateTask(context.Background(), &cloudtaskspb.CreateTaskRequest{Parent: stack.QueueName(stack.GameA, 0), Task: &cloudtaskspb.Task{
+			Name:         fmt.Sprintf("%s/tasks/copy-%s-%d", stack.QueueName(stack.GameA, 0), id, i),
 			ScheduleTime: timestamppb.Now(),
 			MessageType: &cloudtaskspb.Task_HttpRequest{HttpRequest: &cloudtaskspb.HttpRequest{
 				Url: st.FunctionsURL + "/Deliver", HttpMethod: cloudtaskspb.HttpMethod_POST, Body: body}},

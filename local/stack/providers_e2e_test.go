@@ -16,6 +16,7 @@ import (
 	"github.com/payrelay/payrelay/functions/provider/providertest"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/gamehttp"
+	"github.com/payrelay/payrelay/local/stack"
 )
 
 const (
@@ -30,16 +31,15 @@ const (
 var aliKey, platKey *rsa.PrivateKey
 
 // providerKeys makes the providers' keys and the PROVIDER_CONFIG the stack runs with.
-func providerKeys() string {
+func providerKeys() provider.Config {
 	aliKey, _ = rsa.GenerateKey(rand.Reader, 2048)
 	platKey, _ = rsa.GenerateKey(rand.Reader, 2048)
-	b, _ := json.Marshal(provider.Config{
-		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: "sword"},
-			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: "farm"}},
-		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: "sword"},
+	return provider.Config{
+		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameA},
+			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: stack.GameB}},
+		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: stack.GameA},
 			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}}},
-	})
-	return string(b)
+	}
 }
 
 func post(t *testing.T, query, contentType string, h http.Header, body []byte) (int, string) {
@@ -108,8 +108,8 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 	if w.Provider != "wechatpay" || w.MerchantID != wxMch || w.OrderID != "wx-e2e-1" || w.AmountMinor != 64800 || w.Currency != "CNY" || w.AppID != wxApp {
 		t.Errorf("WeChat Pay payment at the game server: %+v", w)
 	}
-	if a.PaidAt == nil || w.PaidAt == nil || !a.PaidAt.Equal(*w.PaidAt) || a.Metadata["game"] != "sword" || w.Metadata["game"] != "sword" {
-		t.Errorf("normalized facts differ: %v vs %v, %v vs %v", a.PaidAt, w.PaidAt, a.Metadata, w.Metadata)
+	if a.PaidAt == nil || w.PaidAt == nil || !a.PaidAt.Equal(*w.PaidAt) || a.Game != stack.GameA || w.Game != stack.GameA {
+		t.Errorf("normalized facts differ: %v vs %v, games %s and %s", a.PaidAt, w.PaidAt, a.Game, w.Game)
 	}
 	if ka, kw := payloadKeys(t, ah[0].Payload), payloadKeys(t, wh[0].Payload); !slices.Equal(ka, kw) {
 		t.Errorf("the game server sees different shapes: %v vs %v", ka, kw)

@@ -47,10 +47,10 @@ func TestTwoMerchantsSameOrderNumberBothDelivered(t *testing.T) {
 			t.Fatalf("app %s answered %d %q", app, code, body)
 		}
 	}
-	for _, app := range []string{aliApp, aliApp2} {
+	for app, server := range map[string]*gameserver.Server{aliApp: st.Game, aliApp2: st.GameB} { // routed to games A and B
 		id := relay.PaymentID("alipay", app, "20261124-0001")
 		p := waitTerminal(t, id, 20*time.Second)
-		hits := st.Game.Hits(id)
+		hits := server.Hits(id)
 		if p.Paid().State != relay.StateDelivered || len(hits) != 1 || hits[0].Payload.Data.AppID != app {
 			t.Errorf("app %s: %s after %d posts", app, p.Paid().State, len(hits))
 		}

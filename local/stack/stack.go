@@ -10,6 +10,7 @@ package stack
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,8 +26,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/payrelay/payrelay/functions"
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/functions/webhook"
+	"github.com/payrelay/payrelay/infra/config"
 	"github.com/payrelay/payrelay/infra/store"
 	"github.com/payrelay/payrelay/local/emulator"
 	"github.com/payrelay/payrelay/local/gameserver"
@@ -50,42 +53,83 @@ var (
 	GameSecret = webhook.NewSecret([]byte(GameKey))
 )
 
+// The demo games every local stack runs: two, each with its own demo game server and queue,
+// so a newcomer sees one game's trouble leave the other untouched. Sample payments with app
+// SampleApp go to GameA, with SampleAppB to GameB.
+const (
+	GameA      = "demo-a"
+	GameB      = "demo-b"
+	SampleAppB = "demo-game-b"
+)
+
+// QueueName is the local Cloud Tasks queue k of a game.
+func QueueName(game string, k int) string {
+	return fmt.Sprintf("projects/%s/locations/local/queues/%s-%d", ProjectID, game, k)
+}
+
+// GameEnv is one game as the functions are told of it (GAMES).
+type GameEnv struct {
+	Name    string
+	URL     string
+	Queues  []string
+	Timeout time.Duration // 0: 10s
+}
+
+// DefaultProviders is PROVIDER_CONFIG's routing of the sample apps to the demo games.
+func DefaultProviders() provider.Config {
+	return provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{SampleApp: GameA, SampleAppB: GameB}}}
+}
+
 // FunctionEnv is the environment the functions read when they run against local emulators, in
 // this process or in one of their own: the one place that knows the local wiring of every
 // variable infra/config reads.
 type FunctionEnv struct {
-	Port                  int // PORT, for a process of their own; 0 leaves it out
-	FunctionsURL          string
-	GameURL               string
-	TasksAddr             string
-	FirestoreHost         string
-	Collection            string
-	Ladder                string
-	Compression           int
-	DeliverTimeout, Lease time.Duration
-	LogLevel              string
-	ProviderConfig        string
+	Port          int // PORT, for a process of their own; 0 leaves it out
+	FunctionsURL  string
+	Games         []GameEnv
+	TasksAddr     string
+	FirestoreHost string
+	Collection    string
+	Ladder        string
+	Compression   int
+	Lease         time.Duration
+	LogLevel      string
+	Providers     provider.Config
 }
 
 // Map returns the variables by name.
 func (f FunctionEnv) Map() map[string]string {
+	type gameJSON struct {
+		Name    string   `json:"name"`
+		URL     string   `json:"url"`
+		Timeout string   `json:"timeout,omitempty"`
+		Queues  []string `json:"queues"`
+	}
+	var games []gameJSON
+	for _, g := range f.Games {
+		gj := gameJSON{Name: g.Name, URL: g.URL, Queues: g.Queues}
+		if g.Timeout > 0 {
+			gj.Timeout = g.Timeout.String()
+		}
+		games = append(games, gj)
+	}
+	gamesJSON, _ := json.Marshal(games)
+	providers, _ := json.Marshal(f.Providers)
 	m := map[string]string{
 		"PROJECT_ID":                ProjectID,
 		"PAYMENTS_COLLECTION":       f.Collection,
-		"TASKS_QUEUE":               tasksemu.DefaultQueue,
 		"DELIVER_URL":               f.FunctionsURL + "/Deliver",
-		"GAME_SERVER_URL":           f.GameURL,
-		"GAME_SERVER_SECRET":        GameSecret.Encode(),
+		"GAMES":                     string(gamesJSON),
 		"INGEST_SECRETS":            IngestSecret.Encode(),
 		"LADDER":                    f.Ladder,
 		"LADDER_COMPRESSION":        strconv.Itoa(max(f.Compression, 1)),
 		"CLOUD_TASKS_EMULATOR_HOST": f.TasksAddr,
 		"FIRESTORE_EMULATOR_HOST":   f.FirestoreHost,
 		"LOG_LEVEL":                 f.LogLevel,
-		"PROVIDER_CONFIG":           f.ProviderConfig,
+		"PROVIDER_CONFIG":           string(providers),
 	}
-	if f.DeliverTimeout > 0 {
-		m["DELIVER_TIMEOUT"] = f.DeliverTimeout.String()
+	for _, g := range f.Games {
+		m[config.GameSecretsVar(g.Name)] = GameSecret.Encode()
 	}
 	if f.Lease > 0 {
 		m["DELIVER_LEASE"] = f.Lease.String()
@@ -118,8 +162,10 @@ type Options struct {
 	Compression int
 	// Ladder overrides the default ladder.
 	Ladder string
-	// Game is the demo game server's behaviour.
-	Game gameserver.Behaviour
+	// Game and GameB are the demo game servers' behaviours (games GameA and GameB).
+	Game, GameB gameserver.Behaviour
+	// GameBPort is GameB's demo game server's port.
+	GameBPort int
 	// TasksDataDir makes the Cloud Tasks emulator durable.
 	TasksDataDir string
 	// Collection holds the payments (default "payments").
@@ -127,11 +173,12 @@ type Options struct {
 	Observer   relay.Observer
 	// LogLevel of the functions' JSON logs (default "error": the runner shows progress itself).
 	LogLevel string
-	// Lease overrides DELIVER_LEASE (default 60s); DeliverTimeout overrides DELIVER_TIMEOUT.
+	// Lease overrides DELIVER_LEASE (default 60s); DeliverTimeout is each game's timeout
+	// (default 10s).
 	Lease          time.Duration
 	DeliverTimeout time.Duration
-	// ProviderConfig is PROVIDER_CONFIG: Alipay apps and WeChat Pay merchants (JSON).
-	ProviderConfig string
+	// Providers is PROVIDER_CONFIG; its generic apps default to DefaultProviders'.
+	Providers provider.Config
 	// FirestoreLog receives the emulator's output.
 	FirestoreLog io.Writer
 }
@@ -143,7 +190,8 @@ type Stack struct {
 	FirestoreHost string
 	TasksAddr     string
 	Tasks         *tasksemu.Server
-	Game          *gameserver.Server
+	Game          *gameserver.Server // GameA's
+	GameB         *gameserver.Server
 	firestore     *emulator.Firestore // started by us
 }
 
@@ -232,30 +280,30 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		s.FirestoreHost = s.firestore.Host
 	}
 
-	s.Tasks, err = tasksemu.New(tasksemu.Options{DataDir: o.TasksDataDir, Queues: []string{tasksemu.DefaultQueue}})
-	if err != nil {
-		return s, err
-	}
-	// Like the deployed queue: our own failures are retried without end, with bounded backoff.
-	if _, err = s.Tasks.UpdateQueue(ctx, &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
-		Name: tasksemu.DefaultQueue,
-		RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(100 * time.Millisecond),
-			MaxBackoff: durationpb.New(5 * time.Second), MaxDoublings: 5},
-	}}); err != nil {
-		return s, err
-	}
-	if s.TasksAddr, err = s.Tasks.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort))); err != nil {
+	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0)}
+	if s.Tasks, s.TasksAddr, err = StartTasks(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort)), o.TasksDataDir, queues...); err != nil {
 		return s, err
 	}
 	if s.Game, err = gameserver.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.GamePort)), GameSecret, o.Game); err != nil {
-		return s, fmt.Errorf("demo game server: %w", err)
+		return s, fmt.Errorf("demo game server of %s: %w", GameA, err)
+	}
+	if s.GameB, err = gameserver.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.GameBPort)), GameSecret, o.GameB); err != nil {
+		return s, fmt.Errorf("demo game server of %s: %w", GameB, err)
 	}
 
 	s.FunctionsURL = "http://" + net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+	providers := o.Providers
+	if providers.Generic.Apps == nil {
+		providers.Generic = DefaultProviders().Generic
+	}
 	env := FunctionEnv{
-		FunctionsURL: s.FunctionsURL, GameURL: s.Game.URL, TasksAddr: s.TasksAddr, FirestoreHost: s.FirestoreHost,
-		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression, DeliverTimeout: o.DeliverTimeout,
-		Lease: o.Lease, LogLevel: o.LogLevel, ProviderConfig: o.ProviderConfig,
+		FunctionsURL: s.FunctionsURL, TasksAddr: s.TasksAddr, FirestoreHost: s.FirestoreHost,
+		Games: []GameEnv{
+			{Name: GameA, URL: s.Game.URL, Queues: queues[:1], Timeout: o.DeliverTimeout},
+			{Name: GameB, URL: s.GameB.URL, Queues: queues[1:], Timeout: o.DeliverTimeout},
+		},
+		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression,
+		Lease: o.Lease, LogLevel: o.LogLevel, Providers: providers,
 	}
 	for k, v := range env.Map() {
 		if err = os.Setenv(k, v); err != nil {
@@ -303,6 +351,9 @@ func (s *Stack) Stop(ctx context.Context) error {
 	if s.Game != nil {
 		errs = append(errs, s.Game.Close())
 	}
+	if s.GameB != nil {
+		errs = append(errs, s.GameB.Close())
+	}
 	if s.firestore != nil {
 		errs = append(errs, s.firestore.Stop())
 	}
@@ -326,10 +377,15 @@ func (s *Stack) OpenStore(ctx context.Context) (*store.Firestore, error) {
 // is a repeated callback (one chain), not a contradicting one (409).
 const SamplePaidAt = "2026-11-24T20:00:00+08:00"
 
-// SampleBody is a valid generic-format payment for order.
+// SampleBody is a valid generic-format payment for order, of app SampleApp (game GameA).
 func SampleBody(order, amount, currency string) []byte {
-	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"paid","paid_at":%q,"app_id":"demo-game","metadata":{"sku":"gems_60"}}`,
-		order, order, amount, currency, SamplePaidAt)
+	return SampleBodyFor(SampleApp, order, amount, currency)
+}
+
+// SampleBodyFor is a valid generic-format payment for order of app.
+func SampleBodyFor(app, order, amount, currency string) []byte {
+	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"paid","paid_at":%q,"app_id":%q,"metadata":{"sku":"gems_60"}}`,
+		order, order, amount, currency, SamplePaidAt, app)
 }
 
 // SampleRefundedAt is the refunded_at of sample refunds: fixed, like SamplePaidAt.
@@ -338,8 +394,13 @@ const SampleRefundedAt = "2026-11-24T21:00:00+08:00"
 // SampleRefundBody is a valid generic-format refund of refundAmount of the sample payment of
 // order (whose amount is amount).
 func SampleRefundBody(order, amount, currency, refundID, refundAmount string) []byte {
-	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"refunded","paid_at":%q,"app_id":"demo-game","metadata":{"sku":"gems_60"},"refund_id":%q,"refund_amount":%q,"refunded_at":%q}`,
-		order, order, amount, currency, SamplePaidAt, refundID, refundAmount, SampleRefundedAt)
+	return SampleRefundBodyFor(SampleApp, order, amount, currency, refundID, refundAmount)
+}
+
+// SampleRefundBodyFor is SampleRefundBody for a payment of app.
+func SampleRefundBodyFor(app, order, amount, currency, refundID, refundAmount string) []byte {
+	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"refunded","paid_at":%q,"app_id":%q,"metadata":{"sku":"gems_60"},"refund_id":%q,"refund_amount":%q,"refunded_at":%q}`,
+		order, order, amount, currency, SamplePaidAt, app, refundID, refundAmount, SampleRefundedAt)
 }
 
 // Send posts body to an Ingest URL signed with secret, as a provider would.
@@ -366,5 +427,30 @@ func Send(ctx context.Context, ingestURL string, secret webhook.Secret, body []b
 // SampleApp is the app id (and so the merchant account) of sample payments.
 const SampleApp = "demo-game"
 
-// SamplePaymentID is the payment id of the sample payment of order.
+// SamplePaymentID is the payment id of the sample payment of order (app SampleApp).
 func SamplePaymentID(order string) string { return relay.PaymentID("generic", SampleApp, order) }
+
+// StartTasks starts a Cloud Tasks emulator on addr with queues, each configured like the
+// deployed ones: our own failures retried without end, with bounded backoff.
+func StartTasks(ctx context.Context, addr, dataDir string, queues ...string) (*tasksemu.Server, string, error) {
+	t, err := tasksemu.New(tasksemu.Options{DataDir: dataDir, Queues: queues})
+	if err != nil {
+		return nil, "", err
+	}
+	for _, q := range queues {
+		if _, err := t.UpdateQueue(ctx, &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
+			Name: q,
+			RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(100 * time.Millisecond),
+				MaxBackoff: durationpb.New(5 * time.Second), MaxDoublings: 5},
+		}}); err != nil {
+			t.Close(ctx)
+			return nil, "", err
+		}
+	}
+	bound, err := t.Start(addr)
+	if err != nil {
+		t.Close(ctx)
+		return nil, "", err
+	}
+	return t, bound, nil
+}

@@ -21,9 +21,14 @@ mock_provider "google" {
 }
 
 variables {
-  project_id      = "studio-prod"
-  region          = "asia-east1"
-  game_server_url = "https://game.example.com/payments"
+  project_id = "studio-prod"
+  region     = "asia-east1"
+  games = {
+    sword = { url = "https://sword.example.com/payrelay" }
+    # A game on a private network, spread over two queues with its own limits.
+    farm-valley = { url = "https://farm.internal.example.com/payrelay", allow_private = true, timeout = "5s",
+    shards = 2, max_dispatches_per_second = 20, max_concurrent_dispatches = 10 }
+  }
   # Any existing file: it is only hashed, and the mock provider uploads nothing.
   source_zip = "go.mod"
 }
@@ -41,15 +46,45 @@ run "wiring" {
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn : sort(keys(f.service_config[0].environment_variables)) == sort([
-      "DELIVER_LEASE", "DELIVER_TIMEOUT", "DELIVER_URL", "FIRESTORE_DATABASE", "GAME_SERVER_URL", "LADDER", "LADDER_COMPRESSION",
-      "LOG_LEVEL", "PAYMENTS_COLLECTION", "PROJECT_ID", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE", "TASKS_QUEUE",
+      "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "LADDER", "LADDER_COMPRESSION",
+      "LOG_LEVEL", "PAYMENTS_COLLECTION", "PROJECT_ID", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
     ])])
     error_message = "each function must get every plain variable infra/config reads"
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn :
-    sort([for s in f.service_config[0].secret_environment_variables : s.key]) == sort(["GAME_SERVER_SECRET", "INGEST_SECRETS", "PROVIDER_CONFIG"])])
-    error_message = "secrets must reach the functions as secret environment variables"
+    sort([for s in f.service_config[0].secret_environment_variables : s.key]) == sort(["GAME_SECRETS_FARM_VALLEY", "GAME_SECRETS_SWORD", "INGEST_SECRETS", "PROVIDER_CONFIG"])])
+    error_message = "secrets, each game's signing secrets among them, must reach the functions as secret environment variables"
+  }
+  assert {
+    condition = alltrue([for f in google_cloudfunctions2_function.fn : alltrue([for s in f.service_config[0].secret_environment_variables :
+    s.secret == google_secret_manager_secret.secret["game-farm-valley"].secret_id if s.key == "GAME_SECRETS_FARM_VALLEY"])])
+    error_message = "GAME_SECRETS_FARM_VALLEY must come from farm-valley's own secret"
+  }
+  assert {
+    condition     = google_secret_manager_secret.secret["game-sword"].secret_id == "payrelay-game-sword-secrets" && google_secret_manager_secret.secret["game-farm-valley"].secret_id == "payrelay-game-farm-valley-secrets"
+    error_message = "each game must get its own signing-secret container"
+  }
+  assert {
+    condition     = sort([for q in google_cloud_tasks_queue.game : q.name]) == sort(["payrelay-farm-valley-0", "payrelay-farm-valley-1", "payrelay-sword-0"])
+    error_message = "every game must get its queue, one per shard"
+  }
+  assert {
+    condition     = google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_dispatches_per_second == 20 && google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_concurrent_dispatches == 10 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_dispatches_per_second == 50 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_concurrent_dispatches == 100
+    error_message = "each game's queues must carry its own rate limits (defaults 50/s and 100 concurrent)"
+  }
+  assert {
+    condition = jsondecode(google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["GAMES"]) == [
+      { name = "farm-valley", url = "https://farm.internal.example.com/payrelay", timeout = "5s", allow_private = true,
+      queues = ["projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-0", "projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-1"] },
+      { name = "sword", url = "https://sword.example.com/payrelay", timeout = "10s", allow_private = false,
+      queues = ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"] },
+    ]
+    error_message = "GAMES must name every game's URL, settings and queues, as the functions read them"
+  }
+  assert {
+    condition     = google_cloudfunctions2_function.fn["ingest"].service_config[0].environment_variables["GAMES"] == google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["GAMES"]
+    error_message = "Ingest and Deliver must see the same games"
   }
   assert {
     condition     = google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["DELIVER_URL"] == "https://payrelay-deliver-123456789012.asia-east1.run.app"
@@ -84,16 +119,16 @@ run "wiring" {
     error_message = "the runtime account must be able to act as the invoker account (CreateTask with an OIDC token)"
   }
   assert {
-    condition     = google_cloud_tasks_queue_iam_member.runtime_enqueue.role == "roles/cloudtasks.enqueuer" && google_cloud_tasks_queue_iam_member.runtime_enqueue.name == google_cloud_tasks_queue.deliveries.name
-    error_message = "the runtime account may enqueue on the deliveries queue only"
+    condition     = sort(keys(google_cloud_tasks_queue_iam_member.runtime_enqueue)) == sort(keys(google_cloud_tasks_queue.game)) && alltrue([for k, m in google_cloud_tasks_queue_iam_member.runtime_enqueue : m.role == "roles/cloudtasks.enqueuer" && m.name == google_cloud_tasks_queue.game[k].name && m.member == "serviceAccount:${google_service_account.runtime.email}"])
+    error_message = "the runtime account may enqueue on each game's queues, granted queue by queue"
   }
   assert {
-    condition     = google_cloud_tasks_queue.deliveries.retry_config[0].max_attempts == -1 && google_cloud_tasks_queue.deliveries.retry_config[0].max_retry_duration == "0s"
-    error_message = "the queue must never drop a task: unlimited attempts, no retry deadline"
+    condition     = alltrue([for q in google_cloud_tasks_queue.game : q.retry_config[0].max_attempts == -1 && q.retry_config[0].max_retry_duration == "0s"])
+    error_message = "a queue must never drop a task: unlimited attempts, no retry deadline"
   }
   assert {
-    condition     = google_cloud_tasks_queue.deliveries.retry_config[0].max_backoff == "60s"
-    error_message = "the queue's backoff must be bounded"
+    condition     = alltrue([for q in google_cloud_tasks_queue.game : q.retry_config[0].max_backoff == "60s"])
+    error_message = "the queues' backoff must be bounded"
   }
   assert {
     condition     = !contains(["roles/owner", "roles/editor", "roles/viewer"], google_project_iam_member.runtime_firestore.role)
@@ -112,17 +147,41 @@ run "wiring" {
     error_message = "Firestore must be in native mode"
   }
   assert {
-    condition     = output.ingest_url == "https://mock-ingest.a.run.app" && output.queue == google_cloud_tasks_queue.deliveries.id
-    error_message = "outputs must give the Ingest URL and the queue"
+    condition     = output.ingest_url == "https://mock-ingest.a.run.app" && output.queues["sword"] == ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]
+    error_message = "outputs must give the Ingest URL and each game's queues"
   }
 }
 
 run "refuses_plain_http_game_server" {
   command = plan
   variables {
-    game_server_url = "http://game.example.com/payments"
+    games = { sword = { url = "http://game.example.com/payments" } }
   }
-  expect_failures = [var.game_server_url]
+  expect_failures = [var.games]
+}
+
+run "refuses_bad_game_name" {
+  command = plan
+  variables {
+    games = { Sword_Game = { url = "https://game.example.com/payments" } }
+  }
+  expect_failures = [var.games]
+}
+
+run "refuses_bad_shards_and_timeout" {
+  command = plan
+  variables {
+    games = { sword = { url = "https://game.example.com/payments", shards = 0, timeout = "30s" } }
+  }
+  expect_failures = [var.games]
+}
+
+run "refuses_no_game" {
+  command = plan
+  variables {
+    games = {}
+  }
+  expect_failures = [var.games]
 }
 
 run "refuses_bad_ladder" {

@@ -1,0 +1,75 @@
+package stack_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/local/stack"
+)
+
+// Two games, two queues: game B's server fails every attempt while game A's payments go out
+// at once, each to its own game's server and nowhere else.
+func TestTwoGamesOneFailingTheOtherOnTime(t *testing.T) {
+	t.Parallel()
+	need(t)
+	var aIDs, bIDs []string
+	sent := time.Now()
+	for i := range 5 {
+		for _, g := range []struct {
+			app, prefix string
+			ids         *[]string
+		}{{stack.SampleAppB, "bdown", &bIDs}, {stack.SampleApp, "ok-games", &aIDs}} {
+			order := fmt.Sprintf("%s-%d", g.prefix, i)
+			code, body, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SampleBodyFor(g.app, order, "6.48", "CNY"))
+			if err != nil || code != http.StatusOK {
+				t.Fatalf("%s: %d %s %v", order, code, body, err)
+			}
+			var out struct {
+				PaymentID string `json:"payment_id"`
+			}
+			json.Unmarshal(body, &out)
+			*g.ids = append(*g.ids, out.PaymentID)
+		}
+	}
+	for _, id := range aIDs {
+		p := waitTerminal(t, id, 20*time.Second)
+		hits := st.Game.Hits(id)
+		if p.Game != stack.GameA || p.Paid().State != relay.StateDelivered || len(hits) != 1 || hits[0].Payload.Data.Game != stack.GameA {
+			t.Errorf("game A payment %s: game %s, %s after %d POSTs", id, p.Game, p.Paid().State, len(hits))
+			continue
+		}
+		// On time: game B's failures (and its ladder) did not hold A's notifications back.
+		if late := hits[0].At.Sub(sent); late > 2*time.Second {
+			t.Errorf("game A payment %s reached its server %v after it was sent", id, late)
+		}
+		if n := len(st.GameB.Hits(id)); n != 0 {
+			t.Errorf("game A payment %s was posted to game B's server %d times", id, n)
+		}
+	}
+	for _, id := range bIDs {
+		p := waitTerminal(t, id, 20*time.Second)
+		if p.Game != stack.GameB || p.Paid().State != relay.StateFailed || len(st.GameB.Hits(id)) != 8 || len(st.Game.Hits(id)) != 0 {
+			t.Errorf("game B payment %s: game %s, %s after %d POSTs to B and %d to A; want failed after 8, all to B",
+				id, p.Game, p.Paid().State, len(st.GameB.Hits(id)), len(st.Game.Hits(id)))
+		}
+	}
+}
+
+// A notification of an app routed to no game is refused as a failure of ours (500, so the
+// provider retries until the configuration is fixed), and nothing is stored.
+func TestUnroutedAppRefusedNothingStored(t *testing.T) {
+	t.Parallel()
+	need(t)
+	code, body, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SampleBodyFor("forgotten-app", "unrouted-1", "6.48", "CNY"))
+	if err != nil || code != http.StatusInternalServerError {
+		t.Fatalf("unrouted app answered %d %s %v, want 500", code, body, err)
+	}
+	if _, _, err := payments.Get(context.Background(), relay.PaymentID("generic", "forgotten-app", "unrouted-1")); err == nil {
+		t.Error("a payment of an unrouted app was stored")
+	}
+}

@@ -160,6 +160,22 @@ variable "deliver_max_instances" {
   }
 }
 
+variable "operators" {
+  description = "Principals who may open the Admin function (the operators' API), e.g. [\"user:ops@studio.example\", \"group:payments-oncall@studio.example\"]."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.operators : can(regex("^(user|group|serviceAccount|domain):[^\\s]+$", m))])
+    error_message = "each operator must be an IAM member: user:, group:, serviceAccount: or domain:."
+  }
+}
+
+variable "sweep_schedule" {
+  description = "Cron schedule of the sweeper (Cloud Scheduler), in UTC."
+  type        = string
+  default     = "* * * * *"
+}
+
 variable "log_level" {
   description = "Functions' log level: debug, info, warn or error."
   type        = string
@@ -184,6 +200,7 @@ locals {
     "secretmanager.googleapis.com",
     "iam.googleapis.com",
     "storage.googleapis.com",
+    "cloudscheduler.googleapis.com",
   ])
 }
 
@@ -199,6 +216,32 @@ data "google_project" "this" {
 
 # ---------------------------------------------------------------------------------------------
 # Firestore and the queue
+
+# Every composite index the store's queries use (infra/store.Indexes; a Go test checks the two
+# lists agree): operators' lists filter on a tag and, optionally, game and provider, newest
+# first. The sweeper's query on due_at runs on Firestore's automatic single-field index.
+locals {
+  firestore_indexes = [
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "game", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "game", order = "ASCENDING" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+  ]
+}
+
+resource "google_firestore_index" "payments" {
+  for_each   = { for i, idx in local.firestore_indexes : join(",", [for f in idx : f.path]) => idx }
+  database   = google_firestore_database.payments.name
+  collection = "payments"
+  dynamic "fields" {
+    for_each = each.value
+    content {
+      field_path   = fields.value.path
+      order        = lookup(fields.value, "order", null)
+      array_config = lookup(fields.value, "array_config", null)
+    }
+  }
+}
 
 resource "google_firestore_database" "payments" {
   name                    = "(default)"
@@ -246,6 +289,12 @@ resource "google_service_account" "runtime" {
   account_id   = "${var.name}-runtime"
   display_name = "payrelay functions runtime"
   description  = "Identity of Ingest and Deliver: Firestore, enqueue on the games' queues, read payrelay's secrets."
+}
+
+resource "google_service_account" "scheduler" {
+  account_id   = "${var.name}-scheduler"
+  display_name = "payrelay sweeper schedule"
+  description  = "Identity Cloud Scheduler calls the Sweep function with; may invoke Sweep only."
 }
 
 resource "google_service_account" "invoker" {
@@ -354,6 +403,7 @@ locals {
     LADDER              = var.ladder
     LADDER_COMPRESSION  = "1"
     DELIVER_LEASE       = "60s"
+    SWEEP_MARGIN        = "2m"
     LOG_LEVEL           = var.log_level
   }
   function_secret_env = {
@@ -365,6 +415,8 @@ locals {
   functions = {
     ingest  = { name = local.ingest_name, entry_point = "Ingest", max_instances = var.ingest_max_instances }
     deliver = { name = local.deliver_name, entry_point = "Deliver", max_instances = var.deliver_max_instances }
+    admin   = { name = "${var.name}-admin", entry_point = "Admin", max_instances = 3 }
+    sweep   = { name = "${var.name}-sweep", entry_point = "Sweep", max_instances = 1 }
   }
 }
 
@@ -428,8 +480,52 @@ resource "google_cloud_run_service_iam_member" "deliver_invoker" {
   member   = "serviceAccount:${google_service_account.invoker.email}"
 }
 
+# Admin is private: only the operators may invoke it (README: open it with
+# `gcloud run services proxy payrelay-admin`).
+resource "google_cloud_run_service_iam_member" "admin_operators" {
+  for_each = toset(var.operators)
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["admin"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# Sweep is private: only the scheduler's identity may invoke it.
+resource "google_cloud_run_service_iam_member" "sweep_scheduler" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["sweep"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+# The sweeper, every minute: a notification whose task was lost waits minutes, never forever.
+resource "google_cloud_scheduler_job" "sweep" {
+  name             = "${var.name}-sweep"
+  region           = var.region
+  schedule         = var.sweep_schedule
+  time_zone        = "Etc/UTC"
+  attempt_deadline = "60s"
+  retry_config {
+    retry_count = 0 # the next minute's run is the retry
+  }
+  http_target {
+    http_method = "POST"
+    uri         = google_cloudfunctions2_function.fn["sweep"].service_config[0].uri
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = google_cloudfunctions2_function.fn["sweep"].service_config[0].uri
+    }
+  }
+  depends_on = [google_project_service.api]
+}
+
 # ---------------------------------------------------------------------------------------------
 # Outputs: what an operator needs next, and no secret
+
+output "admin_service" {
+  description = "The Admin function's Cloud Run service: gcloud run services proxy <it> --region <region>."
+  value       = google_cloudfunctions2_function.fn["admin"].service_config[0].service
+}
 
 output "ingest_url" {
   description = "Register this URL as the notify URL at the payment provider."

@@ -26,11 +26,15 @@ import (
 const (
 	IngestName  = "Ingest"
 	DeliverName = "Deliver"
+	AdminName   = "Admin"
+	SweepName   = "Sweep"
 )
 
 func init() {
 	functions.HTTP(IngestName, Ingest)
 	functions.HTTP(DeliverName, Deliver)
+	functions.HTTP(AdminName, Admin)
+	functions.HTTP(SweepName, Sweep)
 }
 
 // The process-wide handler, built from the environment on first use. A failed build is
@@ -136,8 +140,8 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	}
 	closeAll := func() error { return errors.Join(st.Close(), q.Close()) }
 	svc, err := relay.NewService(relay.Config{
-		Store: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
-		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease,
+		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
+		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
 	})
 	if err != nil {
 		closeAll()
@@ -167,6 +171,26 @@ func Ingest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.Ingest(w, r)
+}
+
+// Admin is the operators' function: their JSON API (private; see Handler.Admin).
+func Admin(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("admin: %w", err))
+		return
+	}
+	h.Admin(w, r)
+}
+
+// Sweep is the sweeper, called every minute by Cloud Scheduler.
+func Sweep(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("sweep: %w", err))
+		return
+	}
+	h.Sweep(w, r)
 }
 
 // Deliver is the Deliver function: one attempt of the ladder, called by Cloud Tasks.

@@ -78,6 +78,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	firestorePort := fs.Int("firestore-port", 8085, "port of the Firestore emulator, when this command starts it")
 	compression := fs.Int("compression", 1000, "divide the ladder's waits by this (1 = real time)")
 	ladderSpec := fs.String("ladder", schedule.DefaultSpec, "the notification ladder, comma-separated waits")
+	adminPort := fs.Int("admin-port", 8070, "port of the Admin function (the operators' API)")
 	gameBPort := fs.Int("game-b-port", 8091, "port of game "+stack.GameB+"'s demo game server")
 	failFirst := fs.Int("fail-first", 0, "game "+stack.GameA+"'s demo game server: fail each notification's first N attempts")
 	failRate := fs.Float64("fail-rate", 0, "game "+stack.GameA+"'s demo game server: fail this fraction (0 to 1) of the other attempts")
@@ -108,7 +109,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	if *failFirst < 0 || *failRate < 0 || *failRate > 1 || *slow < 0 || *bFailFirst < 0 || *bFailRate < 0 || *bFailRate > 1 || *bSlow < 0 {
 		bad = append(bad, "-fail-first and -slow must not be negative; -fail-rate must be between 0 and 1 (and the same for -b-...)")
 	}
-	for _, p := range []*int{port, tasksPort, gamePort, gameBPort, firestorePort} {
+	for _, p := range []*int{port, tasksPort, gamePort, gameBPort, adminPort, firestorePort} {
 		if *p < 1 || *p > 65535 {
 			bad = append(bad, fmt.Sprintf("port %d is not between 1 and 65535", *p))
 		}
@@ -127,7 +128,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	defer stop()
 	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
 	s, err := stack.Start(ctx, stack.Options{
-		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, FirestorePort: *firestorePort,
+		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, AdminPort: *adminPort, FirestorePort: *firestorePort,
 		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
 		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
 		GameB:        gameserver.Behaviour{FailFirst: *bFailFirst, FailRate: *bFailRate, Delay: *bSlow, AlwaysFail: *bAlwaysFail},
@@ -144,6 +145,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, `
   Ingest                http://%[1]s/Ingest
   Deliver               http://%[1]s/Deliver
+  Admin (operators)     %[26]s/api/notifications?state=failed   (the sweeper runs every second)
   Firestore emulator    %[2]s (%[3]s)
   Cloud Tasks emulator  %[4]s  queues %[5]s, %[6]s
   game %[16]s           %[7]s  app %[18]s  (fail first %[8]d, fail rate %[9]g, delay %[10]s, always fail %[11]v)
@@ -157,7 +159,7 @@ ready
 `, strings.TrimPrefix(s.FunctionsURL, "http://"), s.FirestoreHost, firestoreNote, s.TasksAddr, stack.QueueName(stack.GameA, 0), stack.QueueName(stack.GameB, 0), s.Game.URL,
 		*failFirst, *failRate, *slow, *alwaysFail, ladder, *compression, compressed.Attempts(),
 		compressed.Elapsed(compressed.Attempts()), stack.GameA, stack.GameB, stack.SampleApp, s.GameB.URL, stack.SampleAppB,
-		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port))
+		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port), s.AdminURL())
 	<-ctx.Done()
 	stop()
 	fmt.Fprintln(stdout, "\npayrelay local: stopping: refusing new requests, letting deliveries in flight finish (at most 10 s)...")

@@ -45,6 +45,7 @@ const maxClaimTries = 3
 type TaskMessage struct {
 	PaymentID    string `json:"payment_id"`
 	Notification string `json:"notification"`
+	Generation   int    `json:"generation,omitempty"`
 	Attempt      int    `json:"attempt"`
 }
 
@@ -68,7 +69,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 		if n == nil {
 			return DeliverResult{Outcome: OutcomeRejected, Reason: "unknown notification " + m.Notification}, nil
 		}
-		res, claimable, err := s.decide(ctx, p, n, m.Attempt)
+		res, claimable, err := s.decide(ctx, p, n, m.Generation, m.Attempt)
 		if err != nil || !claimable {
 			return res, err
 		}
@@ -77,7 +78,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			// The lease expired: a delivery died between claiming and recording. Its POST may
 			// or may not have reached the game server; say so in the history.
 			n.Attempts = append(n.Attempts, AttemptRecord{
-				Number: n.Lease.Attempt, StartedAt: n.Lease.ClaimedAt, ErrorClass: ErrorLost,
+				Number: n.Lease.Attempt, StartedAt: n.Lease.ClaimedAt, ErrorClass: ErrorLost, Generation: n.Generation,
 				Error: "delivery ended without recording a result (lease expired); outcome unknown",
 			})
 		}
@@ -107,19 +108,21 @@ func token() string {
 
 // decide looks at a notification and a task's attempt and either settles the task
 // (claimable=false) or says the attempt may be claimed.
-func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, attempt int) (res DeliverResult, claimable bool, err error) {
+func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, gen, attempt int) (res DeliverResult, claimable bool, err error) {
 	switch {
+	case gen != n.Generation:
+		return DeliverResult{Outcome: OutcomeIgnored, Reason: fmt.Sprintf("task of generation %d; the notification is at generation %d", gen, n.Generation)}, false, nil
 	case n.State == StateDelivered:
 		// The delivery that recorded it may have failed to enqueue the notification it released.
 		if next := p.successor(n.Key); next != nil && next.untouched() {
-			if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: next.Key, Attempt: 1, At: next.NextAttemptAt}); err != nil {
+			if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: next.Key, Generation: next.Generation, Attempt: 1, At: next.NextAttemptAt}); err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue released %s: %w", next.Key, err)
 			}
 			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the one it released is enqueued", Released: next.Key}, false, nil
 		}
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is delivered"}, false, nil
-	case n.State == StateFailed:
-		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is failed"}, false, nil
+	case n.State == StateFailed, n.State == StateCancelled:
+		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is " + string(n.State)}, false, nil
 	case n.State == StateHeld:
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is held behind an earlier one of its payment"}, false, nil
 	case attempt > n.Attempt:
@@ -127,7 +130,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, attem
 	case attempt < n.Attempt:
 		if n.State == StatePending && attempt == n.Attempt-1 {
 			// The delivery of this attempt recorded it but may not have enqueued the next one.
-			err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Attempt: n.Attempt, At: n.NextAttemptAt})
+			err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, At: n.NextAttemptAt})
 			if err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue attempt %d: %w", n.Attempt, err)
 			}
@@ -147,13 +150,14 @@ var errTakenOver = errors.New("lease was taken over before the result was record
 func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string, d Delivery) (DeliverResult, error) {
 	n := p.Notification(key)
 	lease := *n.Lease
-	num := n.Attempt
+	num, gen := n.Attempt, n.Generation
 	start := s.cfg.Clock.Now()
 	r := s.cfg.Notifier.Notify(ctx, p, n, num)
 	end := s.cfg.Clock.Now()
 	rec := AttemptRecord{
 		Number: num, StartedAt: start, Duration: end.Sub(start), StatusCode: r.StatusCode,
 		ErrorClass: r.ErrorClass, Error: r.Error, Response: r.Response, Delivery: d.String(), RetryAfter: r.RetryAfter,
+		Generation: gen,
 	}
 	res := DeliverResult{Record: &rec}
 	// A game server's Retry-After holds the next attempt back (capped at the ladder's longest
@@ -178,7 +182,7 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	// is no longer ours.
 	apply := func(p *Payment) error {
 		n := p.Notification(key)
-		if n == nil || n.State != StateDelivering || n.Lease == nil || n.Lease.Owner != lease.Owner {
+		if n == nil || n.State != StateDelivering || n.Lease == nil || n.Lease.Owner != lease.Owner || n.Generation != gen {
 			return errTakenOver
 		}
 		n.Attempts = append(n.Attempts, rec)
@@ -242,12 +246,12 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	}
 	switch {
 	case res.Outcome == OutcomeRetryScheduled:
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: key, Attempt: num + 1, At: next}); err != nil {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: key, Generation: gen, Attempt: num + 1, At: next}); err != nil {
 			return res, fmt.Errorf("enqueue attempt %d: %w", num+1, err)
 		}
 	case res.Released != "":
 		rel := cur.Notification(res.Released)
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: rel.Key, Attempt: 1, At: rel.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: rel.Key, Generation: rel.Generation, Attempt: 1, At: rel.NextAttemptAt}); err != nil {
 			return res, fmt.Errorf("enqueue released %s: %w", rel.Key, err)
 		}
 	}
@@ -271,6 +275,7 @@ func (p *Payment) clone() *Payment {
 	c.Notifications = make([]Notification, len(p.Notifications))
 	for i, n := range p.Notifications {
 		n.Attempts = append([]AttemptRecord(nil), n.Attempts...)
+		n.Actions = append([]Action(nil), n.Actions...)
 		if n.Lease != nil {
 			l := *n.Lease
 			n.Lease = &l

@@ -280,7 +280,7 @@ func (s *Service) ingestNote(ctx context.Context, in Payment, note Note) (Ingest
 func (s *Service) finishIngest(ctx context.Context, p *Payment, n *Notification, dup bool) (IngestResult, error) {
 	res := IngestResult{PaymentID: p.ID, NotificationID: NotificationID(p.ID, n.Key), Duplicate: dup, Stored: true, State: n.State}
 	if n.untouched() {
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Attempt: 1, At: n.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: 1, At: n.NextAttemptAt}); err != nil {
 			return res, fmt.Errorf("enqueue attempt 1: %w", err)
 		}
 	}

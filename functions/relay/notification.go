@@ -37,14 +37,22 @@ const (
 	StateDelivering State = "delivering"
 	// StateDelivered: the game server acknowledged (2xx). Terminal.
 	StateDelivered State = "delivered"
-	// StateFailed: the ladder is exhausted without an acknowledgement. Terminal, but kept for
-	// an operator's replay, which moves it back to StatePending; the notifications behind it
-	// stay held until then.
+	// StateFailed: the ladder is exhausted without an acknowledgement, or the game server
+	// answered 410. Terminal, but kept for an operator's replay, which moves it back to
+	// StatePending; the notifications behind it stay held until then.
 	StateFailed State = "failed"
+	// StateCancelled: an operator gave up on a pending or held notification. Terminal like
+	// failed, and like failed replayable; the notifications behind it stay held.
+	StateCancelled State = "cancelled"
 )
 
 // Terminal reports whether no further attempt will be made.
-func (s State) Terminal() bool { return s == StateDelivered || s == StateFailed }
+func (s State) Terminal() bool {
+	return s == StateDelivered || s == StateFailed || s == StateCancelled
+}
+
+// States lists every state, in the order of the lifecycle.
+var States = []State{StateHeld, StatePending, StateDelivering, StateDelivered, StateFailed, StateCancelled}
 
 // Notification is one message to the game server about a payment, with its own ladder, lease
 // and history.
@@ -61,10 +69,32 @@ type Notification struct {
 	CreatedAt     time.Time
 	Lease         *Lease
 	Attempts      []AttemptRecord
-	// Reason says why a notification ended failed: the ladder was exhausted, or the game
-	// server answered 410 Gone.
+	// Reason says why a notification ended failed or cancelled.
 	Reason string
+	// Generation counts operator replays: each starts a fresh ladder whose tasks carry it in
+	// their names, so they never collide with the earlier ladder's, and a task of an earlier
+	// generation is ignored.
+	Generation int
+	// Actions are what operators did to the notification (replays, cancels), oldest first.
+	Actions []Action
 }
+
+// Action is one operator's change to a notification, kept in its history.
+type Action struct {
+	Kind       string // ActionReplay or ActionCancel
+	By         string // the operator's identity
+	Reason     string
+	Job        string // the bulk replay that made it, if one did
+	At         time.Time
+	Generation int // the generation it started (replay) or ended (cancel)
+	Forced     bool
+}
+
+// Kinds of Action.
+const (
+	ActionReplay = "replay"
+	ActionCancel = "cancel"
+)
 
 // Refund is one refund recorded against a payment.
 type Refund struct {
@@ -204,7 +234,15 @@ func (p *Payment) release(key string, due time.Time) *Notification {
 // not exist yet (the enqueue after the write that made it pending failed), so whoever sees it
 // makes sure the task exists. Task names make that idempotent.
 func (n *Notification) untouched() bool {
-	return n.State == StatePending && n.Attempt == 1 && len(n.Attempts) == 0
+	if n.State != StatePending || n.Attempt != 1 {
+		return false
+	}
+	for _, a := range n.Attempts {
+		if a.Generation == n.Generation {
+			return false
+		}
+	}
+	return true
 }
 
 // addNote records a result that is not relayed, once: a repeat of the same note is ignored.

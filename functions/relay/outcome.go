@@ -95,6 +95,7 @@ type AttemptRecord struct {
 	Response   string    // the first bytes of the response body
 	Delivery   string    // the execution that made it (Cloud Tasks task name and count)
 	RetryAfter time.Time // when the game server asked to be tried again, if it did
+	Generation int       // the ladder it belongs to: 0, then one more per operator replay
 }
 
 // Succeeded reports whether the game server acknowledged the attempt.

@@ -120,7 +120,7 @@ func (h *harness) drain(t *testing.T) {
 		if task.At.After(h.clock.Now()) {
 			h.clock.Set(task.At)
 		}
-		if _, err := h.svc.Deliver(context.Background(), relay.TaskMessage{PaymentID: task.PaymentID, Notification: task.Key, Attempt: task.Attempt}, relay.Delivery{TaskName: task.Name()}); err != nil {
+		if _, err := h.svc.Deliver(context.Background(), relay.TaskMessage{PaymentID: task.PaymentID, Notification: task.Key, Generation: task.Generation, Attempt: task.Attempt}, relay.Delivery{TaskName: task.Name()}); err != nil {
 			t.Fatalf("Deliver(%s): %v", task.Name(), err)
 		}
 	}

@@ -204,7 +204,7 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{store: relaytest.NewStore(), queue: relaytest.NewQueue(), clock: relaytest.NewClock(t0)}
 	h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 200} }
 	svc, err := relay.NewService(relay.Config{
-		Store: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
+		Store: h.store, Finder: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
 		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, nt *relay.Notification, n int) relay.NotifyResult {
 			h.posts.Add(1)
 			h.mu.Lock()
@@ -226,7 +226,7 @@ func (h *harness) deliverNext(t *testing.T) relay.DeliverResult {
 	tasks := h.queue.Snapshot()
 	task := tasks[len(tasks)-1]
 	h.clock.Set(task.At)
-	res, err := h.svc.Deliver(context.Background(), relay.TaskMessage{PaymentID: task.PaymentID, Notification: task.Key, Attempt: task.Attempt}, relay.Delivery{TaskName: task.Name()})
+	res, err := h.svc.Deliver(context.Background(), relay.TaskMessage{PaymentID: task.PaymentID, Notification: task.Key, Generation: task.Generation, Attempt: task.Attempt}, relay.Delivery{TaskName: task.Name()})
 	if err != nil {
 		t.Fatalf("Deliver(%s): %v", task.Name(), err)
 	}

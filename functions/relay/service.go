@@ -32,17 +32,30 @@ type Store interface {
 
 // Task asks Deliver to make attempt Attempt of the notification Key of payment PaymentID at At.
 type Task struct {
-	PaymentID string
-	Game      string // whose queues carry it
-	Key       string
-	Attempt   int
-	At        time.Time
+	PaymentID  string
+	Game       string // whose queues carry it
+	Key        string
+	Generation int
+	Attempt    int
+	At         time.Time
+	// Sweep, if set, marks a task the sweeper enqueued again for an attempt whose task was
+	// lost: a fresh name, since the lost one's may be held by the queue's deduplication.
+	Sweep string
 }
 
-// Name is the task's idempotency key, {notification}-{attempt}: a repeated enqueue of the same
-// attempt is ErrTaskExists.
+// Name is the task's idempotency key, {notification}-{attempt}, with -g{generation} before the
+// attempt after a replay and -s{sweep} after it for the sweeper's: a repeated enqueue of the
+// same attempt is ErrTaskExists.
 func (t Task) Name() string {
-	return fmt.Sprintf("%s-%d", NotificationID(t.PaymentID, t.Key), t.Attempt)
+	name := NotificationID(t.PaymentID, t.Key)
+	if t.Generation > 0 {
+		name += fmt.Sprintf("-g%d", t.Generation)
+	}
+	name += fmt.Sprintf("-%d", t.Attempt)
+	if t.Sweep != "" {
+		name += "-s" + t.Sweep
+	}
+	return name
 }
 
 // Queue schedules tasks. Enqueue of a name that exists, or existed recently, returns
@@ -104,6 +117,11 @@ type Config struct {
 	// OpTimeout bounds each store or queue call (default 3s): an unreachable Firestore must
 	// give a prompt error, not a call that hangs while its client retries.
 	OpTimeout time.Duration
+	// Finder runs operators' and the sweeper's queries; optional for Ingest and Deliver.
+	Finder Finder
+	// SweepMargin is how overdue a notification must be before the sweeper enqueues it again
+	// (default 2m): well past a task's normal dispatch and Cloud Tasks' retries of a 5xx.
+	SweepMargin time.Duration
 }
 
 // DefaultBackoff retries an unavailable dependency 3 times within about a second: long enough
@@ -144,6 +162,9 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if cfg.OpTimeout <= 0 {
 		cfg.OpTimeout = 3 * time.Second
+	}
+	if cfg.SweepMargin <= 0 {
+		cfg.SweepMargin = 2 * time.Minute
 	}
 	return &Service{cfg: cfg}, nil
 }

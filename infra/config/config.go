@@ -50,6 +50,8 @@ type Config struct {
 	Ladder Ladder `env:"LADDER"`
 	// LadderCompression divides every step of the ladder; 1 in production.
 	LadderCompression int `env:"LADDER_COMPRESSION, default=1"`
+	// SweepMargin is how overdue a notification must be before the sweeper enqueues it again.
+	SweepMargin time.Duration `env:"SWEEP_MARGIN, default=2m"`
 	// DeliverLease is how long a claimed attempt is held before another delivery may take over.
 	DeliverLease time.Duration `env:"DELIVER_LEASE, default=60s"`
 	// CloudTasksEmulatorHost (host:port) makes the queue talk plain gRPC to an emulator.
@@ -260,6 +262,9 @@ func (c *Config) validate(errs []error) error {
 	}
 	if longest := c.LongestTimeout(); c.DeliverLease < longest+5*time.Second || c.DeliverLease > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least the longest game timeout (%s) + 5s, so a live delivery is never taken over, and at most 30m", c.DeliverLease, longest))
+	}
+	if c.SweepMargin < time.Second || c.SweepMargin > time.Hour {
+		errs = append(errs, fmt.Errorf("SWEEP_MARGIN %s: want between 1s and 1h", c.SweepMargin))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -22,6 +22,7 @@ import (
 
 	"github.com/payrelay/payrelay/functions"
 	"github.com/payrelay/payrelay/infra/config"
+	"github.com/payrelay/payrelay/infra/store"
 )
 
 const root = "../.."
@@ -292,7 +293,7 @@ func TestTerraformWiring(t *testing.T) {
 		}
 	}
 	slices.Sort(entries)
-	if want := []string{functions.DeliverName, functions.IngestName}; !slices.Equal(entries, want) {
+	if want := []string{functions.AdminName, functions.DeliverName, functions.IngestName, functions.SweepName}; !slices.Equal(entries, want) {
 		t.Errorf("entry points %v, want the registered functions %v", entries, want)
 	}
 
@@ -309,5 +310,58 @@ func TestTerraformWiring(t *testing.T) {
 	slices.Sort(set)
 	if !slices.Equal(set, read) {
 		t.Errorf("terraform.tf sets %v\ninfra/config reads %v\nevery variable read must be set, and every one set must be read", set, read)
+	}
+}
+
+// TestFirestoreIndexes checks that terraform.tf creates every composite index the store's
+// queries use: the emulator needs none, production refuses a query without its index.
+func TestFirestoreIndexes(t *testing.T) {
+	t.Parallel()
+	src, err := os.ReadFile(filepath.Join(root, "terraform.tf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, diags := hclsyntax.ParseConfig(src, "terraform.tf", hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	var have []string
+	for _, b := range f.Body.(*hclsyntax.Body).Blocks {
+		attr, ok := b.Body.Attributes["firestore_indexes"]
+		if b.Type != "locals" || !ok {
+			continue
+		}
+		v, diags := attr.Expr.Value(nil)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		for it := v.ElementIterator(); it.Next(); {
+			_, idx := it.Element()
+			var fields []string
+			for fit := idx.ElementIterator(); fit.Next(); {
+				_, field := fit.Element()
+				s := field.GetAttr("path").AsString()
+				for _, k := range []string{"order", "array_config"} {
+					if field.Type().HasAttribute(k) {
+						s += ":" + field.GetAttr(k).AsString()
+					}
+				}
+				fields = append(fields, s)
+			}
+			have = append(have, strings.Join(fields, ","))
+		}
+	}
+	var want []string
+	for _, idx := range store.Indexes() {
+		var fields []string
+		for _, f := range idx {
+			fields = append(fields, f.Path+":"+f.Order+f.ArrayConfig)
+		}
+		want = append(want, strings.Join(fields, ","))
+	}
+	slices.Sort(have)
+	slices.Sort(want)
+	if !slices.Equal(have, want) {
+		t.Errorf("terraform.tf's firestore_indexes\n%v\nthe store's queries need\n%v", have, want)
 	}
 }

@@ -108,7 +108,7 @@ func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
 		return fmt.Errorf("queue: game %q has no queue (GAMES)", t.Game)
 	}
 	queue := Shard(queues, relay.NotificationID(t.PaymentID, t.Key))
-	body, err := json.Marshal(relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Attempt: t.Attempt})
+	body, err := json.Marshal(relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Generation: t.Generation, Attempt: t.Attempt})
 	if err != nil {
 		return fmt.Errorf("encode task: %w", err)
 	}

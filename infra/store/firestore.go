@@ -20,7 +20,10 @@ import (
 	"github.com/payrelay/payrelay/functions/relay"
 )
 
-var _ relay.Store = (*Firestore)(nil)
+var (
+	_ relay.Store  = (*Firestore)(nil)
+	_ relay.Finder = (*Firestore)(nil)
+)
 
 // Firestore is a relay.Store over a Firestore collection.
 //
@@ -156,6 +159,8 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 		{Path: "notifications", Value: d.Notifications},
 		{Path: "notes", Value: d.Notes},
 		{Path: "updated_at", Value: d.UpdatedAt},
+		{Path: "due_at", Value: d.DueAt},
+		{Path: "tags", Value: d.Tags},
 	}, firestore.LastUpdateTime(time.Unix(0, int64(v))))
 	if err != nil {
 		return 0, classify("firestore.Update", err)
@@ -180,6 +185,10 @@ type paymentDoc struct {
 	Notes         []noteDoc         `firestore:"notes"`
 	ReceivedAt    time.Time         `firestore:"received_at"`
 	UpdatedAt     time.Time         `firestore:"updated_at"`
+	// Query terms, derived on every write: when the payment next needs Deliver (the sweeper's
+	// query) and its notifications' states and types (operators' lists).
+	DueAt *time.Time `firestore:"due_at"`
+	Tags  []string   `firestore:"tags"`
 }
 
 type notificationDoc struct {
@@ -193,6 +202,18 @@ type notificationDoc struct {
 	Lease         *leaseDoc    `firestore:"lease"`
 	Attempts      []attemptDoc `firestore:"attempts"`
 	Reason        string       `firestore:"reason"`
+	Generation    int          `firestore:"generation"`
+	Actions       []actionDoc  `firestore:"actions"`
+}
+
+type actionDoc struct {
+	Kind       string    `firestore:"kind"`
+	By         string    `firestore:"by"`
+	Reason     string    `firestore:"reason"`
+	Job        string    `firestore:"job"`
+	At         time.Time `firestore:"at"`
+	Generation int       `firestore:"generation"`
+	Forced     bool      `firestore:"forced"`
 }
 
 type refundDoc struct {
@@ -228,6 +249,7 @@ type attemptDoc struct {
 	Response   string     `firestore:"response"`
 	Delivery   string     `firestore:"delivery"`
 	RetryAfter *time.Time `firestore:"retry_after"`
+	Generation int        `firestore:"generation"`
 }
 
 // utf8 makes s storable: Firestore strings must be valid UTF-8, and game servers answer bytes.
@@ -238,7 +260,10 @@ func toDoc(p *relay.Payment) *paymentDoc {
 		Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata, Game: p.Game,
 		RefundedMinor: p.RefundedMinor, ReceivedAt: p.ReceivedAt, UpdatedAt: p.UpdatedAt,
-		Notifications: []notificationDoc{}, Notes: []noteDoc{},
+		Notifications: []notificationDoc{}, Notes: []noteDoc{}, Tags: p.Tags(),
+	}
+	if due := p.DueAt(); !due.IsZero() {
+		d.DueAt = &due
 	}
 	if !p.PaidAt.IsZero() {
 		t := p.PaidAt
@@ -247,7 +272,11 @@ func toDoc(p *relay.Payment) *paymentDoc {
 	for _, n := range p.Notifications {
 		nd := notificationDoc{
 			Key: n.Key, Type: string(n.Type), State: string(n.State), Attempt: n.Attempt,
-			NextAttemptAt: n.NextAttemptAt, CreatedAt: n.CreatedAt, Attempts: []attemptDoc{}, Reason: n.Reason,
+			NextAttemptAt: n.NextAttemptAt, CreatedAt: n.CreatedAt, Attempts: []attemptDoc{}, Reason: utf8(n.Reason),
+			Generation: n.Generation, Actions: []actionDoc{},
+		}
+		for _, a := range n.Actions {
+			nd.Actions = append(nd.Actions, actionDoc{Kind: a.Kind, By: utf8(a.By), Reason: utf8(a.Reason), Job: a.Job, At: a.At, Generation: a.Generation, Forced: a.Forced})
 		}
 		if r := n.Refund; r != nil {
 			nd.Refund = &refundDoc{ID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
@@ -260,6 +289,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 			ad := attemptDoc{
 				Number: a.Number, StartedAt: a.StartedAt, DurationMS: float64(a.Duration) / float64(time.Millisecond),
 				StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass), Error: utf8(a.Error), Response: utf8(a.Response), Delivery: a.Delivery,
+				Generation: a.Generation,
 			}
 			if !a.RetryAfter.IsZero() {
 				t := a.RetryAfter
@@ -287,7 +317,10 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	for _, nd := range d.Notifications {
 		n := relay.Notification{
 			Key: nd.Key, Type: relay.Type(nd.Type), State: relay.State(nd.State), Attempt: nd.Attempt,
-			NextAttemptAt: nd.NextAttemptAt.UTC(), CreatedAt: nd.CreatedAt.UTC(), Reason: nd.Reason,
+			NextAttemptAt: nd.NextAttemptAt.UTC(), CreatedAt: nd.CreatedAt.UTC(), Reason: nd.Reason, Generation: nd.Generation,
+		}
+		for _, a := range nd.Actions {
+			n.Actions = append(n.Actions, relay.Action{Kind: a.Kind, By: a.By, Reason: a.Reason, Job: a.Job, At: a.At.UTC(), Generation: a.Generation, Forced: a.Forced})
 		}
 		if r := nd.Refund; r != nil {
 			n.Refund = &relay.Refund{ID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
@@ -300,6 +333,7 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 			rec := relay.AttemptRecord{
 				Number: a.Number, StartedAt: a.StartedAt.UTC(), Duration: time.Duration(a.DurationMS * float64(time.Millisecond)),
 				StatusCode: a.StatusCode, ErrorClass: relay.ErrorClass(a.ErrorClass), Error: a.Error, Response: a.Response, Delivery: a.Delivery,
+				Generation: a.Generation,
 			}
 			if a.RetryAfter != nil {
 				rec.RetryAfter = a.RetryAfter.UTC()

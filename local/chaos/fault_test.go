@@ -85,6 +85,7 @@ type summary struct {
 	RefundsSent, RefundsDelivered int
 	Held                          int // refunds held behind a failed payment, as they must be
 	CausalViolations              int
+	Healed                        int // notifications the sweeper enqueued again after the purge
 	ExtraPosts                    map[string]int
 	BadTried, BadRefused          int
 	Ingest5xx                     map[string]int
@@ -1026,3 +1027,5 @@ func TestS7BadInputAtVolume(t *testing.T) {
 		t.Errorf("fnserver exited: %v", h.fn.ProcessState)
 	}
 }
+
+var jsonUnmarshal = json.Unmarshal

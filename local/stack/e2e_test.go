@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,9 @@ import (
 
 // compression plays the 24h22m ladder in about 4.4 s.
 const compression = 20000
+
+// flakyDown makes the game server fail flaky-* payments while it is set.
+var flakyDown atomic.Bool
 
 var (
 	st       *stack.Stack
@@ -73,6 +77,8 @@ func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "slow-"):
 		return gameserver.Answer{Status: http.StatusOK, Delay: 300 * time.Millisecond}, true
+	case strings.HasPrefix(order, "flaky-") && flakyDown.Load():
+		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "bdown-"):
 		return gameserver.Answer{Status: http.StatusServiceUnavailable}, true
 	case strings.HasPrefix(order, "gone-"):

@@ -93,6 +93,7 @@ type FunctionEnv struct {
 	Ladder        string
 	Compression   int
 	Lease         time.Duration
+	SweepMargin   time.Duration // 0: 2s
 	LogLevel      string
 	Providers     provider.Config
 }
@@ -133,6 +134,10 @@ func (f FunctionEnv) Map() map[string]string {
 	}
 	if f.Lease > 0 {
 		m["DELIVER_LEASE"] = f.Lease.String()
+	}
+	m["SWEEP_MARGIN"] = "2s"
+	if f.SweepMargin > 0 {
+		m["SWEEP_MARGIN"] = f.SweepMargin.String()
 	}
 	if f.Port != 0 {
 		m["PORT"] = strconv.Itoa(f.Port)
@@ -181,6 +186,12 @@ type Options struct {
 	Providers provider.Config
 	// FirestoreLog receives the emulator's output.
 	FirestoreLog io.Writer
+	// AdminPort serves the Admin function alone at its root, as Cloud Functions serves it
+	// (functions-framework serves it beside the others only at the exact path /Admin).
+	AdminPort int
+	// SweepEvery is how often the stack calls the Sweep function, as Cloud Scheduler does
+	// every minute in the cloud (default 1s; the local SWEEP_MARGIN is 2s).
+	SweepEvery time.Duration
 }
 
 // Stack is a running relay.
@@ -193,6 +204,10 @@ type Stack struct {
 	Game          *gameserver.Server // GameA's
 	GameB         *gameserver.Server
 	firestore     *emulator.Firestore // started by us
+	sweepStop     chan struct{}
+	sweepDone     chan struct{}
+	admin         *http.Server
+	adminURL      string
 }
 
 var (
@@ -250,7 +265,8 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	for _, p := range []struct {
 		port int
 		what string
-	}{{o.Port, "functions (-port or PORT)"}, {o.TasksPort, "Cloud Tasks emulator (-tasks-port)"}, {o.GamePort, "demo game server (-game-port)"}} {
+	}{{o.Port, "functions (-port or PORT)"}, {o.TasksPort, "Cloud Tasks emulator (-tasks-port)"}, {o.GamePort, "demo game server (-game-port)"},
+		{o.GameBPort, "demo game server of " + GameB + " (-game-b-port)"}, {o.AdminPort, "Admin (-admin-port)"}} {
 		if err := CheckPort(o.Host, p.port, p.what); err != nil {
 			return nil, err
 		}
@@ -317,7 +333,50 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		return s, fmt.Errorf("functions-framework: %w", err)
 	}
 	started = true
+	if s.admin, err = serveAdmin(net.JoinHostPort(o.Host, strconv.Itoa(o.AdminPort))); err != nil {
+		return s, fmt.Errorf("admin: %w", err)
+	}
+	s.adminURL = "http://" + s.admin.Addr
+	if o.SweepEvery == 0 {
+		o.SweepEvery = time.Second
+	}
+	s.sweepStop = make(chan struct{})
+	s.sweepDone = make(chan struct{})
+	go s.sweepLoop(o.SweepEvery)
 	return s, nil
+}
+
+// sweepLoop calls the Sweep function every interval, as Cloud Scheduler would, until Stop.
+func (s *Stack) sweepLoop(every time.Duration) {
+	defer close(s.sweepDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.sweepStop:
+			return
+		case <-t.C:
+			resp, err := http.Post(s.FunctionsURL+"/Sweep", "application/json", nil)
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}
+}
+
+// AdminURL is the Admin function's base URL.
+func (s *Stack) AdminURL() string { return s.adminURL }
+
+// serveAdmin serves the Admin function at every path on addr.
+func serveAdmin(addr string) (*http.Server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Addr: l.Addr().String(), Handler: http.HandlerFunc(functions.Admin), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return srv, nil
 }
 
 func waitListening(ctx context.Context, addr string, served <-chan error) error {
@@ -344,6 +403,14 @@ func waitListening(ctx context.Context, addr string, served <-chan error) error 
 // started it. functions-framework's listener closes with the process.
 func (s *Stack) Stop(ctx context.Context) error {
 	var errs []error
+	if s.sweepStop != nil {
+		close(s.sweepStop)
+		<-s.sweepDone
+		s.sweepStop = nil
+	}
+	if s.admin != nil {
+		errs = append(errs, s.admin.Close())
+	}
 	errs = append(errs, functions.Drain(ctx))
 	if s.Tasks != nil {
 		errs = append(errs, s.Tasks.Close(ctx))

@@ -6,6 +6,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -228,4 +229,59 @@ func (s *Store) Mutate(id string, f func(p *relay.Payment)) {
 	s.next++
 	s.payments[id] = c
 	s.versions[id] = s.next
+}
+
+var _ relay.Finder = (*Store)(nil)
+
+// Overdue implements relay.Finder over the payments in memory.
+func (s *Store) Overdue(_ context.Context, before time.Time, limit int) ([]*relay.Payment, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("overdue"); err != nil {
+		return nil, err
+	}
+	var out []*relay.Payment
+	for _, p := range s.payments {
+		if due := p.DueAt(); !due.IsZero() && !due.After(before) {
+			out = append(out, clone(p))
+		}
+	}
+	slices.SortFunc(out, func(a, b *relay.Payment) int { return a.DueAt().Compare(b.DueAt()) })
+	return out[:min(len(out), limit)], nil
+}
+
+// List implements relay.Finder over the payments in memory, newest received first; the
+// cursor is the last payment's id.
+func (s *Store) List(_ context.Context, f relay.Filter, cursor string, limit int) ([]*relay.Payment, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("list"); err != nil {
+		return nil, "", err
+	}
+	var all []*relay.Payment
+	for _, p := range s.payments {
+		if !slices.Contains(p.Tags(), f.TagFor()) {
+			continue
+		}
+		for i := range p.Notifications {
+			if f.Matches(p, &p.Notifications[i]) {
+				all = append(all, clone(p))
+				break
+			}
+		}
+	}
+	slices.SortFunc(all, func(a, b *relay.Payment) int {
+		if c := b.ReceivedAt.Compare(a.ReceivedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	if cursor != "" {
+		i := slices.IndexFunc(all, func(p *relay.Payment) bool { return p.ID == cursor })
+		all = all[i+1:]
+	}
+	if len(all) <= limit {
+		return all, "", nil
+	}
+	return all[:limit], all[limit-1].ID, nil
 }

@@ -29,6 +29,7 @@ variables {
     farm-valley = { url = "https://farm.internal.example.com/payrelay", allow_private = true, timeout = "5s",
     shards = 2, max_dispatches_per_second = 20, max_concurrent_dispatches = 10 }
   }
+  operators = ["user:ops@studio.example", "group:payments-oncall@studio.example"]
   # Any existing file: it is only hashed, and the mock provider uploads nothing.
   source_zip = "go.mod"
 }
@@ -37,8 +38,8 @@ run "wiring" {
   command = apply
 
   assert {
-    condition     = google_cloudfunctions2_function.fn["ingest"].build_config[0].entry_point == "Ingest" && google_cloudfunctions2_function.fn["deliver"].build_config[0].entry_point == "Deliver"
-    error_message = "entry points must be the names registered with functions.HTTP: Ingest and Deliver"
+    condition     = google_cloudfunctions2_function.fn["ingest"].build_config[0].entry_point == "Ingest" && google_cloudfunctions2_function.fn["deliver"].build_config[0].entry_point == "Deliver" && google_cloudfunctions2_function.fn["admin"].build_config[0].entry_point == "Admin" && google_cloudfunctions2_function.fn["sweep"].build_config[0].entry_point == "Sweep"
+    error_message = "entry points must be the names registered with functions.HTTP: Ingest, Deliver, Admin and Sweep"
   }
   assert {
     condition     = alltrue([for f in google_cloudfunctions2_function.fn : f.build_config[0].runtime == "go126"])
@@ -47,7 +48,7 @@ run "wiring" {
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn : sort(keys(f.service_config[0].environment_variables)) == sort([
       "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "LADDER", "LADDER_COMPRESSION",
-      "LOG_LEVEL", "PAYMENTS_COLLECTION", "PROJECT_ID", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
+      "LOG_LEVEL", "PAYMENTS_COLLECTION", "PROJECT_ID", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
     ])])
     error_message = "each function must get every plain variable infra/config reads"
   }
@@ -139,8 +140,28 @@ run "wiring" {
     error_message = "the runtime may only read the secrets"
   }
   assert {
-    condition     = alltrue([for a in google_project_service.api : a.disable_on_destroy == false]) && length(google_project_service.api) == 9
-    error_message = "the 9 APIs must be enabled and left enabled on destroy"
+    condition     = alltrue([for a in google_project_service.api : a.disable_on_destroy == false]) && length(google_project_service.api) == 10
+    error_message = "the 10 APIs must be enabled and left enabled on destroy"
+  }
+  assert {
+    condition     = sort([for m in google_cloud_run_service_iam_member.admin_operators : m.member]) == sort(["group:payments-oncall@studio.example", "user:ops@studio.example"]) && alltrue([for m in google_cloud_run_service_iam_member.admin_operators : m.role == "roles/run.invoker" && m.service == google_cloudfunctions2_function.fn["admin"].service_config[0].service])
+    error_message = "only the operators may invoke Admin"
+  }
+  assert {
+    condition     = google_cloud_run_service_iam_member.ingest_public.service == google_cloudfunctions2_function.fn["ingest"].service_config[0].service && !contains([for m in google_cloud_run_service_iam_member.admin_operators : m.member], "allUsers")
+    error_message = "Admin must not be public; only Ingest is"
+  }
+  assert {
+    condition     = google_cloud_scheduler_job.sweep.schedule == "* * * * *" && google_cloud_scheduler_job.sweep.http_target[0].uri == google_cloudfunctions2_function.fn["sweep"].service_config[0].uri && google_cloud_scheduler_job.sweep.http_target[0].oidc_token[0].service_account_email == google_service_account.scheduler.email
+    error_message = "the sweeper must run every minute, calling Sweep as the scheduler's identity"
+  }
+  assert {
+    condition     = google_cloud_run_service_iam_member.sweep_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.sweep_scheduler.service == google_cloudfunctions2_function.fn["sweep"].service_config[0].service
+    error_message = "only the scheduler's identity may invoke Sweep"
+  }
+  assert {
+    condition     = length(google_firestore_index.payments) == 4 && alltrue([for i in google_firestore_index.payments : i.collection == "payments" && i.fields[0].field_path == "tags" && i.fields[0].array_config == "CONTAINS" && i.fields[length(i.fields) - 1].field_path == "received_at" && i.fields[length(i.fields) - 1].order == "DESCENDING"])
+    error_message = "the operators' list queries need their 4 composite indexes on payments"
   }
   assert {
     condition     = google_firestore_database.payments.type == "FIRESTORE_NATIVE"
@@ -190,6 +211,14 @@ run "refuses_bad_ladder" {
     ladder = "0s,soon"
   }
   expect_failures = [var.ladder]
+}
+
+run "refuses_bad_operator" {
+  command = plan
+  variables {
+    operators = ["ops@studio.example"]
+  }
+  expect_failures = [var.operators]
 }
 
 run "refuses_bad_project" {

@@ -1,0 +1,304 @@
+package functions
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// MaxAdminBody bounds an operator's request body: a reason and a flag.
+const MaxAdminBody = 8 << 10
+
+// Admin serves the operators' JSON API. The function is private: Cloud Run lets only the
+// principals granted run.invoker (terraform's operators) reach it, having verified their
+// identity token; the handler takes the caller's identity from that token for the log and the
+// notification's history.
+//
+//	GET  /api/notifications?state=&type=&game=&provider=&from=&to=&cursor=&limit=
+//	GET  /api/payments?provider=&merchant=&order=          find a payment by its order id
+//	GET  /api/payments/{id}                                 one payment, every notification and attempt
+//	POST /api/payments/{id}/notifications/{key}/replay      {"reason":"...","force":false}
+//	POST /api/payments/{id}/notifications/{key}/cancel      {"reason":"..."}
+//
+// A state-changing request must be application/json and, when a browser sends an Origin,
+// same-origin: a cross-site form can send neither, so no other site can make an operator's
+// browser replay or cancel (cross-site request forgery).
+func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
+	if !h.enter(w) {
+		return
+	}
+	defer h.inflight.Done()
+	ctx := h.context(r)
+	op := operator(r)
+	log := h.Logger.With("operator", op)
+	// Served alone (Cloud Functions) its paths start at /; beside the other functions (a local
+	// run) under /Admin.
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/"+AdminName), "/"), "/")
+	switch {
+	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "notifications":
+		h.adminList(w, r)
+	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "payments":
+		q := r.URL.Query()
+		id := relay.PaymentID(q.Get("provider"), q.Get("merchant"), q.Get("order"))
+		h.adminShow(w, r, id)
+	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "api" && parts[1] == "payments":
+		h.adminShow(w, r, parts[2])
+	case len(parts) == 6 && parts[0] == "api" && parts[1] == "payments" && parts[3] == "notifications" && (parts[5] == "replay" || parts[5] == "cancel"):
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "use POST"})
+			return
+		}
+		if reason := crossSite(r); reason != "" {
+			log.WarnContext(ctx, "admin refused a cross-site request", "reason", reason)
+			writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Reason: reason})
+			return
+		}
+		var body struct {
+			Reason string `json:"reason"`
+			Force  bool   `json:"force"`
+		}
+		raw, refusal := readBody(w, r, MaxAdminBody, "application/json")
+		if refusal != nil {
+			writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
+			return
+		}
+		if err := json.Unmarshal(raw, &body); err != nil || strings.TrimSpace(body.Reason) == "" || len(body.Reason) > 500 {
+			writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: `want {"reason":"why, 1-500 characters"}`, Field: "reason"})
+			return
+		}
+		pid, key, verb := parts[2], parts[4], parts[5]
+		o := relay.Operator{By: op, Reason: body.Reason}
+		var res relay.OperationResult
+		var err error
+		if verb == "replay" {
+			res, err = h.Service.Replay(ctx, pid, key, body.Force, o)
+		} else {
+			res, err = h.Service.Cancel(ctx, pid, key, o)
+		}
+		var stateErr *relay.StateError
+		switch {
+		case errors.Is(err, relay.ErrNotFound):
+			writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "no such payment or notification"})
+			return
+		case errors.As(err, &stateErr):
+			writeJSON(w, http.StatusConflict, errorBody{Error: "conflict", Reason: stateErr.Error()})
+			return
+		case err != nil && res.Payment == nil:
+			log.ErrorContext(ctx, "admin "+verb+" failed", "payment_id", pid, "notification", key, "error", err.Error())
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry"})
+			return
+		}
+		// Every change an operator makes is logged with who made it and why.
+		attrs := []any{"payment_id", pid, "notification_id", relay.NotificationID(pid, key), "reason", body.Reason, "force", body.Force}
+		if err != nil {
+			// Recorded, but its task could not be enqueued: the sweeper will.
+			attrs = append(attrs, "enqueue_error", err.Error())
+		}
+		log.WarnContext(ctx, "operator "+verb, attrs...)
+		writeJSON(w, http.StatusOK, paymentView(res.Payment))
+	default:
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "see the README's operator's guide for the API"})
+	}
+}
+
+func (h *Handler) adminShow(w http.ResponseWriter, r *http.Request, id string) {
+	p, err := h.Service.Show(h.context(r), id)
+	switch {
+	case errors.Is(err, relay.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "no payment " + id})
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry"})
+	default:
+		writeJSON(w, http.StatusOK, paymentView(p))
+	}
+}
+
+func (h *Handler) adminList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := relay.Filter{State: relay.State(q.Get("state")), Type: relay.Type(q.Get("type")), Game: q.Get("game"), Provider: q.Get("provider")}
+	for name, t := range map[string]*time.Time{"from": &f.From, "to": &f.To} {
+		if v := q.Get(name); v != "" {
+			parsed, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: name + ": want an RFC 3339 time", Field: name})
+				return
+			}
+			*t = parsed
+		}
+	}
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 {
+		limit = 50
+	}
+	items, next, err := h.Service.List(h.context(r), f, q.Get("cursor"), limit)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry"})
+		return
+	}
+	out := struct {
+		Notifications []listedView `json:"notifications"`
+		Next          string       `json:"next_cursor,omitempty"`
+	}{Notifications: []listedView{}, Next: next}
+	for _, it := range items {
+		out.Notifications = append(out.Notifications, listedView{
+			PaymentID: it.Payment.ID, NotificationID: relay.NotificationID(it.Payment.ID, it.Notification.Key), Key: it.Notification.Key,
+			Type: string(it.Notification.Type), State: string(it.Notification.State), Game: it.Payment.Game, Provider: it.Payment.Provider,
+			OrderID: it.Payment.OrderID, Attempt: it.Notification.Attempt, Generation: it.Notification.Generation,
+			NextAttemptAt: it.Notification.NextAttemptAt, ReceivedAt: it.Payment.ReceivedAt, Reason: it.Notification.Reason,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type listedView struct {
+	PaymentID      string    `json:"payment_id"`
+	NotificationID string    `json:"notification_id"`
+	Key            string    `json:"key"`
+	Type           string    `json:"type"`
+	State          string    `json:"state"`
+	Game           string    `json:"game"`
+	Provider       string    `json:"provider"`
+	OrderID        string    `json:"order_id"`
+	Attempt        int       `json:"attempt"`
+	Generation     int       `json:"generation"`
+	NextAttemptAt  time.Time `json:"next_attempt_at,omitzero"`
+	ReceivedAt     time.Time `json:"received_at"`
+	Reason         string    `json:"reason,omitempty"`
+}
+
+// paymentView is a payment as the API shows it: its facts and every notification with its
+// attempts and operator actions.
+func paymentView(p *relay.Payment) any {
+	type attempt struct {
+		Generation int       `json:"generation"`
+		Number     int       `json:"number"`
+		StartedAt  time.Time `json:"started_at"`
+		DurationMS float64   `json:"duration_ms"`
+		StatusCode int       `json:"status_code,omitempty"`
+		ErrorClass string    `json:"error_class,omitempty"`
+		Error      string    `json:"error,omitempty"`
+		Response   string    `json:"response,omitempty"`
+		RetryAfter time.Time `json:"retry_after,omitzero"`
+	}
+	type notification struct {
+		ID            string         `json:"notification_id"`
+		Key           string         `json:"key"`
+		Type          string         `json:"type"`
+		State         string         `json:"state"`
+		Generation    int            `json:"generation"`
+		Attempt       int            `json:"attempt"`
+		NextAttemptAt time.Time      `json:"next_attempt_at,omitzero"`
+		Reason        string         `json:"reason,omitempty"`
+		Refund        *relay.Refund  `json:"refund,omitempty"`
+		Attempts      []attempt      `json:"attempts"`
+		Actions       []relay.Action `json:"actions,omitempty"`
+	}
+	out := struct {
+		ID            string            `json:"payment_id"`
+		Provider      string            `json:"provider"`
+		Merchant      string            `json:"merchant"`
+		OrderID       string            `json:"order_id"`
+		TransactionID string            `json:"transaction_id"`
+		AmountMinor   int64             `json:"amount_minor"`
+		Currency      string            `json:"currency"`
+		Game          string            `json:"game"`
+		RefundedMinor int64             `json:"refunded_minor"`
+		ReceivedAt    time.Time         `json:"received_at"`
+		Notifications []notification    `json:"notifications"`
+		Notes         []relay.Note      `json:"notes,omitempty"`
+		Metadata      map[string]string `json:"metadata,omitempty"`
+	}{ID: p.ID, Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
+		AmountMinor: p.AmountMinor, Currency: p.Currency, Game: p.Game, RefundedMinor: p.RefundedMinor,
+		ReceivedAt: p.ReceivedAt, Notes: p.Notes, Metadata: p.Metadata}
+	for _, n := range p.Notifications {
+		nv := notification{ID: relay.NotificationID(p.ID, n.Key), Key: n.Key, Type: string(n.Type), State: string(n.State),
+			Generation: n.Generation, Attempt: n.Attempt, NextAttemptAt: n.NextAttemptAt, Reason: n.Reason, Refund: n.Refund,
+			Attempts: []attempt{}, Actions: n.Actions}
+		for _, a := range n.Attempts {
+			nv.Attempts = append(nv.Attempts, attempt{Generation: a.Generation, Number: a.Number, StartedAt: a.StartedAt,
+				DurationMS: float64(a.Duration) / float64(time.Millisecond), StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass),
+				Error: a.Error, Response: a.Response, RetryAfter: a.RetryAfter})
+		}
+		out.Notifications = append(out.Notifications, nv)
+	}
+	return out
+}
+
+// operator is the caller's identity: the email in the identity token Cloud Run verified before
+// the request reached the function (the signature is Cloud Run's to check, not ours; the
+// function is never reachable without it). Without one (a local run) the caller is anonymous.
+func operator(r *http.Request) string {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if ok {
+		if parts := strings.Split(token, "."); len(parts) == 3 {
+			if payload, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
+				var claims struct {
+					Email string `json:"email"`
+					Sub   string `json:"sub"`
+				}
+				if json.Unmarshal(payload, &claims) == nil {
+					if claims.Email != "" {
+						return claims.Email
+					}
+					if claims.Sub != "" {
+						return "sub:" + claims.Sub
+					}
+				}
+			}
+		}
+	}
+	return "anonymous (no identity token: a local run)"
+}
+
+// crossSite says why a state-changing request may come from another site, or "".
+func crossSite(r *http.Request) string {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return "state-changing requests must be application/json"
+	}
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return "Sec-Fetch-Site " + site
+	}
+	if origin := r.Header.Get("Origin"); origin != "" {
+		u, err := url.Parse(origin)
+		if err != nil || u.Host != r.Host {
+			return fmt.Sprintf("Origin %.80q is not this host", origin)
+		}
+	}
+	return ""
+}
+
+// Sweep runs one sweep: notifications whose task was lost, or whose delivery died, are
+// enqueued again. Each heal is logged (an operator should know a task was lost); the answer
+// is 5xx when the sweep could not run, so Cloud Scheduler counts the failure.
+func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
+	if !h.enter(w) {
+		return
+	}
+	defer h.inflight.Done()
+	ctx := h.context(r)
+	res, err := h.Service.Sweep(ctx)
+	for _, hl := range res.Healed {
+		h.Logger.WarnContext(ctx, "sweeper healed a notification", "payment_id", hl.PaymentID,
+			"notification_id", relay.NotificationID(hl.PaymentID, hl.Key), "generation", hl.Generation, "attempt", hl.Attempt, "why", hl.Why)
+	}
+	if err != nil {
+		h.Logger.ErrorContext(ctx, "sweep failed", "error", err.Error(), "healed", len(res.Healed))
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "sweep failed", Reason: "retry"})
+		return
+	}
+	h.Logger.InfoContext(ctx, "sweep done", "scanned", res.Scanned, "healed", len(res.Healed))
+	writeJSON(w, http.StatusOK, struct {
+		Scanned int `json:"scanned"`
+		Healed  int `json:"healed"`
+	}{res.Scanned, len(res.Healed)})
+}

@@ -1,0 +1,319 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Finder runs the queries that operators and the sweeper need. Implementations classify
+// their errors like a Store's.
+type Finder interface {
+	// Overdue returns payments with a pending notification due, or a delivering one whose
+	// lease ends, at or before before: the oldest first, at most limit.
+	Overdue(ctx context.Context, before time.Time, limit int) ([]*Payment, error)
+	// List returns payments with a notification matching f, newest received first, at most
+	// limit, after the payment id cursor (from the previous page; "" for the first), and the
+	// cursor of the next page ("" when there is none).
+	List(ctx context.Context, f Filter, cursor string, limit int) ([]*Payment, string, error)
+}
+
+// Filter selects notifications for an operator. Empty fields match everything.
+type Filter struct {
+	State    State
+	Type     Type
+	Game     string
+	Provider string
+	// From and To bound when the payment was received: From <= received < To.
+	From, To time.Time
+}
+
+// Matches reports whether notification n of payment p passes the filter.
+func (f Filter) Matches(p *Payment, n *Notification) bool {
+	return (f.State == "" || n.State == f.State) && (f.Type == "" || n.Type == f.Type) &&
+		(f.Game == "" || p.Game == f.Game) && (f.Provider == "" || p.Provider == f.Provider) &&
+		(f.From.IsZero() || !p.ReceivedAt.Before(f.From)) && (f.To.IsZero() || p.ReceivedAt.Before(f.To))
+}
+
+// Operator says who asks for an operation and why; Job names the bulk replay asking, if any.
+type Operator struct {
+	By, Reason, Job string
+}
+
+// StateError: the notification is not in a state the operation applies to.
+type StateError struct {
+	Op    string
+	State State
+}
+
+func (e *StateError) Error() string {
+	return fmt.Sprintf("cannot %s a notification that is %s", e.Op, e.State)
+}
+
+// ErrNoFinder: the service was built without the queries operators need.
+var ErrNoFinder = errors.New("relay: no Finder configured")
+
+// OperationResult is what Replay or Cancel did.
+type OperationResult struct {
+	Payment *Payment
+	// Skipped: the job asking had already replayed this notification (a resumed bulk replay).
+	Skipped bool
+}
+
+// Show returns one payment with all its notifications, attempts and notes.
+func (s *Service) Show(ctx context.Context, paymentID string) (*Payment, error) {
+	p, _, err := s.getRetry(ctx, paymentID)
+	return p, err
+}
+
+// Replay starts a fresh ladder for a failed or cancelled notification (a delivered one only
+// with force): attempt 1 now, under a new generation so its tasks have new names, the earlier
+// history kept and the replay recorded. It goes out at once if everything before it in its
+// payment's chain is delivered, and is held behind it otherwise; the refunds held behind it
+// follow it once it is delivered.
+func (s *Service) Replay(ctx context.Context, paymentID, key string, force bool, op Operator) (OperationResult, error) {
+	var n *Notification
+	res, err := s.operate(ctx, paymentID, key, func(p *Payment, nt *Notification, now time.Time) (bool, error) {
+		forced := nt.State == StateDelivered
+		switch {
+		case nt.State == StateFailed, nt.State == StateCancelled, nt.State == StateDelivered && force:
+		default:
+			return false, &StateError{Op: "replay", State: nt.State}
+		}
+		if op.Job != "" {
+			for _, a := range nt.Actions {
+				if a.Kind == ActionReplay && a.Job == op.Job {
+					return false, nil // this job replayed it before it was interrupted
+				}
+			}
+		}
+		nt.Generation++
+		nt.Attempt = 1
+		nt.Lease = nil
+		nt.Reason = ""
+		nt.State, nt.NextAttemptAt = StatePending, now
+		if p.blockedBefore(nt.Key) {
+			nt.State, nt.NextAttemptAt = StateHeld, time.Time{}
+		}
+		nt.Actions = append(nt.Actions, Action{Kind: ActionReplay, By: op.By, Reason: op.Reason, Job: op.Job, At: now, Generation: nt.Generation, Forced: forced})
+		n = nt
+		return true, nil
+	})
+	if err != nil || res.Skipped {
+		return res, err
+	}
+	if n.State == StatePending {
+		p := res.Payment
+		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: 1, At: n.NextAttemptAt}); err != nil {
+			// Recorded but not enqueued: the sweeper finds it overdue and enqueues it.
+			return res, fmt.Errorf("enqueue replay: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// Cancel gives up on a pending or held notification: no further attempt is made, the reason
+// is recorded, and an operator can replay it later. The notifications behind it stay held.
+func (s *Service) Cancel(ctx context.Context, paymentID, key string, op Operator) (OperationResult, error) {
+	return s.operate(ctx, paymentID, key, func(_ *Payment, n *Notification, now time.Time) (bool, error) {
+		if n.State != StatePending && n.State != StateHeld {
+			return false, &StateError{Op: "cancel", State: n.State}
+		}
+		n.State = StateCancelled
+		n.NextAttemptAt = time.Time{}
+		n.Reason = "cancelled by " + op.By + ": " + op.Reason
+		n.Actions = append(n.Actions, Action{Kind: ActionCancel, By: op.By, Reason: op.Reason, Job: op.Job, At: now, Generation: n.Generation})
+		return true, nil
+	})
+}
+
+// operate applies f to notification key of a payment and writes it conditionally, re-reading on
+// a conflict. f returns false to change nothing.
+func (s *Service) operate(ctx context.Context, paymentID, key string, f func(*Payment, *Notification, time.Time) (bool, error)) (OperationResult, error) {
+	for try := 1; ; try++ {
+		p, v, err := s.getRetry(ctx, paymentID)
+		if err != nil {
+			return OperationResult{}, err
+		}
+		n := p.Notification(key)
+		if n == nil {
+			return OperationResult{}, fmt.Errorf("notification %s: %w", key, ErrNotFound)
+		}
+		now := s.cfg.Clock.Now()
+		changed, err := f(p, n, now)
+		if err != nil {
+			return OperationResult{Payment: p}, err
+		}
+		if !changed {
+			return OperationResult{Payment: p, Skipped: true}, nil
+		}
+		p.UpdatedAt = now
+		if _, err = s.write(ctx, p, v); err == nil {
+			return OperationResult{Payment: p}, nil
+		}
+		if !errors.Is(err, ErrVersionConflict) || try == maxIngestTries {
+			return OperationResult{}, fmt.Errorf("record operation: %w", err)
+		}
+	}
+}
+
+// blockedBefore reports whether a notification before key in the chain is not delivered.
+func (p *Payment) blockedBefore(key string) bool {
+	for _, n := range p.Notifications {
+		if n.Key == key {
+			return false
+		}
+		if n.State != StateDelivered {
+			return true
+		}
+	}
+	return false
+}
+
+// Listed is one notification an operator's list shows, with its payment.
+type Listed struct {
+	Payment      *Payment
+	Notification *Notification
+}
+
+// List returns the notifications matching f, newest payment first, a page at a time.
+func (s *Service) List(ctx context.Context, f Filter, cursor string, limit int) ([]Listed, string, error) {
+	if s.cfg.Finder == nil {
+		return nil, "", ErrNoFinder
+	}
+	limit = min(max(limit, 1), 500)
+	var ps []*Payment
+	var next string
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		ps, next, err = s.cfg.Finder.List(ctx, f, cursor, limit)
+		return err
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("list: %w", err)
+	}
+	var out []Listed
+	for _, p := range ps {
+		for i := range p.Notifications {
+			if f.Matches(p, &p.Notifications[i]) {
+				out = append(out, Listed{Payment: p, Notification: &p.Notifications[i]})
+			}
+		}
+	}
+	return out, next, nil
+}
+
+// Healed is one notification the sweeper enqueued again.
+type Healed struct {
+	PaymentID, Key string
+	Generation     int
+	Attempt        int
+	Why            string
+}
+
+// SweepResult is what one sweep did.
+type SweepResult struct {
+	Scanned int
+	Healed  []Healed
+}
+
+// SweepLimit bounds the payments one sweep looks at; the next sweep takes the rest.
+const SweepLimit = 500
+
+// Sweep finds notifications whose task was lost (pending, due more than SweepMargin ago) or
+// whose delivery died (delivering, lease expired more than SweepMargin ago) and enqueues their
+// attempt again under a fresh task name. A task that was only late, not lost, then meets a
+// duplicate: Deliver's claim lets one of them through. It writes nothing.
+func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
+	if s.cfg.Finder == nil {
+		return SweepResult{}, ErrNoFinder
+	}
+	now := s.cfg.Clock.Now()
+	cutoff := now.Add(-s.cfg.SweepMargin)
+	var ps []*Payment
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		ps, err = s.cfg.Finder.Overdue(ctx, cutoff, SweepLimit)
+		return err
+	})
+	if err != nil {
+		return SweepResult{}, fmt.Errorf("find overdue: %w", err)
+	}
+	// One fresh name per sweep round: a second sweeper run in the same minute is deduplicated.
+	round := strconv.FormatInt(now.Unix()/60, 10)
+	res := SweepResult{Scanned: len(ps)}
+	for _, p := range ps {
+		for i := range p.Notifications {
+			n := &p.Notifications[i]
+			var why string
+			switch {
+			case n.State == StatePending && !n.NextAttemptAt.After(cutoff):
+				why = fmt.Sprintf("pending, due %s ago", now.Sub(n.NextAttemptAt).Round(time.Second))
+			case n.State == StateDelivering && n.Lease != nil && !n.Lease.Until.After(cutoff):
+				why = fmt.Sprintf("delivering, lease expired %s ago", now.Sub(n.Lease.Until).Round(time.Second))
+			default:
+				continue
+			}
+			t := Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, At: now, Sweep: round}
+			if err := s.enqueue(ctx, t); err != nil {
+				return res, fmt.Errorf("enqueue %s: %w", t.Name(), err)
+			}
+			res.Healed = append(res.Healed, Healed{PaymentID: p.ID, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, Why: why})
+		}
+	}
+	return res, nil
+}
+
+// DueAt is when the payment next needs Deliver: the earliest pending notification's due time
+// or delivering notification's lease end; zero when none is under way. The sweeper's query
+// runs on it.
+func (p *Payment) DueAt() time.Time {
+	var due time.Time
+	for _, n := range p.Notifications {
+		var t time.Time
+		switch {
+		case n.State == StatePending:
+			t = n.NextAttemptAt
+		case n.State == StateDelivering && n.Lease != nil:
+			t = n.Lease.Until
+		default:
+			continue
+		}
+		if due.IsZero() || t.Before(due) {
+			due = t
+		}
+	}
+	return due
+}
+
+// Tags are the payment's notifications' states and types as query terms: "all", "s:<state>",
+// "t:<type>" and "s:<state>|t:<type>". An operator's list filters on one of them (Firestore
+// allows one array-contains per query); TagFor picks it.
+func (p *Payment) Tags() []string {
+	seen := map[string]bool{"all": true}
+	tags := []string{"all"}
+	for _, n := range p.Notifications {
+		for _, t := range []string{"s:" + string(n.State), "t:" + string(n.Type), "s:" + string(n.State) + "|t:" + string(n.Type)} {
+			if !seen[t] {
+				seen[t] = true
+				tags = append(tags, t)
+			}
+		}
+	}
+	return tags
+}
+
+// TagFor is the tag a filter's state and type select.
+func (f Filter) TagFor() string {
+	switch {
+	case f.State != "" && f.Type != "":
+		return "s:" + string(f.State) + "|t:" + string(f.Type)
+	case f.State != "":
+		return "s:" + string(f.State)
+	case f.Type != "":
+		return "t:" + string(f.Type)
+	}
+	return "all"
+}

@@ -1,0 +1,119 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"cloud.google.com/go/firestore"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// IndexField is one field of a composite index, as terraform's google_firestore_index names
+// it: an order (ASCENDING, DESCENDING) or an array config (CONTAINS).
+type IndexField struct {
+	Path, Order, ArrayConfig string
+}
+
+// Index is a composite index one of the store's queries needs in production; the emulator
+// needs none, so a test checks terraform.tf creates each.
+type Index []IndexField
+
+// Indexes lists every composite index the store's queries use, derived from the same
+// function that builds them (listQuery); the sweeper's query (due_at alone) runs on
+// Firestore's automatic single-field index.
+func Indexes() []Index {
+	var out []Index
+	for _, game := range []bool{false, true} {
+		for _, provider := range []bool{false, true} {
+			out = append(out, listIndex(game, provider))
+		}
+	}
+	return out
+}
+
+// listIndex is the index of an operator's list filtering on a tag and, optionally, game and
+// provider, ordered by received time, newest first.
+func listIndex(game, provider bool) Index {
+	idx := Index{{Path: "tags", ArrayConfig: "CONTAINS"}}
+	if game {
+		idx = append(idx, IndexField{Path: "game", Order: "ASCENDING"})
+	}
+	if provider {
+		idx = append(idx, IndexField{Path: "provider", Order: "ASCENDING"})
+	}
+	return append(idx, IndexField{Path: "received_at", Order: "DESCENDING"})
+}
+
+// listQuery builds an operator's list query from its index, field by field, so that the query
+// and the index terraform must create cannot drift apart.
+func (s *Firestore) listQuery(f relay.Filter) firestore.Query {
+	q := s.coll.Query
+	for _, field := range listIndex(f.Game != "", f.Provider != "") {
+		switch field.Path {
+		case "tags":
+			q = q.Where("tags", "array-contains", f.TagFor())
+		case "game":
+			q = q.Where("game", "==", f.Game)
+		case "provider":
+			q = q.Where("provider", "==", f.Provider)
+		case "received_at":
+			if !f.From.IsZero() {
+				q = q.Where("received_at", ">=", f.From)
+			}
+			if !f.To.IsZero() {
+				q = q.Where("received_at", "<", f.To)
+			}
+			q = q.OrderBy("received_at", firestore.Desc).OrderBy(firestore.DocumentID, firestore.Desc)
+		}
+	}
+	return q
+}
+
+// List implements relay.Finder. The cursor is the last payment's received time and id.
+func (s *Firestore) List(ctx context.Context, f relay.Filter, cursor string, limit int) ([]*relay.Payment, string, error) {
+	q := s.listQuery(f)
+	if cursor != "" {
+		nanos, id, ok := strings.Cut(cursor, "_")
+		n, err := strconv.ParseInt(nanos, 10, 64)
+		if !ok || err != nil || id == "" {
+			return nil, "", fmt.Errorf("store: malformed cursor %q", cursor)
+		}
+		q = q.StartAfter(time.Unix(0, n).UTC(), id)
+	}
+	docs, err := q.Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, "", classify("firestore.List", err)
+	}
+	ps, err := s.decode(docs)
+	if err != nil || len(ps) < limit {
+		return ps, "", err
+	}
+	last := ps[len(ps)-1]
+	return ps, fmt.Sprintf("%d_%s", last.ReceivedAt.UnixNano(), last.ID), nil
+}
+
+// Overdue implements relay.Finder.
+func (s *Firestore) Overdue(ctx context.Context, before time.Time, limit int) ([]*relay.Payment, error) {
+	docs, err := s.coll.Where("due_at", "<=", before).OrderBy("due_at", firestore.Asc).Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, classify("firestore.Overdue", err)
+	}
+	return s.decode(docs)
+}
+
+func (s *Firestore) decode(docs []*firestore.DocumentSnapshot) ([]*relay.Payment, error) {
+	var ps []*relay.Payment
+	for _, snap := range docs {
+		s.counter.read()
+		var d paymentDoc
+		if err := snap.DataTo(&d); err != nil {
+			return nil, fmt.Errorf("firestore.DataTo %s: %w", snap.Ref.ID, err)
+		}
+		ps = append(ps, d.toPayment(snap.Ref.ID))
+	}
+	return ps, nil
+}

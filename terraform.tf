@@ -309,6 +309,32 @@ resource "google_project_iam_member" "runtime_firestore" {
   member  = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# Bulk replays' steps: their own queue, so an operator's replay of thousands never competes
+# with a game's deliveries. One step at a time is plenty (each replays a page at REPLAY_RATE).
+resource "google_cloud_tasks_queue" "ops" {
+  name     = "${var.name}-ops"
+  location = var.region
+  rate_limits {
+    max_dispatches_per_second = 5
+    max_concurrent_dispatches = 5
+  }
+  retry_config {
+    max_attempts       = -1
+    max_retry_duration = "0s"
+    min_backoff        = "1s"
+    max_backoff        = "60s"
+    max_doublings      = 5
+  }
+  depends_on = [google_project_service.api]
+}
+
+resource "google_cloud_tasks_queue_iam_member" "runtime_enqueue_ops" {
+  name     = google_cloud_tasks_queue.ops.name
+  location = google_cloud_tasks_queue.ops.location
+  role     = "roles/cloudtasks.enqueuer"
+  member   = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # Enqueue on the games' queues, each granted on the queue itself, nothing project-wide.
 resource "google_cloud_tasks_queue_iam_member" "runtime_enqueue" {
   for_each = google_cloud_tasks_queue.game
@@ -404,6 +430,8 @@ locals {
     LADDER_COMPRESSION  = "1"
     DELIVER_LEASE       = "60s"
     SWEEP_MARGIN        = "2m"
+    OPS_QUEUE           = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.ops.name}"
+    REPLAY_RATE         = "20"
     LOG_LEVEL           = var.log_level
   }
   function_secret_env = {

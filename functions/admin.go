@@ -43,7 +43,25 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 	// Served alone (Cloud Functions) its paths start at /; beside the other functions (a local
 	// run) under /Admin.
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/"+AdminName), "/"), "/")
+	if parts[0] != "api" {
+		h.dashboard(w, r, parts)
+		return
+	}
 	switch {
+	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "api" && parts[1] == "jobs":
+		j, err := h.Service.Job(ctx, parts[2])
+		switch {
+		case errors.Is(err, relay.ErrNotFound):
+			writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "no job " + parts[2]})
+		case errors.Is(err, relay.ErrNoJobs):
+			writeJSON(w, http.StatusNotImplemented, errorBody{Error: "not configured", Reason: err.Error()})
+		case err != nil:
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry"})
+		default:
+			writeJSON(w, http.StatusOK, j)
+		}
+	case len(parts) == 3 && parts[0] == "api" && parts[1] == "jobs" && parts[2] == "replay":
+		h.adminStartJob(w, r, op)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "notifications":
 		h.adminList(w, r)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "payments":
@@ -301,4 +319,49 @@ func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
 		Scanned int `json:"scanned"`
 		Healed  int `json:"healed"`
 	}{res.Scanned, len(res.Healed)})
+}
+
+// adminStartJob starts a bulk replay of the notifications a filter selects:
+// POST /api/jobs/replay {"state":"failed","game":"...","provider":"...","type":"...","from":"...","to":"...","reason":"..."}.
+func (h *Handler) adminStartJob(w http.ResponseWriter, r *http.Request, op string) {
+	ctx := h.context(r)
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "use POST"})
+		return
+	}
+	if reason := crossSite(r); reason != "" {
+		writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Reason: reason})
+		return
+	}
+	raw, refusal := readBody(w, r, MaxAdminBody, "application/json")
+	if refusal != nil {
+		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
+		return
+	}
+	var body struct {
+		State, Type, Game, Provider, Reason string
+		From, To                            time.Time
+	}
+	if err := json.Unmarshal(raw, &body); err != nil || strings.TrimSpace(body.Reason) == "" || len(body.Reason) > 500 {
+		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: `want {"reason":"...", "state":"failed", ...}`, Field: "reason"})
+		return
+	}
+	f := relay.Filter{State: relay.State(body.State), Type: relay.Type(body.Type), Game: body.Game, Provider: body.Provider, From: body.From, To: body.To}
+	j, err := h.Service.StartReplayJob(ctx, f, relay.Operator{By: op, Reason: body.Reason})
+	var fe *relay.FieldError
+	switch {
+	case errors.As(err, &fe):
+		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: fe.Error(), Field: fe.Field})
+		return
+	case errors.Is(err, relay.ErrNoJobs):
+		writeJSON(w, http.StatusNotImplemented, errorBody{Error: "not configured", Reason: err.Error()})
+		return
+	case err != nil && j == nil:
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry"})
+		return
+	}
+	h.Logger.WarnContext(ctx, "operator bulk replay", "operator", op, "job", j.ID, "reason", body.Reason,
+		"state", string(j.Filter.State), "game", f.Game, "provider", f.Provider, "type", string(f.Type))
+	writeJSON(w, http.StatusAccepted, j)
 }

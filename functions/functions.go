@@ -35,6 +35,32 @@ func init() {
 	functions.HTTP(DeliverName, Deliver)
 	functions.HTTP(AdminName, Admin)
 	functions.HTTP(SweepName, Sweep)
+	// Deployed (Cloud Run sets K_SERVICE), the whole configuration is checked as the process
+	// starts: a permanent error stops it, so the revision never becomes ready and the deploy
+	// fails with the reasons in Cloud Logging, instead of a healthy-looking deployment that
+	// refuses money when it arrives. Tests and local runs call CheckConfig themselves.
+	if config.Deployed(envconfig.OsLookuper()) {
+		if _, err := CheckConfig(context.Background(), envconfig.OsLookuper()); err != nil {
+			logging.New(os.Stdout, "info").Error("payrelay cannot start: its configuration is invalid", "error", err.Error(), "startup_check", "failed")
+			os.Exit(1)
+		}
+	}
+}
+
+// CheckConfig loads and checks the whole configuration (environment, games, providers and
+// their keys, routes) without connecting to anything, naming every problem at once.
+func CheckConfig(ctx context.Context, l envconfig.Lookuper) (*config.Config, error) {
+	cfg, err := config.Load(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := provider.New(cfg.ProviderConfig.Config, cfg.IngestSecrets...); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if _, err := cfg.EffectiveLadder(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
 }
 
 // The process-wide handler, built from the environment on first use. A failed build is
@@ -67,7 +93,7 @@ func handler(ctx context.Context) (*Handler, error) {
 	if current != nil {
 		return current, nil
 	}
-	cfg, err := config.Load(ctx, envconfig.OsLookuper())
+	cfg, err := CheckConfig(ctx, envconfig.OsLookuper())
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +158,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	q, err := queue.NewCloudTasks(ctx, queue.Options{
 		Queues: cfg.Games.Queues(), DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
 		Audience: cfg.Audience(), DispatchDeadline: dispatchDeadline(cfg.DeliverLease), EmulatorHost: cfg.CloudTasksEmulatorHost,
-		OnCreate: opts.OnCreate,
+		OnCreate: opts.OnCreate, OpsQueue: cfg.OpsQueue,
 	})
 	if err != nil {
 		st.Close()
@@ -142,13 +168,14 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	svc, err := relay.NewService(relay.Config{
 		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
+		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate,
 	})
 	if err != nil {
 		closeAll()
 		return nil, nil, err
 	}
 	log.InfoContext(ctx, "payrelay configured", "config", cfg)
-	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID}, closeAll, nil
+	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID, Games: cfg.Games.Names()}, closeAll, nil
 }
 
 // dispatchDeadline is how long Cloud Tasks waits for Deliver: the lease (by then another
@@ -159,15 +186,17 @@ func dispatchDeadline(lease time.Duration) time.Duration {
 
 func notConfigured(w http.ResponseWriter, err error) {
 	// The reason goes to the log, not to the caller: it may name configuration.
-	logging.New(os.Stdout, "info").Error("payrelay cannot start; will retry on the next request", "error", err.Error())
-	writeJSON(w, http.StatusInternalServerError, errorBody{Error: "payrelay is not ready", Reason: "retry later"})
+	logging.New(os.Stdout, "info").Error("payrelay cannot serve yet; will retry on the next request", "error", err.Error())
+	writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "payrelay is not ready", Reason: "retry later"})
 }
 
 // Ingest is the Ingest function: providers' payment notifications.
 func Ingest(w http.ResponseWriter, r *http.Request) {
 	h, err := handler(context.WithoutCancel(r.Context()))
 	if err != nil {
-		notConfigured(w, fmt.Errorf("ingest: %w", err))
+		// A failure of ours, in the provider's own failure shape, so the provider retries.
+		logging.New(os.Stdout, "info").Error("payrelay cannot serve yet; will retry on the next request", "error", err.Error())
+		provider.RefuseUnready(w, r.URL.Query().Get("provider"))
 		return
 	}
 	h.Ingest(w, r)

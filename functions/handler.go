@@ -38,7 +38,8 @@ type Handler struct {
 	Providers provider.Set
 	Logger    *slog.Logger
 	Clock     relay.Clock
-	ProjectID string // for Cloud Logging trace ids
+	ProjectID string   // for Cloud Logging trace ids
+	Games     []string // the configured games, for the dashboard
 
 	inflight sync.WaitGroup
 	draining atomic.Bool
@@ -219,6 +220,10 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var msg relay.TaskMessage
+	if err := json.Unmarshal(body, &msg); err == nil && msg.Job != "" {
+		h.jobStep(w, r, log, msg)
+		return
+	}
 	if err := json.Unmarshal(body, &msg); err != nil || msg.PaymentID == "" || msg.Notification == "" || msg.Attempt < 1 {
 		// A task that can never succeed: acknowledge it so Cloud Tasks does not retry forever.
 		log.ErrorContext(ctx, "deliver rejected a malformed task", "body_bytes", len(body))
@@ -258,4 +263,23 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusConflict // any non-2xx: Cloud Tasks redelivers after its backoff
 	}
 	writeJSON(w, code, deliverAnswer{PaymentID: msg.PaymentID, Notification: msg.Notification, Attempt: msg.Attempt, Outcome: string(res.Outcome), Reason: res.Reason})
+}
+
+// jobStep runs one step of a bulk replay for the task Cloud Tasks sends: 2xx once its progress
+// is recorded, 5xx so the step runs again (resuming where the last recorded one ended).
+func (h *Handler) jobStep(w http.ResponseWriter, r *http.Request, log *slog.Logger, msg relay.TaskMessage) {
+	ctx := h.context(r)
+	log = log.With("job", msg.Job, "step", msg.Step)
+	j, err := h.Service.RunJobStep(ctx, msg.Job, msg.Step)
+	switch {
+	case errors.Is(err, relay.ErrNotFound), errors.Is(err, relay.ErrNoJobs):
+		log.ErrorContext(ctx, "job step rejected", "error", err.Error())
+		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(relay.OutcomeRejected), Reason: err.Error()})
+	case err != nil:
+		log.ErrorContext(ctx, "job step failed; Cloud Tasks will run it again", "error", err.Error())
+		writeJSON(w, http.StatusServiceUnavailable, deliverAnswer{Outcome: "error", Reason: "temporarily unavailable"})
+	default:
+		log.InfoContext(ctx, "job step done", "state", string(j.State), "replayed", j.Replayed, "skipped", j.Skipped, "refused", j.Refused)
+		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(j.State)})
+	}
 }

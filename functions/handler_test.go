@@ -31,6 +31,7 @@ type fixture struct {
 	store *relaytest.Store
 	queue *relaytest.Queue
 	posts int
+	fail  bool // the game server answers 500
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -49,9 +50,12 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	f := &fixture{store: relaytest.NewStore(), queue: relaytest.NewQueue()}
 	clock := relaytest.NewClock(testNow)
 	svc, err := relay.NewService(relay.Config{
-		Store: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
+		Store: f.store, Finder: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
 		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
 			f.posts++
+			if f.fail {
+				return relay.NotifyResult{StatusCode: 500, ErrorClass: relay.ErrorHTTP}
+			}
 			return relay.NotifyResult{StatusCode: 200}
 		}),
 		Backoff: func() retry.Backoff { return retry.WithMaxRetries(1, retry.NewConstant(time.Millisecond)) },
@@ -325,4 +329,10 @@ func TestDispatchDeadlineWithinCloudTasksRange(t *testing.T) {
 			t.Errorf("dispatchDeadline(%v) = %v, want %v", lease, got, want)
 		}
 	}
+}
+
+// paymentIDOf is the id of validBody's payment.
+func paymentIDOf(t *testing.T, f *fixture) string {
+	t.Helper()
+	return relay.PaymentID("generic", "game-1", "order-1001")
 }

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -55,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return tasksEmulator(args[1:], stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stderr)
+			fmt.Fprintln(stderr, "\nflags of go run ./local:")
+			relayLocally([]string{"-h"}, e, stdout, stderr)
 			return 0
 		}
 	}
@@ -91,6 +94,9 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	dataDir := fs.String("data-dir", "", "keep the Cloud Tasks emulator's tasks in this directory across restarts")
 	verbose := fs.Bool("v", false, "also print the functions' JSON logs")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -126,6 +132,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	prog := &progress{w: stdout, start: time.Now()}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx = orphanContext(ctx)
 	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
 	s, err := stack.Start(ctx, stack.Options{
 		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, AdminPort: *adminPort, FirestorePort: *firestorePort,
@@ -239,6 +246,30 @@ func (p *progress) Attempted(pay *relay.Payment, n *relay.Notification, rec rela
 		p.failed++
 		p.line("FAILED    %s after %d attempts (%s); kept for replay", what(pay, n), rec.Number, result)
 	}
+}
+
+// orphanContext is cancelled when this process's parent dies (`go run` killed, its terminal
+// closed): the runner then stops as on Ctrl-C, so the Java emulator it started never outlives
+// it holding its ports.
+func orphanContext(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	parent := os.Getppid()
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if os.Getppid() != parent {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx
 }
 
 // sendURLFlag is what `send` needs to reach a runner on another port than its default.

@@ -139,8 +139,9 @@ func TestRunnerStartSendStop(t *testing.T) {
 		}
 		t.Skip("gcloud is not installed")
 	}
-	p := ports(t, 4)
-	args := []string{"-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]), "-fail-first", "1", "-compression", "20000"}
+	p := ports(t, 6)
+	args := []string{"-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
+		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-fail-first", "1", "-compression", "20000"}
 	for round := 1; round <= 2; round++ { // the second round shows it runs again at once
 		r := startRunner(t, childEnv(), args...)
 		r.expect(t, "ready", 90*time.Second)
@@ -244,6 +245,70 @@ func TestRunnerWithoutGcloudSaysHowToInstall(t *testing.T) {
 	for _, port := range p[:3] {
 		if listening(port) {
 			t.Errorf("port %d left listening", port)
+		}
+	}
+}
+
+// Killing the `go run` parent (here a shell standing in for it) stops the runner as Ctrl-C
+// does: nothing it started is left running or holding its ports.
+func TestRunnerStopsWhenItsParentDies(t *testing.T) {
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("gcloud is missing in CI: %v", err)
+		}
+		t.Skip("gcloud is not installed")
+	}
+	p := ports(t, 6)
+	args := fmt.Sprintf("-port %d -tasks-port %d -game-port %d -firestore-port %d -game-b-port %d -admin-port %d", p[0], p[1], p[2], p[3], p[4], p[5])
+	// The shell waits for the runner (": " after it keeps the shell from exec'ing it).
+	sh := exec.Command("sh", "-c", bin+" "+args+"; :")
+	sh.Env = childEnv()
+	// A file, not a pipe: an orphaned runner holding a pipe open would keep Wait waiting.
+	out, err := os.CreateTemp(t.TempDir(), "runner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh.Stdout, sh.Stderr = out, out
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs := func() string { b, _ := os.ReadFile(out.Name()); return string(b) }
+	deadline := time.Now().Add(90 * time.Second)
+	for !listening(p[0]) || firestoreProcesses(t, p[3]) == 0 {
+		if time.Now().After(deadline) {
+			sh.Process.Kill()
+			t.Fatalf("the runner did not start:\n%s", logs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // let it finish starting
+	sh.Process.Kill()
+	sh.Wait()
+	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		busy := firestoreProcesses(t, p[3])
+		for _, port := range p {
+			if listening(port) {
+				busy++
+			}
+		}
+		if busy == 0 {
+			return
+		}
+	}
+	t.Errorf("30 s after its parent was killed, the runner or its emulator still runs (%d Firestore processes; ports %v)\n%s", firestoreProcesses(t, p[3]), p, logs())
+	exec.Command("pkill", "-f", fmt.Sprintf("%s %s", bin, args)).Run()
+	exec.Command("pkill", "-f", fmt.Sprintf("firestore.*%d", p[3])).Run()
+}
+
+func TestHelpListsTheFlags(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command(bin, "-h").CombinedOutput()
+	if err != nil {
+		t.Fatalf("-h: %v\n%s", err, out)
+	}
+	for _, flag := range []string{"-port", "-admin-port", "-game-b-port", "-always-fail", "-b-always-fail", "-compression", "send"} {
+		if !strings.Contains(string(out), flag) {
+			t.Errorf("-h does not mention %s:\n%s", flag, out)
 		}
 	}
 }

@@ -199,3 +199,18 @@ var NotRelayed = map[string]map[string]string{
 		"refund_covered": "a refund already counted by a later refund's cumulative total",
 	},
 }
+
+// RefuseUnready answers a notification that arrived before payrelay could serve (a transient
+// failure of ours) in the shape of the provider the notify URL names, with 503 so it retries:
+// Alipay's "failure", WeChat Pay's {"code":"FAIL"}, the generic format's JSON error.
+func RefuseUnready(w http.ResponseWriter, name string) {
+	r := &Refusal{Code: http.StatusServiceUnavailable, Reason: "payrelay is not ready; retry later"}
+	switch name {
+	case "alipay":
+		(*Alipay)(nil).Refuse(w, r)
+	case "wechatpay":
+		(*WechatPay)(nil).Refuse(w, r)
+	default:
+		(*Generic)(nil).Refuse(w, r)
+	}
+}

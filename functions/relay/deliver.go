@@ -43,10 +43,13 @@ const maxClaimTries = 3
 // TaskMessage is the body of a Deliver task: which notification of which payment, which
 // attempt.
 type TaskMessage struct {
-	PaymentID    string `json:"payment_id"`
-	Notification string `json:"notification"`
+	PaymentID    string `json:"payment_id,omitempty"`
+	Notification string `json:"notification,omitempty"`
 	Generation   int    `json:"generation,omitempty"`
-	Attempt      int    `json:"attempt"`
+	Attempt      int    `json:"attempt,omitempty"`
+	// Job and Step name a bulk replay's step instead (see Service.RunJobStep).
+	Job  string `json:"job,omitempty"`
+	Step int    `json:"step,omitempty"`
 }
 
 // Deliver makes attempt `attempt` of a payment's notification, at most once at a time

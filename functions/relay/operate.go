@@ -22,12 +22,13 @@ type Finder interface {
 
 // Filter selects notifications for an operator. Empty fields match everything.
 type Filter struct {
-	State    State
-	Type     Type
-	Game     string
-	Provider string
+	State    State  `json:"state,omitempty"`
+	Type     Type   `json:"type,omitempty"`
+	Game     string `json:"game,omitempty"`
+	Provider string `json:"provider,omitempty"`
 	// From and To bound when the payment was received: From <= received < To.
-	From, To time.Time
+	From time.Time `json:"from,omitzero"`
+	To   time.Time `json:"to,omitzero"`
 }
 
 // Matches reports whether notification n of payment p passes the filter.
@@ -203,6 +204,39 @@ func (s *Service) List(ctx context.Context, f Filter, cursor string, limit int) 
 		}
 	}
 	return out, next, nil
+}
+
+// Overdue lists the notifications the sweeper would heal now: pending past SweepMargin, or
+// delivering with a lease expired that long ago; the oldest first.
+func (s *Service) Overdue(ctx context.Context, limit int) ([]Listed, error) {
+	if s.cfg.Finder == nil {
+		return nil, ErrNoFinder
+	}
+	cutoff := s.cfg.Clock.Now().Add(-s.cfg.SweepMargin)
+	var ps []*Payment
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		ps, err = s.cfg.Finder.Overdue(ctx, cutoff, limit)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find overdue: %w", err)
+	}
+	var out []Listed
+	for _, p := range ps {
+		for i := range p.Notifications {
+			if overdue(&p.Notifications[i], cutoff) {
+				out = append(out, Listed{Payment: p, Notification: &p.Notifications[i]})
+			}
+		}
+	}
+	return out, nil
+}
+
+// overdue reports whether n needs the sweeper at cutoff.
+func overdue(n *Notification, cutoff time.Time) bool {
+	return n.State == StatePending && !n.NextAttemptAt.After(cutoff) ||
+		n.State == StateDelivering && n.Lease != nil && !n.Lease.Until.After(cutoff)
 }
 
 // Healed is one notification the sweeper enqueued again.

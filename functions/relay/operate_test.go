@@ -215,3 +215,66 @@ func TestListFiltersAndPages(t *testing.T) {
 		t.Errorf("delivered = %d, want 0", len(none))
 	}
 }
+
+// A bulk replay pages through the failed notifications, a step at a time; a step run again
+// after an interruption (its process killed before it recorded progress) replays none twice.
+func TestBulkReplayJob(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	fix := h.failAll()
+	const n = 250 // three pages
+	for i := range n {
+		p := samplePayment()
+		p.OrderID = fmt.Sprintf("order-%d", i)
+		h.svc.Ingest(ctx, relay.Result{Type: relay.TypePaymentSucceeded, Payment: p})
+		h.clock.Advance(time.Millisecond)
+	}
+	h.drain(t)
+	fix()
+	job, err := h.svc.StartReplayJob(ctx, relay.Filter{Game: "sword"}, ops)
+	if err != nil || job.Filter.State != relay.StateFailed || len(h.queue.JobSteps) != 1 {
+		t.Fatalf("StartReplayJob = %+v, %v; steps %v", job, err, h.queue.JobSteps)
+	}
+	// Step 0 replays its page but "dies" before recording progress: its job update fails.
+	h.jobs.failUpdate = true
+	if _, err := h.svc.RunJobStep(ctx, job.ID, 0); err == nil {
+		t.Fatal("a step whose progress could not be recorded reported success")
+	}
+	h.jobs.failUpdate = false
+	// Cloud Tasks runs step 0 again, then the steps it chains.
+	for i := 0; i < len(h.queue.JobSteps); i++ {
+		st := h.queue.JobSteps[i]
+		if i == 0 {
+			st = relaytestJobStep(job.ID, 0)
+		}
+		if _, err := h.svc.RunJobStep(ctx, st.JobID, st.Step); err != nil {
+			t.Fatalf("step %d: %v", st.Step, err)
+		}
+	}
+	// The interrupted step's replays took its page's notifications out of the failed ones, so
+	// its re-run read the next page: the job's counts miss the interrupted step's page, whose
+	// replays stand in the notifications' histories under the job's id.
+	done, _ := h.svc.Job(ctx, job.ID)
+	if done.State != relay.JobDone || done.Replayed+done.Skipped != n-relay.JobPage {
+		t.Fatalf("job = %+v; want done, %d replayed after the interruption", done, n-relay.JobPage)
+	}
+	// A duplicate task of a finished step does nothing.
+	if _, err := h.svc.RunJobStep(ctx, job.ID, 1); err != nil {
+		t.Errorf("a duplicate step: %v", err)
+	}
+	h.drain(t)
+	for i := range n {
+		id := relay.PaymentID("generic", "game-1", fmt.Sprintf("order-%d", i))
+		paid := h.store.Payment(id).Paid()
+		replays := 0
+		for _, a := range paid.Actions {
+			if a.Kind == relay.ActionReplay {
+				replays++
+			}
+		}
+		if replays != 1 || paid.Generation != 1 || paid.State != relay.StateDelivered {
+			t.Fatalf("order-%d: %d replays, generation %d, %s; want replayed once and delivered", i, replays, paid.Generation, paid.State)
+		}
+	}
+}

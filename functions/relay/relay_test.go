@@ -185,6 +185,7 @@ type harness struct {
 	store *relaytest.Store
 	queue *relaytest.Queue
 	clock *relaytest.Clock
+	jobs  *failingJobs
 	posts atomic.Int32
 	mu    sync.Mutex
 	sent  []sent // every POST, in order
@@ -201,10 +202,11 @@ type sent struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{store: relaytest.NewStore(), queue: relaytest.NewQueue(), clock: relaytest.NewClock(t0)}
+	h := &harness{store: relaytest.NewStore(), queue: relaytest.NewQueue(), clock: relaytest.NewClock(t0), jobs: &failingJobs{Jobs: relaytest.NewJobs()}}
 	h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 200} }
 	svc, err := relay.NewService(relay.Config{
 		Store: h.store, Finder: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
+		Jobs: h.jobs, JobQueue: h.queue, ReplayRate: 1e6,
 		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, nt *relay.Notification, n int) relay.NotifyResult {
 			h.posts.Add(1)
 			h.mu.Lock()
@@ -528,4 +530,21 @@ func TestDeliverRecordsThroughAnOutageWithinTheLease(t *testing.T) {
 	if p := h.store.Payment(res.PaymentID); p.Paid().State != relay.StateDelivered {
 		t.Errorf("stored state %s, want delivered", p.Paid().State)
 	}
+}
+
+// failingJobs is a job store whose updates can be made to fail (a process killed mid-step).
+type failingJobs struct {
+	*relaytest.Jobs
+	failUpdate bool
+}
+
+func (f *failingJobs) UpdateJob(ctx context.Context, j *relay.Job, v relay.Version) (relay.Version, error) {
+	if f.failUpdate {
+		return 0, errors.New("killed")
+	}
+	return f.Jobs.UpdateJob(ctx, j, v)
+}
+
+func relaytestJobStep(id string, step int) relaytest.JobStep {
+	return relaytest.JobStep{JobID: id, Step: step}
 }

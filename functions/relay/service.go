@@ -122,6 +122,11 @@ type Config struct {
 	// SweepMargin is how overdue a notification must be before the sweeper enqueues it again
 	// (default 2m): well past a task's normal dispatch and Cloud Tasks' retries of a 5xx.
 	SweepMargin time.Duration
+	// Jobs and JobQueue run bulk replays; optional (without them a bulk replay is refused).
+	Jobs     JobStore
+	JobQueue JobQueue
+	// ReplayRate bounds a bulk replay's replays per second (default 20).
+	ReplayRate float64
 }
 
 // DefaultBackoff retries an unavailable dependency 3 times within about a second: long enough
@@ -165,6 +170,9 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if cfg.SweepMargin <= 0 {
 		cfg.SweepMargin = 2 * time.Minute
+	}
+	if cfg.ReplayRate <= 0 {
+		cfg.ReplayRate = 20
 	}
 	return &Service{cfg: cfg}, nil
 }

@@ -50,6 +50,11 @@ type Config struct {
 	Ladder Ladder `env:"LADDER"`
 	// LadderCompression divides every step of the ladder; 1 in production.
 	LadderCompression int `env:"LADDER_COMPRESSION, default=1"`
+	// OpsQueue carries bulk replays' steps, projects/P/locations/L/queues/Q; empty disables
+	// bulk replay.
+	OpsQueue string `env:"OPS_QUEUE"`
+	// ReplayRate bounds a bulk replay's replays per second.
+	ReplayRate float64 `env:"REPLAY_RATE, default=20"`
 	// SweepMargin is how overdue a notification must be before the sweeper enqueues it again.
 	SweepMargin time.Duration `env:"SWEEP_MARGIN, default=2m"`
 	// DeliverLease is how long a claimed attempt is held before another delivery may take over.
@@ -263,6 +268,12 @@ func (c *Config) validate(errs []error) error {
 	if longest := c.LongestTimeout(); c.DeliverLease < longest+5*time.Second || c.DeliverLease > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least the longest game timeout (%s) + 5s, so a live delivery is never taken over, and at most 30m", c.DeliverLease, longest))
 	}
+	if c.OpsQueue != "" && !queueRE.MatchString(c.OpsQueue) {
+		errs = append(errs, fmt.Errorf("OPS_QUEUE %q: want projects/P/locations/L/queues/Q", c.OpsQueue))
+	}
+	if c.ReplayRate <= 0 || c.ReplayRate > 500 {
+		errs = append(errs, fmt.Errorf("REPLAY_RATE %g: want more than 0 and at most 500 per second", c.ReplayRate))
+	}
 	if c.SweepMargin < time.Second || c.SweepMargin > time.Hour {
 		errs = append(errs, fmt.Errorf("SWEEP_MARGIN %s: want between 1s and 1h", c.SweepMargin))
 	}
@@ -349,4 +360,11 @@ func (c *Config) gameSummary() []map[string]any {
 			"timeout": g.Timeout.String(), "allow_private": g.AllowPrivate})
 	}
 	return out
+}
+
+// Deployed reports whether the process runs on Cloud Run (Cloud Functions 2nd gen), which sets
+// K_SERVICE: there the configuration is checked as the process starts.
+func Deployed(l envconfig.Lookuper) bool {
+	v, _ := l.Lookup("K_SERVICE")
+	return v != ""
 }

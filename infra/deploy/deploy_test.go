@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"archive/zip"
+	"errors"
 	"bytes"
 	"context"
 	"fmt"
@@ -131,6 +132,26 @@ func main() {
 	gocmd("mod", "tidy")
 	gocmd("build", "-o", "fn", ".")
 
+	// Deployed (K_SERVICE set) with a bad configuration, the process refuses to start and names
+	// every problem: the revision never becomes ready, and the deploy fails.
+	t.Run("refuses to start on a bad configuration", func(t *testing.T) {
+		cmd := exec.Command(filepath.Join(app, "fn"))
+		cmd.Env = append(os.Environ(), "FUNCTION_TARGET="+functions.IngestName, "PORT=1", "K_SERVICE=payrelay-ingest",
+			"PROJECT_ID=studio-prod", "DELIVER_URL=http://127.0.0.1:1/Deliver", "INGEST_SECRETS=whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+			`GAMES=[{"name":"sword","url":"http://game.example.com/p","queues":["projects/p/locations/l/queues/q"]}]`,
+			`PROVIDER_CONFIG={"alipay":[{"app_id":"2021","public_key":"not a key","game":"farm"}]}`, "CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:1")
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+			t.Fatalf("started with a bad configuration: %v\n%s", err, out)
+		}
+		for _, want := range []string{"cannot start", "plain http", "GAME_SECRETS_SWORD", "public_key", `game \"farm\"`} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("the start-up failure does not name %q:\n%s", want, out)
+			}
+		}
+	})
+
 	for _, tc := range []struct {
 		target string
 		body   string
@@ -148,7 +169,7 @@ func main() {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, filepath.Join(app, "fn"))
 			secret := "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-			cmd.Env = append(os.Environ(), "FUNCTION_TARGET="+tc.target, fmt.Sprint("PORT=", port),
+			cmd.Env = append(os.Environ(), "FUNCTION_TARGET="+tc.target, fmt.Sprint("PORT=", port), "K_SERVICE=payrelay-fn",
 				"PROJECT_ID=studio-prod", "DELIVER_URL=http://127.0.0.1:1/Deliver",
 				`GAMES=[{"name":"sword","url":"http://127.0.0.1:1/payments","queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]}]`,
 				"GAME_SECRETS_SWORD="+secret, "INGEST_SECRETS="+secret, "CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:1",

@@ -25,7 +25,10 @@ import (
 	"github.com/payrelay/payrelay/functions/relay"
 )
 
-var _ relay.Queue = (*CloudTasks)(nil)
+var (
+	_ relay.Queue    = (*CloudTasks)(nil)
+	_ relay.JobQueue = (*CloudTasks)(nil)
+)
 
 // Options configure the queue.
 type Options struct {
@@ -44,6 +47,8 @@ type Options struct {
 	EmulatorHost string
 	// OnCreate, if set, is called once per CreateTask call (the benchmark's cost count).
 	OnCreate func()
+	// OpsQueue carries bulk replays' steps (never a game's queue); empty disables them.
+	OpsQueue string
 }
 
 // CloudTasks is a relay.Queue over a Cloud Tasks queue.
@@ -108,7 +113,19 @@ func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
 		return fmt.Errorf("queue: game %q has no queue (GAMES)", t.Game)
 	}
 	queue := Shard(queues, relay.NotificationID(t.PaymentID, t.Key))
-	body, err := json.Marshal(relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Generation: t.Generation, Attempt: t.Attempt})
+	return q.create(ctx, queue, t.Name(), t.At, relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Generation: t.Generation, Attempt: t.Attempt})
+}
+
+// EnqueueJob implements relay.JobQueue: the task named {job}-{step} on the ops queue, now.
+func (q *CloudTasks) EnqueueJob(ctx context.Context, jobID string, step int) error {
+	if q.opts.OpsQueue == "" {
+		return relay.ErrNoJobs
+	}
+	return q.create(ctx, q.opts.OpsQueue, fmt.Sprintf("%s-%d", jobID, step), time.Now(), relay.TaskMessage{Job: jobID, Step: step})
+}
+
+func (q *CloudTasks) create(ctx context.Context, queue, name string, at time.Time, msg relay.TaskMessage) error {
+	body, err := json.Marshal(msg)
 	if err != nil {
 		return fmt.Errorf("encode task: %w", err)
 	}
@@ -124,8 +141,8 @@ func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
 	req := &cloudtaskspb.CreateTaskRequest{
 		Parent: queue,
 		Task: &cloudtaskspb.Task{
-			Name:             queue + "/tasks/" + t.Name(),
-			ScheduleTime:     timestamppb.New(t.At),
+			Name:             queue + "/tasks/" + name,
+			ScheduleTime:     timestamppb.New(at),
 			DispatchDeadline: durationpb.New(q.opts.DispatchDeadline),
 			MessageType:      &cloudtaskspb.Task_HttpRequest{HttpRequest: hr},
 		},

@@ -68,7 +68,7 @@ type harness struct {
 	tasks                           *tasksemu.Server
 	game                            *gameserver.Server
 	fnBin, fnLog                    string
-	fnPort                          int
+	fnPort, adminPort               int
 	fn                              *exec.Cmd
 	fnEnv                           []string
 	store                           *store.Firestore
@@ -86,6 +86,8 @@ type summary struct {
 	Held                          int // refunds held behind a failed payment, as they must be
 	CausalViolations              int
 	Healed                        int // notifications the sweeper enqueued again after the purge
+	BulkReplayed                  int // failed notifications a bulk replay replayed across a kill
+	BulkReplayedTwice             int
 	ExtraPosts                    map[string]int
 	BadTried, BadRefused          int
 	Ingest5xx                     map[string]int
@@ -171,7 +173,11 @@ func setup() (*harness, error) {
 		TasksAddr: hs.tasksProxy.Addr(), FirestoreHost: hs.fsProxy.Addr(),
 		Collection: collection, Compression: compression, Lease: lease, LogLevel: "warn",
 		Providers: provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{stack.SampleApp: stack.GameA}}},
+		// A step replays 100 notifications at 100/s: a kill lands inside one.
+		OpsQueue: stack.OpsQueue, ReplayRate: 100,
 	}.Environ()
+	hs.adminPort, _ = emulator.FreePort()
+	hs.fnEnv = append(hs.fnEnv, fmt.Sprintf("PAYRELAY_ADMIN_ADDR=127.0.0.1:%d", hs.adminPort))
 	if err = hs.startFn(); err != nil {
 		return hs, err
 	}
@@ -180,7 +186,7 @@ func setup() (*harness, error) {
 }
 
 func (hs *harness) startTasks(duplicate bool) error {
-	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate, Queues: []string{stack.QueueName(stack.GameA, 0)},
+	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate, Queues: []string{stack.QueueName(stack.GameA, 0), stack.OpsQueue},
 		OnDispatch: func(d tasksemu.Dispatch) {
 			hs.dispatchN.Add(1)
 			if d.Status >= 500 {
@@ -190,12 +196,14 @@ func (hs *harness) startTasks(duplicate bool) error {
 	if err != nil {
 		return err
 	}
-	if _, err := srv.UpdateQueue(context.Background(), &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
-		Name: stack.QueueName(stack.GameA, 0),
-		RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(50 * time.Millisecond),
-			MaxBackoff: durationpb.New(500 * time.Millisecond), MaxDoublings: 3},
-	}}); err != nil {
-		return err
+	for _, q := range []string{stack.QueueName(stack.GameA, 0), stack.OpsQueue} {
+		if _, err := srv.UpdateQueue(context.Background(), &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
+			Name: q,
+			RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(50 * time.Millisecond),
+				MaxBackoff: durationpb.New(500 * time.Millisecond), MaxDoublings: 3},
+		}}); err != nil {
+			return err
+		}
 	}
 	if _, err := srv.Start(hs.tasksAddr); err != nil {
 		return err

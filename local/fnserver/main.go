@@ -3,6 +3,7 @@
 // /Deliver, or only FUNCTION_TARGET at /. The fault-injection suite and the benchmark run it as
 // a process of their own, to kill it or to measure it.
 //
+// With PAYRELAY_ADMIN_ADDR (host:port) it also serves the Admin function there at its root.
 // With PAYRELAY_DEBUG_ADDR (a loopback host:port) it also serves, there and only there,
 // /debug/counters (Firestore reads and writes and Cloud Tasks creates, counted at the adapters)
 // and /debug/pprof/.
@@ -37,6 +38,14 @@ func main() {
 	}
 	if addr := os.Getenv("PAYRELAY_DEBUG_ADDR"); addr != "" {
 		serveDebug(addr)
+	}
+	if addr := os.Getenv("PAYRELAY_ADMIN_ADDR"); addr != "" {
+		// The Admin function alone at its root, as Cloud Functions serves it.
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go http.Serve(l, http.HandlerFunc(functions.Admin))
 	}
 	if err := funcframework.StartHostPort("127.0.0.1", port); err != nil {
 		log.Fatal(err)

@@ -77,6 +77,8 @@ func decide(p gamehttp.Payload, attempt int) (gameserver.Answer, bool) {
 		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "slow-"):
 		return gameserver.Answer{Status: http.StatusOK, Delay: 300 * time.Millisecond}, true
+	case strings.HasPrefix(order, "browser-") && browserDown.Load():
+		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "flaky-") && flakyDown.Load():
 		return gameserver.Answer{Status: http.StatusInternalServerError}, true
 	case strings.HasPrefix(order, "bdown-"):

@@ -62,6 +62,9 @@ const (
 	SampleAppB = "demo-game-b"
 )
 
+// OpsQueue is the local queue of bulk replays' steps.
+var OpsQueue = QueueName("ops", 0)
+
 // QueueName is the local Cloud Tasks queue k of a game.
 func QueueName(game string, k int) string {
 	return fmt.Sprintf("projects/%s/locations/local/queues/%s-%d", ProjectID, game, k)
@@ -94,6 +97,8 @@ type FunctionEnv struct {
 	Compression   int
 	Lease         time.Duration
 	SweepMargin   time.Duration // 0: 2s
+	OpsQueue      string        // "": bulk replay off
+	ReplayRate    float64       // 0: 20/s
 	LogLevel      string
 	Providers     provider.Config
 }
@@ -136,6 +141,12 @@ func (f FunctionEnv) Map() map[string]string {
 		m["DELIVER_LEASE"] = f.Lease.String()
 	}
 	m["SWEEP_MARGIN"] = "2s"
+	if f.OpsQueue != "" {
+		m["OPS_QUEUE"] = f.OpsQueue
+	}
+	if f.ReplayRate > 0 {
+		m["REPLAY_RATE"] = strconv.FormatFloat(f.ReplayRate, 'f', -1, 64)
+	}
 	if f.SweepMargin > 0 {
 		m["SWEEP_MARGIN"] = f.SweepMargin.String()
 	}
@@ -296,7 +307,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		s.FirestoreHost = s.firestore.Host
 	}
 
-	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0)}
+	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0), OpsQueue}
 	if s.Tasks, s.TasksAddr, err = StartTasks(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort)), o.TasksDataDir, queues...); err != nil {
 		return s, err
 	}
@@ -319,7 +330,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 			{Name: GameB, URL: s.GameB.URL, Queues: queues[1:], Timeout: o.DeliverTimeout},
 		},
 		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression,
-		Lease: o.Lease, LogLevel: o.LogLevel, Providers: providers,
+		Lease: o.Lease, LogLevel: o.LogLevel, Providers: providers, OpsQueue: OpsQueue,
 	}
 	for k, v := range env.Map() {
 		if err = os.Setenv(k, v); err != nil {

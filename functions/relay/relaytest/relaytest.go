@@ -149,6 +149,8 @@ type Queue struct {
 	Tasks []relay.Task
 	// Fail, if set, is called before each Enqueue; an error it returns is returned.
 	Fail func(t relay.Task) error
+	// JobSteps lists the bulk-replay steps enqueued.
+	JobSteps []JobStep
 }
 
 // NewQueue returns an empty queue.
@@ -284,4 +286,63 @@ func (s *Store) List(_ context.Context, f relay.Filter, cursor string, limit int
 		return all, "", nil
 	}
 	return all[:limit], all[limit-1].ID, nil
+}
+
+// Jobs keeps bulk replay jobs in memory, with versions.
+type Jobs struct {
+	mu   sync.Mutex
+	jobs map[string]relay.Job
+	vers map[string]relay.Version
+	next relay.Version
+}
+
+var _ relay.JobStore = (*Jobs)(nil)
+
+// NewJobs returns an empty job store.
+func NewJobs() *Jobs { return &Jobs{jobs: map[string]relay.Job{}, vers: map[string]relay.Version{}} }
+
+// CreateJob implements relay.JobStore.
+func (s *Jobs) CreateJob(_ context.Context, j *relay.Job) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	s.jobs[j.ID], s.vers[j.ID] = *j, s.next
+	return nil
+}
+
+// GetJob implements relay.JobStore.
+func (s *Jobs) GetJob(_ context.Context, id string) (*relay.Job, relay.Version, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[id]
+	if !ok {
+		return nil, 0, relay.ErrNotFound
+	}
+	return &j, s.vers[id], nil
+}
+
+// UpdateJob implements relay.JobStore.
+func (s *Jobs) UpdateJob(_ context.Context, j *relay.Job, v relay.Version) (relay.Version, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vers[j.ID] != v {
+		return 0, relay.ErrVersionConflict
+	}
+	s.next++
+	s.jobs[j.ID], s.vers[j.ID] = *j, s.next
+	return s.next, nil
+}
+
+// JobStep is one bulk-replay step enqueued.
+type JobStep struct {
+	JobID string
+	Step  int
+}
+
+// EnqueueJob implements relay.JobQueue on the Queue.
+func (q *Queue) EnqueueJob(_ context.Context, jobID string, step int) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.JobSteps = append(q.JobSteps, JobStep{jobID, step})
+	return nil
 }

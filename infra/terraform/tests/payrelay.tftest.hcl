@@ -48,7 +48,7 @@ run "wiring" {
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn : sort(keys(f.service_config[0].environment_variables)) == sort([
       "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "LADDER", "LADDER_COMPRESSION",
-      "LOG_LEVEL", "PAYMENTS_COLLECTION", "PROJECT_ID", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
+      "LOG_LEVEL", "OPS_QUEUE", "PAYMENTS_COLLECTION", "PROJECT_ID", "REPLAY_RATE", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
     ])])
     error_message = "each function must get every plain variable infra/config reads"
   }
@@ -142,6 +142,10 @@ run "wiring" {
   assert {
     condition     = alltrue([for a in google_project_service.api : a.disable_on_destroy == false]) && length(google_project_service.api) == 10
     error_message = "the 10 APIs must be enabled and left enabled on destroy"
+  }
+  assert {
+    condition     = google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["OPS_QUEUE"] == "projects/studio-prod/locations/asia-east1/queues/payrelay-ops" && google_cloud_tasks_queue_iam_member.runtime_enqueue_ops.name == google_cloud_tasks_queue.ops.name && !contains([for q in google_cloud_tasks_queue.game : q.name], google_cloud_tasks_queue.ops.name)
+    error_message = "bulk replays' steps must go through their own queue, never a game's, which the runtime may enqueue on"
   }
   assert {
     condition     = sort([for m in google_cloud_run_service_iam_member.admin_operators : m.member]) == sort(["group:payments-oncall@studio.example", "user:ops@studio.example"]) && alltrue([for m in google_cloud_run_service_iam_member.admin_operators : m.role == "roles/run.invoker" && m.service == google_cloudfunctions2_function.fn["admin"].service_config[0].service])

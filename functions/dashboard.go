@@ -1,0 +1,345 @@
+package functions
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// The dashboard is served by the Admin function: server-rendered HTML with no external
+// assets (it is opened through `gcloud run services proxy`, often from a laptop on call).
+
+const csrfCookie = "payrelay_csrf"
+
+// dashboardLimit bounds each list and count on the overview page.
+const dashboardLimit = 200
+
+// dashboard serves the HTML pages: the overview at /, a payment at /payments/{id}, and the
+// replay and cancel forms' posts.
+func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request, parts []string) {
+	switch {
+	case r.Method == http.MethodGet && (len(parts) == 0 || len(parts) == 1 && parts[0] == ""):
+		h.overview(w, r)
+	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "payments":
+		h.paymentPage(w, r, parts[1])
+	case r.Method == http.MethodGet && len(parts) == 1 && parts[0] == "find":
+		q := r.URL.Query()
+		id := relay.PaymentID(q.Get("provider"), q.Get("merchant"), q.Get("order"))
+		http.Redirect(w, r, "payments/"+url.PathEscape(id), http.StatusSeeOther)
+	case r.Method == http.MethodPost && len(parts) == 5 && parts[0] == "payments" && parts[2] == "notifications" && (parts[4] == "replay" || parts[4] == "cancel"):
+		h.formPost(w, r, parts[1], parts[3], parts[4])
+	default:
+		http.Error(w, "not found", http.StatusNotFound)
+	}
+}
+
+// csrfToken returns the browser's anti-forgery token, setting the cookie on first use. Forms
+// carry it in a hidden field; a post is accepted only when field and cookie agree (another
+// site can make a browser send the cookie, but cannot read it to fill the field).
+func csrfToken(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) == 32 {
+		return c.Value
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	tok := hex.EncodeToString(b[:])
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+	return tok
+}
+
+func (h *Handler) formPost(w http.ResponseWriter, r *http.Request, pid, key, verb string) {
+	ctx := h.context(r)
+	op := operator(r)
+	r.Body = http.MaxBytesReader(w, r.Body, MaxAdminBody)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	c, err := r.Cookie(csrfCookie)
+	if err != nil || len(c.Value) != 32 || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostForm.Get("csrf"))) != 1 {
+		h.Logger.WarnContext(ctx, "dashboard refused a post without a matching anti-forgery token", "operator", op)
+		http.Error(w, "forbidden: the form's anti-forgery token does not match; reload the page", http.StatusForbidden)
+		return
+	}
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
+		http.Error(w, "forbidden: cross-site post", http.StatusForbidden)
+		return
+	}
+	reason := strings.TrimSpace(r.PostForm.Get("reason"))
+	if reason == "" || len(reason) > 500 {
+		http.Error(w, "a reason (1-500 characters) is required", http.StatusUnprocessableEntity)
+		return
+	}
+	o := relay.Operator{By: op, Reason: reason}
+	if verb == "replay" {
+		_, err = h.Service.Replay(ctx, pid, key, r.PostForm.Get("force") == "on", o)
+	} else {
+		_, err = h.Service.Cancel(ctx, pid, key, o)
+	}
+	var stateErr *relay.StateError
+	switch {
+	case errors.As(err, &stateErr):
+		http.Error(w, stateErr.Error(), http.StatusConflict)
+		return
+	case errors.Is(err, relay.ErrNotFound):
+		http.Error(w, "no such payment or notification", http.StatusNotFound)
+		return
+	case err != nil:
+		h.Logger.ErrorContext(ctx, "dashboard "+verb+" failed", "operator", op, "payment_id", pid, "error", err.Error())
+	}
+	h.Logger.WarnContext(ctx, "operator "+verb, "operator", op, "payment_id", pid, "notification_id", relay.NotificationID(pid, key), "reason", reason, "via", "dashboard")
+	http.Redirect(w, r, "../../../"+url.PathEscape(pid), http.StatusSeeOther)
+}
+
+type overviewData struct {
+	Now                   time.Time
+	States                []relay.State
+	Games                 []gameCounts
+	Failed, Held, Overdue []relay.Listed
+	Limit                 int
+}
+
+type gameCounts struct {
+	Game   string
+	Counts map[relay.State]string
+}
+
+func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
+	ctx := h.context(r)
+	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled}, Limit: dashboardLimit}
+	counts := map[string]map[relay.State]int{}
+	for _, st := range d.States {
+		items, _, err := h.Service.List(ctx, relay.Filter{State: st}, "", dashboardLimit)
+		if err != nil {
+			http.Error(w, "temporarily unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		for _, it := range items {
+			if counts[it.Payment.Game] == nil {
+				counts[it.Payment.Game] = map[relay.State]int{}
+			}
+			counts[it.Payment.Game][st]++
+		}
+		switch st {
+		case relay.StateFailed:
+			d.Failed = items
+		case relay.StateHeld:
+			d.Held = items
+		}
+	}
+	for _, g := range h.Games {
+		gc := gameCounts{Game: g, Counts: map[relay.State]string{}}
+		for _, st := range d.States {
+			n := counts[g][st]
+			gc.Counts[st] = fmt.Sprint(n)
+			if n >= dashboardLimit {
+				gc.Counts[st] = fmt.Sprintf("%d+", n)
+			}
+		}
+		d.Games = append(d.Games, gc)
+	}
+	overdue, err := h.Service.Overdue(ctx, dashboardLimit)
+	if err != nil {
+		http.Error(w, "temporarily unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	d.Overdue = overdue
+	csrfToken(w, r)
+	render(w, overviewPage, d)
+}
+
+type paymentData struct {
+	P             *relay.Payment
+	Notifications []notificationData
+	CSRF          string
+}
+
+type notificationData struct {
+	ID       string
+	N        *relay.Notification
+	Timeline timeline
+}
+
+func (h *Handler) paymentPage(w http.ResponseWriter, r *http.Request, id string) {
+	p, err := h.Service.Show(h.context(r), id)
+	switch {
+	case errors.Is(err, relay.ErrNotFound):
+		http.Error(w, "no payment "+id, http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, "temporarily unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	d := paymentData{P: p, CSRF: csrfToken(w, r)}
+	for i := range p.Notifications {
+		n := &p.Notifications[i]
+		d.Notifications = append(d.Notifications, notificationData{ID: relay.NotificationID(p.ID, n.Key), N: n, Timeline: newTimeline(n, h.Service.Ladder())})
+	}
+	render(w, paymentPage, d)
+}
+
+func render(w http.ResponseWriter, t *template.Template, data any) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	w.Header().Set("X-Frame-Options", "DENY")
+	if err := t.Execute(w, data); err != nil {
+		fmt.Fprintf(w, "<p>render error: %s</p>", template.HTMLEscapeString(err.Error()))
+	}
+}
+
+// timeline is the picture of one notification's attempts: each attempt's actual start against
+// the time the ladder planned for it, on one time axis per generation.
+type timeline struct {
+	Width, Height int
+	Rows          []timelineRow
+}
+
+type timelineRow struct {
+	Generation int
+	Y          int
+	Points     []timelinePoint
+	Label      string
+}
+
+type timelinePoint struct {
+	Attempt            relay.AttemptRecord
+	X, PlannedX        int
+	Color, Title       string
+	LateMS, DurationMS int64
+}
+
+func newTimeline(n *relay.Notification, ladder interface{ Wait(int) time.Duration }) timeline {
+	const width, left, right, rowH = 760, 60, 20, 46
+	tl := timeline{Width: width}
+	byGen := map[int][]relay.AttemptRecord{}
+	var gens []int
+	for _, a := range n.Attempts {
+		if _, ok := byGen[a.Generation]; !ok {
+			gens = append(gens, a.Generation)
+		}
+		byGen[a.Generation] = append(byGen[a.Generation], a)
+	}
+	for i, g := range gens {
+		as := byGen[g]
+		start, end := as[0].StartedAt, as[len(as)-1].StartedAt.Add(as[len(as)-1].Duration)
+		span := max(end.Sub(start), time.Second)
+		x := func(t time.Time) int {
+			return left + int(float64(width-left-right)*float64(t.Sub(start))/float64(span))
+		}
+		row := timelineRow{Generation: g, Y: 24 + i*rowH, Label: fmt.Sprintf("gen %d", g)}
+		for j, a := range as {
+			planned := a.StartedAt
+			if j > 0 && a.ErrorClass != relay.ErrorLost {
+				prev := as[j-1]
+				planned = prev.StartedAt.Add(prev.Duration).Add(ladder.Wait(a.Number))
+			}
+			color := "#c0392b" // failed
+			switch {
+			case a.Succeeded():
+				color = "#27ae60"
+			case a.ErrorClass == relay.ErrorLost:
+				color = "#7f8c8d"
+			}
+			title := fmt.Sprintf("attempt %d: %s", a.Number, a.StartedAt.UTC().Format("2006-01-02 15:04:05.000"))
+			if a.StatusCode != 0 {
+				title += fmt.Sprintf(", status %d", a.StatusCode)
+			}
+			if a.ErrorClass != relay.ErrorNone {
+				title += ", " + string(a.ErrorClass)
+			}
+			row.Points = append(row.Points, timelinePoint{Attempt: a, X: x(a.StartedAt), PlannedX: x(planned), Color: color, Title: title,
+				LateMS: a.StartedAt.Sub(planned).Milliseconds(), DurationMS: a.Duration.Milliseconds()})
+		}
+		tl.Rows = append(tl.Rows, row)
+	}
+	tl.Height = 24 + len(gens)*rowH
+	return tl
+}
+
+var funcs = template.FuncMap{
+	"short": func(s string) string {
+		if len(s) > 12 {
+			return s[:12] + "…"
+		}
+		return s
+	},
+	"ts": func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format("2006-01-02 15:04:05")
+	},
+	"money": func(minor int64, currency string) string {
+		exp, _ := relay.CurrencyExponent(currency)
+		if exp == 0 {
+			return fmt.Sprintf("%d %s", minor, currency)
+		}
+		div := int64(1)
+		for range exp {
+			div *= 10
+		}
+		return fmt.Sprintf("%d.%0*d %s", minor/div, exp, minor%div, currency)
+	},
+	"replayable":  func(s relay.State) bool { return s == relay.StateFailed || s == relay.StateCancelled },
+	"cancellable": func(s relay.State) bool { return s == relay.StatePending || s == relay.StateHeld },
+	"path":        url.PathEscape,
+}
+
+const style = `<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;font-size:13px}th{background:#f4f4f4}
+.failed{color:#c0392b;font-weight:600}.held{color:#8e44ad}.delivered{color:#27ae60}.pending{color:#2c3e50}.cancelled{color:#7f8c8d}
+form{display:inline-block;margin:4px 8px 4px 0}input[type=text]{width:220px}code{font-size:12px}
+</style>`
+
+var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay</title>` + style + `</head><body>
+<h1>payrelay</h1><p>{{ts .Now}} UTC. Counts stop at {{.Limit}}.</p>
+<form action="find" method="get">find a payment: <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
+<h2>Notifications by state</h2>
+<table id="counts"><tr><th>game</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
+{{range $g := .Games}}<tr><td>{{$g.Game}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>
+<h2>Failed ({{len .Failed}})</h2>{{template "list" .Failed}}
+<h2>Overdue ({{len .Overdue}}): pending past their time or holding an expired lease; the sweeper heals them</h2>{{template "list" .Overdue}}
+<h2>Held ({{len .Held}}): refunds waiting behind their payment</h2>{{template "list" .Held}}
+</body></html>
+{{define "list"}}<table><tr><th>payment</th><th>game</th><th>provider</th><th>order</th><th>notification</th><th>state</th><th>attempt</th><th>received</th><th>reason</th></tr>
+{{range .}}<tr><td><a href="payments/{{path .Payment.ID}}">{{short .Payment.ID}}</a></td><td>{{.Payment.Game}}</td><td>{{.Payment.Provider}}</td><td>{{.Payment.OrderID}}</td>
+<td>{{.Notification.Type}}</td><td class="{{.Notification.State}}">{{.Notification.State}}</td><td>{{.Notification.Attempt}}</td><td>{{ts .Payment.ReceivedAt}}</td><td>{{.Notification.Reason}}</td></tr>{{end}}</table>{{end}}`))
+
+var paymentPage = template.Must(template.New("payment").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payment {{.P.OrderID}}</title>` + style + `</head><body>
+<p><a href="../">← overview</a></p>
+<h1>{{.P.Provider}} order {{.P.OrderID}}</h1>
+<table><tr><th>payment</th><td><code>{{.P.ID}}</code></td></tr><tr><th>game</th><td>{{.P.Game}}</td></tr>
+<tr><th>merchant</th><td>{{.P.Merchant}}</td></tr><tr><th>transaction</th><td>{{.P.TransactionID}}</td></tr>
+<tr><th>amount</th><td>{{money .P.AmountMinor .P.Currency}} (refunded {{money .P.RefundedMinor .P.Currency}})</td></tr>
+<tr><th>received</th><td>{{ts .P.ReceivedAt}}</td></tr></table>
+{{range .P.Notes}}<p class="cancelled">note: {{.Kind}} {{.RefundID}}: {{.Reason}}</p>{{end}}
+{{range $n := .Notifications}}
+<section class="notification" id="{{$n.ID}}" data-state="{{$n.N.State}}">
+<h2>{{$n.N.Type}}{{with $n.N.Refund}}: refund {{.ID}}, {{money .AmountMinor $.P.Currency}} (refunded in all {{money .CumulativeMinor $.P.Currency}}){{end}} — <span class="{{$n.N.State}}">{{$n.N.State}}</span></h2>
+<p>attempt {{$n.N.Attempt}}, generation {{$n.N.Generation}}{{if eq $n.N.State "pending"}}, due at {{ts $n.N.NextAttemptAt}}{{end}}{{with $n.N.Reason}}; {{.}}{{end}}</p>
+<p style="font-size:12px;color:#666">timeline: each circle is an attempt (green acknowledged, red failed, grey lost), at the time it started; the grey tick is when the ladder planned it.</p>
+<svg class="timeline" width="{{$n.Timeline.Width}}" height="{{$n.Timeline.Height}}" role="img" aria-label="attempts of {{$n.ID}}">
+{{range $row := $n.Timeline.Rows}}<text x="4" y="{{$row.Y}}" font-size="11" dominant-baseline="middle">{{$row.Label}}</text>
+<line x1="60" x2="{{$n.Timeline.Width}}" y1="{{$row.Y}}" y2="{{$row.Y}}" stroke="#ccc"/>
+{{range $row.Points}}<rect x="{{.PlannedX}}" y="{{$row.Y}}" width="1" height="14" fill="#999" transform="translate(0,-7)"><title>planned time of attempt {{.Attempt.Number}}</title></rect>
+<circle class="attempt" data-attempt="{{.Attempt.Number}}" data-generation="{{.Attempt.Generation}}" data-status="{{.Attempt.StatusCode}}" cx="{{.X}}" cy="{{$row.Y}}" r="6" fill="{{.Color}}"><title>{{.Title}}</title></circle>{{end}}{{end}}
+</svg>
+<table class="attempts"><tr><th>gen</th><th>#</th><th>started</th><th>late vs ladder</th><th>latency</th><th>status</th><th>error class</th><th>error</th></tr>
+{{range $row := $n.Timeline.Rows}}{{range $row.Points}}<tr class="attempt-row"><td>{{.Attempt.Generation}}</td><td>{{.Attempt.Number}}</td><td>{{ts .Attempt.StartedAt}}</td><td>{{.LateMS}} ms</td><td>{{.DurationMS}} ms</td><td>{{.Attempt.StatusCode}}</td><td>{{.Attempt.ErrorClass}}</td><td>{{.Attempt.Error}}</td></tr>{{end}}{{end}}</table>
+{{range $n.N.Actions}}<p>{{.Kind}} by {{.By}} at {{ts .At}}: {{.Reason}}{{if .Job}} (job {{.Job}}){{end}}</p>{{end}}
+{{if replayable $n.N.State}}<form method="post" action="{{path $.P.ID}}/notifications/{{path $n.N.Key}}/replay"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="text" name="reason" placeholder="why replay" required><button class="replay">replay</button></form>{{end}}
+{{if eq $n.N.State "delivered"}}<form method="post" action="{{path $.P.ID}}/notifications/{{path $n.N.Key}}/replay"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="force" value="on"><input type="text" name="reason" placeholder="why send again" required><button>send again (forced)</button></form>{{end}}
+{{if cancellable $n.N.State}}<form method="post" action="{{path $.P.ID}}/notifications/{{path $n.N.Key}}/cancel"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="text" name="reason" placeholder="why cancel" required><button class="cancel">cancel</button></form>{{end}}
+</section>{{end}}
+</body></html>`))

@@ -1,0 +1,168 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Job is a bulk replay: every notification matching Filter replayed, a page per step, each
+// step a task of its own, so the job survives any process running it being killed: the step is
+// retried from the cursor saved after the previous one, and a notification this job already
+// replayed is skipped (its history names the job), so none is replayed twice.
+type Job struct {
+	ID     string
+	Filter Filter
+	By     string
+	Reason string
+	State  JobState
+	Step   int    // the next step to run
+	Cursor string // where the next step's page starts
+	// Counts of the steps recorded. A step interrupted before it recorded its progress is not
+	// counted; its replays stand in the notifications' histories under the job's id.
+	Replayed  int
+	Skipped   int // already replayed by this job (a step run again after an interruption)
+	Refused   int // no longer replayable when the job reached them
+	Error     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// JobState is where a job is.
+type JobState string
+
+const (
+	// JobRunning: steps remain; each step's task runs the next.
+	JobRunning JobState = "running"
+	// JobDone: every page was replayed.
+	JobDone JobState = "done"
+)
+
+// JobStore keeps jobs. Implementations classify errors like a Store's.
+type JobStore interface {
+	CreateJob(ctx context.Context, j *Job) error
+	GetJob(ctx context.Context, id string) (*Job, Version, error)
+	UpdateJob(ctx context.Context, j *Job, v Version) (Version, error)
+}
+
+// JobQueue schedules a job's steps (on a queue of their own, never a game's).
+type JobQueue interface {
+	EnqueueJob(ctx context.Context, jobID string, step int) error
+}
+
+// ErrNoJobs: the service was built without a job store and queue (OPS_QUEUE unset).
+var ErrNoJobs = errors.New("relay: bulk replay is not configured (OPS_QUEUE)")
+
+// JobPage is how many payments one step reads.
+const JobPage = 100
+
+// StartReplayJob records a bulk replay of the notifications matching f (failed ones unless f
+// names cancelled) and enqueues its first step.
+func (s *Service) StartReplayJob(ctx context.Context, f Filter, op Operator) (*Job, error) {
+	if s.cfg.Jobs == nil || s.cfg.JobQueue == nil || s.cfg.Finder == nil {
+		return nil, ErrNoJobs
+	}
+	switch f.State {
+	case "":
+		f.State = StateFailed
+	case StateFailed, StateCancelled:
+	default:
+		return nil, &FieldError{"state", "a bulk replay takes failed or cancelled notifications"}
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	now := s.cfg.Clock.Now()
+	j := &Job{ID: "job-" + hex.EncodeToString(b[:]), Filter: f, By: op.By, Reason: op.Reason, State: JobRunning, CreatedAt: now, UpdatedAt: now}
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Jobs.CreateJob(ctx, j) }); err != nil {
+		return nil, fmt.Errorf("create job: %w", err)
+	}
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.JobQueue.EnqueueJob(ctx, j.ID, 0) }); err != nil {
+		return j, fmt.Errorf("enqueue job: %w", err)
+	}
+	return j, nil
+}
+
+// Job returns a job's progress.
+func (s *Service) Job(ctx context.Context, id string) (*Job, error) {
+	if s.cfg.Jobs == nil {
+		return nil, ErrNoJobs
+	}
+	var j *Job
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		j, _, err = s.cfg.Jobs.GetJob(ctx, id)
+		return err
+	})
+	return j, err
+}
+
+// RunJobStep runs step `step` of a job: one page of replays at the bounded rate, then the
+// progress recorded and the next step enqueued. A step that is not the job's next (a duplicate
+// task) does nothing. An error means the step must run again; it resumes where the last
+// recorded one ended.
+func (s *Service) RunJobStep(ctx context.Context, jobID string, step int) (*Job, error) {
+	if s.cfg.Jobs == nil || s.cfg.JobQueue == nil || s.cfg.Finder == nil {
+		return nil, ErrNoJobs
+	}
+	var j *Job
+	var v Version
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		j, v, err = s.cfg.Jobs.GetJob(ctx, jobID)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load job: %w", err)
+	}
+	if j.State == JobDone || j.Step != step {
+		return j, nil
+	}
+	items, next, err := s.List(ctx, j.Filter, j.Cursor, JobPage)
+	if err != nil {
+		return j, err
+	}
+	limiter := rate.NewLimiter(rate.Limit(s.cfg.ReplayRate), 1)
+	op := Operator{By: j.By, Reason: j.Reason, Job: j.ID}
+	for _, it := range items {
+		if err := limiter.Wait(ctx); err != nil {
+			return j, err
+		}
+		res, err := s.Replay(ctx, it.Payment.ID, it.Notification.Key, false, op)
+		var stateErr *StateError
+		switch {
+		case errors.As(err, &stateErr):
+			j.Refused++ // replayed or changed since the page was read
+		case err != nil && res.Payment == nil:
+			return j, fmt.Errorf("replay %s: %w", NotificationID(it.Payment.ID, it.Notification.Key), err)
+		case res.Skipped:
+			j.Skipped++
+		default:
+			j.Replayed++ // recorded; an enqueue that failed is the sweeper's
+		}
+	}
+	j.Cursor, j.Step, j.UpdatedAt = next, step+1, s.cfg.Clock.Now()
+	if next == "" {
+		j.State = JobDone
+	}
+	err = s.withRetry(ctx, func(ctx context.Context) error {
+		_, err := s.cfg.Jobs.UpdateJob(ctx, j, v)
+		return err
+	})
+	if errors.Is(err, ErrVersionConflict) {
+		return j, nil // another run of this step recorded it first
+	}
+	if err != nil {
+		return j, fmt.Errorf("record job progress: %w", err)
+	}
+	if j.State == JobRunning {
+		if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.JobQueue.EnqueueJob(ctx, j.ID, j.Step) }); err != nil {
+			return j, fmt.Errorf("enqueue job step %d: %w", j.Step, err)
+		}
+	}
+	return j, nil
+}

@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"cloud.google.com/go/firestore"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+var _ relay.JobStore = (*Firestore)(nil)
+
+// jobDoc is a bulk replay as stored, in the payments collection's sibling "<collection>-jobs".
+type jobDoc struct {
+	State     string    `firestore:"state"`
+	FState    string    `firestore:"filter_state"`
+	FType     string    `firestore:"filter_type"`
+	FGame     string    `firestore:"filter_game"`
+	FProvider string    `firestore:"filter_provider"`
+	FFrom     time.Time `firestore:"filter_from"`
+	FTo       time.Time `firestore:"filter_to"`
+	By        string    `firestore:"by"`
+	Reason    string    `firestore:"reason"`
+	Step      int       `firestore:"step"`
+	Cursor    string    `firestore:"cursor"`
+	Replayed  int       `firestore:"replayed"`
+	Skipped   int       `firestore:"skipped"`
+	Refused   int       `firestore:"refused"`
+	Error     string    `firestore:"error"`
+	CreatedAt time.Time `firestore:"created_at"`
+	UpdatedAt time.Time `firestore:"updated_at"`
+}
+
+func (s *Firestore) jobs() *firestore.CollectionRef { return s.client.Collection(s.coll.ID + "-jobs") }
+
+func toJobDoc(j *relay.Job) *jobDoc {
+	return &jobDoc{State: string(j.State), FState: string(j.Filter.State), FType: string(j.Filter.Type), FGame: j.Filter.Game,
+		FProvider: j.Filter.Provider, FFrom: j.Filter.From, FTo: j.Filter.To, By: utf8(j.By), Reason: utf8(j.Reason), Step: j.Step,
+		Cursor: j.Cursor, Replayed: j.Replayed, Skipped: j.Skipped, Refused: j.Refused, Error: utf8(j.Error), CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+}
+
+// CreateJob implements relay.JobStore.
+func (s *Firestore) CreateJob(ctx context.Context, j *relay.Job) error {
+	s.counter.write()
+	if _, err := s.jobs().Doc(j.ID).Create(ctx, toJobDoc(j)); err != nil {
+		return classify("firestore.Create job", err)
+	}
+	return nil
+}
+
+// GetJob implements relay.JobStore.
+func (s *Firestore) GetJob(ctx context.Context, id string) (*relay.Job, relay.Version, error) {
+	s.counter.read()
+	snap, err := s.jobs().Doc(id).Get(ctx)
+	if err != nil {
+		return nil, 0, classify("firestore.Get job", err)
+	}
+	var d jobDoc
+	if err := snap.DataTo(&d); err != nil {
+		return nil, 0, fmt.Errorf("firestore.DataTo job %s: %w", id, err)
+	}
+	j := &relay.Job{ID: id, State: relay.JobState(d.State), By: d.By, Reason: d.Reason, Step: d.Step, Cursor: d.Cursor,
+		Replayed: d.Replayed, Skipped: d.Skipped, Refused: d.Refused, Error: d.Error, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		Filter: relay.Filter{State: relay.State(d.FState), Type: relay.Type(d.FType), Game: d.FGame, Provider: d.FProvider}}
+	if !d.FFrom.IsZero() {
+		j.Filter.From = d.FFrom.UTC()
+	}
+	if !d.FTo.IsZero() {
+		j.Filter.To = d.FTo.UTC()
+	}
+	return j, relay.Version(snap.UpdateTime.UnixNano()), nil
+}
+
+// UpdateJob implements relay.JobStore: the whole job, if it is still at version v.
+func (s *Firestore) UpdateJob(ctx context.Context, j *relay.Job, v relay.Version) (relay.Version, error) {
+	d := toJobDoc(j)
+	s.counter.write()
+	wr, err := s.jobs().Doc(j.ID).Update(ctx, []firestore.Update{
+		{Path: "state", Value: d.State}, {Path: "step", Value: d.Step}, {Path: "cursor", Value: d.Cursor},
+		{Path: "replayed", Value: d.Replayed}, {Path: "skipped", Value: d.Skipped}, {Path: "refused", Value: d.Refused},
+		{Path: "error", Value: d.Error}, {Path: "updated_at", Value: d.UpdatedAt},
+	}, firestore.LastUpdateTime(time.Unix(0, int64(v))))
+	if err != nil {
+		return 0, classify("firestore.Update job", err)
+	}
+	return relay.Version(wr.UpdateTime.UnixNano()), nil
+}

@@ -1,0 +1,117 @@
+package stack_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// browserDown makes the game server fail browser-* payments while it is set.
+var browserDown atomic.Bool
+
+// chromium finds Debian's chromium (CI installs it); missing, the test fails under CI and is
+// skipped elsewhere.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium is missing; .ci/run installs it (apt-get install chromium)")
+	}
+	t.Skip("chromium is missing: apt-get install chromium")
+	return ""
+}
+
+// artifacts is where screenshots go: PAYRELAY_ARTIFACTS (CI keeps it), else a temporary dir.
+func artifacts(t *testing.T) string {
+	if dir := os.Getenv("PAYRELAY_ARTIFACTS"); dir != "" {
+		os.MkdirAll(dir, 0o755)
+		return dir
+	}
+	return t.TempDir()
+}
+
+// In a real browser: a payment that failed its whole ladder shows its 8 attempts on the
+// timeline; the replay button replays it, and the page then shows the new ladder's delivery.
+func TestDashboardInABrowser(t *testing.T) {
+	t.Parallel()
+	need(t)
+	exe := chromium(t)
+	browserDown.Store(true)
+	id := ingest(t, "browser-1")
+	waitTerminal(t, id, 30*time.Second)
+	refund(t, "browser-1", "r1", "2.00")
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.DisableGPU, chromedp.WindowSize(1200, 1400))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+
+	dir := artifacts(t)
+	var overview, page []byte
+	var attempts, rows int
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(st.AdminURL()+"/"),
+		chromedp.WaitVisible(`#counts`, chromedp.ByQuery),
+		chromedp.FullScreenshot(&overview, 100),
+		chromedp.Navigate(st.AdminURL()+"/payments/"+id),
+		chromedp.WaitVisible(`svg.timeline`, chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelectorAll('section[data-state="failed"] circle.attempt').length`, &attempts),
+		chromedp.Evaluate(`document.querySelectorAll('tr.attempt-row').length`, &rows),
+		chromedp.FullScreenshot(&page, 100),
+	)
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "dashboard-overview.png"), overview, 0o644)
+	os.WriteFile(filepath.Join(dir, "dashboard-payment-failed.png"), page, 0o644)
+	if attempts != 8 || rows != 8 {
+		t.Fatalf("the failed payment's timeline shows %d attempts and its table %d rows; want 8", attempts, rows)
+	}
+
+	browserDown.Store(false)
+	var after []byte
+	var delivered int
+	err = chromedp.Run(ctx,
+		chromedp.SendKeys(`section[data-state="failed"] form input[name=reason]`, "game server fixed", chromedp.ByQuery),
+		chromedp.Click(`section[data-state="failed"] button.replay`, chromedp.ByQuery),
+		chromedp.WaitVisible(`svg.timeline`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatalf("replay in the browser: %v", err)
+	}
+	p := waitNotification(t, id, relay.RefundKey("r1"), 20*time.Second)
+	err = chromedp.Run(ctx,
+		chromedp.Reload(),
+		chromedp.WaitVisible(`svg.timeline`, chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelectorAll('circle.attempt[data-generation="1"][data-status="200"]').length`, &delivered),
+		chromedp.FullScreenshot(&after, 100),
+	)
+	if err != nil {
+		t.Fatalf("browser after the replay: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "dashboard-payment-replayed.png"), after, 0o644)
+	if paid := p.Paid(); paid.State != relay.StateDelivered || paid.Generation != 1 || !strings.HasPrefix(paid.Actions[0].By, "anonymous") || paid.Actions[0].Reason != "game server fixed" {
+		t.Errorf("after the browser's replay: %s, generation %d, actions %+v", paid.State, paid.Generation, paid.Actions)
+	}
+	if delivered != 1 {
+		t.Errorf("the page shows %d delivered attempts of generation 1, want 1", delivered)
+	}
+	t.Logf("screenshots in %s", dir)
+}

@@ -3,6 +3,7 @@ package provider_test
 import (
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,5 +99,18 @@ func TestConfigValidateNamesEveryProblem(t *testing.T) {
 	good := provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{"web": "sword"}}}
 	if err := good.Validate([]string{"sword"}); err != nil {
 		t.Errorf("a good configuration: %v", err)
+	}
+}
+
+// Before payrelay can serve (a failure of ours), each provider is answered in its own failure
+// shape with a 5xx, so it retries.
+func TestRefuseUnreadyInEachProvidersShape(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]string{"alipay": "failure", "wechatpay": `"code":"FAIL"`, "generic": `"error"`, "": `"error"`} {
+		w := httptest.NewRecorder()
+		provider.RefuseUnready(w, name)
+		if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), want) {
+			t.Errorf("%q: %d %q, want 503 with %s", name, w.Code, w.Body.String(), want)
+		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 	"github.com/GoogleCloudPlatform/functions-framework-go/funcframework"
+	"github.com/sethvargo/go-envconfig"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/payrelay/payrelay/functions"
@@ -331,6 +332,10 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		},
 		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression,
 		Lease: o.Lease, LogLevel: o.LogLevel, Providers: providers, OpsQueue: OpsQueue,
+	}
+	// The same check a deployed function makes as it starts.
+	if _, err = functions.CheckConfig(ctx, envconfig.MapLookuper(env.Map())); err != nil {
+		return s, err
 	}
 	for k, v := range env.Map() {
 		if err = os.Setenv(k, v); err != nil {

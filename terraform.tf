@@ -176,6 +176,22 @@ variable "sweep_schedule" {
   default     = "* * * * *"
 }
 
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channels (projects/P/notificationChannels/ID) the alerts go to; none: no alert policy is created."
+  type        = list(string)
+  default     = []
+}
+
+variable "game_failure_threshold" {
+  description = "Alert when a game server fails more than this share of its attempts over 10 minutes."
+  type        = number
+  default     = 0.5
+  validation {
+    condition     = var.game_failure_threshold > 0 && var.game_failure_threshold <= 1
+    error_message = "game_failure_threshold must be in (0, 1]."
+  }
+}
+
 variable "log_level" {
   description = "Functions' log level: debug, info, warn or error."
   type        = string
@@ -201,6 +217,8 @@ locals {
     "iam.googleapis.com",
     "storage.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
   ])
 }
 
@@ -583,4 +601,162 @@ output "invoker_service_account" {
 output "secrets" {
   description = "Secret Manager secrets to add versions to (names only)."
   value       = { for k, s in google_secret_manager_secret.secret : k => s.secret_id }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Watching it: log-based metrics, alerts and a dashboard
+#
+# Log-based metrics, not OpenTelemetry: the functions scale to zero, and an instance stopping
+# (or killed mid-request) would lose metrics buffered for export, while every log line is
+# already in Cloud Logging the moment it is written. The metrics come from one table,
+# infra/monitoring/metrics.json, which the functions' tests check against the log entries the
+# real handlers write.
+
+locals {
+  metrics     = { for m in jsondecode(file("${path.module}/infra/monitoring/metrics.json")).metrics : m.name => m }
+  metric_type = { for name, m in local.metrics : name => "logging.googleapis.com/user/${var.name}/${name}" }
+  # The same metrics' names in PromQL: the first / as :, every other character outside
+  # [a-zA-Z0-9_] as _ (Cloud Monitoring's mapping).
+  metric_promql = { for name, m in local.metrics : name => "logging_googleapis_com:user_${replace(var.name, "-", "_")}_${name}" }
+  alerting      = length(var.notification_channels) > 0
+}
+
+resource "google_logging_metric" "m" {
+  for_each = local.metrics
+  name     = "${var.name}/${each.key}"
+  filter = join(" AND ", concat(
+    ["resource.type=\"cloud_run_revision\"", "resource.labels.service_name=~\"^${var.name}-\""],
+    [for k, v in each.value.match : "jsonPayload.${k}=\"${v}\""],
+  ))
+  description = each.value.description
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = lookup(each.value, "kind", "") == "distribution" ? "DISTRIBUTION" : "INT64"
+    unit         = lookup(each.value, "unit", "1")
+    display_name = "payrelay ${replace(each.key, "_", " ")}"
+    dynamic "labels" {
+      for_each = each.value.labels
+      content {
+        key        = labels.value
+        value_type = "STRING"
+      }
+    }
+  }
+  label_extractors = { for l in each.value.labels : l => "EXTRACT(jsonPayload.${l})" }
+  value_extractor  = lookup(each.value, "kind", "") == "distribution" ? "EXTRACT(jsonPayload.${each.value.value})" : null
+  dynamic "bucket_options" {
+    for_each = lookup(each.value, "kind", "") == "distribution" ? [1] : []
+    content {
+      exponential_buckets {
+        num_finite_buckets = 32
+        growth_factor      = 1.6
+        scale              = 1
+      }
+    }
+  }
+  depends_on = [google_project_service.api]
+}
+
+locals {
+  # Each alert: the metric it watches and what an operator does (the README's runbook).
+  count_alerts = {
+    dead_letter     = { metric = "notifications_failed", title = "payrelay: a notification was dead-lettered", doc = "A game server never acknowledged a notification (8 attempts, or 410). Open the dashboard's Failed list, fix the game server, replay it (Admin)." }
+    ingest_5xx      = { metric = "ingest_5xx", title = "payrelay: Ingest answers 5xx", doc = "Ingest could not store notifications (Firestore or Cloud Tasks unavailable); providers retry. Check Firestore and Cloud Tasks status and the functions' logs (event=ingest_failed)." }
+    conflict        = { metric = "conflicts", title = "payrelay: a callback contradicts a stored payment (409)", doc = "Two callbacks for one order disagree (amount, currency) or a refund exceeds what was paid. Compare with the provider's records (Admin: find the payment) before anything else." }
+    healed          = { metric = "healed", title = "payrelay: the sweeper healed lost tasks", doc = "A task was lost (queue purged, enqueue failed) or a delivery died; the sweeper enqueued it again. Check the queues and the logs (event=healed) for the cause." }
+    startup_failure = { metric = "startup_failures", title = "payrelay: a function refused to start", doc = "A revision's configuration is invalid; the log line (event=startup_failed) names every problem. Fix GAMES, the secrets or PROVIDER_CONFIG and deploy again." }
+  }
+}
+
+resource "google_monitoring_alert_policy" "count" {
+  for_each     = local.alerting ? local.count_alerts : {}
+  display_name = each.value.title
+  combiner     = "OR"
+  conditions {
+    display_name = "${each.value.metric} > 0"
+    condition_threshold {
+      filter          = "metric.type=\"${local.metric_type[each.value.metric]}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+  notification_channels = var.notification_channels
+  documentation {
+    content   = each.value.doc
+    mime_type = "text/markdown"
+  }
+  depends_on = [google_logging_metric.m]
+}
+
+# A game server failing more than a share of its attempts over 10 minutes, game by game.
+resource "google_monitoring_alert_policy" "game_failing" {
+  count        = local.alerting ? 1 : 0
+  display_name = "payrelay: a game server is failing its notifications"
+  combiner     = "OR"
+  conditions {
+    display_name = "failed share of attempts > ${var.game_failure_threshold} over 10 min"
+    condition_prometheus_query_language {
+      query    = "sum by (game) (rate(${local.metric_promql["attempts"]}{outcome!=\"delivered\"}[10m])) / sum by (game) (rate(${local.metric_promql["attempts"]}[10m])) > ${var.game_failure_threshold}"
+      duration = "0s"
+    }
+  }
+  notification_channels = var.notification_channels
+  documentation {
+    content   = "A game's server answers most attempts with an error or not at all. Its notifications climb the ladder; others are unaffected (its own queue). Contact the game's team; when it is back, replay what failed (Admin: bulk replay by game)."
+    mime_type = "text/markdown"
+  }
+  depends_on = [google_logging_metric.m]
+}
+
+locals {
+  # One row per concern: deliveries, game servers, Ingest, the sweeper and health.
+  dashboard_charts = [
+    { title = "Delivered, by game", metric = "notifications_delivered", group = "metric.label.game" },
+    { title = "Retried, by game", metric = "notifications_retried", group = "metric.label.game" },
+    { title = "Dead-lettered, by game", metric = "notifications_failed", group = "metric.label.game" },
+    { title = "Refunds held, by game", metric = "notifications_held", group = "metric.label.game" },
+    { title = "Attempt latency (p99), by game", metric = "attempt_latency", group = "metric.label.game", p99 = true },
+    { title = "Attempts, by outcome", metric = "attempts", group = "metric.label.outcome" },
+    { title = "Ingest accepted, by provider", metric = "notifications_received", group = "metric.label.provider" },
+    { title = "Ingest refused, by reason", metric = "ingest_refused", group = "metric.label.reason_class" },
+    { title = "Ingest 5xx, by provider", metric = "ingest_5xx", group = "metric.label.provider" },
+    { title = "Conflicts (409)", metric = "conflicts", group = "metric.label.provider" },
+    { title = "Healed by the sweeper", metric = "healed", group = "metric.label.game" },
+    { title = "Oldest overdue (s, max)", metric = "oldest_overdue", group = "", p99 = true },
+  ]
+}
+
+resource "google_monitoring_dashboard" "payrelay" {
+  dashboard_json = jsonencode({
+    displayName = "payrelay"
+    gridLayout = {
+      columns = 4
+      widgets = [for c in local.dashboard_charts : {
+        title = c.title
+        xyChart = {
+          dataSets = [{
+            plotType = "LINE"
+            timeSeriesQuery = {
+              timeSeriesFilter = {
+                filter = "metric.type=\"${local.metric_type[c.metric]}\" resource.type=\"cloud_run_revision\""
+                aggregation = {
+                  alignmentPeriod    = "60s"
+                  perSeriesAligner   = lookup(c, "p99", false) ? "ALIGN_PERCENTILE_99" : "ALIGN_SUM"
+                  crossSeriesReducer = lookup(c, "p99", false) ? "REDUCE_MAX" : "REDUCE_SUM"
+                  groupByFields      = c.group == "" ? [] : [c.group]
+                }
+              }
+            }
+          }]
+        }
+      }]
+    }
+  })
+  depends_on = [google_logging_metric.m]
 }

@@ -306,7 +306,7 @@ func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
 	ctx := h.context(r)
 	res, err := h.Service.Sweep(ctx)
 	for _, hl := range res.Healed {
-		h.Logger.WarnContext(ctx, "sweeper healed a notification", "payment_id", hl.PaymentID,
+		h.Logger.WarnContext(ctx, "sweeper healed a notification", "event", "healed", "game", hl.Game, "payment_id", hl.PaymentID,
 			"notification_id", relay.NotificationID(hl.PaymentID, hl.Key), "generation", hl.Generation, "attempt", hl.Attempt, "why", hl.Why)
 	}
 	if err != nil {
@@ -314,7 +314,8 @@ func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "sweep failed", Reason: "retry"})
 		return
 	}
-	h.Logger.InfoContext(ctx, "sweep done", "scanned", res.Scanned, "healed", len(res.Healed))
+	h.Logger.InfoContext(ctx, "sweep done", "event", "sweep", "scanned", res.Scanned, "healed", len(res.Healed),
+		"oldest_overdue_seconds", res.OldestOverdue.Seconds())
 	writeJSON(w, http.StatusOK, struct {
 		Scanned int `json:"scanned"`
 		Healed  int `json:"healed"`

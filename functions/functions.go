@@ -41,10 +41,15 @@ func init() {
 	// refuses money when it arrives. Tests and local runs call CheckConfig themselves.
 	if config.Deployed(envconfig.OsLookuper()) {
 		if _, err := CheckConfig(context.Background(), envconfig.OsLookuper()); err != nil {
-			logging.New(os.Stdout, "info").Error("payrelay cannot start: its configuration is invalid", "error", err.Error(), "startup_check", "failed")
+			logStartupFailure(logging.New(os.Stdout, "info"), err)
 			os.Exit(1)
 		}
 	}
+}
+
+// logStartupFailure says why the process refuses to start (the startup_failures metric).
+func logStartupFailure(log *slog.Logger, err error) {
+	log.Error("payrelay cannot start: its configuration is invalid", "event", "startup_failed", "error", err.Error())
 }
 
 // CheckConfig loads and checks the whole configuration (environment, games, providers and

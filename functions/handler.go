@@ -126,14 +126,16 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	}
 	prov, ok := h.Providers[name]
 	if !ok {
-		h.Logger.WarnContext(ctx, "ingest refused: unknown provider", "provider", fmt.Sprintf("%.32q", name))
+		h.Logger.WarnContext(ctx, "ingest refused: unknown provider", "event", "ingest_refused", "reason_class", "unknown_provider",
+			"provider", "unknown", "asked", fmt.Sprintf("%.32q", name))
 		writeJSON(w, http.StatusNotFound, errorBody{Error: "unknown provider", Reason: fmt.Sprintf("this deployment has no provider %.32q", name)})
 		return
 	}
 	log := h.Logger.With("provider", name)
 	body, refusal := readBody(w, r, MaxIngestBody, prov.MediaType())
 	if refusal != nil {
-		log.WarnContext(ctx, "ingest refused: bad request framing", "status", refusal.Code, "reason", refusal.Reason, "method", r.Method)
+		log.WarnContext(ctx, "ingest refused: bad request framing", "event", "ingest_refused", "reason_class", reasonClass(refusal),
+			"status", refusal.Code, "reason", refusal.Reason, "method", r.Method)
 		prov.Refuse(w, refusal)
 		return
 	}
@@ -143,9 +145,11 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 		if refusal.Unrouted {
 			// Verified and real, but our configuration routes its app to no game: nothing is
 			// stored, and the provider retries until the configuration is fixed.
-			log.ErrorContext(ctx, "ingest refused: the notification's app maps to no game; fix PROVIDER_CONFIG", "status", refusal.Code, "reason", refusal.Reason)
+			log.ErrorContext(ctx, "ingest refused: the notification's app maps to no game; fix PROVIDER_CONFIG", "event", "ingest_refused",
+				"reason_class", reasonClass(refusal), "status", refusal.Code, "reason", refusal.Reason)
 		} else {
-			log.WarnContext(ctx, "ingest refused", "status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
+			log.WarnContext(ctx, "ingest refused", "event", "ingest_refused", "reason_class", reasonClass(refusal),
+				"status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
 		}
 		prov.Refuse(w, refusal)
 		return
@@ -160,21 +164,23 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	var fieldErr *relay.FieldError
 	switch {
 	case errors.Is(err, relay.ErrFactsDiffer):
-		log.ErrorContext(ctx, "ingest refused: callback contradicts what is stored for the same order",
+		log.ErrorContext(ctx, "ingest refused: callback contradicts what is stored for the same order", "event", "conflict",
 			"payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())
 		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment or refund for this order is stored with other facts (amount, currency, ...)"})
 		return
 	case errors.As(err, &over):
-		log.ErrorContext(ctx, "ingest refused: refund exceeds what remains refundable",
+		log.ErrorContext(ctx, "ingest refused: refund exceeds what remains refundable", "event", "conflict",
 			"payment_id", res.PaymentID, "paid_minor", over.Paid, "refunded_minor", over.AlreadyRefunded, "refund_minor", over.Asked)
 		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: over.Error()})
 		return
 	case errors.As(err, &fieldErr):
-		log.WarnContext(ctx, "ingest refused", "status", http.StatusUnprocessableEntity, "reason", fieldErr.Error(), "field", fieldErr.Field)
+		log.WarnContext(ctx, "ingest refused", "event", "ingest_refused", "reason_class", "invalid",
+			"status", http.StatusUnprocessableEntity, "reason", fieldErr.Error(), "field", fieldErr.Field)
 		prov.Refuse(w, &provider.Refusal{Code: http.StatusUnprocessableEntity, Reason: fieldErr.Error(), Field: fieldErr.Field})
 		return
 	case err != nil:
-		log.ErrorContext(ctx, "ingest failed; the provider will retry", "payment_id", res.PaymentID, "error", err.Error(), "retryable", relay.Retryable(err))
+		log.ErrorContext(ctx, "ingest failed; the provider will retry", "event", "ingest_failed", "payment_id", res.PaymentID,
+			"error", err.Error(), "retryable", relay.Retryable(err))
 		prov.Refuse(w, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"})
 		return
 	}
@@ -188,8 +194,12 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	case res.Covered:
 		log.WarnContext(ctx, "refund already counted by a later refund; noted, not relayed", "payment_id", res.PaymentID)
 	default:
-		log.InfoContext(ctx, "notification received", "payment_id", res.PaymentID, "notification_id", res.NotificationID,
-			"type", string(result.Type), "state", string(res.State), "duplicate", res.Duplicate)
+		if !res.Duplicate {
+			log.InfoContext(ctx, "notification received", "event", "notification_received", "payment_id", res.PaymentID,
+				"notification_id", res.NotificationID, "type", string(result.Type), "state", string(res.State))
+		} else {
+			log.InfoContext(ctx, "notification repeated", "payment_id", res.PaymentID, "notification_id", res.NotificationID, "type", string(result.Type))
+		}
 	}
 	prov.Ack(w, res)
 }
@@ -241,8 +251,13 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 	if res.Reason != "" {
 		attrs = append(attrs, "reason", res.Reason)
 	}
-	if rec := res.Record; rec != nil {
-		attrs = append(attrs, "status_code", rec.StatusCode, "error_class", string(rec.ErrorClass), "latency_ms", rec.Duration.Milliseconds())
+	if res.Game != "" {
+		attrs = append(attrs, "game", res.Game, "provider", res.Provider, "type", string(res.Type))
+	}
+	if rec := res.Record; rec != nil && res.Outcome != relay.OutcomeBusy {
+		// An attempt made and recorded: the attempts metrics count these lines.
+		attrs = append(attrs, "event", "attempt", "status_code", rec.StatusCode, "error_class", string(rec.ErrorClass),
+			"latency_ms", float64(rec.Duration.Microseconds())/1000)
 	}
 	if !res.Next.IsZero() {
 		attrs = append(attrs, "next_attempt_at", res.Next.UTC().Format(time.RFC3339Nano))
@@ -282,4 +297,23 @@ func (h *Handler) jobStep(w http.ResponseWriter, r *http.Request, log *slog.Logg
 		log.InfoContext(ctx, "job step done", "state", string(j.State), "replayed", j.Replayed, "skipped", j.Skipped, "refused", j.Refused)
 		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(j.State)})
 	}
+}
+
+// reasonClass names a refusal's kind for the ingest_refused metric: few values, never input.
+func reasonClass(r *provider.Refusal) string {
+	switch {
+	case r.Unrouted:
+		return "unrouted"
+	case r.Code == http.StatusUnauthorized:
+		return "signature"
+	case r.Code == http.StatusForbidden:
+		return "not_ours"
+	case r.Code == http.StatusUnprocessableEntity:
+		return "invalid"
+	case r.Code == http.StatusConflict:
+		return "conflict"
+	case r.Code == http.StatusRequestEntityTooLarge, r.Code == http.StatusUnsupportedMediaType, r.Code == http.StatusMethodNotAllowed, r.Code == http.StatusBadRequest:
+		return "malformed"
+	}
+	return "other"
 }

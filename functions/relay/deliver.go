@@ -34,6 +34,9 @@ type DeliverResult struct {
 	// Released is the key of the notification this delivery let go out (the next one of the
 	// same payment, held behind it), if any.
 	Released string
+	// Game, Provider and Type describe the notification, for the logs and their metrics.
+	Game, Provider string
+	Type           Type
 }
 
 // maxClaimTries bounds how often Deliver re-reads a payment that changed under it before it
@@ -73,6 +76,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			return DeliverResult{Outcome: OutcomeRejected, Reason: "unknown notification " + m.Notification}, nil
 		}
 		res, claimable, err := s.decide(ctx, p, n, m.Generation, m.Attempt)
+		res.Game, res.Provider, res.Type = p.Game, p.Provider, n.Type
 		if err != nil || !claimable {
 			return res, err
 		}
@@ -162,7 +166,7 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 		ErrorClass: r.ErrorClass, Error: r.Error, Response: r.Response, Delivery: d.String(), RetryAfter: r.RetryAfter,
 		Generation: gen,
 	}
-	res := DeliverResult{Record: &rec}
+	res := DeliverResult{Record: &rec, Game: p.Game, Provider: p.Provider, Type: n.Type}
 	// A game server's Retry-After holds the next attempt back (capped at the ladder's longest
 	// step); a 410 Gone ends the notification at once. Both are documented for game servers.
 	next, more := s.cfg.Ladder.NextNotBefore(end, num, r.RetryAfter)
@@ -242,7 +246,7 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	if errors.Is(err, errTakenOver) || errors.Is(err, ErrVersionConflict) {
 		// Another delivery took the attempt over (it records it), or the payment kept changing
 		// until the lease ran out: either way a later delivery settles it.
-		return DeliverResult{Outcome: OutcomeBusy, Reason: errTakenOver.Error(), Record: &rec}, nil
+		return DeliverResult{Outcome: OutcomeBusy, Reason: errTakenOver.Error(), Game: p.Game, Provider: p.Provider, Type: n.Type}, nil
 	}
 	if err != nil {
 		return res, fmt.Errorf("record attempt %d: %w", num, err)

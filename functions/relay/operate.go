@@ -242,6 +242,7 @@ func overdue(n *Notification, cutoff time.Time) bool {
 // Healed is one notification the sweeper enqueued again.
 type Healed struct {
 	PaymentID, Key string
+	Game           string
 	Generation     int
 	Attempt        int
 	Why            string
@@ -251,6 +252,8 @@ type Healed struct {
 type SweepResult struct {
 	Scanned int
 	Healed  []Healed
+	// OldestOverdue is how long the oldest notification healed had been due; 0 if none.
+	OldestOverdue time.Duration
 }
 
 // SweepLimit bounds the payments one sweep looks at; the next sweep takes the rest.
@@ -282,19 +285,23 @@ func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
 		for i := range p.Notifications {
 			n := &p.Notifications[i]
 			var why string
+			var age time.Duration
 			switch {
 			case n.State == StatePending && !n.NextAttemptAt.After(cutoff):
-				why = fmt.Sprintf("pending, due %s ago", now.Sub(n.NextAttemptAt).Round(time.Second))
+				age = now.Sub(n.NextAttemptAt)
+				why = fmt.Sprintf("pending, due %s ago", age.Round(time.Second))
 			case n.State == StateDelivering && n.Lease != nil && !n.Lease.Until.After(cutoff):
-				why = fmt.Sprintf("delivering, lease expired %s ago", now.Sub(n.Lease.Until).Round(time.Second))
+				age = now.Sub(n.Lease.Until)
+				why = fmt.Sprintf("delivering, lease expired %s ago", age.Round(time.Second))
 			default:
 				continue
 			}
+			res.OldestOverdue = max(res.OldestOverdue, age)
 			t := Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, At: now, Sweep: round}
 			if err := s.enqueue(ctx, t); err != nil {
 				return res, fmt.Errorf("enqueue %s: %w", t.Name(), err)
 			}
-			res.Healed = append(res.Healed, Healed{PaymentID: p.ID, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, Why: why})
+			res.Healed = append(res.Healed, Healed{PaymentID: p.ID, Key: n.Key, Game: p.Game, Generation: n.Generation, Attempt: n.Attempt, Why: why})
 		}
 	}
 	return res, nil

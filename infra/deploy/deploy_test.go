@@ -2,9 +2,9 @@ package deploy
 
 import (
 	"archive/zip"
-	"errors"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"

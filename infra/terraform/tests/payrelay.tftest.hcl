@@ -140,8 +140,30 @@ run "wiring" {
     error_message = "the runtime may only read the secrets"
   }
   assert {
-    condition     = alltrue([for a in google_project_service.api : a.disable_on_destroy == false]) && length(google_project_service.api) == 10
-    error_message = "the 10 APIs must be enabled and left enabled on destroy"
+    condition     = alltrue([for a in google_project_service.api : a.disable_on_destroy == false]) && length(google_project_service.api) == 12
+    error_message = "the 12 APIs must be enabled and left enabled on destroy"
+  }
+  assert {
+    condition     = sort(keys(google_logging_metric.m)) == sort([for m in jsondecode(file("infra/monitoring/metrics.json")).metrics : m.name])
+    error_message = "every metric of infra/monitoring/metrics.json must exist, and no other"
+  }
+  assert {
+    condition     = strcontains(google_logging_metric.m["notifications_failed"].filter, "jsonPayload.event=\"attempt\"") && strcontains(google_logging_metric.m["notifications_failed"].filter, "jsonPayload.outcome=\"failed\"") && google_logging_metric.m["notifications_failed"].label_extractors["game"] == "EXTRACT(jsonPayload.game)"
+    error_message = "a metric's filter and label extractors must come from its row in the table"
+  }
+  assert {
+    condition     = google_logging_metric.m["attempt_latency"].metric_descriptor[0].value_type == "DISTRIBUTION" && google_logging_metric.m["attempt_latency"].value_extractor == "EXTRACT(jsonPayload.latency_ms)"
+    error_message = "attempt latency must be a distribution of latency_ms"
+  }
+  assert {
+    condition     = length(google_monitoring_alert_policy.count) == 0 && length(google_monitoring_alert_policy.game_failing) == 0
+    error_message = "no alert policy without a notification channel"
+  }
+  assert {
+    condition = alltrue([for w in jsondecode(google_monitoring_dashboard.payrelay.dashboard_json).gridLayout.widgets :
+      anytrue([for m in google_logging_metric.m : strcontains(w.xyChart.dataSets[0].timeSeriesQuery.timeSeriesFilter.filter, "metric.type=\"logging.googleapis.com/user/${m.name}\"")])
+    ])
+    error_message = "every dashboard chart must name a metric that exists"
   }
   assert {
     condition     = google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["OPS_QUEUE"] == "projects/studio-prod/locations/asia-east1/queues/payrelay-ops" && google_cloud_tasks_queue_iam_member.runtime_enqueue_ops.name == google_cloud_tasks_queue.ops.name && !contains([for q in google_cloud_tasks_queue.game : q.name], google_cloud_tasks_queue.ops.name)
@@ -231,4 +253,25 @@ run "refuses_bad_project" {
     project_id = "Studio_Prod"
   }
   expect_failures = [var.project_id]
+}
+
+run "alerts_with_a_channel" {
+  command = apply
+  variables {
+    notification_channels = ["projects/studio-prod/notificationChannels/123"]
+  }
+  assert {
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "healed", "ingest_5xx", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    error_message = "each concern must get its alert once a channel is given"
+  }
+  assert {
+    condition = alltrue([for a in google_monitoring_alert_policy.count :
+      anytrue([for m in google_logging_metric.m : a.conditions[0].condition_threshold[0].filter == "metric.type=\"logging.googleapis.com/user/${m.name}\" AND resource.type=\"cloud_run_revision\""])
+    ])
+    error_message = "every alert must watch a metric that exists"
+  }
+  assert {
+    condition     = strcontains(google_monitoring_alert_policy.game_failing[0].conditions[0].condition_prometheus_query_language[0].query, "logging_googleapis_com:user_payrelay_attempts") && alltrue([for a in google_monitoring_alert_policy.count : length(a.notification_channels) == 1 && contains(a.notification_channels, "projects/studio-prod/notificationChannels/123")])
+    error_message = "the game-failing alert must watch the attempts metric, and every alert notify the channel"
+  }
 }

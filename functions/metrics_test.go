@@ -1,0 +1,131 @@
+package functions
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/infra/logging"
+	"github.com/payrelay/payrelay/infra/monitoring"
+)
+
+// lockedBuffer collects log lines from concurrent handlers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// Every log-based metric counts log entries the real handlers write: the test drives Ingest,
+// Deliver and Sweep through each case a metric counts, captures their JSON logs (the same
+// format Cloud Logging ingests), and checks each metric's match finds entries carrying its
+// labels and value. A renamed log field fails here.
+func TestMetricsMatchTheLogs(t *testing.T) {
+	t.Parallel()
+	var out lockedBuffer
+	f := buildFixture(t, logging.New(&out, "debug"))
+	h := f.h
+	refund := func(id, amount string) string {
+		return strings.Replace(validBody, `"status":"paid"`, fmt.Sprintf(`"status":"refunded","refund_id":%q,"refund_amount":%q,"refunded_at":"2026-11-24T21:00:00+08:00"`, id, amount), 1)
+	}
+	deliver := func(key string, attempt int) {
+		serve(h.Deliver, deliverReq(fmt.Sprintf(`{"payment_id":%q,"notification":%q,"attempt":%d}`, paymentIDOf(t, f), key, attempt)))
+	}
+	// Received, then a refund held behind it.
+	serve(h.Ingest, signed(validBody, testNow))
+	serve(h.Ingest, signed(refund("r1", "1.00"), testNow))
+	// A failed attempt (retry scheduled), then the ladder's last attempt failing (dead letter).
+	f.fail = true
+	deliver(relay.KeyPaid, 1)
+	for n := 2; n <= 8; n++ {
+		deliver(relay.KeyPaid, n)
+	}
+	// A second payment delivered at once.
+	f.fail = false
+	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1002", 1), testNow))
+	serve(h.Deliver, deliverReq(fmt.Sprintf(`{"payment_id":%q,"notification":"paid","attempt":1}`, relay.PaymentID("generic", "game-1", "order-1002"))))
+	// Refused (bad signature), a conflict (another amount), a failure of ours (store down).
+	bad := signed(validBody, testNow)
+	bad.Header.Set("webhook-signature", "v1,AAAA")
+	serve(h.Ingest, bad)
+	serve(h.Ingest, signed(strings.Replace(validBody, `"6.48"`, `"6.47"`, 1), testNow))
+	f.store.Fail = func(string) error { return fmt.Errorf("firestore: %w", relay.ErrUnavailable) }
+	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1003", 1), testNow))
+	f.store.Fail = nil
+	// A lost task the sweeper heals: order-1004 stored, its task never delivered, the clock
+	// moved past the margin.
+	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1004", 1), testNow))
+	h.Clock.(interface{ Advance(time.Duration) }).Advance(5 * time.Minute)
+	w := httptest.NewRecorder()
+	h.Sweep(w, httptest.NewRequest(http.MethodPost, "/", nil))
+	if w.Code != http.StatusOK {
+		t.Fatalf("sweep = %d %s", w.Code, w.Body)
+	}
+	// A process refusing to start.
+	logStartupFailure(logging.New(&out, "info"), errors.New("config: GAMES is required"))
+
+	var entries []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(out.b.Bytes()))
+	for sc.Scan() {
+		var e map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("a log line is not JSON: %s", sc.Text())
+		}
+		entries = append(entries, e)
+	}
+	metrics, err := monitoring.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range metrics {
+		counted := 0
+		for _, e := range entries {
+			ok, missing := m.Matches(e)
+			if !ok {
+				continue
+			}
+			counted++
+			if len(missing) > 0 {
+				t.Errorf("metric %s counts an entry lacking %v: %v", m.Name, missing, e)
+			}
+		}
+		if counted == 0 {
+			t.Errorf("metric %s (match %v) counts no entry the handlers wrote", m.Name, m.Match)
+		}
+	}
+	// Spot checks of what the metrics then say.
+	count := func(name string) int {
+		for _, m := range metrics {
+			if m.Name == name {
+				n := 0
+				for _, e := range entries {
+					if ok, _ := m.Matches(e); ok {
+						n++
+					}
+				}
+				return n
+			}
+		}
+		return -1
+	}
+	for name, want := range map[string]int{"notifications_failed": 1, "notifications_retried": 7, "notifications_delivered": 1,
+		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 1, "startup_failures": 1} {
+		if got := count(name); got != want {
+			t.Errorf("%s counts %d entries, want %d", name, got, want)
+		}
+	}
+}

@@ -5,7 +5,9 @@
 package provider
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -83,6 +85,27 @@ type Config struct {
 	Generic   GenericConfig       `json:"generic"`
 	Alipay    []AlipayApp         `json:"alipay"`
 	WechatPay []WechatPayMerchant `json:"wechatpay"`
+	Apple     []AppleApp          `json:"apple"`
+	Stripe    []StripeAccount     `json:"stripe"`
+	// AppleRoot replaces the pinned Apple Root CA - G3 (PEM): only for a test environment whose
+	// notifications are signed by a chain of its own. Leave it unset in production.
+	AppleRoot string `json:"apple_root,omitempty"`
+}
+
+// appleRoot parses AppleRoot; nil (the pinned root) when unset.
+func (c Config) appleRoot() (*x509.Certificate, error) {
+	if c.AppleRoot == "" {
+		return nil, nil
+	}
+	block, _ := pem.Decode([]byte(c.AppleRoot))
+	if block == nil {
+		return nil, errors.New("PROVIDER_CONFIG apple_root: not a PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("PROVIDER_CONFIG apple_root: %w", err)
+	}
+	return cert, nil
 }
 
 // GenericConfig routes the generic format's app ids to games.
@@ -104,6 +127,12 @@ func (c Config) Games() map[string][]string {
 		for app, g := range m.AppIDs {
 			out[g] = append(out[g], "wechatpay merchant "+m.MchID+" app "+app)
 		}
+	}
+	for _, a := range c.Apple {
+		out[a.Game] = append(out[a.Game], "apple app "+a.BundleID)
+	}
+	for _, a := range c.Stripe {
+		out[a.Game] = append(out[a.Game], "stripe account "+a.Account)
 	}
 	return out
 }
@@ -128,6 +157,20 @@ func (c Config) Validate(games []string) error {
 	}
 	if len(c.WechatPay) > 0 {
 		if _, err := NewWechatPay(c.WechatPay); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.Apple) > 0 {
+		root, err := c.appleRoot()
+		if err == nil {
+			_, err = NewApple(c.Apple, root)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.Stripe) > 0 {
+		if _, err := NewStripe(slices.Clone(c.Stripe)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -171,6 +214,24 @@ func New(c Config, ingestSecrets ...webhook.Secret) (Set, error) {
 		}
 		s[wp.Name()] = wp
 	}
+	if len(c.Apple) > 0 {
+		root, err := c.appleRoot()
+		if err != nil {
+			return nil, err
+		}
+		a, err := NewApple(c.Apple, root)
+		if err != nil {
+			return nil, err
+		}
+		s[a.Name()] = a
+	}
+	if len(c.Stripe) > 0 {
+		st, err := NewStripe(slices.Clone(c.Stripe))
+		if err != nil {
+			return nil, err
+		}
+		s[st.Name()] = st
+	}
 	return s, nil
 }
 
@@ -192,6 +253,38 @@ var NotRelayed = map[string]map[string]string{
 		"trade_state USERPAYING": "the user is still paying",
 		"trade_state PAYERROR":   "the payment failed",
 		"trade_state REFUND":     "a transaction notification of a refunded trade; its refunds come as REFUND.SUCCESS",
+	},
+	"apple": {
+		"REFUND_REVERSED":           "Apple reversed a refund it granted (the money came back to the studio)",
+		"CONSUMPTION_REQUEST":       "Apple asks for consumption data to decide a refund request",
+		"TEST":                      "a test notification requested from App Store Connect",
+		"REFUND_DECLINED":           "Apple declined a refund request",
+		"SUBSCRIBED":                "a subscription event (payrelay relays one-time purchases)",
+		"DID_RENEW":                 "a subscription event",
+		"DID_CHANGE_RENEWAL_PREF":   "a subscription event",
+		"DID_CHANGE_RENEWAL_STATUS": "a subscription event",
+		"DID_FAIL_TO_RENEW":         "a subscription event",
+		"EXPIRED":                   "a subscription event",
+		"GRACE_PERIOD_EXPIRED":      "a subscription event",
+		"OFFER_REDEEMED":            "a subscription event",
+		"PRICE_INCREASE":            "a subscription event",
+		"RENEWAL_EXTENDED":          "a subscription event",
+		"RENEWAL_EXTENSION":         "a subscription event",
+		"REVOKE":                    "Family Sharing access revoked (a subscription or non-consumable)",
+		"EXTERNAL_PURCHASE_TOKEN":   "an external purchase token report",
+		"METADATA_UPDATE":           "a subscription event",
+		"MIGRATION":                 "a subscription event",
+		"PRICE_CHANGE":              "a subscription event",
+		"RESCIND_CONSENT":           "a subscription event",
+	},
+	"stripe": {
+		"*":                                 "any event but checkout.session.completed (paid), checkout.session.async_payment_succeeded, charge.refunded listing its refund, refund.created and refund.updated (succeeded)",
+		"checkout.session.completed.unpaid": "a session completed whose asynchronous payment is not paid yet",
+		"charge.refunded":                   "a charge refunded that does not list its refunds: its refund's own event relays it",
+		"refund.pending":                    "a refund not completed yet (its refund.updated relays it once succeeded)",
+		"refund.requires_action":            "a refund waiting for the customer's action",
+		"refund.failed":                     "a refund that failed (the money did not go back); an operator must act",
+		"refund.canceled":                   "a refund cancelled",
 	},
 	// Any provider whose refunds carry a cumulative total (Alipay's refund_fee): a refund whose
 	// money a later refund, delivered first, already counted.

@@ -42,6 +42,9 @@ func (r *Result) Validate() error {
 		if q.Game == "" {
 			q.Game = "unknown"
 		}
+		if q.AmountMinor == 0 { // a refund event that does not carry its payment's total
+			q.AmountMinor = 1
+		}
 		return q.Validate()
 	case "":
 		if r.Note == nil || r.Note.Kind == "" {
@@ -224,6 +227,9 @@ func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFact
 	res := IngestResult{PaymentID: in.ID}
 	if in.AppID == "" || in.Game == "" {
 		return false, res, &FieldError{"app_id", "the refund names no app (so no game) and payrelay holds no payment for this order to take it from"}
+	}
+	if in.AmountMinor <= 0 {
+		return false, res, &FieldError{"amount", "the refund does not carry its payment's amount and payrelay holds no payment for this order"}
 	}
 	p := in
 	p.ReceivedAt, p.UpdatedAt = now, now

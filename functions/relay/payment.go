@@ -136,12 +136,12 @@ func (p *Payment) Validate() error {
 
 // SameFacts reports whether q carries the same provider facts as p: a repeated callback must,
 // and one that does not (same order, another amount) is a conflict to refuse loudly. A fact q
-// does not know (a zero PaidAt, an empty transaction id or app id from a refund notification)
-// is not a contradiction.
+// does not know (a zero PaidAt or amount, an empty transaction id or app id from a refund
+// notification) is not a contradiction.
 func (p *Payment) SameFacts(q *Payment) bool {
 	return p.Provider == q.Provider && p.Merchant == q.Merchant && p.OrderID == q.OrderID &&
 		(q.TransactionID == "" || p.TransactionID == "" || p.TransactionID == q.TransactionID) &&
-		p.AmountMinor == q.AmountMinor && p.Currency == q.Currency &&
+		(q.AmountMinor == 0 || p.AmountMinor == q.AmountMinor) && p.Currency == q.Currency &&
 		(q.PaidAt.IsZero() || p.PaidAt.IsZero() || p.PaidAt.Equal(q.PaidAt)) &&
 		(q.AppID == "" || p.AppID == "" || p.AppID == q.AppID) &&
 		(q.Game == "" || p.Game == "" || p.Game == q.Game) &&

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -28,13 +29,27 @@ const (
 	aliApp2 = "2021004100000002" // a second Alipay app, for another game
 )
 
-var aliKey, platKey *rsa.PrivateKey
+var (
+	aliKey, platKey *rsa.PrivateKey
+	appleChain      *providertest.AppleChain
+)
+
+const (
+	appleBundle  = "com.studio.sword"
+	appleAppID   = int64(1234567890)
+	stripeAcct   = "acct_1Studio"
+	stripeSecret = "whsec_test_0123456789abcdefghijklmnopqrstuv"
+)
 
 // providerKeys makes the providers' keys and the PROVIDER_CONFIG the stack runs with.
 func providerKeys() provider.Config {
 	aliKey, _ = rsa.GenerateKey(rand.Reader, 2048)
 	platKey, _ = rsa.GenerateKey(rand.Reader, 2048)
+	appleChain = providertest.NewAppleChain(providertest.AppleChainOptions{})
 	return provider.Config{
+		Apple:     []provider.AppleApp{{BundleID: appleBundle, AppAppleID: appleAppID, Game: stack.GameA}},
+		AppleRoot: appleChain.RootPEM(),
+		Stripe:    []provider.StripeAccount{{Account: stripeAcct, Secrets: []string{stripeSecret}, Game: stack.GameB}},
 		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameA},
 			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: stack.GameB}},
 		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: stack.GameA},
@@ -122,5 +137,57 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 	}
 	if _, _, err := payments.Get(context.Background(), relay.PaymentID("alipay", aliApp, "ali-e2e-bad")); err == nil {
 		t.Error("a refused notify was stored")
+	}
+}
+
+func TestAppleAndStripeEndToEnd(t *testing.T) {
+	t.Parallel()
+	need(t)
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	// The App Store: a consumable bought, then refunded.
+	tx := providertest.AppleTransaction(appleBundle, "2000000899999999", 4990, "USD", "Production", now)
+	if code, body := post(t, "apple", "application/json", nil, providertest.AppleNotification(appleChain, "ONE_TIME_CHARGE", "", appleBundle, appleAppID, "Production", tx, now)); code != 200 {
+		t.Fatalf("Apple ONE_TIME_CHARGE answered %d %s", code, body)
+	}
+	tx["revocationDate"] = now.Add(time.Minute).UnixMilli()
+	tx["revocationReason"] = 1
+	if code, body := post(t, "apple", "application/json", nil, providertest.AppleNotification(appleChain, "REFUND", "", appleBundle, appleAppID, "Production", tx, now.Add(time.Minute))); code != 200 {
+		t.Fatalf("Apple REFUND answered %d %s", code, body)
+	}
+	// Stripe: a Checkout Session paid, then a partial refund (charge.refunded, then the same
+	// refund's refund.updated: one refund).
+	events := []struct {
+		typ string
+		obj map[string]any
+	}{
+		{"checkout.session.completed", providertest.StripeSession("web-e2e-1", "pi_e2e_1", 2000, "EUR", "paid")},
+		{"charge.refunded", providertest.StripeCharge("pi_e2e_1", "web-e2e-1", 2000, 500, "EUR", "re_e2e_1", now)},
+		{"refund.updated", providertest.StripeRefund("re_e2e_1", "pi_e2e_1", "web-e2e-1", 500, "EUR", "succeeded", now)},
+	}
+	for _, e := range events {
+		b := providertest.StripeEvent(e.typ, e.obj, now)
+		if code, body := post(t, "stripe", "application/json", providertest.SignStripe(b, time.Now(), stripeSecret), b); code != 200 {
+			t.Fatalf("Stripe %s answered %d %s", e.typ, code, body)
+		}
+	}
+	appleID, stripeID := relay.PaymentID("apple", appleBundle, "2000000899999999"), relay.PaymentID("stripe", stripeAcct, "web-e2e-1")
+	waitNotification(t, appleID, relay.RefundKey("refund-2000000899999999"), 20*time.Second)
+	waitNotification(t, stripeID, relay.RefundKey("re_e2e_1"), 20*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if got := fmt.Sprint(sequence(st.Game.Hits(appleID))); got != "[paid#1(200) refund refund-2000000899999999#1(200)]" {
+		t.Errorf("App Store: game server got %s", got)
+	}
+	if got := fmt.Sprint(sequence(st.GameB.Hits(stripeID))); got != "[paid#1(200) refund re_e2e_1#1(200)]" {
+		t.Errorf("Stripe: game server got %s", got)
+	}
+	if hits := st.GameB.Hits(stripeID); len(hits) == 2 {
+		if r := hits[1].Payload.Data.Refund; r.AmountMinor != 500 || r.RefundedTotalMinor != 500 || r.FullyRefunded {
+			t.Errorf("Stripe refund = %+v, want 500 of 2000", r)
+		}
+	}
+	if hits := st.Game.Hits(appleID); len(hits) == 2 {
+		if d := hits[0].Payload.Data; d.AmountMinor != 499 || d.Currency != "USD" || d.Game != stack.GameA {
+			t.Errorf("App Store payment = %+v", d)
+		}
 	}
 }

@@ -54,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return send(args[1:], e, stdout, stderr)
 		case "tasks-emulator":
 			return tasksEmulator(args[1:], stdout, stderr)
+		case "probe":
+			return probe(args[1:], stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stderr)
 			fmt.Fprintln(stderr, "\nflags of go run ./local:")
@@ -69,6 +71,7 @@ func usage(w io.Writer) {
   go run ./local [flags]                  run payrelay locally (see flags with -h)
   go run ./local send [flags]             send a signed sample payment to it
   go run ./local tasks-emulator [flags]   run only the Cloud Tasks emulator
+  go run ./local probe -url URL -secret whsec_...   check a game server's handling of payrelay's notifications
 `)
 }
 

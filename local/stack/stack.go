@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,7 +77,8 @@ type GameEnv struct {
 	Name    string
 	URL     string
 	Queues  []string
-	Timeout time.Duration // 0: 10s
+	Timeout time.Duration    // 0: 10s
+	Secrets []webhook.Secret // none: GameSecret
 }
 
 // DefaultProviders is PROVIDER_CONFIG's routing of the sample apps to the demo games.
@@ -137,6 +139,13 @@ func (f FunctionEnv) Map() map[string]string {
 	}
 	for _, g := range f.Games {
 		m[config.GameSecretsVar(g.Name)] = GameSecret.Encode()
+		if len(g.Secrets) > 0 {
+			var enc []string
+			for _, s := range g.Secrets {
+				enc = append(enc, s.Encode())
+			}
+			m[config.GameSecretsVar(g.Name)] = strings.Join(enc, ",")
+		}
 	}
 	if f.Lease > 0 {
 		m["DELIVER_LEASE"] = f.Lease.String()
@@ -198,6 +207,11 @@ type Options struct {
 	Providers provider.Config
 	// FirestoreLog receives the emulator's output.
 	FirestoreLog io.Writer
+	// ExtraGames are games beside the two demo ones, their servers someone else's (the
+	// reference game-server handlers' test); App routes generic payments to each.
+	ExtraGames []ExtraGame
+	// DuplicateDispatch makes the Cloud Tasks emulator dispatch every task twice at once.
+	DuplicateDispatch bool
 	// AdminPort serves the Admin function alone at its root, as Cloud Functions serves it
 	// (functions-framework serves it beside the others only at the exact path /Admin).
 	AdminPort int
@@ -309,7 +323,10 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	}
 
 	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0), OpsQueue}
-	if s.Tasks, s.TasksAddr, err = StartTasks(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort)), o.TasksDataDir, queues...); err != nil {
+	for _, g := range o.ExtraGames {
+		queues = append(queues, QueueName(g.Name, 0))
+	}
+	if s.Tasks, s.TasksAddr, err = StartTasks(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort)), o.TasksDataDir, o.DuplicateDispatch, queues...); err != nil {
 		return s, err
 	}
 	if s.Game, err = gameserver.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.GamePort)), GameSecret, o.Game); err != nil {
@@ -324,15 +341,25 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	if providers.Generic.Apps == nil {
 		providers.Generic = DefaultProviders().Generic
 	}
+	for _, g := range o.ExtraGames {
+		providers.Generic.Apps[g.App] = g.Name
+	}
+	var extra []GameEnv
+	for _, g := range o.ExtraGames {
+		ge := g.GameEnv
+		ge.Queues = []string{QueueName(g.Name, 0)}
+		extra = append(extra, ge)
+	}
 	env := FunctionEnv{
 		FunctionsURL: s.FunctionsURL, TasksAddr: s.TasksAddr, FirestoreHost: s.FirestoreHost,
 		Games: []GameEnv{
 			{Name: GameA, URL: s.Game.URL, Queues: queues[:1], Timeout: o.DeliverTimeout},
-			{Name: GameB, URL: s.GameB.URL, Queues: queues[1:], Timeout: o.DeliverTimeout},
+			{Name: GameB, URL: s.GameB.URL, Queues: queues[1:2], Timeout: o.DeliverTimeout},
 		},
 		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression,
 		Lease: o.Lease, LogLevel: o.LogLevel, Providers: providers, OpsQueue: OpsQueue,
 	}
+	env.Games = append(env.Games, extra...)
 	// The same check a deployed function makes as it starts.
 	if _, err = functions.CheckConfig(ctx, envconfig.MapLookuper(env.Map())); err != nil {
 		return s, err
@@ -513,10 +540,16 @@ const SampleApp = "demo-game"
 // SamplePaymentID is the payment id of the sample payment of order (app SampleApp).
 func SamplePaymentID(order string) string { return relay.PaymentID("generic", SampleApp, order) }
 
+// ExtraGame is a game of Options.ExtraGames.
+type ExtraGame struct {
+	GameEnv
+	App string
+}
+
 // StartTasks starts a Cloud Tasks emulator on addr with queues, each configured like the
 // deployed ones: our own failures retried without end, with bounded backoff.
-func StartTasks(ctx context.Context, addr, dataDir string, queues ...string) (*tasksemu.Server, string, error) {
-	t, err := tasksemu.New(tasksemu.Options{DataDir: dataDir, Queues: queues})
+func StartTasks(ctx context.Context, addr, dataDir string, duplicate bool, queues ...string) (*tasksemu.Server, string, error) {
+	t, err := tasksemu.New(tasksemu.Options{DataDir: dataDir, Queues: queues, DuplicateDispatch: duplicate})
 	if err != nil {
 		return nil, "", err
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -229,7 +231,7 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 				return retryable(err)
 			}
 		}
-		rp := cur.clone()
+		rp := cur.Clone()
 		if err := apply(rp); err != nil {
 			return err
 		}
@@ -276,13 +278,17 @@ func retryable(err error) error {
 	return err
 }
 
-// clone copies a payment deeply enough that applying a change to the copy leaves p as it was.
-func (p *Payment) clone() *Payment {
+// Clone copies a payment deeply enough that changing the copy leaves p as it was (an in-memory
+// store keeps its own copies with it).
+func (p *Payment) Clone() *Payment {
 	c := *p
-	c.Notifications = make([]Notification, len(p.Notifications))
-	for i, n := range p.Notifications {
-		n.Attempts = append([]AttemptRecord(nil), n.Attempts...)
-		n.Actions = append([]Action(nil), n.Actions...)
+	c.Metadata = maps.Clone(p.Metadata)
+	c.Notes = slices.Clone(p.Notes)
+	c.Notifications = slices.Clone(p.Notifications)
+	for i := range c.Notifications {
+		n := &c.Notifications[i]
+		n.Attempts = slices.Clone(n.Attempts)
+		n.Actions = slices.Clone(n.Actions)
 		if n.Lease != nil {
 			l := *n.Lease
 			n.Lease = &l
@@ -291,9 +297,7 @@ func (p *Payment) clone() *Payment {
 			r := *n.Refund
 			n.Refund = &r
 		}
-		c.Notifications[i] = n
 	}
-	c.Notes = append([]Note(nil), p.Notes...)
 	return &c
 }
 

@@ -4,7 +4,6 @@ package relaytest
 
 import (
 	"context"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -41,25 +40,7 @@ func NewStore() *Store {
 	return &Store{payments: map[string]*relay.Payment{}, versions: map[string]relay.Version{}}
 }
 
-func clone(p *relay.Payment) *relay.Payment {
-	c := *p
-	c.Metadata = maps.Clone(p.Metadata)
-	c.Notes = slices.Clone(p.Notes)
-	c.Notifications = slices.Clone(p.Notifications)
-	for i := range c.Notifications {
-		n := &c.Notifications[i]
-		n.Attempts = slices.Clone(n.Attempts)
-		if n.Lease != nil {
-			l := *n.Lease
-			n.Lease = &l
-		}
-		if n.Refund != nil {
-			r := *n.Refund
-			n.Refund = &r
-		}
-	}
-	return &c
-}
+func clone(p *relay.Payment) *relay.Payment { return p.Clone() }
 
 func (s *Store) fail(op string) error {
 	if s.Fail == nil {

@@ -102,37 +102,24 @@ func TestAppleRefusals(t *testing.T) {
 		alt := strings.Split(strings.TrimSuffix(strings.TrimPrefix(string(body(good, "com.other.app", appleID, "Production")), `{"signedPayload":"`), `"}`), ".")
 		return []byte(`{"signedPayload":"` + parts[0] + "." + alt[1] + "." + parts[2] + `"}`)
 	}()
+	noLeafOID := providertest.NewAppleChain(providertest.AppleChainOptions{NoLeafOID: true})
+	noInterOID := providertest.NewAppleChain(providertest.AppleChainOptions{NoIntermediateOID: true})
+	expired := providertest.NewAppleChain(providertest.AppleChainOptions{LeafNotAfter: appleAt.Add(-time.Hour)})
 	cases := map[string]struct {
 		apple *provider.Apple
 		body  []byte
 		code  int
 	}{
-		"another root":         {appleFor(t, good, false), body(other, bundle, appleID, "Production"), http.StatusUnauthorized},
-		"leaf without its OID": {appleFor(t, providertest.NewAppleChain(providertest.AppleChainOptions{}), false), nil, 0},
-		"tampered payload":     {appleFor(t, good, false), tampered, http.StatusUnauthorized},
-		"wrong bundle id":      {appleFor(t, good, false), body(good, "com.other.app", appleID, "Production"), http.StatusForbidden},
-		"wrong app apple id":   {appleFor(t, good, false), body(good, bundle, 99, "Production"), http.StatusForbidden},
-		"sandbox not allowed":  {appleFor(t, good, false), body(good, bundle, appleID, "Sandbox"), http.StatusForbidden},
-		"not a JWS":            {appleFor(t, good, false), []byte(`{"signedPayload":"abc"}`), http.StatusBadRequest},
+		"another root":                 {appleFor(t, good, false), body(other, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"tampered payload":             {appleFor(t, good, false), tampered, http.StatusUnauthorized},
+		"wrong bundle id":              {appleFor(t, good, false), body(good, "com.other.app", appleID, "Production"), http.StatusForbidden},
+		"wrong app apple id":           {appleFor(t, good, false), body(good, bundle, 99, "Production"), http.StatusForbidden},
+		"sandbox not allowed":          {appleFor(t, good, false), body(good, bundle, appleID, "Sandbox"), http.StatusForbidden},
+		"not a JWS":                    {appleFor(t, good, false), []byte(`{"signedPayload":"abc"}`), http.StatusBadRequest},
+		"leaf without its OID":         {appleFor(t, noLeafOID, false), body(noLeafOID, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"intermediate without its OID": {appleFor(t, noInterOID, false), body(noInterOID, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"leaf expired at signedDate":   {appleFor(t, expired, false), body(expired, bundle, appleID, "Production"), http.StatusUnauthorized},
 	}
-	noLeafOID := providertest.NewAppleChain(providertest.AppleChainOptions{NoLeafOID: true})
-	cases["leaf without its OID"] = struct {
-		apple *provider.Apple
-		body  []byte
-		code  int
-	}{appleFor(t, noLeafOID, false), body(noLeafOID, bundle, appleID, "Production"), http.StatusUnauthorized}
-	noInterOID := providertest.NewAppleChain(providertest.AppleChainOptions{NoIntermediateOID: true})
-	cases["intermediate without its OID"] = struct {
-		apple *provider.Apple
-		body  []byte
-		code  int
-	}{appleFor(t, noInterOID, false), body(noInterOID, bundle, appleID, "Production"), http.StatusUnauthorized}
-	expired := providertest.NewAppleChain(providertest.AppleChainOptions{LeafNotAfter: appleAt.Add(-time.Hour)})
-	cases["leaf expired at signedDate"] = struct {
-		apple *provider.Apple
-		body  []byte
-		code  int
-	}{appleFor(t, expired, false), body(expired, bundle, appleID, "Production"), http.StatusUnauthorized}
 	for name, tc := range cases {
 		_, err := tc.apple.Parse(nil, tc.body, appleAt)
 		var ref *provider.Refusal

@@ -62,6 +62,8 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 		}
 	case len(parts) == 3 && parts[0] == "api" && parts[1] == "jobs" && parts[2] == "replay":
 		h.adminStartJob(w, r, op)
+	case len(parts) == 2 && parts[0] == "api" && parts[1] == "query":
+		h.adminQuery(w, r, op)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "notifications":
 		h.adminList(w, r)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "payments":

@@ -37,6 +37,8 @@ func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request, parts []stri
 		http.Redirect(w, r, "payments/"+url.PathEscape(id), http.StatusSeeOther)
 	case r.Method == http.MethodPost && len(parts) == 5 && parts[0] == "payments" && parts[2] == "notifications" && (parts[4] == "replay" || parts[4] == "cancel"):
 		h.formPost(w, r, parts[1], parts[3], parts[4])
+	case r.Method == http.MethodPost && len(parts) == 1 && parts[0] == "query":
+		h.formQuery(w, r)
 	default:
 		http.Error(w, "not found", http.StatusNotFound)
 	}
@@ -56,29 +58,40 @@ func csrfToken(w http.ResponseWriter, r *http.Request) string {
 	return tok
 }
 
-func (h *Handler) formPost(w http.ResponseWriter, r *http.Request, pid, key, verb string) {
-	ctx := h.context(r)
-	op := operator(r)
+// readForm reads a dashboard form's post: bounded, its anti-forgery token matching the cookie,
+// same-site, with a reason. It answers the refusal itself and returns ok false.
+func (h *Handler) readForm(w http.ResponseWriter, r *http.Request) (reason string, ok bool) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxAdminBody)
 	if err := r.ParseForm(); err != nil {
 		http.Error(w, "bad form", http.StatusBadRequest)
-		return
+		return "", false
 	}
 	c, err := r.Cookie(csrfCookie)
 	if err != nil || len(c.Value) != 32 || subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostForm.Get("csrf"))) != 1 {
-		h.Logger.WarnContext(ctx, "dashboard refused a post without a matching anti-forgery token", "operator", op)
+		h.Logger.WarnContext(h.context(r), "dashboard refused a post without a matching anti-forgery token", "operator", operator(r))
 		http.Error(w, "forbidden: the form's anti-forgery token does not match; reload the page", http.StatusForbidden)
-		return
+		return "", false
 	}
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
 		http.Error(w, "forbidden: cross-site post", http.StatusForbidden)
-		return
+		return "", false
 	}
-	reason := strings.TrimSpace(r.PostForm.Get("reason"))
+	reason = strings.TrimSpace(r.PostForm.Get("reason"))
 	if reason == "" || len(reason) > 500 {
 		http.Error(w, "a reason (1-500 characters) is required", http.StatusUnprocessableEntity)
+		return "", false
+	}
+	return reason, true
+}
+
+func (h *Handler) formPost(w http.ResponseWriter, r *http.Request, pid, key, verb string) {
+	ctx := h.context(r)
+	op := operator(r)
+	reason, ok := h.readForm(w, r)
+	if !ok {
 		return
 	}
+	var err error
 	o := relay.Operator{By: op, Reason: reason}
 	if verb == "replay" {
 		_, err = h.Service.Replay(ctx, pid, key, r.PostForm.Get("force") == "on", o)
@@ -106,6 +119,8 @@ type overviewData struct {
 	Games                 []gameCounts
 	Failed, Held, Overdue []relay.Listed
 	Limit                 int
+	CSRF                  string
+	Queryable             []string // providers whose orders can be queried (补单)
 }
 
 type gameCounts struct {
@@ -115,7 +130,8 @@ type gameCounts struct {
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 	ctx := h.context(r)
-	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled}, Limit: dashboardLimit}
+	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled}, Limit: dashboardLimit,
+		CSRF: csrfToken(w, r), Queryable: h.queryable()}
 	counts := map[string]map[relay.State]int{}
 	for _, st := range d.States {
 		items, _, err := h.Service.List(ctx, relay.Filter{State: st}, "", dashboardLimit)
@@ -305,6 +321,7 @@ form{display:inline-block;margin:4px 8px 4px 0}input[type=text]{width:220px}code
 var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay</title>` + style + `</head><body>
 <h1>payrelay</h1><p>{{ts .Now}} UTC. Counts stop at {{.Limit}}.</p>
 <form action="find" method="get">find a payment: <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
+{{if .Queryable}}<form action="query" method="post" id="query">query the provider (补单): <select name="provider">{{range .Queryable}}<option>{{.}}</option>{{end}}</select> <input name="merchant" placeholder="merchant / app id" size="18" required> <input name="order" placeholder="order id" size="18" required> <input type="text" name="reason" placeholder="why" required><input type="hidden" name="csrf" value="{{.CSRF}}"> <button>query</button></form>{{end}}
 <h2>Notifications by state</h2>
 <table id="counts"><tr><th>game</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
 {{range $g := .Games}}<tr><td>{{$g.Game}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>

@@ -32,16 +32,25 @@ type AlipayApp struct {
 	SellerID string `json:"seller_id,omitempty"`
 	// Game is the studio's game this app sells for: its notifications go to that game.
 	Game string `json:"game"`
+	// PrivateKey is the application's own private key (Alipay's key tool writes it: PEM or bare
+	// base64 PKCS#8), needed only to query orders (补单). A secret: never logged.
+	PrivateKey string `json:"private_key,omitempty"`
+	// Gateway is the OpenAPI gateway for queries; empty: DefaultAlipayGateway.
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // Alipay verifies and decodes Alipay's asynchronous notifications (异步通知).
 type Alipay struct {
-	apps map[string]alipayApp
+	apps    map[string]alipayApp
+	client  *http.Client
+	now     func() time.Time
+	gateway string
 }
 
 type alipayApp struct {
 	AlipayApp
-	key *rsa.PublicKey
+	key  *rsa.PublicKey
+	priv *rsa.PrivateKey // nil: this app cannot query orders
 }
 
 var _ Provider = (*Alipay)(nil)
@@ -51,7 +60,9 @@ var shanghai = time.FixedZone("CST", 8*3600)
 
 // NewAlipay checks every app's configuration and parses its key.
 func NewAlipay(apps []AlipayApp) (*Alipay, error) {
-	a := &Alipay{apps: map[string]alipayApp{}}
+	a := &Alipay{apps: map[string]alipayApp{}, now: time.Now, gateway: DefaultAlipayGateway,
+		// Never follow a redirect: the gateway answers itself, and the request carries a signature.
+		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	for i, app := range apps {
 		if app.AppID == "" || app.Game == "" {
 			return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d]: app_id and game are required", i)
@@ -63,7 +74,18 @@ func NewAlipay(apps []AlipayApp) (*Alipay, error) {
 		if _, dup := a.apps[app.AppID]; dup {
 			return nil, fmt.Errorf("PROVIDER_CONFIG alipay: app_id %s twice", app.AppID)
 		}
-		a.apps[app.AppID] = alipayApp{AlipayApp: app, key: key}
+		aa := alipayApp{AlipayApp: app, key: key}
+		if app.PrivateKey != "" {
+			if aa.priv, err = ParseRSAPrivateKey(app.PrivateKey); err != nil {
+				return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): private_key: %w", i, app.AppID, err)
+			}
+		}
+		if app.Gateway != "" {
+			if u, err := url.Parse(app.Gateway); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+				return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): gateway must be an http(s) URL", i, app.AppID)
+			}
+		}
+		a.apps[app.AppID] = aa
 	}
 	return a, nil
 }
@@ -123,13 +145,18 @@ func decoderFor(charset string) (func([]byte) ([]byte, error), error) {
 	return nil, fmt.Errorf("unsupported charset %q", charset)
 }
 
-// AlipaySignContent is the string Alipay signs: every parameter but sign and sign_type, empty
-// values dropped, sorted by name, joined as k=v&k=v. Values are the raw bytes in the
-// notification's charset.
+// AlipaySignContent is the string Alipay signs a notification over: every parameter but sign
+// and sign_type, empty values dropped, sorted by name, joined as k=v&k=v. Values are the raw
+// bytes in the notification's charset.
 func AlipaySignContent(params url.Values) string {
+	return alipaySignContent(params, "sign", "sign_type")
+}
+
+// alipaySignContent joins params but those left out, empty values dropped, sorted by name.
+func alipaySignContent(params url.Values, leftOut ...string) string {
 	keys := make([]string, 0, len(params))
 	for k, v := range params {
-		if k == "sign" || k == "sign_type" || len(v) == 0 || v[0] == "" {
+		if slices.Contains(leftOut, k) || len(v) == 0 || v[0] == "" {
 			continue
 		}
 		keys = append(keys, k)
@@ -198,6 +225,14 @@ func (a *Alipay) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, e
 			return relay.Result{}, refuse(http.StatusForbidden, "seller_id %.40q is not ours", seller)
 		}
 	}
+	return a.alipayResult(app, get)
+}
+
+// alipayResult maps a verified trade's fields, a notification's or a query answer's, to the
+// result to ingest.
+func (a *Alipay) alipayResult(app alipayApp, get func(string) (string, error)) (relay.Result, error) {
+	appID := app.AppID
+	var err error
 	var f [9]string
 	for i, k := range []string{"out_trade_no", "trade_no", "total_amount", "gmt_payment", "notify_time", "trade_status", "refund_fee", "gmt_refund", "out_biz_no"} {
 		if f[i], err = get(k); err != nil {

@@ -32,6 +32,7 @@ const (
 var (
 	aliKey, platKey *rsa.PrivateKey
 	appleChain      *providertest.AppleChain
+	aliGateway      *providertest.AlipayGateway // Alipay's OpenAPI gateway, for order queries
 )
 
 const (
@@ -46,11 +47,14 @@ func providerKeys() provider.Config {
 	aliKey, _ = rsa.GenerateKey(rand.Reader, 2048)
 	platKey, _ = rsa.GenerateKey(rand.Reader, 2048)
 	appleChain = providertest.NewAppleChain(providertest.AppleChainOptions{})
+	appKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	aliGateway = providertest.NewAlipayGateway(aliApp, &appKey.PublicKey, aliKey)
 	return provider.Config{
 		Apple:     []provider.AppleApp{{BundleID: appleBundle, AppAppleID: appleAppID, Game: stack.GameA}},
 		AppleRoot: appleChain.RootPEM(),
 		Stripe:    []provider.StripeAccount{{Account: stripeAcct, Secrets: []string{stripeSecret}, Game: stack.GameB}},
-		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameA},
+		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameA,
+			PrivateKey: providertest.PrivateKeyBase64(appKey), Gateway: aliGateway.URL},
 			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: stack.GameB}},
 		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: stack.GameA},
 			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}}},
@@ -189,5 +193,43 @@ func TestAppleAndStripeEndToEnd(t *testing.T) {
 		if d := hits[0].Payload.Data; d.AmountMinor != 499 || d.Currency != "USD" || d.Game != stack.GameA {
 			t.Errorf("App Store payment = %+v", d)
 		}
+	}
+}
+
+// 补单: a payment Alipay never notified is recovered by an operator's query through the Admin
+// function, and delivered once, however often it is queried.
+func TestOrderQueryRecoversAnUnnotifiedPayment(t *testing.T) {
+	t.Parallel()
+	need(t)
+	aliGateway.SetTrade("ali-lost-1", providertest.AlipayTrade{TradeNo: "2026112422001446881000000009", TotalAmount: "30.00", TradeStatus: "TRADE_SUCCESS", SendPayDate: "2026-11-24 20:00:00"})
+	query := func() (int, map[string]any) {
+		t.Helper()
+		body := `{"provider":"alipay","merchant":"` + aliApp + `","order_id":"ali-lost-1","reason":"player 1001 paid, no items"}`
+		resp, err := http.Post(st.AdminURL()+"/api/query", "application/json", bytes.NewReader([]byte(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if code, out := query(); code != 200 || out["provider_reported"] != "TRADE_SUCCESS" || out["action"] != "ingested" {
+		t.Fatalf("first query: %d %v", code, out)
+	}
+	id := relay.PaymentID("alipay", aliApp, "ali-lost-1")
+	if p := waitTerminal(t, id, 20*time.Second); p.Paid().State != relay.StateDelivered {
+		t.Fatalf("recovered payment ended %s", p.Paid().State)
+	}
+	if code, out := query(); code != 200 || out["action"] != "already stored" {
+		t.Fatalf("second query: %d %v", code, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	hits := st.Game.Hits(id)
+	if len(hits) != 1 || hits[0].Payload.Type != "payment.succeeded" || hits[0].Payload.Data.AmountMinor != 3000 || hits[0].Payload.Data.OrderID != "ali-lost-1" {
+		t.Fatalf("game server got %d posts (%+v), want the recovered payment once", len(hits), hits)
+	}
+	if _, refused := aliGateway.Counts(); refused != 0 {
+		t.Errorf("the gateway refused %d of our signed requests", refused)
 	}
 }

@@ -48,6 +48,18 @@ func PublicKeyBase64(key *rsa.PrivateKey) string {
 	return base64.StdEncoding.EncodeToString(der)
 }
 
+// PrivateKeyPEM encodes key as a PKCS#8 PEM block, as Alipay's key tool writes an application key.
+func PrivateKeyPEM(key *rsa.PrivateKey) string {
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+// PrivateKeyBase64 encodes key as bare base64 PKCS#8 DER, the key tool's other form.
+func PrivateKeyBase64(key *rsa.PrivateKey) string {
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	return base64.StdEncoding.EncodeToString(der)
+}
+
 // AlipayFields are the parameters of a TRADE_SUCCESS notification for order, as documented for
 // the asynchronous notification (values in UTF-8; SignAlipay converts to the charset).
 func AlipayFields(appID, order, amount, status string) map[string]string {

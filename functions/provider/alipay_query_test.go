@@ -1,0 +1,155 @@
+package provider_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/provider"
+	"github.com/payrelay/payrelay/functions/provider/providertest"
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// The string an OpenAPI request is signed over, built to 自行实现签名: sign left out, sign_type
+// kept, empty values dropped, sorted by name, raw values joined k=v&k=v.
+func TestAlipayRequestSignContentVector(t *testing.T) {
+	params := url.Values{
+		"app_id": {"2021004100000001"}, "method": {"alipay.trade.query"}, "format": {"JSON"},
+		"charset": {"utf-8"}, "sign_type": {"RSA2"}, "timestamp": {"2026-11-24 20:00:00"}, "version": {"1.0"},
+		"biz_content": {`{"out_trade_no":"20261124-0001"}`}, "sign": {"ignored"}, "notify_url": {""},
+	}
+	want := `app_id=2021004100000001&biz_content={"out_trade_no":"20261124-0001"}&charset=utf-8&format=JSON&method=alipay.trade.query&sign_type=RSA2&timestamp=2026-11-24 20:00:00&version=1.0`
+	if got := provider.AlipayRequestSignContent(params); got != want {
+		t.Fatalf("sign content\n got %s\nwant %s", got, want)
+	}
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	sig, err := provider.SignAlipayRequest(key, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(sig)
+	sum := sha256.Sum256([]byte(want))
+	if err := rsa.VerifyPKCS1v15(&key.PublicKey, crypto.SHA256, sum[:], raw); err != nil {
+		t.Fatalf("the signature does not verify over the documented string: %v", err)
+	}
+}
+
+func TestParseRSAPrivateKeyForms(t *testing.T) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	for name, s := range map[string]string{"pkcs8 pem": providertest.PrivateKeyPEM(key), "pkcs8 base64": providertest.PrivateKeyBase64(key)} {
+		got, err := provider.ParseRSAPrivateKey(s)
+		if err != nil || !got.Equal(key) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := provider.ParseRSAPrivateKey("not a key"); err == nil {
+		t.Error("garbage accepted as a private key")
+	}
+}
+
+type queryFixture struct {
+	gw        *providertest.AlipayGateway
+	ali       *provider.Alipay
+	appKey    *rsa.PrivateKey
+	alipayKey *rsa.PrivateKey
+}
+
+func newQueryFixture(t *testing.T, answerKey *rsa.PrivateKey) *queryFixture {
+	t.Helper()
+	f := &queryFixture{}
+	f.appKey, _ = rsa.GenerateKey(rand.Reader, 2048)
+	f.alipayKey, _ = rsa.GenerateKey(rand.Reader, 2048)
+	if answerKey == nil {
+		answerKey = f.alipayKey
+	}
+	f.gw = providertest.NewAlipayGateway(providertest.AlipayAppID, &f.appKey.PublicKey, answerKey)
+	t.Cleanup(f.gw.Close)
+	var err error
+	f.ali, err = provider.NewAlipay([]provider.AlipayApp{{AppID: providertest.AlipayAppID, PublicKey: providertest.PublicKeyPEM(f.alipayKey),
+		PrivateKey: providertest.PrivateKeyPEM(f.appKey), Gateway: f.gw.URL, Game: "sword"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestAlipayQueryAnswers(t *testing.T) {
+	f := newQueryFixture(t, nil)
+	f.gw.SetTrade("paid-1", providertest.AlipayTrade{TradeNo: "2026112422001", TotalAmount: "6.48", TradeStatus: "TRADE_SUCCESS", SendPayDate: "2026-11-24 20:00:00"})
+	f.gw.SetTrade("unpaid-1", providertest.AlipayTrade{TradeNo: "2026112422002", TotalAmount: "6.48", TradeStatus: "WAIT_BUYER_PAY"})
+	ctx := context.Background()
+
+	ans, err := f.ali.Query(ctx, providertest.AlipayAppID, "paid-1")
+	if err != nil || ans.Reported != "TRADE_SUCCESS" || ans.Result == nil {
+		t.Fatalf("paid: %+v %v", ans, err)
+	}
+	p := ans.Result.Payment
+	if ans.Result.Type != relay.TypePaymentSucceeded || p.OrderID != "paid-1" || p.TransactionID != "2026112422001" || p.AmountMinor != 648 ||
+		p.Game != "sword" || !p.PaidAt.Equal(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)) {
+		t.Errorf("paid: result %+v", ans.Result)
+	}
+	if ans, err := f.ali.Query(ctx, providertest.AlipayAppID, "unpaid-1"); err != nil || ans.Reported != "WAIT_BUYER_PAY" || ans.Result != nil {
+		t.Errorf("unpaid: %+v %v, want reported and nothing to relay", ans, err)
+	}
+	if ans, err := f.ali.Query(ctx, providertest.AlipayAppID, "never"); err != nil || ans.Reported != "TRADE_NOT_EXIST" || ans.Result != nil {
+		t.Errorf("unknown order: %+v %v, want TRADE_NOT_EXIST, not an error", ans, err)
+	}
+	// A gateway in trouble: retried within bounds.
+	f.gw.FailNext(2)
+	if ans, err := f.ali.Query(ctx, providertest.AlipayAppID, "paid-1"); err != nil || ans.Result == nil {
+		t.Errorf("after two 502s: %+v %v, want the answer", ans, err)
+	}
+	f.gw.FailNext(10)
+	if _, err := f.ali.Query(ctx, providertest.AlipayAppID, "paid-1"); err == nil || !strings.Contains(err.Error(), "502") {
+		t.Errorf("a gateway down for good: %v, want the 502 reported", err)
+	}
+	if req, refused := f.gw.Counts(); refused != 0 || req != 3+3+4 {
+		t.Errorf("gateway saw %d requests, refused %d; want 10 (3 answered; 2 failed, 1 answered; 4 failed), 0 refused", req, refused)
+	}
+	f.gw.FailNext(0)
+	var qe *provider.QueryError
+	if _, err := f.ali.Query(ctx, "2021000000000000", "paid-1"); !errors.As(err, &qe) {
+		t.Errorf("an app not ours: %v", err)
+	}
+}
+
+func TestAlipayQueryRefusals(t *testing.T) {
+	// Answers signed by someone else than Alipay are not believed.
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	f := newQueryFixture(t, other)
+	f.gw.SetTrade("paid-1", providertest.AlipayTrade{TradeNo: "t", TotalAmount: "6.48", TradeStatus: "TRADE_SUCCESS", SendPayDate: "2026-11-24 20:00:00"})
+	var qe *provider.QueryError
+	if ans, err := f.ali.Query(context.Background(), providertest.AlipayAppID, "paid-1"); !errors.As(err, &qe) || !strings.Contains(qe.Reason, "signature") || ans.Result != nil {
+		t.Errorf("forged answer: %+v %v", ans, err)
+	}
+
+	// Our request signed with a key Alipay does not hold for the app: refused by the gateway,
+	// reported once, not retried.
+	f = newQueryFixture(t, nil)
+	wrong, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ali, err := provider.NewAlipay([]provider.AlipayApp{{AppID: providertest.AlipayAppID, PublicKey: providertest.PublicKeyPEM(f.alipayKey),
+		PrivateKey: providertest.PrivateKeyPEM(wrong), Gateway: f.gw.URL, Game: "sword"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ali.Query(context.Background(), providertest.AlipayAppID, "paid-1"); !errors.As(err, &qe) || !strings.Contains(qe.Reason, "isv.invalid-signature") {
+		t.Errorf("wrong app key: %v, want isv.invalid-signature reported", err)
+	}
+	if req, refused := f.gw.Counts(); req != 1 || refused != 1 {
+		t.Errorf("gateway saw %d requests, refused %d; want 1 and 1", req, refused)
+	}
+
+	// No private key configured: said plainly, nothing sent.
+	ali, _ = provider.NewAlipay([]provider.AlipayApp{{AppID: providertest.AlipayAppID, PublicKey: providertest.PublicKeyPEM(f.alipayKey), Gateway: f.gw.URL, Game: "sword"}})
+	if _, err := ali.Query(context.Background(), providertest.AlipayAppID, "paid-1"); !errors.As(err, &qe) || !strings.Contains(qe.Reason, "private_key") {
+		t.Errorf("no private key: %v", err)
+	}
+}

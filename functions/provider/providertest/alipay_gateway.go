@@ -1,0 +1,140 @@
+package providertest
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+
+	"github.com/payrelay/payrelay/functions/provider"
+)
+
+// AlipayTrade is a trade the stand-in gateway knows, in alipay.trade.query's answer fields.
+type AlipayTrade struct {
+	TradeNo     string // trade_no
+	TotalAmount string // total_amount, yuan
+	TradeStatus string // TRADE_SUCCESS, WAIT_BUYER_PAY, TRADE_CLOSED, TRADE_FINISHED
+	SendPayDate string // send_pay_date, "yyyy-MM-dd HH:mm:ss" (CST)
+}
+
+// AlipayGateway stands in for Alipay's OpenAPI gateway for alipay.trade.query: it verifies each
+// request's RSA2 signature with the application's public key as Alipay does (every parameter
+// but sign, sign_type included, sorted), and answers signed with the Alipay private key over
+// the response object's text, in the documented envelope.
+type AlipayGateway struct {
+	URL string
+
+	srv       *httptest.Server
+	appKey    *rsa.PublicKey  // verifies our requests
+	alipayKey *rsa.PrivateKey // signs its answers
+	appID     string
+
+	mu       sync.Mutex
+	trades   map[string]AlipayTrade // by out_trade_no
+	requests int
+	refused  int
+	failNext int
+}
+
+// FailNext makes the next n requests answer HTTP 502, as a gateway in trouble does.
+func (g *AlipayGateway) FailNext(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failNext = n
+}
+
+// NewAlipayGateway starts a stand-in gateway for app appID.
+func NewAlipayGateway(appID string, appKey *rsa.PublicKey, alipayKey *rsa.PrivateKey) *AlipayGateway {
+	g := &AlipayGateway{appID: appID, appKey: appKey, alipayKey: alipayKey, trades: map[string]AlipayTrade{}}
+	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
+	g.URL = g.srv.URL + "/gateway.do"
+	return g
+}
+
+// Close stops the gateway.
+func (g *AlipayGateway) Close() { g.srv.Close() }
+
+// SetTrade makes the gateway know a trade.
+func (g *AlipayGateway) SetTrade(outTradeNo string, t AlipayTrade) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.trades[outTradeNo] = t
+}
+
+// Counts says how many requests came and how many the gateway refused for their signature or
+// parameters.
+func (g *AlipayGateway) Counts() (requests, refused int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.requests, g.refused
+}
+
+func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	g.requests++
+	if g.failNext > 0 {
+		g.failNext--
+		g.mu.Unlock()
+		http.Error(w, "bad gateway", http.StatusBadGateway)
+		return
+	}
+	g.mu.Unlock()
+	if err := r.ParseForm(); err != nil || r.Method != http.MethodPost {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	p := r.PostForm
+	refuse := func(code, msg, subCode, subMsg string) {
+		g.mu.Lock()
+		g.refused++
+		g.mu.Unlock()
+		g.answer(w, map[string]string{"code": code, "msg": msg, "sub_code": subCode, "sub_msg": subMsg})
+	}
+	for k, want := range map[string]string{"method": "alipay.trade.query", "format": "JSON", "charset": "utf-8", "sign_type": "RSA2", "version": "1.0", "app_id": g.appID} {
+		if p.Get(k) != want {
+			refuse("40002", "Invalid Arguments", "isv.invalid-parameter", k+" is invalid")
+			return
+		}
+	}
+	sig, err := base64.StdEncoding.DecodeString(p.Get("sign"))
+	sum := sha256.Sum256([]byte(provider.AlipayRequestSignContent(p)))
+	if err != nil || rsa.VerifyPKCS1v15(g.appKey, crypto.SHA256, sum[:], sig) != nil {
+		refuse("40002", "Invalid Arguments", "isv.invalid-signature", "验签出错")
+		return
+	}
+	var biz struct {
+		OutTradeNo string `json:"out_trade_no"`
+	}
+	if json.Unmarshal([]byte(p.Get("biz_content")), &biz) != nil || biz.OutTradeNo == "" {
+		refuse("40002", "Invalid Arguments", "isv.missing-biz-content", "biz_content")
+		return
+	}
+	g.mu.Lock()
+	t, ok := g.trades[biz.OutTradeNo]
+	g.mu.Unlock()
+	if !ok {
+		g.answer(w, map[string]string{"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST", "sub_msg": "交易不存在"})
+		return
+	}
+	g.answer(w, map[string]string{"code": "10000", "msg": "Success", "out_trade_no": biz.OutTradeNo, "trade_no": t.TradeNo,
+		"total_amount": t.TotalAmount, "trade_status": t.TradeStatus, "send_pay_date": t.SendPayDate, "buyer_logon_id": "159****5620"})
+}
+
+// answer writes {"alipay_trade_query_response":<obj>,"sign":<sig over obj's text>}.
+func (g *AlipayGateway) answer(w http.ResponseWriter, fields map[string]string) {
+	for k, v := range fields {
+		if v == "" {
+			delete(fields, k)
+		}
+	}
+	obj, _ := json.Marshal(fields)
+	sum := sha256.Sum256(obj)
+	sig, _ := rsa.SignPKCS1v15(rand.Reader, g.alipayKey, crypto.SHA256, sum[:])
+	w.Header().Set("Content-Type", "text/html;charset=utf-8") // as the gateway sends it
+	w.Write([]byte(`{"alipay_trade_query_response":` + string(obj) + `,"sign":"` + base64.StdEncoding.EncodeToString(sig) + `"}`))
+}

@@ -13,7 +13,7 @@ import (
 	"github.com/payrelay/payrelay/functions/relay"
 )
 
-// Querier is a provider payrelay can ask about an order (补单): today Alipay.
+// Querier is a provider payrelay can ask about an order (补单): Alipay and WeChat Pay.
 type Querier interface {
 	Query(ctx context.Context, merchant, orderID string) (provider.QueryAnswer, error)
 }
@@ -115,7 +115,7 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 	querier, ok := h.Providers[prov].(Querier)
 	if !ok {
 		return http.StatusUnprocessableEntity, out, &errorBody{Error: "cannot query", Field: "provider",
-			Reason: "provider " + prov + " is not configured or cannot be queried (order queries: alipay)"}
+			Reason: "provider " + prov + " is not configured or cannot be queried (order queries: alipay, wechatpay)"}
 	}
 	ans, err := querier.Query(ctx, merchant, orderID)
 	var qe *provider.QueryError

@@ -60,9 +60,7 @@ var shanghai = time.FixedZone("CST", 8*3600)
 
 // NewAlipay checks every app's configuration and parses its key.
 func NewAlipay(apps []AlipayApp) (*Alipay, error) {
-	a := &Alipay{apps: map[string]alipayApp{}, now: time.Now, gateway: DefaultAlipayGateway,
-		// Never follow a redirect: the gateway answers itself, and the request carries a signature.
-		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	a := &Alipay{apps: map[string]alipayApp{}, now: time.Now, gateway: DefaultAlipayGateway, client: noRedirects}
 	for i, app := range apps {
 		if app.AppID == "" || app.Game == "" {
 			return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d]: app_id and game are required", i)

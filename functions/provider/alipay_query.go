@@ -88,49 +88,63 @@ func (a *Alipay) Query(ctx context.Context, appID, orderID string) (QueryAnswer,
 		return QueryAnswer{}, err
 	}
 	params.Set("sign", sig)
-	var raw []byte
-	backoff := retry.WithMaxRetries(3, retry.NewExponential(200*time.Millisecond))
-	err = retry.Do(ctx, backoff, func(ctx context.Context) error {
-		gateway := app.Gateway
-		if gateway == "" {
-			gateway = a.gateway
+	gateway := app.Gateway
+	if gateway == "" {
+		gateway = a.gateway
+	}
+	resp, raw, err := queryHTTP(ctx, a.client, "alipay gateway", func(ctx context.Context) (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway, strings.NewReader(params.Encode()))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded;charset=utf-8")
 		}
-		raw, err = a.post(ctx, gateway, params)
-		return err
+		return req, err
 	})
 	if err != nil {
 		return QueryAnswer{}, err
 	}
+	if resp.StatusCode != http.StatusOK {
+		return QueryAnswer{}, &QueryError{Reason: fmt.Sprintf("alipay gateway answered HTTP %d", resp.StatusCode)}
+	}
 	return a.readQueryAnswer(app, raw)
 }
 
-// post sends one request to the gateway; a transport failure or a 5xx is retryable.
-func (a *Alipay) post(ctx context.Context, gateway string, params url.Values) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gateway, strings.NewReader(params.Encode()))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded;charset=utf-8")
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, retry.RetryableError(fmt.Errorf("alipay gateway: %w", err))
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxQueryAnswer+1))
-	switch {
-	case err != nil:
-		return nil, retry.RetryableError(fmt.Errorf("alipay gateway: reading the answer: %w", err))
-	case resp.StatusCode >= 500:
-		return nil, retry.RetryableError(fmt.Errorf("alipay gateway: HTTP %d", resp.StatusCode))
-	case resp.StatusCode != http.StatusOK:
-		return nil, &QueryError{Reason: fmt.Sprintf("alipay gateway answered HTTP %d", resp.StatusCode)}
-	case len(body) > MaxQueryAnswer:
-		return nil, &QueryError{Reason: "alipay gateway's answer is larger than 64 KiB"}
-	}
-	return body, nil
+// queryHTTP sends one query request, built afresh for each try, with a timeout and bounded
+// retries: a transport failure or a 5xx is retried 3 times (0.2 s, 0.4 s, 0.8 s); any other
+// answer is returned, its body bounded.
+func queryHTTP(ctx context.Context, client *http.Client, name string, build func(context.Context) (*http.Request, error)) (*http.Response, []byte, error) {
+	var resp *http.Response
+	var body []byte
+	backoff := retry.WithMaxRetries(3, retry.NewExponential(200*time.Millisecond))
+	err := retry.Do(ctx, backoff, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		req, err := build(ctx)
+		if err != nil {
+			return err
+		}
+		r, err := client.Do(req)
+		if err != nil {
+			return retry.RetryableError(fmt.Errorf("%s: %w", name, err))
+		}
+		defer r.Body.Close()
+		b, err := io.ReadAll(io.LimitReader(r.Body, MaxQueryAnswer+1))
+		switch {
+		case err != nil:
+			return retry.RetryableError(fmt.Errorf("%s: reading the answer: %w", name, err))
+		case r.StatusCode >= 500:
+			return retry.RetryableError(fmt.Errorf("%s: HTTP %d", name, r.StatusCode))
+		case len(b) > MaxQueryAnswer:
+			return &QueryError{Reason: name + "'s answer is larger than 64 KiB"}
+		}
+		resp, body = r, b
+		return nil
+	})
+	return resp, body, err
 }
+
+// noRedirects is the client of queries: the provider answers itself, and a request carries a
+// signature that must not go elsewhere.
+var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 // readQueryAnswer verifies the answer's signature over the response object's text and maps it.
 func (a *Alipay) readQueryAnswer(app alipayApp, raw []byte) (QueryAnswer, error) {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -26,12 +27,22 @@ type WechatPayMerchant struct {
 	// PlatformKeys maps Wechatpay-Serial values to the platform certificate or WeChat Pay
 	// public key (PEM): several at once, for rotation.
 	PlatformKeys map[string]string `json:"platform_keys"`
+	// APIPrivateKey and APISerial are the merchant API certificate's private key (PEM, as
+	// apiclient_key.pem) and serial number, needed only to query orders (补单). Secrets: never
+	// logged.
+	APIPrivateKey string `json:"api_private_key,omitempty"`
+	APISerial     string `json:"api_serial,omitempty"`
+	// APIBase is the APIv3 host for queries; empty: DefaultWechatPayAPI.
+	APIBase string `json:"api_base,omitempty"`
 }
 
 // WechatPay verifies, decrypts and decodes WeChat Pay APIv3 payment and refund notifications
 // (支付通知, 退款结果通知): both are signed and encrypted the same way, with the merchant's keys.
 type WechatPay struct {
-	bySerial map[string]wechatKey
+	bySerial  map[string]wechatKey
+	merchants map[string]*wechatMerchant
+	client    *http.Client
+	now       func() time.Time
 }
 
 type wechatKey struct {
@@ -41,7 +52,8 @@ type wechatKey struct {
 
 type wechatMerchant struct {
 	WechatPayMerchant
-	aead cipher.AEAD
+	aead  cipher.AEAD
+	query *wechatQueryKeys // nil: this merchant cannot query orders
 }
 
 var _ Provider = (*WechatPay)(nil)
@@ -56,7 +68,7 @@ const (
 
 // NewWechatPay checks every merchant's configuration.
 func NewWechatPay(ms []WechatPayMerchant) (*WechatPay, error) {
-	wp := &WechatPay{bySerial: map[string]wechatKey{}}
+	wp := &WechatPay{bySerial: map[string]wechatKey{}, merchants: map[string]*wechatMerchant{}, client: noRedirects, now: time.Now}
 	for i, m := range ms {
 		if m.MchID == "" || len(m.AppIDs) == 0 || len(m.PlatformKeys) == 0 {
 			return nil, fmt.Errorf("PROVIDER_CONFIG wechatpay[%d]: mchid, app_ids and platform_keys are required", i)
@@ -70,6 +82,27 @@ func NewWechatPay(ms []WechatPayMerchant) (*WechatPay, error) {
 			return nil, err
 		}
 		merchant := &wechatMerchant{WechatPayMerchant: m, aead: aead}
+		if _, dup := wp.merchants[m.MchID]; dup {
+			return nil, fmt.Errorf("PROVIDER_CONFIG wechatpay: mchid %s twice", m.MchID)
+		}
+		wp.merchants[m.MchID] = merchant
+		if m.APIPrivateKey != "" || m.APISerial != "" {
+			if m.APISerial == "" {
+				return nil, fmt.Errorf("PROVIDER_CONFIG wechatpay[%d] (%s): api_private_key and api_serial go together", i, m.MchID)
+			}
+			priv, err := ParseRSAPrivateKey(m.APIPrivateKey)
+			if err != nil {
+				return nil, fmt.Errorf("PROVIDER_CONFIG wechatpay[%d] (%s): api_private_key: %w", i, m.MchID, err)
+			}
+			base := m.APIBase
+			if base == "" {
+				base = DefaultWechatPayAPI
+			}
+			if u, err := url.Parse(base); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" || u.Path != "" {
+				return nil, fmt.Errorf("PROVIDER_CONFIG wechatpay[%d] (%s): api_base must be a scheme and host", i, m.MchID)
+			}
+			merchant.query = &wechatQueryKeys{priv: priv, serial: m.APISerial, base: base}
+		}
 		for serial, pemKey := range m.PlatformKeys {
 			key, err := ParseRSAPublicKey(pemKey)
 			if err != nil {

@@ -33,6 +33,7 @@ var (
 	aliKey, platKey *rsa.PrivateKey
 	appleChain      *providertest.AppleChain
 	aliGateway      *providertest.AlipayGateway // Alipay's OpenAPI gateway, for order queries
+	wxAPI           *providertest.WechatAPI     // WeChat Pay's APIv3, for order queries
 )
 
 const (
@@ -49,6 +50,8 @@ func providerKeys() provider.Config {
 	appleChain = providertest.NewAppleChain(providertest.AppleChainOptions{})
 	appKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	aliGateway = providertest.NewAlipayGateway(aliApp, &appKey.PublicKey, aliKey)
+	wxAPIKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	wxAPI = providertest.NewWechatAPI(wxMch, "API-SERIAL-1", &wxAPIKey.PublicKey, platKey, wxSer)
 	return provider.Config{
 		Apple:     []provider.AppleApp{{BundleID: appleBundle, AppAppleID: appleAppID, Game: stack.GameA}},
 		AppleRoot: appleChain.RootPEM(),
@@ -57,7 +60,8 @@ func providerKeys() provider.Config {
 			PrivateKey: providertest.PrivateKeyBase64(appKey), Gateway: aliGateway.URL},
 			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: stack.GameB}},
 		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: stack.GameA},
-			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}}},
+			PlatformKeys:  map[string]string{wxSer: providertest.PublicKeyPEM(platKey)},
+			APIPrivateKey: providertest.PrivateKeyPEM(wxAPIKey), APISerial: "API-SERIAL-1", APIBase: wxAPI.URL}},
 	}
 }
 
@@ -202,34 +206,40 @@ func TestOrderQueryRecoversAnUnnotifiedPayment(t *testing.T) {
 	t.Parallel()
 	need(t)
 	aliGateway.SetTrade("ali-lost-1", providertest.AlipayTrade{TradeNo: "2026112422001446881000000009", TotalAmount: "30.00", TradeStatus: "TRADE_SUCCESS", SendPayDate: "2026-11-24 20:00:00"})
-	query := func() (int, map[string]any) {
-		t.Helper()
-		body := `{"provider":"alipay","merchant":"` + aliApp + `","order_id":"ali-lost-1","reason":"player 1001 paid, no items"}`
-		resp, err := http.Post(st.AdminURL()+"/api/query", "application/json", bytes.NewReader([]byte(body)))
-		if err != nil {
-			t.Fatal(err)
+	wxAPI.SetTransaction(providertest.WechatTransaction(wxMch, wxApp, "wx-lost-1", 3000))
+	for _, c := range []struct{ provider, merchant, order string }{{"alipay", aliApp, "ali-lost-1"}, {"wechatpay", wxMch, "wx-lost-1"}} {
+		query := func() (int, map[string]any) {
+			t.Helper()
+			body := `{"provider":"` + c.provider + `","merchant":"` + c.merchant + `","order_id":"` + c.order + `","reason":"player 1001 paid, no items"}`
+			resp, err := http.Post(st.AdminURL()+"/api/query", "application/json", bytes.NewReader([]byte(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var out map[string]any
+			json.NewDecoder(resp.Body).Decode(&out)
+			return resp.StatusCode, out
 		}
-		defer resp.Body.Close()
-		var out map[string]any
-		json.NewDecoder(resp.Body).Decode(&out)
-		return resp.StatusCode, out
-	}
-	if code, out := query(); code != 200 || out["provider_reported"] != "TRADE_SUCCESS" || out["action"] != "ingested" {
-		t.Fatalf("first query: %d %v", code, out)
-	}
-	id := relay.PaymentID("alipay", aliApp, "ali-lost-1")
-	if p := waitTerminal(t, id, 20*time.Second); p.Paid().State != relay.StateDelivered {
-		t.Fatalf("recovered payment ended %s", p.Paid().State)
-	}
-	if code, out := query(); code != 200 || out["action"] != "already stored" {
-		t.Fatalf("second query: %d %v", code, out)
-	}
-	time.Sleep(300 * time.Millisecond)
-	hits := st.Game.Hits(id)
-	if len(hits) != 1 || hits[0].Payload.Type != "payment.succeeded" || hits[0].Payload.Data.AmountMinor != 3000 || hits[0].Payload.Data.OrderID != "ali-lost-1" {
-		t.Fatalf("game server got %d posts (%+v), want the recovered payment once", len(hits), hits)
+		if code, out := query(); code != 200 || out["action"] != "ingested" {
+			t.Fatalf("%s: first query: %d %v", c.provider, code, out)
+		}
+		id := relay.PaymentID(c.provider, c.merchant, c.order)
+		if p := waitTerminal(t, id, 20*time.Second); p.Paid().State != relay.StateDelivered {
+			t.Fatalf("%s: recovered payment ended %s", c.provider, p.Paid().State)
+		}
+		if code, out := query(); code != 200 || out["action"] != "already stored" {
+			t.Fatalf("%s: second query: %d %v", c.provider, code, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+		hits := st.Game.Hits(id)
+		if len(hits) != 1 || hits[0].Payload.Type != "payment.succeeded" || hits[0].Payload.Data.AmountMinor != 3000 || hits[0].Payload.Data.OrderID != c.order {
+			t.Fatalf("%s: game server got %d posts (%+v), want the recovered payment once", c.provider, len(hits), hits)
+		}
 	}
 	if _, refused := aliGateway.Counts(); refused != 0 {
-		t.Errorf("the gateway refused %d of our signed requests", refused)
+		t.Errorf("Alipay's gateway refused %d of our signed requests", refused)
+	}
+	if _, refused := wxAPI.Counts(); refused != 0 {
+		t.Errorf("WeChat Pay's API refused %d of our signed requests", refused)
 	}
 }

@@ -153,3 +153,84 @@ func TestAlipayQueryRefusals(t *testing.T) {
 		t.Errorf("no private key: %v", err)
 	}
 }
+
+// The message an APIv3 request is signed over, built to 签名生成: a GET's empty body keeps its line.
+func TestWechatRequestSignMessageVector(t *testing.T) {
+	got := string(provider.WechatRequestSignMessage("GET", "/v3/pay/transactions/out-trade-no/1217752501201407033233368018?mchid=1230000109", "1554208460", "593BEC0C930BF1AFEB40B4A08C8FB242", nil))
+	want := "GET\n/v3/pay/transactions/out-trade-no/1217752501201407033233368018?mchid=1230000109\n1554208460\n593BEC0C930BF1AFEB40B4A08C8FB242\n\n"
+	if got != want {
+		t.Fatalf("sign message\n got %q\nwant %q", got, want)
+	}
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	auth, err := provider.WechatAuthorization(key, "1230000109", "5157F09EFDC096DE15EBE81A47057A7232F1B8E1", "GET", "/v3/x?mchid=1230000109", nil, time.Unix(1554208460, 0))
+	if err != nil || !strings.HasPrefix(auth, `WECHATPAY2-SHA256-RSA2048 mchid="1230000109",nonce_str="`) ||
+		!strings.HasSuffix(auth, `",timestamp="1554208460",serial_no="5157F09EFDC096DE15EBE81A47057A7232F1B8E1"`) {
+		t.Fatalf("Authorization %q %v", auth, err)
+	}
+}
+
+func newWechatQuery(t *testing.T, answerKey *rsa.PrivateKey, apiKey *rsa.PrivateKey) (*providertest.WechatAPI, *provider.WechatPay, *rsa.PrivateKey) {
+	t.Helper()
+	platform, _ := rsa.GenerateKey(rand.Reader, 2048)
+	merchantAPI, _ := rsa.GenerateKey(rand.Reader, 2048)
+	if answerKey == nil {
+		answerKey = platform
+	}
+	if apiKey == nil {
+		apiKey = merchantAPI
+	}
+	api := providertest.NewWechatAPI(providertest.WechatMchID, "API-SERIAL-1", &merchantAPI.PublicKey, answerKey, providertest.WechatSerial)
+	t.Cleanup(api.Close)
+	wp, err := provider.NewWechatPay([]provider.WechatPayMerchant{{MchID: providertest.WechatMchID, APIv3Key: providertest.APIv3Key,
+		AppIDs: map[string]string{providertest.WechatAppID: "sword"}, PlatformKeys: map[string]string{providertest.WechatSerial: providertest.PublicKeyPEM(platform)},
+		APIPrivateKey: providertest.PrivateKeyPEM(apiKey), APISerial: "API-SERIAL-1", APIBase: api.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api, wp, platform
+}
+
+func TestWechatQueryAnswers(t *testing.T) {
+	api, wp, _ := newWechatQuery(t, nil, nil)
+	api.SetTransaction(providertest.WechatTransaction(providertest.WechatMchID, providertest.WechatAppID, "wx-paid-1", 64800))
+	unpaid := providertest.WechatTransaction(providertest.WechatMchID, providertest.WechatAppID, "wx-unpaid-1", 600)
+	unpaid["trade_state"], unpaid["success_time"] = "NOTPAY", nil
+	api.SetTransaction(unpaid)
+	ctx := context.Background()
+	ans, err := wp.Query(ctx, providertest.WechatMchID, "wx-paid-1")
+	if err != nil || ans.Reported != "SUCCESS" || ans.Result == nil || ans.Result.Payment.AmountMinor != 64800 || ans.Result.Payment.Game != "sword" ||
+		ans.Result.Payment.TransactionID != "4200001234202611240000000001" || ans.Result.Type != relay.TypePaymentSucceeded {
+		t.Fatalf("paid: %+v %v", ans, err)
+	}
+	if ans, err := wp.Query(ctx, providertest.WechatMchID, "wx-unpaid-1"); err != nil || ans.Reported != "NOTPAY" || ans.Result != nil {
+		t.Errorf("unpaid: %+v %v", ans, err)
+	}
+	if ans, err := wp.Query(ctx, providertest.WechatMchID, "never"); err != nil || ans.Reported != "ORDER_NOT_EXIST" || ans.Result != nil {
+		t.Errorf("unknown: %+v %v, want ORDER_NOT_EXIST", ans, err)
+	}
+	if req, refused := api.Counts(); req != 3 || refused != 0 {
+		t.Errorf("api saw %d requests, refused %d; want 3, 0", req, refused)
+	}
+}
+
+func TestWechatQueryRefusals(t *testing.T) {
+	var qe *provider.QueryError
+	// Answers not signed by the platform key are not believed, a 404 included.
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	_, wp, _ := newWechatQuery(t, other, nil)
+	if _, err := wp.Query(context.Background(), providertest.WechatMchID, "never"); !errors.As(err, &qe) || !strings.Contains(qe.Reason, "signature") {
+		t.Errorf("forged answer: %v", err)
+	}
+	// Our request signed with a key WeChat Pay does not hold: refused once, reported.
+	wrong, _ := rsa.GenerateKey(rand.Reader, 2048)
+	api, wp, _ := newWechatQuery(t, nil, wrong)
+	if _, err := wp.Query(context.Background(), providertest.WechatMchID, "never"); !errors.As(err, &qe) || !strings.Contains(qe.Reason, "SIGN_ERROR") {
+		t.Errorf("wrong API key: %v", err)
+	}
+	if req, refused := api.Counts(); req != 1 || refused != 1 {
+		t.Errorf("api saw %d requests, refused %d; want 1 and 1", req, refused)
+	}
+	if _, err := wp.Query(context.Background(), "1900000000", "x"); !errors.As(err, &qe) {
+		t.Errorf("a merchant not ours: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -161,29 +162,41 @@ type wechatTransaction struct {
 	} `json:"amount"`
 }
 
-// Parse implements Provider.
-func (wp *WechatPay) Parse(h http.Header, body []byte, now time.Time) (relay.Result, error) {
+// verifySigned checks what WeChat Pay signs, a notification or an API answer: the
+// Wechatpay-Serial names a configured platform key, Wechatpay-Timestamp is within 5 minutes of
+// now, and Wechatpay-Signature verifies over timestamp, nonce and body. It returns the key and
+// its serial.
+func (wp *WechatPay) verifySigned(h http.Header, body []byte, now time.Time) (wechatKey, string, error) {
 	serial := h.Get(HeaderWechatSerial)
 	k, ok := wp.bySerial[serial]
 	if !ok {
-		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Serial %.64q is not a configured platform key", serial)
+		return wechatKey{}, "", fmt.Errorf("Wechatpay-Serial %.64q is not a configured platform key", serial)
 	}
 	ts := h.Get(HeaderWechatTimestamp)
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Timestamp is not a Unix time")
+		return wechatKey{}, "", errors.New("Wechatpay-Timestamp is not a Unix time")
 	}
 	if d := now.Sub(time.Unix(sec, 0)); d > 5*time.Minute || d < -5*time.Minute {
-		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Timestamp is %s from now, more than 5 minutes", d.Round(time.Second))
+		return wechatKey{}, "", fmt.Errorf("Wechatpay-Timestamp is %s from now, more than 5 minutes", d.Round(time.Second))
 	}
 	sig, err := base64.StdEncoding.DecodeString(h.Get(HeaderWechatSignature))
 	if err != nil || len(sig) == 0 {
-		return relay.Result{}, refuse(http.StatusUnauthorized, "Wechatpay-Signature is missing or not base64")
+		return wechatKey{}, "", errors.New("Wechatpay-Signature is missing or not base64")
 	}
 	sum := sha256.Sum256(WechatSignMessage(ts, h.Get(HeaderWechatNonce), body))
 	if err := rsa.VerifyPKCS1v15(k.key, crypto.SHA256, sum[:], sig); err != nil {
-		// WeChat Pay sends such probes on purpose: they must be refused.
-		return relay.Result{}, refuse(http.StatusUnauthorized, "signature verification failed (serial %s)", serial)
+		return wechatKey{}, "", fmt.Errorf("signature verification failed (serial %s)", serial)
+	}
+	return k, serial, nil
+}
+
+// Parse implements Provider.
+func (wp *WechatPay) Parse(h http.Header, body []byte, now time.Time) (relay.Result, error) {
+	k, serial, err := wp.verifySigned(h, body, now)
+	if err != nil {
+		// WeChat Pay sends bad-signature probes on purpose: they must be refused.
+		return relay.Result{}, refuse(http.StatusUnauthorized, "%v", err)
 	}
 	var env wechatEnvelope
 	if err := json.Unmarshal(body, &env); err != nil {

@@ -104,23 +104,15 @@ func (wp *WechatPay) Query(ctx context.Context, mchID, orderID string) (QueryAns
 	return ans, nil
 }
 
-// verifyAnswer checks an API answer's signature with one of the merchant's platform keys, and
-// its timestamp within 5 minutes. It returns the key's serial.
+// verifyAnswer checks an API answer's signature as a notification's (verifySigned), with one
+// of this merchant's platform keys. It returns the key's serial.
 func (wp *WechatPay) verifyAnswer(m *wechatMerchant, h http.Header, body []byte) (string, error) {
-	serial := h.Get(HeaderWechatSerial)
-	k, ok := wp.bySerial[serial]
-	if !ok || k.merchant != m {
+	k, serial, err := wp.verifySigned(h, body, wp.now())
+	if err != nil {
+		return "", &QueryError{Reason: "wechat pay's answer is not believed: " + err.Error()}
+	}
+	if k.merchant != m {
 		return "", &QueryError{Reason: fmt.Sprintf("wechat pay's answer is signed with serial %.64q, not a platform key of merchant %s", serial, m.MchID)}
-	}
-	ts := h.Get(HeaderWechatTimestamp)
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if d := wp.now().Sub(time.Unix(sec, 0)); err != nil || d > 5*time.Minute || d < -5*time.Minute {
-		return "", &QueryError{Reason: "wechat pay's answer has no Wechatpay-Timestamp within 5 minutes"}
-	}
-	sig, err := base64.StdEncoding.DecodeString(h.Get(HeaderWechatSignature))
-	sum := sha256.Sum256(WechatSignMessage(ts, h.Get(HeaderWechatNonce), body))
-	if err != nil || rsa.VerifyPKCS1v15(k.key, crypto.SHA256, sum[:], sig) != nil {
-		return "", &QueryError{Reason: "wechat pay's answer failed signature verification"}
 	}
 	return serial, nil
 }

@@ -249,8 +249,8 @@ func TestTerraform(t *testing.T) {
 	}
 }
 
-// locals returns the object attributes of terraform.tf's locals by name.
-func locals(t *testing.T) map[string]*hclsyntax.ObjectConsExpr {
+// parseTerraform parses terraform.tf.
+func parseTerraform(t *testing.T) *hcl.File {
 	t.Helper()
 	src, err := os.ReadFile(filepath.Join(root, "terraform.tf"))
 	if err != nil {
@@ -260,6 +260,13 @@ func locals(t *testing.T) map[string]*hclsyntax.ObjectConsExpr {
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
+	return f
+}
+
+// locals returns the object attributes of terraform.tf's locals by name.
+func locals(t *testing.T) map[string]*hclsyntax.ObjectConsExpr {
+	t.Helper()
+	f := parseTerraform(t)
 	out := map[string]*hclsyntax.ObjectConsExpr{}
 	for _, b := range f.Body.(*hclsyntax.Body).Blocks {
 		if b.Type != "locals" {
@@ -338,14 +345,7 @@ func TestTerraformWiring(t *testing.T) {
 // queries use: the emulator needs none, production refuses a query without its index.
 func TestFirestoreIndexes(t *testing.T) {
 	t.Parallel()
-	src, err := os.ReadFile(filepath.Join(root, "terraform.tf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, diags := hclsyntax.ParseConfig(src, "terraform.tf", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
+	f := parseTerraform(t)
 	var have []string
 	for _, b := range f.Body.(*hclsyntax.Body).Blocks {
 		attr, ok := b.Body.Attributes["firestore_indexes"]

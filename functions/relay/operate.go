@@ -209,23 +209,14 @@ func (s *Service) List(ctx context.Context, f Filter, cursor string, limit int) 
 // Overdue lists the notifications the sweeper would heal now: pending past SweepMargin, or
 // delivering with a lease expired that long ago; the oldest first.
 func (s *Service) Overdue(ctx context.Context, limit int) ([]Listed, error) {
-	if s.cfg.Finder == nil {
-		return nil, ErrNoFinder
-	}
-	cutoff := s.cfg.Clock.Now().Add(-s.cfg.SweepMargin)
-	var ps []*Payment
-	err := s.withRetry(ctx, func(ctx context.Context) error {
-		var err error
-		ps, err = s.cfg.Finder.Overdue(ctx, cutoff, limit)
-		return err
-	})
+	ps, cutoff, err := s.findOverdue(ctx, s.cfg.Clock.Now(), limit)
 	if err != nil {
-		return nil, fmt.Errorf("find overdue: %w", err)
+		return nil, err
 	}
 	var out []Listed
 	for _, p := range ps {
 		for i := range p.Notifications {
-			if overdue(&p.Notifications[i], cutoff) {
+			if _, what := overdue(&p.Notifications[i], cutoff); what != "" {
 				out = append(out, Listed{Payment: p, Notification: &p.Notifications[i]})
 			}
 		}
@@ -233,10 +224,35 @@ func (s *Service) Overdue(ctx context.Context, limit int) ([]Listed, error) {
 	return out, nil
 }
 
-// overdue reports whether n needs the sweeper at cutoff.
-func overdue(n *Notification, cutoff time.Time) bool {
-	return n.State == StatePending && !n.NextAttemptAt.After(cutoff) ||
-		n.State == StateDelivering && n.Lease != nil && !n.Lease.Until.After(cutoff)
+// findOverdue reads the payments holding a notification overdue at now (the store's query,
+// retried), and returns the cutoff it used.
+func (s *Service) findOverdue(ctx context.Context, now time.Time, limit int) ([]*Payment, time.Time, error) {
+	if s.cfg.Finder == nil {
+		return nil, time.Time{}, ErrNoFinder
+	}
+	cutoff := now.Add(-s.cfg.SweepMargin)
+	var ps []*Payment
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		ps, err = s.cfg.Finder.Overdue(ctx, cutoff, limit)
+		return err
+	})
+	if err != nil {
+		return nil, cutoff, fmt.Errorf("find overdue: %w", err)
+	}
+	return ps, cutoff, nil
+}
+
+// overdue says whether n needs the sweeper at cutoff: "pending, due" since its attempt's time,
+// or "delivering, lease expired" since its lease's end; "" if it does not.
+func overdue(n *Notification, cutoff time.Time) (since time.Time, what string) {
+	switch {
+	case n.State == StatePending && !n.NextAttemptAt.After(cutoff):
+		return n.NextAttemptAt, "pending, due"
+	case n.State == StateDelivering && n.Lease != nil && !n.Lease.Until.After(cutoff):
+		return n.Lease.Until, "delivering, lease expired"
+	}
+	return time.Time{}, ""
 }
 
 // Healed is one notification the sweeper enqueued again.
@@ -264,19 +280,10 @@ const SweepLimit = 500
 // attempt again under a fresh task name. A task that was only late, not lost, then meets a
 // duplicate: Deliver's claim lets one of them through. It writes nothing.
 func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
-	if s.cfg.Finder == nil {
-		return SweepResult{}, ErrNoFinder
-	}
 	now := s.cfg.Clock.Now()
-	cutoff := now.Add(-s.cfg.SweepMargin)
-	var ps []*Payment
-	err := s.withRetry(ctx, func(ctx context.Context) error {
-		var err error
-		ps, err = s.cfg.Finder.Overdue(ctx, cutoff, SweepLimit)
-		return err
-	})
+	ps, cutoff, err := s.findOverdue(ctx, now, SweepLimit)
 	if err != nil {
-		return SweepResult{}, fmt.Errorf("find overdue: %w", err)
+		return SweepResult{}, err
 	}
 	// One fresh name per sweep round: a second sweeper run in the same minute is deduplicated.
 	round := strconv.FormatInt(now.Unix()/60, 10)
@@ -284,18 +291,12 @@ func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
 	for _, p := range ps {
 		for i := range p.Notifications {
 			n := &p.Notifications[i]
-			var why string
-			var age time.Duration
-			switch {
-			case n.State == StatePending && !n.NextAttemptAt.After(cutoff):
-				age = now.Sub(n.NextAttemptAt)
-				why = fmt.Sprintf("pending, due %s ago", age.Round(time.Second))
-			case n.State == StateDelivering && n.Lease != nil && !n.Lease.Until.After(cutoff):
-				age = now.Sub(n.Lease.Until)
-				why = fmt.Sprintf("delivering, lease expired %s ago", age.Round(time.Second))
-			default:
+			since, what := overdue(n, cutoff)
+			if what == "" {
 				continue
 			}
+			age := now.Sub(since)
+			why := fmt.Sprintf("%s %s ago", what, age.Round(time.Second))
 			res.OldestOverdue = max(res.OldestOverdue, age)
 			t := Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, At: now, Sweep: round}
 			if err := s.enqueue(ctx, t); err != nil {

@@ -77,15 +77,31 @@ func (a *Alipay) Query(ctx context.Context, appID, orderID string) (QueryAnswer,
 	if orderID == "" || len(orderID) > 64 {
 		return QueryAnswer{}, &QueryError{Reason: "order_id must be 1 to 64 characters (out_trade_no)"}
 	}
-	biz, _ := json.Marshal(map[string]string{"out_trade_no": orderID})
-	params := url.Values{
-		"app_id": {appID}, "method": {"alipay.trade.query"}, "format": {"JSON"}, "charset": {"utf-8"},
-		"sign_type": {"RSA2"}, "timestamp": {a.now().In(shanghai).Format(time.DateTime)}, "version": {"1.0"},
-		"biz_content": {string(biz)},
-	}
-	sig, err := SignAlipayRequest(app.priv, params)
+	raw, err := a.openAPI(ctx, app, "alipay.trade.query", map[string]string{"out_trade_no": orderID})
 	if err != nil {
 		return QueryAnswer{}, err
+	}
+	return a.readQueryAnswer(app, raw)
+}
+
+// AlipayRequestParams are an OpenAPI request's common parameters (公共请求参数) and its
+// biz_content, unsigned.
+func AlipayRequestParams(appID, method string, biz map[string]string, now time.Time) url.Values {
+	b, _ := json.Marshal(biz)
+	return url.Values{
+		"app_id": {appID}, "method": {method}, "format": {"JSON"}, "charset": {"utf-8"},
+		"sign_type": {"RSA2"}, "timestamp": {now.In(shanghai).Format(time.DateTime)}, "version": {"1.0"},
+		"biz_content": {string(b)},
+	}
+}
+
+// openAPI calls an OpenAPI method for app, signed, with queryHTTP's timeout and bounded
+// retries, and returns the answer's body (HTTP 200 only).
+func (a *Alipay) openAPI(ctx context.Context, app alipayApp, method string, biz map[string]string) ([]byte, error) {
+	params := AlipayRequestParams(app.AppID, method, biz, a.now())
+	sig, err := SignAlipayRequest(app.priv, params)
+	if err != nil {
+		return nil, err
 	}
 	params.Set("sign", sig)
 	gateway := app.Gateway
@@ -100,23 +116,28 @@ func (a *Alipay) Query(ctx context.Context, appID, orderID string) (QueryAnswer,
 		return req, err
 	})
 	if err != nil {
-		return QueryAnswer{}, err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return QueryAnswer{}, &QueryError{Reason: fmt.Sprintf("alipay gateway answered HTTP %d", resp.StatusCode)}
+		return nil, &QueryError{Reason: fmt.Sprintf("alipay gateway answered HTTP %d", resp.StatusCode)}
 	}
-	return a.readQueryAnswer(app, raw)
+	return raw, nil
 }
 
 // queryHTTP sends one query request, built afresh for each try, with a timeout and bounded
 // retries: a transport failure or a 5xx is retried 3 times (0.2 s, 0.4 s, 0.8 s); any other
 // answer is returned, its body bounded.
 func queryHTTP(ctx context.Context, client *http.Client, name string, build func(context.Context) (*http.Request, error)) (*http.Response, []byte, error) {
+	return fetchHTTP(ctx, client, name, MaxQueryAnswer, 10*time.Second, build)
+}
+
+// fetchHTTP is queryHTTP with another bound on the body and on each try's time (a bill).
+func fetchHTTP(ctx context.Context, client *http.Client, name string, limit int64, timeout time.Duration, build func(context.Context) (*http.Request, error)) (*http.Response, []byte, error) {
 	var resp *http.Response
 	var body []byte
 	backoff := retry.WithMaxRetries(3, retry.NewExponential(200*time.Millisecond))
 	err := retry.Do(ctx, backoff, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		req, err := build(ctx)
 		if err != nil {
@@ -127,14 +148,14 @@ func queryHTTP(ctx context.Context, client *http.Client, name string, build func
 			return retry.RetryableError(fmt.Errorf("%s: %w", name, err))
 		}
 		defer r.Body.Close()
-		b, err := io.ReadAll(io.LimitReader(r.Body, MaxQueryAnswer+1))
+		b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 		switch {
 		case err != nil:
 			return retry.RetryableError(fmt.Errorf("%s: reading the answer: %w", name, err))
 		case r.StatusCode >= 500:
 			return retry.RetryableError(fmt.Errorf("%s: HTTP %d", name, r.StatusCode))
-		case len(b) > MaxQueryAnswer:
-			return &QueryError{Reason: name + "'s answer is larger than 64 KiB"}
+		case int64(len(b)) > limit:
+			return &QueryError{Reason: fmt.Sprintf("%s's answer is larger than %d bytes", name, limit)}
 		}
 		resp, body = r, b
 		return nil
@@ -148,24 +169,9 @@ var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Reques
 
 // readQueryAnswer verifies the answer's signature over the response object's text and maps it.
 func (a *Alipay) readQueryAnswer(app alipayApp, raw []byte) (QueryAnswer, error) {
-	var env struct {
-		Response json.RawMessage `json:"alipay_trade_query_response"`
-		Sign     string          `json:"sign"`
-	}
-	if err := json.Unmarshal(raw, &env); err != nil || len(env.Response) == 0 {
-		return QueryAnswer{}, &QueryError{Reason: "alipay's answer is not an alipay_trade_query_response"}
-	}
-	sig, err := base64.StdEncoding.DecodeString(env.Sign)
-	if err != nil || len(sig) == 0 {
-		return QueryAnswer{}, &QueryError{Reason: "alipay's answer is not signed"}
-	}
-	sum := sha256.Sum256(env.Response)
-	if err := rsa.VerifyPKCS1v15(app.key, crypto.SHA256, sum[:], sig); err != nil {
-		return QueryAnswer{}, &QueryError{Reason: "alipay's answer failed signature verification"}
-	}
-	var r map[string]any
-	if err := json.Unmarshal(env.Response, &r); err != nil {
-		return QueryAnswer{}, &QueryError{Reason: "alipay's answer is not a JSON object"}
+	r, err := verifyAlipayAnswer(app, raw, "alipay_trade_query_response")
+	if err != nil {
+		return QueryAnswer{}, err
 	}
 	str := func(k string) string { s, _ := r[k].(string); return s }
 	switch code := str("code"); {
@@ -188,6 +194,31 @@ func (a *Alipay) readQueryAnswer(app alipayApp, raw []byte) (QueryAnswer, error)
 		ans.Result = &res
 	}
 	return ans, nil
+}
+
+// verifyAlipayAnswer reads an OpenAPI answer {"<method>_response":{...},"sign":"..."}: the
+// signature covers the response object's JSON text exactly as sent (同步返回验签), verified with
+// the Alipay public key. It returns the response object's fields.
+func verifyAlipayAnswer(app alipayApp, raw []byte, responseKey string) (map[string]any, error) {
+	var env map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &env); err != nil || len(env[responseKey]) == 0 {
+		return nil, &QueryError{Reason: "alipay's answer is not an " + responseKey}
+	}
+	var sign string
+	json.Unmarshal(env["sign"], &sign)
+	sig, err := base64.StdEncoding.DecodeString(sign)
+	if err != nil || len(sig) == 0 {
+		return nil, &QueryError{Reason: "alipay's answer is not signed"}
+	}
+	sum := sha256.Sum256(env[responseKey])
+	if err := rsa.VerifyPKCS1v15(app.key, crypto.SHA256, sum[:], sig); err != nil {
+		return nil, &QueryError{Reason: "alipay's answer failed signature verification"}
+	}
+	var r map[string]any
+	if err := json.Unmarshal(env[responseKey], &r); err != nil {
+		return nil, &QueryError{Reason: "alipay's answer is not a JSON object"}
+	}
+	return r, nil
 }
 
 // SignAlipayRequest signs an OpenAPI request's parameters (sign_type included, sign left out).

@@ -55,20 +55,7 @@ func (wp *WechatPay) Query(ctx context.Context, mchID, orderID string) (QueryAns
 		return QueryAnswer{}, &QueryError{Reason: "order_id must be 1 to 32 characters (out_trade_no)"}
 	}
 	path := "/v3/pay/transactions/out-trade-no/" + url.PathEscape(orderID) + "?mchid=" + url.QueryEscape(mchID)
-	resp, body, err := queryHTTP(ctx, wp.client, "wechat pay api", func(ctx context.Context) (*http.Request, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.query.base+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		auth, err := WechatAuthorization(m.query.priv, mchID, m.query.serial, http.MethodGet, path, nil, wp.now())
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set("Authorization", auth)
-		req.Header.Set("Accept", "application/json")
-		req.Header.Set("User-Agent", "payrelay") // WeChat Pay refuses requests without one
-		return req, nil
-	})
+	resp, body, err := wp.apiGet(ctx, m, path, MaxQueryAnswer, 10*time.Second)
 	if err != nil {
 		return QueryAnswer{}, err
 	}

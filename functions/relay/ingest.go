@@ -16,6 +16,9 @@ type Result struct {
 	Payment Payment
 	Refund  *RefundFacts // for TypePaymentRefunded
 	Note    *Note        // for a result not relayed
+	// Via says how payrelay learnt of it (ViaNotify when empty): the provider's notification,
+	// an order query, or the daily reconciliation. A notification it creates keeps it.
+	Via string
 }
 
 // Validate checks the result and returns the first field at fault.
@@ -98,12 +101,16 @@ func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
 	in.PaidAt = in.PaidAt.UTC().Truncate(time.Microsecond)
 	in.RefundedMinor, in.Notifications, in.Notes = 0, nil, nil
 	res := IngestResult{PaymentID: in.ID}
+	via := r.Via
+	if via == "" {
+		via = ViaNotify
+	}
 	var err error
 	switch r.Type {
 	case TypePaymentSucceeded:
-		res, err = s.ingestPaid(ctx, in)
+		res, err = s.ingestPaid(ctx, in, via)
 	case TypePaymentRefunded:
-		res, err = s.ingestRefund(ctx, in, *r.Refund)
+		res, err = s.ingestRefund(ctx, in, *r.Refund, via)
 	default:
 		res, err = s.ingestNote(ctx, in, *r.Note)
 	}
@@ -112,11 +119,11 @@ func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
 
 // ingestPaid creates the payment with its payment.succeeded notification: one write in the
 // common case. A repeat finds it; a payment first known from a refund gains the notification.
-func (s *Service) ingestPaid(ctx context.Context, in Payment) (IngestResult, error) {
+func (s *Service) ingestPaid(ctx context.Context, in Payment, via string) (IngestResult, error) {
 	now := s.cfg.Clock.Now()
 	p := in
 	p.ReceivedAt, p.UpdatedAt = now, now
-	n := p.appendNotification(KeyPaid, TypePaymentSucceeded, nil, now, s.cfg.Ladder.First(now))
+	n := p.appendNotification(KeyPaid, TypePaymentSucceeded, nil, via, now, s.cfg.Ladder.First(now))
 	stored, v, created, err := s.create(ctx, &p)
 	if err != nil {
 		return IngestResult{PaymentID: p.ID}, err
@@ -134,7 +141,7 @@ func (s *Service) ingestPaid(ctx context.Context, in Payment) (IngestResult, err
 		// Known so far only from a refund: the payment's own notification joins the chain
 		// behind what is there, with the facts the refund did not know.
 		completeFacts(stored, &in)
-		n := stored.appendNotification(KeyPaid, TypePaymentSucceeded, nil, now, s.cfg.Ladder.First(now))
+		n := stored.appendNotification(KeyPaid, TypePaymentSucceeded, nil, via, now, s.cfg.Ladder.First(now))
 		stored.UpdatedAt = now
 		key := n.Key
 		if _, err := s.write(ctx, stored, v); err == nil {
@@ -169,13 +176,13 @@ func completeFacts(stored, in *Payment) {
 
 // ingestRefund records a refund against its payment (creating the payment from the refund's
 // facts when payrelay never received it) and queues its notification behind the payment's.
-func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts) (IngestResult, error) {
+func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts, via string) (IngestResult, error) {
 	res := IngestResult{PaymentID: in.ID}
 	for try := 1; ; try++ {
 		now := s.cfg.Clock.Now()
 		stored, v, err := s.getRetry(ctx, in.ID)
 		if errors.Is(err, ErrNotFound) {
-			created, res, err := s.createFromRefund(ctx, in, f, now)
+			created, res, err := s.createFromRefund(ctx, in, f, via, now)
 			if created || err != nil {
 				return res, err
 			}
@@ -208,7 +215,7 @@ func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts) (
 			}
 		case RefundNew:
 			stored.RefundedMinor = refund.CumulativeMinor
-			n := stored.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, now, now)
+			n := stored.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, via, now, now)
 			stored.UpdatedAt = now
 			key := n.Key
 			if _, err = s.write(ctx, stored, v); err == nil {
@@ -223,7 +230,7 @@ func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts) (
 
 // createFromRefund stores a payment payrelay never received, with the facts its refund
 // carries, and the refund's notification, which goes out on its own.
-func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFacts, now time.Time) (bool, IngestResult, error) {
+func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFacts, via string, now time.Time) (bool, IngestResult, error) {
 	res := IngestResult{PaymentID: in.ID}
 	if in.AppID == "" || in.Game == "" {
 		return false, res, &FieldError{"app_id", "the refund names no app (so no game) and payrelay holds no payment for this order to take it from"}
@@ -241,7 +248,7 @@ func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFact
 		return false, res, fmt.Errorf("refund of an unknown payment decided %d", decision)
 	}
 	p.RefundedMinor = refund.CumulativeMinor
-	n := p.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, now, now)
+	n := p.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, via, now, now)
 	_, _, created, err := s.create(ctx, &p)
 	if err != nil || !created {
 		return false, res, err

@@ -77,7 +77,19 @@ type Notification struct {
 	Generation int
 	// Actions are what operators did to the notification (replays, cancels), oldest first.
 	Actions []Action
+	// Via says how payrelay learnt of what it tells: ViaNotify, ViaQuery or ViaReconcile.
+	Via string
 }
+
+// How payrelay learnt of a payment or refund (Notification.Via).
+const (
+	// ViaNotify: the provider's own notification (the normal path).
+	ViaNotify = "notify"
+	// ViaQuery: an order query (补单) by an operator or a game server found it paid.
+	ViaQuery = "query"
+	// ViaReconcile: the daily reconciliation found it in the provider's bill, missing here.
+	ViaReconcile = "reconcile"
+)
 
 // Action is one operator's change to a notification, kept in its history.
 type Action struct {
@@ -197,8 +209,8 @@ func (p *Payment) blocked() bool {
 
 // appendNotification adds a notification at the end of the causal chain: pending and due at
 // due if everything before it is delivered, held otherwise. It returns the new notification.
-func (p *Payment) appendNotification(key string, typ Type, r *Refund, now, due time.Time) *Notification {
-	n := Notification{Key: key, Type: typ, Refund: r, Attempt: 1, CreatedAt: now, State: StatePending, NextAttemptAt: due}
+func (p *Payment) appendNotification(key string, typ Type, r *Refund, via string, now, due time.Time) *Notification {
+	n := Notification{Key: key, Type: typ, Refund: r, Via: via, Attempt: 1, CreatedAt: now, State: StatePending, NextAttemptAt: due}
 	if p.blocked() {
 		n.State = StateHeld
 		n.NextAttemptAt = time.Time{}

@@ -127,6 +127,9 @@ type Config struct {
 	JobQueue JobQueue
 	// ReplayRate bounds a bulk replay's replays per second (default 20).
 	ReplayRate float64
+	// Reports and Days run the daily reconciliation; optional (without them it is refused).
+	Reports ReportStore
+	Days    DayFinder
 }
 
 // DefaultBackoff retries an unavailable dependency 3 times within about a second: long enough

@@ -161,6 +161,7 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 		{Path: "updated_at", Value: d.UpdatedAt},
 		{Path: "due_at", Value: d.DueAt},
 		{Path: "tags", Value: d.Tags},
+		{Path: "bill_days", Value: d.BillDays},
 	}, firestore.LastUpdateTime(time.Unix(0, int64(v))))
 	if err != nil {
 		return 0, classify("firestore.Update", err)
@@ -189,6 +190,9 @@ type paymentDoc struct {
 	// query) and its notifications' states and types (operators' lists).
 	DueAt *time.Time `firestore:"due_at"`
 	Tags  []string   `firestore:"tags"`
+	// BillDays are the bill days its money moved on (relay.Payment.BillDays), for the daily
+	// reconciliation's query (array-contains on Firestore's automatic single-field index).
+	BillDays []string `firestore:"bill_days"`
 }
 
 type notificationDoc struct {
@@ -204,6 +208,7 @@ type notificationDoc struct {
 	Reason        string       `firestore:"reason"`
 	Generation    int          `firestore:"generation"`
 	Actions       []actionDoc  `firestore:"actions"`
+	Via           string       `firestore:"via"`
 }
 
 type actionDoc struct {
@@ -260,7 +265,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 		Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata, Game: p.Game,
 		RefundedMinor: p.RefundedMinor, ReceivedAt: p.ReceivedAt, UpdatedAt: p.UpdatedAt,
-		Notifications: []notificationDoc{}, Notes: []noteDoc{}, Tags: p.Tags(),
+		Notifications: []notificationDoc{}, Notes: []noteDoc{}, Tags: p.Tags(), BillDays: p.BillDays(),
 	}
 	if due := p.DueAt(); !due.IsZero() {
 		d.DueAt = &due
@@ -273,7 +278,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 		nd := notificationDoc{
 			Key: n.Key, Type: string(n.Type), State: string(n.State), Attempt: n.Attempt,
 			NextAttemptAt: n.NextAttemptAt, CreatedAt: n.CreatedAt, Attempts: []attemptDoc{}, Reason: utf8(n.Reason),
-			Generation: n.Generation, Actions: []actionDoc{},
+			Generation: n.Generation, Actions: []actionDoc{}, Via: n.Via,
 		}
 		for _, a := range n.Actions {
 			nd.Actions = append(nd.Actions, actionDoc{Kind: a.Kind, By: utf8(a.By), Reason: utf8(a.Reason), Job: a.Job, At: a.At, Generation: a.Generation, Forced: a.Forced})
@@ -318,6 +323,7 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 		n := relay.Notification{
 			Key: nd.Key, Type: relay.Type(nd.Type), State: relay.State(nd.State), Attempt: nd.Attempt,
 			NextAttemptAt: nd.NextAttemptAt.UTC(), CreatedAt: nd.CreatedAt.UTC(), Reason: nd.Reason, Generation: nd.Generation,
+			Via: nd.Via,
 		}
 		for _, a := range nd.Actions {
 			n.Actions = append(n.Actions, relay.Action{Kind: a.Kind, By: a.By, Reason: a.Reason, Job: a.Job, At: a.At.UTC(), Generation: a.Generation, Forced: a.Forced})

@@ -34,11 +34,13 @@ type AlipayGateway struct {
 	alipayKey *rsa.PrivateKey // signs its answers
 	appID     string
 
-	mu       sync.Mutex
-	trades   map[string]AlipayTrade // by out_trade_no
-	requests int
-	refused  int
-	failNext int
+	mu        sync.Mutex
+	trades    map[string]AlipayTrade // by out_trade_no
+	bills     map[string][]byte      // zips by bill_date
+	downloads map[string]download    // bill files by fileId
+	requests  int
+	refused   int
+	failNext  int
 }
 
 // FailNext makes the next n requests answer HTTP 502, as a gateway in trouble does.
@@ -50,7 +52,8 @@ func (g *AlipayGateway) FailNext(n int) {
 
 // NewAlipayGateway starts a stand-in gateway for app appID.
 func NewAlipayGateway(appID string, appKey *rsa.PublicKey, alipayKey *rsa.PrivateKey) *AlipayGateway {
-	g := &AlipayGateway{appID: appID, appKey: appKey, alipayKey: alipayKey, trades: map[string]AlipayTrade{}}
+	g := &AlipayGateway{appID: appID, appKey: appKey, alipayKey: alipayKey, trades: map[string]AlipayTrade{},
+		bills: map[string][]byte{}, downloads: map[string]download{}}
 	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
 	g.URL = g.srv.URL + "/gateway.do"
 	return g
@@ -75,6 +78,13 @@ func (g *AlipayGateway) Counts() (requests, refused int) {
 }
 
 func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/downloadBillFile.resource" {
+		g.mu.Lock()
+		d, ok := g.downloads[r.URL.Query().Get("fileId")]
+		g.mu.Unlock()
+		serveDownload(w, d, ok, "application/oct-stream")
+		return
+	}
 	g.mu.Lock()
 	g.requests++
 	if g.failNext > 0 {
@@ -95,7 +105,12 @@ func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
 		g.mu.Unlock()
 		g.answer(w, map[string]string{"code": code, "msg": msg, "sub_code": subCode, "sub_msg": subMsg})
 	}
-	for k, want := range map[string]string{"method": "alipay.trade.query", "format": "JSON", "charset": "utf-8", "sign_type": "RSA2", "version": "1.0", "app_id": g.appID} {
+	method := p.Get("method")
+	if method != "alipay.trade.query" && method != "alipay.data.dataservice.bill.downloadurl.query" {
+		refuse("40002", "Invalid Arguments", "isv.invalid-method", "method is invalid")
+		return
+	}
+	for k, want := range map[string]string{"format": "JSON", "charset": "utf-8", "sign_type": "RSA2", "version": "1.0", "app_id": g.appID} {
 		if p.Get(k) != want {
 			refuse("40002", "Invalid Arguments", "isv.invalid-parameter", k+" is invalid")
 			return
@@ -105,6 +120,10 @@ func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.Sum256([]byte(provider.AlipayRequestSignContent(p)))
 	if err != nil || rsa.VerifyPKCS1v15(g.appKey, crypto.SHA256, sum[:], sig) != nil {
 		refuse("40002", "Invalid Arguments", "isv.invalid-signature", "验签出错")
+		return
+	}
+	if method != "alipay.trade.query" {
+		g.serveBillQuery(w, p.Get("biz_content"), refuse)
 		return
 	}
 	var biz struct {
@@ -127,6 +146,11 @@ func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
 
 // answer writes {"alipay_trade_query_response":<obj>,"sign":<sig over obj's text>}.
 func (g *AlipayGateway) answer(w http.ResponseWriter, fields map[string]string) {
+	g.answerAs(w, "alipay_trade_query_response", fields)
+}
+
+// answerAs writes {"<key>":<obj>,"sign":<sig over obj's text>}.
+func (g *AlipayGateway) answerAs(w http.ResponseWriter, key string, fields map[string]string) {
 	for k, v := range fields {
 		if v == "" {
 			delete(fields, k)
@@ -136,5 +160,5 @@ func (g *AlipayGateway) answer(w http.ResponseWriter, fields map[string]string) 
 	sum := sha256.Sum256(obj)
 	sig, _ := rsa.SignPKCS1v15(rand.Reader, g.alipayKey, crypto.SHA256, sum[:])
 	w.Header().Set("Content-Type", "text/html;charset=utf-8") // as the gateway sends it
-	w.Write([]byte(`{"alipay_trade_query_response":` + string(obj) + `,"sign":"` + base64.StdEncoding.EncodeToString(sig) + `"}`))
+	w.Write([]byte(`{"` + key + `":` + string(obj) + `,"sign":"` + base64.StdEncoding.EncodeToString(sig) + `"}`))
 }

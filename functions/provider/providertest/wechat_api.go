@@ -31,15 +31,19 @@ type WechatAPI struct {
 	platform   *rsa.PrivateKey // signs its answers
 	platSerial string
 
-	mu       sync.Mutex
-	orders   map[string]map[string]any // transactions by out_trade_no
-	requests int
-	refused  int
+	mu        sync.Mutex
+	orders    map[string]map[string]any // transactions by out_trade_no
+	bills     map[string][]byte         // trade bills by bill_date
+	downloads map[string]download       // bill files by token
+	tampered  map[string][]byte         // what a download of a day's bill serves instead
+	requests  int
+	refused   int
 }
 
 // NewWechatAPI starts a stand-in for merchant mchID.
 func NewWechatAPI(mchID, apiSerial string, apiKey *rsa.PublicKey, platform *rsa.PrivateKey, platSerial string) *WechatAPI {
-	a := &WechatAPI{mchID: mchID, apiSerial: apiSerial, apiKey: apiKey, platform: platform, platSerial: platSerial, orders: map[string]map[string]any{}}
+	a := &WechatAPI{mchID: mchID, apiSerial: apiSerial, apiKey: apiKey, platform: platform, platSerial: platSerial, orders: map[string]map[string]any{},
+		bills: map[string][]byte{}, downloads: map[string]download{}, tampered: map[string][]byte{}}
 	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
 	a.URL = a.srv.URL
 	return a
@@ -88,6 +92,10 @@ func (a *WechatAPI) serve(w http.ResponseWriter, r *http.Request) {
 	if mch != a.mchID || serial != a.apiSerial || err != nil || time.Since(time.Unix(sec, 0)).Abs() > 5*time.Minute ||
 		rsa.VerifyPKCS1v15(a.apiKey, crypto.SHA256, sum[:], sig) != nil {
 		refuse(http.StatusUnauthorized, "SIGN_ERROR", "签名错误")
+		return
+	}
+	if r.URL.Path == "/v3/bill/tradebill" || r.URL.Path == "/v3/billdownload/file" {
+		a.serveBill(w, r, refuse)
 		return
 	}
 	order, ok := strings.CutPrefix(r.URL.Path, "/v3/pay/transactions/out-trade-no/")

@@ -327,3 +327,70 @@ func (q *Queue) EnqueueJob(_ context.Context, jobID string, step int) error {
 	q.JobSteps = append(q.JobSteps, JobStep{jobID, step})
 	return nil
 }
+
+var _ relay.DayFinder = (*Store)(nil)
+
+// OnBillDay implements relay.DayFinder over the payments in memory.
+func (s *Store) OnBillDay(_ context.Context, key string) ([]*relay.Payment, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("day"); err != nil {
+		return nil, err
+	}
+	var out []*relay.Payment
+	for _, p := range s.payments {
+		if slices.Contains(p.BillDays(), key) {
+			out = append(out, clone(p))
+		}
+	}
+	return out, nil
+}
+
+// Reports keeps reconciliation reports in memory.
+type Reports struct {
+	mu      sync.Mutex
+	reports map[string]relay.Report
+}
+
+var _ relay.ReportStore = (*Reports)(nil)
+
+// NewReports returns an empty report store.
+func NewReports() *Reports { return &Reports{reports: map[string]relay.Report{}} }
+
+// PutReport implements relay.ReportStore.
+func (s *Reports) PutReport(_ context.Context, r *relay.Report) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := *r
+	c.Findings = slices.Clone(r.Findings)
+	s.reports[r.ID] = c
+	return nil
+}
+
+// GetReport implements relay.ReportStore.
+func (s *Reports) GetReport(_ context.Context, id string) (*relay.Report, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.reports[id]
+	if !ok {
+		return nil, relay.ErrNotFound
+	}
+	return &r, nil
+}
+
+// ListReports implements relay.ReportStore: newest day first.
+func (s *Reports) ListReports(_ context.Context, limit int) ([]*relay.Report, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*relay.Report
+	for _, r := range s.reports {
+		out = append(out, &r)
+	}
+	slices.SortFunc(out, func(a, b *relay.Report) int {
+		if c := strings.Compare(b.Day, a.Day); c != 0 {
+			return c
+		}
+		return b.RanAt.Compare(a.RanAt)
+	})
+	return out[:min(len(out), limit)], nil
+}

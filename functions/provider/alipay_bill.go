@@ -1,0 +1,335 @@
+package provider
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/text/encoding/simplifiedchinese"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// Daily reconciliation, Alipay: the trade bill (业务账单) of one day.
+//
+// Documents and the readings taken:
+//   - alipay.data.dataservice.bill.downloadurl.query (查询对账单下载地址): biz_content
+//     {"bill_type":"trade","bill_date":"yyyy-MM-dd"}, signed like every OpenAPI request; the
+//     answer's bill_download_url is valid for 30 seconds. sub_code isp.bill_not_exist
+//     (BILL_NOT_EXIST, "there is no report for the day") is read as a day without trades.
+//   - The file (账单格式说明) is a zip holding two CSV files in GBK: <PID>_<yyyyMMdd>_业务明细.csv,
+//     the detail, and ..._业务明细(汇总).csv, the summary by day, which is not needed. The
+//     detail opens with '#' lines (the title, #账号：[PID], the dates, a dashed rule), then a
+//     header row, one row per trade or refund (values padded with tabs and spaces), a closing
+//     rule ("...业务明细列表结束..."), and summary lines "#交易合计：N笔，..." and "#退款合计：M笔，...".
+//     Columns are read by their header's name, not their position.
+//   - A row's 业务类型 is 交易 (a payment, 完成时间 when it was paid) or 退款 (a refund, 完成时间
+//     when it completed); a refund row names its trade (支付宝交易号, 商户订单号) and its request
+//     number in 退款批次号/请求号, which is the out_biz_no its notification carries. Reading
+//     taken: a refund row's 订单金额（元） is the refunded amount, negative; its absolute value is
+//     the refund's amount.
+//   - The bill covers the Alipay account (PID), which several apps may share: configure the
+//     account's seller_id on each of its apps, so that one bill reconciles them all together.
+
+// MaxBillSize bounds a downloaded bill (compressed) and MaxBillText what it may inflate to.
+const (
+	MaxBillSize = 32 << 20
+	MaxBillText = 256 << 20
+)
+
+// ErrBillNotReady: the provider has not produced the day's bill yet; run again later.
+var ErrBillNotReady = errors.New("the provider's bill of that day is not ready yet")
+
+// AlipayBillRow is one row of an Alipay trade bill's detail.
+type AlipayBillRow struct {
+	TradeNo     string // 支付宝交易号
+	OutTradeNo  string // 商户订单号
+	Kind        string // 业务类型: 交易 or 退款
+	FinishedAt  time.Time
+	AmountMinor int64  // 订单金额, fen; a refund's is its (positive) amount
+	RefundNo    string // 退款批次号/请求号
+}
+
+// AlipayBill is an Alipay trade bill's detail, read.
+type AlipayBill struct {
+	Account string // #账号：[PID]
+	Rows    []AlipayBillRow
+}
+
+var (
+	alipayTradeTotal  = regexp.MustCompile(`^#交易合计[:：]\s*(\d+)\s*笔`)
+	alipayRefundTotal = regexp.MustCompile(`^#退款合计[:：]\s*(\d+)\s*笔`)
+	alipayAccount     = regexp.MustCompile(`^#账号[:：]\s*\[?([0-9A-Za-z]+)`)
+)
+
+// ParseAlipayBill reads the detail CSV of an Alipay trade bill (GBK, as it comes in the zip). It
+// checks the summary lines' counts against the rows, so a truncated file is an error, not a
+// short day.
+func ParseAlipayBill(gbk []byte) (AlipayBill, error) {
+	text, err := simplifiedchinese.GB18030.NewDecoder().Bytes(gbk)
+	if err != nil || !utf8.Valid(text) {
+		return AlipayBill{}, errors.New("alipay bill: not GBK text")
+	}
+	var bill AlipayBill
+	var header map[string]int
+	trades, refunds := -1, -1
+	seenTrades, seenRefunds := 0, 0
+	ended := false
+	for n, line := range strings.Split(strings.ReplaceAll(string(text), "\r\n", "\n"), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		if strings.HasPrefix(line, "#") {
+			switch {
+			case alipayAccount.MatchString(line):
+				bill.Account = alipayAccount.FindStringSubmatch(line)[1]
+			case strings.Contains(line, "业务明细列表结束"):
+				ended = true
+			case alipayTradeTotal.MatchString(line):
+				trades, _ = strconv.Atoi(alipayTradeTotal.FindStringSubmatch(line)[1])
+			case alipayRefundTotal.MatchString(line):
+				refunds, _ = strconv.Atoi(alipayRefundTotal.FindStringSubmatch(line)[1])
+			}
+			continue
+		}
+		if ended {
+			return AlipayBill{}, fmt.Errorf("alipay bill line %d: a row after the end of the detail", n+1)
+		}
+		fields, err := csvFields(line)
+		if err != nil {
+			return AlipayBill{}, fmt.Errorf("alipay bill line %d: %w", n+1, err)
+		}
+		if header == nil {
+			header = map[string]int{}
+			for i, f := range fields {
+				header[f] = i
+			}
+			for _, col := range []string{"支付宝交易号", "商户订单号", "业务类型", "完成时间", "订单金额（元）", "退款批次号/请求号"} {
+				if _, ok := header[col]; !ok {
+					return AlipayBill{}, fmt.Errorf("alipay bill: the header lacks column %s", col)
+				}
+			}
+			continue
+		}
+		get := func(col string) string {
+			if i := header[col]; i < len(fields) {
+				return fields[i]
+			}
+			return ""
+		}
+		row := AlipayBillRow{TradeNo: get("支付宝交易号"), OutTradeNo: get("商户订单号"), Kind: get("业务类型"), RefundNo: get("退款批次号/请求号")}
+		if row.FinishedAt, err = time.ParseInLocation(time.DateTime, get("完成时间"), shanghai); err != nil {
+			return AlipayBill{}, fmt.Errorf("alipay bill line %d: 完成时间 %.30q is not yyyy-MM-dd HH:mm:ss", n+1, get("完成时间"))
+		}
+		if row.AmountMinor, err = relay.ParseAmount(strings.TrimPrefix(get("订单金额（元）"), "-"), "CNY"); err != nil {
+			return AlipayBill{}, fmt.Errorf("alipay bill line %d: 订单金额: %w", n+1, err)
+		}
+		switch row.Kind {
+		case "交易":
+			seenTrades++
+		case "退款":
+			seenRefunds++
+		}
+		bill.Rows = append(bill.Rows, row)
+	}
+	switch {
+	case header == nil:
+		return AlipayBill{}, errors.New("alipay bill: no header row")
+	case !ended || trades < 0:
+		return AlipayBill{}, errors.New("alipay bill: truncated (no end of the detail or no #交易合计 line)")
+	case trades != seenTrades || refunds >= 0 && refunds != seenRefunds:
+		return AlipayBill{}, fmt.Errorf("alipay bill: the summary counts %d trades and %d refunds, the detail holds %d and %d", trades, refunds, seenTrades, seenRefunds)
+	}
+	return bill, nil
+}
+
+// csvFields splits one bill line: comma-separated, each value trimmed of the tabs and spaces
+// the providers pad with.
+func csvFields(line string) ([]string, error) {
+	r := csv.NewReader(strings.NewReader(line))
+	r.LazyQuotes, r.FieldsPerRecord = true, -1
+	fields, err := r.Read()
+	if err != nil {
+		return nil, err
+	}
+	for i := range fields {
+		fields[i] = strings.TrimSpace(fields[i])
+	}
+	return fields, nil
+}
+
+// ReadAlipayBillZip finds the detail CSV in a bill's zip (its name ends in 业务明细.csv; the
+// names are GBK unless the entry is flagged UTF-8) and returns its bytes, bounded.
+func ReadAlipayBillZip(b []byte) ([]byte, error) {
+	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		return nil, fmt.Errorf("alipay bill: not a zip: %w", err)
+	}
+	for _, f := range zr.File {
+		name := f.Name
+		if f.NonUTF8 {
+			if d, err := simplifiedchinese.GB18030.NewDecoder().String(name); err == nil {
+				name = d
+			}
+		}
+		if !strings.HasSuffix(name, "业务明细.csv") {
+			continue
+		}
+		rc, err := f.Open()
+		if err != nil {
+			return nil, fmt.Errorf("alipay bill: %s: %w", name, err)
+		}
+		defer rc.Close()
+		text, err := io.ReadAll(io.LimitReader(rc, MaxBillText+1))
+		if err != nil {
+			return nil, fmt.Errorf("alipay bill: %s: %w", name, err)
+		}
+		if len(text) > MaxBillText {
+			return nil, fmt.Errorf("alipay bill: %s inflates past %d bytes", name, MaxBillText)
+		}
+		return text, nil
+	}
+	return nil, errors.New("alipay bill: the zip holds no *_业务明细.csv")
+}
+
+// BillAccounts implements the Biller interface: one app per Alipay account that can ask for
+// bills (it has a private_key); apps sharing a seller_id are one account.
+func (a *Alipay) BillAccounts() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, id := range slices.Sorted(maps.Keys(a.apps)) {
+		app := a.apps[id]
+		group := a.group(app)
+		if app.priv == nil || seen[group[0]] {
+			continue
+		}
+		seen[group[0]] = true
+		out = append(out, id)
+	}
+	return out
+}
+
+// group lists the apps of app's Alipay account, sorted: those with its seller_id, or app
+// alone when it has none.
+func (a *Alipay) group(app alipayApp) []string {
+	if app.SellerID == "" {
+		return []string{app.AppID}
+	}
+	var out []string
+	for _, id := range slices.Sorted(maps.Keys(a.apps)) {
+		if a.apps[id].SellerID == app.SellerID {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// Bill downloads and reads the trade bill of day (yyyy-MM-dd) of appID's account.
+func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error) {
+	app, ok := a.apps[appID]
+	if !ok || app.priv == nil {
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("app %.40q is not an Alipay app of ours with a private_key", appID)}
+	}
+	if _, err := time.Parse(time.DateOnly, day); err != nil {
+		return relay.Bill{}, &QueryError{Reason: "bill day must be yyyy-MM-dd"}
+	}
+	// The account's other apps come after this one: Merchants[0] is the bill's merchant.
+	merchants := []string{appID}
+	for _, id := range a.group(app) {
+		if id != appID {
+			merchants = append(merchants, id)
+		}
+	}
+	bill := relay.Bill{Provider: a.Name(), Merchant: appID, Merchants: merchants, Day: day}
+	raw, err := a.openAPI(ctx, app, "alipay.data.dataservice.bill.downloadurl.query", map[string]string{"bill_type": "trade", "bill_date": day})
+	if err != nil {
+		return relay.Bill{}, err
+	}
+	r, err := verifyAlipayAnswer(app, raw, "alipay_data_dataservice_bill_downloadurl_query_response")
+	if err != nil {
+		return relay.Bill{}, err
+	}
+	str := func(k string) string { s, _ := r[k].(string); return s }
+	switch code := str("code"); {
+	case code == "40004" && strings.EqualFold(str("sub_code"), "isp.bill_not_exist"):
+		return bill, nil // no trade that day
+	case code != "10000":
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("alipay refused the bill query: %.10s %.60s %.60s", code, str("sub_code"), str("sub_msg"))}
+	}
+	u, err := url.Parse(str("bill_download_url"))
+	if err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+		return relay.Bill{}, &QueryError{Reason: "alipay's bill_download_url is not an http(s) URL"}
+	}
+	resp, zipped, err := fetchHTTP(ctx, a.client, "alipay bill download", MaxBillSize, time.Minute, func(ctx context.Context) (*http.Request, error) {
+		return http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	})
+	if err != nil {
+		return relay.Bill{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("alipay's bill download answered HTTP %d", resp.StatusCode)}
+	}
+	text, err := ReadAlipayBillZip(zipped)
+	if err == nil {
+		var parsed AlipayBill
+		if parsed, err = ParseAlipayBill(text); err == nil {
+			a.billResults(app, parsed, &bill)
+			return bill, nil
+		}
+	}
+	return relay.Bill{}, &QueryError{Reason: err.Error()}
+}
+
+// billResults turns a bill's rows into what reconciliation ingests, as the notification of
+// each would have been read; a row that cannot be is reported.
+func (a *Alipay) billResults(app alipayApp, parsed AlipayBill, bill *relay.Bill) {
+	for _, row := range parsed.Rows {
+		pay := relay.Payment{Provider: a.Name(), Merchant: app.AppID, OrderID: row.OutTradeNo, TransactionID: row.TradeNo, Currency: "CNY",
+			AppID: app.AppID, Game: app.Game}
+		r := relay.Result{Payment: pay}
+		switch row.Kind {
+		case "交易":
+			r.Type = relay.TypePaymentSucceeded
+			r.Payment.AmountMinor, r.Payment.PaidAt = row.AmountMinor, row.FinishedAt
+		case "退款":
+			r.Type = relay.TypePaymentRefunded
+			r.Refund = &relay.RefundFacts{ID: row.RefundNo, MerchantRefundNo: row.RefundNo, AmountMinor: row.AmountMinor, RefundedAt: row.FinishedAt}
+		}
+		if err := billEntry(bill, r, row.OutTradeNo, row.AmountMinor); err != nil {
+			bill.Unreadable[len(bill.Unreadable)-1].Reason = fmt.Sprintf("业务类型 %s: %s", row.Kind, err)
+		}
+	}
+}
+
+// billEntry adds a bill's row as an entry, or, when it cannot be relayed as it stands, as an
+// unreadable finding (the returned error says why).
+func billEntry(bill *relay.Bill, r relay.Result, order string, amount int64) error {
+	err := r.Validate()
+	if r.Type == "" {
+		err = errors.New("not a payment or a refund")
+	}
+	if err == nil {
+		bill.Entries = append(bill.Entries, r)
+		return nil
+	}
+	f := relay.Finding{Kind: relay.FindingUnrelayable, OrderID: order, BillMinor: amount, Action: "reported", Reason: err.Error()}
+	if r.Refund != nil {
+		f.RefundID = r.Refund.ID
+	}
+	bill.Unreadable = append(bill.Unreadable, f)
+	return err
+}

@@ -1,0 +1,329 @@
+package provider
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha1"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// Daily reconciliation, WeChat Pay APIv3: the trade bill (交易账单) of one day.
+//
+// Documents and the readings taken:
+//   - 申请交易账单: GET /v3/bill/tradebill?bill_date=yyyy-MM-dd&bill_type=ALL&tar_type=GZIP,
+//     signed like every APIv3 request; the answer (signed, verified with the platform key) is
+//     {"hash_type":"SHA1","hash_value":"...","download_url":"https://api.mch.weixin.qq.com/v3/billdownload/file?token=..."}.
+//     400 NO_STATEMENT_EXIST ("账单文件不存在": no successful trade that day) is read as an empty
+//     day; 400 STATEMENT_CREATING (the bill is being made) as not ready yet, to run again.
+//   - 下载账单: GET download_url, signed as an APIv3 request over its path and query; the answer
+//     is the file and is not signed, so it is checked against hash_value instead. Reading
+//     taken: hash_value is the SHA1 of the bill as it is before compression (gzip is unpacked
+//     first). payrelay signs only a download_url on the API host it called.
+//   - 交易账单文件格式: a header row of column names; one row per payment (交易状态 SUCCESS, 交易时间
+//     when it was paid) or refund (交易状态 REFUND, 交易时间 when the refund was accepted), each
+//     field prefixed with a backtick (`) so that spreadsheets keep long numbers; then the
+//     summary header (总交易单数,...) and one summary row. Columns are read by their header's
+//     name. Amounts are in yuan. A refund row's 微信退款单号 is the refund_id its REFUND.SUCCESS
+//     notification carries, 退款金额 its amount; the bill is a snapshot, so a refund still
+//     PROCESSING when it was made is reported, not relayed.
+
+// WechatBillRow is one row of a WeChat Pay trade bill.
+type WechatBillRow struct {
+	At            time.Time // 交易时间
+	AppID         string    // 公众账号ID
+	MchID         string    // 商户号
+	TransactionID string    // 微信订单号
+	OutTradeNo    string    // 商户订单号
+	State         string    // 交易状态: SUCCESS, REFUND, REVOKED, ...
+	Currency      string    // 货币种类
+	TotalMinor    int64     // 订单金额, fen
+	RefundID      string    // 微信退款单号
+	OutRefundNo   string    // 商户退款单号
+	RefundMinor   int64     // 退款金额, fen
+	RefundState   string    // 退款状态
+}
+
+// WechatBill is a WeChat Pay trade bill, read.
+type WechatBill struct {
+	Rows []WechatBillRow
+}
+
+// ParseWechatBill reads a WeChat Pay trade bill (UTF-8 text, unpacked). The summary's
+// 总交易单数 must count the rows, so a truncated file is an error, not a short day.
+func ParseWechatBill(text []byte) (WechatBill, error) {
+	if !utf8.Valid(text) {
+		return WechatBill{}, errors.New("wechat pay bill: not UTF-8 text")
+	}
+	var bill WechatBill
+	var header, sumHeader map[string]int
+	total := -1
+	for n, line := range strings.Split(string(text), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		switch {
+		case header == nil:
+			header = columns(line)
+			for _, col := range []string{"交易时间", "公众账号ID", "商户号", "微信订单号", "商户订单号", "交易状态", "订单金额", "微信退款单号", "退款金额"} {
+				if _, ok := header[col]; !ok {
+					return WechatBill{}, fmt.Errorf("wechat pay bill: the header lacks column %s", col)
+				}
+			}
+			continue
+		case strings.HasPrefix(line, "总交易单数"):
+			sumHeader = columns(line)
+			continue
+		case !strings.HasPrefix(line, "`"):
+			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: a row whose fields do not start with a backtick", n+1)
+		case total >= 0:
+			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: a row after the summary", n+1)
+		}
+		fields := backtickFields(line)
+		if sumHeader != nil {
+			i, ok := sumHeader["总交易单数"]
+			if !ok || i >= len(fields) {
+				return WechatBill{}, errors.New("wechat pay bill: the summary lacks 总交易单数")
+			}
+			var err error
+			if total, err = strconv.Atoi(fields[i]); err != nil || total < 0 {
+				return WechatBill{}, fmt.Errorf("wechat pay bill: 总交易单数 %.20q is not a count", fields[i])
+			}
+			continue
+		}
+		get := func(col string) string {
+			if i, ok := header[col]; ok && i < len(fields) {
+				return fields[i]
+			}
+			return ""
+		}
+		row := WechatBillRow{AppID: get("公众账号ID"), MchID: get("商户号"), TransactionID: get("微信订单号"), OutTradeNo: get("商户订单号"),
+			State: get("交易状态"), Currency: get("货币种类"), RefundID: get("微信退款单号"), OutRefundNo: get("商户退款单号"), RefundState: get("退款状态")}
+		if row.Currency == "" {
+			row.Currency = "CNY"
+		}
+		var err error
+		if row.At, err = time.ParseInLocation(time.DateTime, get("交易时间"), shanghai); err != nil {
+			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: 交易时间 %.30q is not yyyy-MM-dd HH:mm:ss", n+1, get("交易时间"))
+		}
+		if row.TotalMinor, err = billAmount(get("订单金额"), row.Currency); err != nil {
+			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: 订单金额: %w", n+1, err)
+		}
+		if row.RefundMinor, err = billAmount(get("退款金额"), row.Currency); err != nil {
+			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: 退款金额: %w", n+1, err)
+		}
+		bill.Rows = append(bill.Rows, row)
+	}
+	switch {
+	case header == nil:
+		return WechatBill{}, errors.New("wechat pay bill: no header row")
+	case total < 0:
+		return WechatBill{}, errors.New("wechat pay bill: truncated (no summary row)")
+	case total != len(bill.Rows):
+		return WechatBill{}, fmt.Errorf("wechat pay bill: the summary counts %d rows, the bill holds %d", total, len(bill.Rows))
+	}
+	return bill, nil
+}
+
+// columns maps a header row's names to their positions.
+func columns(line string) map[string]int {
+	m := map[string]int{}
+	for i, name := range strings.Split(line, ",") {
+		m[strings.TrimSpace(strings.TrimPrefix(name, "\ufeff"))] = i
+	}
+	return m
+}
+
+// backtickFields splits a row whose every field starts with a backtick. Splitting on ",`"
+// keeps a comma inside a value (a product name) in its field.
+func backtickFields(line string) []string {
+	fields := strings.Split(strings.TrimPrefix(line, "`"), ",`")
+	for i := range fields {
+		fields[i] = strings.TrimSpace(fields[i])
+	}
+	return fields
+}
+
+// billAmount reads a bill's yuan amount ("6.48", "0.00", "") as minor units; empty and zero
+// are 0.
+func billAmount(s, currency string) (int64, error) {
+	s = strings.TrimPrefix(s, "-")
+	if s == "" || strings.Trim(s, "0") == "." || strings.Trim(s, "0") == "" {
+		return 0, nil
+	}
+	return relay.ParseAmount(s, currency)
+}
+
+// BillAccounts implements the Biller interface: the merchants that can call the API.
+func (wp *WechatPay) BillAccounts() []string {
+	var out []string
+	for id, m := range wp.merchants {
+		if m.query != nil {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Bill downloads and reads merchant mchID's trade bill of day (yyyy-MM-dd).
+func (wp *WechatPay) Bill(ctx context.Context, mchID, day string) (relay.Bill, error) {
+	m, ok := wp.merchants[mchID]
+	if !ok || m.query == nil {
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("mchid %.40q is not a WeChat Pay merchant of ours with api_private_key", mchID)}
+	}
+	if _, err := time.Parse(time.DateOnly, day); err != nil {
+		return relay.Bill{}, &QueryError{Reason: "bill day must be yyyy-MM-dd"}
+	}
+	bill := relay.Bill{Provider: wp.Name(), Merchant: mchID, Merchants: []string{mchID}, Day: day}
+	resp, body, err := wp.apiGet(ctx, m, WechatTradeBillPath(day), MaxQueryAnswer, 10*time.Second)
+	if err != nil {
+		return relay.Bill{}, err
+	}
+	if _, err := wp.verifyAnswer(m, resp.Header, body); err != nil {
+		return relay.Bill{}, err
+	}
+	var ans struct {
+		Code, Message string
+		HashType      string `json:"hash_type"`
+		HashValue     string `json:"hash_value"`
+		DownloadURL   string `json:"download_url"`
+	}
+	json.Unmarshal(body, &ans)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+	case ans.Code == "NO_STATEMENT_EXIST":
+		return bill, nil
+	case ans.Code == "STATEMENT_CREATING":
+		return relay.Bill{}, ErrBillNotReady
+	default:
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("wechat pay refused the bill query: HTTP %d %.40s %.80s", resp.StatusCode, ans.Code, ans.Message)}
+	}
+	if ans.HashType != "SHA1" {
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("wechat pay's bill hash_type %.10q: want SHA1", ans.HashType)}
+	}
+	// The download is signed with the merchant's key: only to the API host we called.
+	u, err := url.Parse(ans.DownloadURL)
+	base, _ := url.Parse(m.query.base)
+	if err != nil || u.Scheme != base.Scheme || u.Host != base.Host {
+		return relay.Bill{}, &QueryError{Reason: "wechat pay's download_url is not on the API host " + base.Host}
+	}
+	resp, zipped, err := wp.apiGet(ctx, m, u.RequestURI(), MaxBillSize, time.Minute)
+	if err != nil {
+		return relay.Bill{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("wechat pay's bill download answered HTTP %d", resp.StatusCode)}
+	}
+	text, err := gunzip(zipped)
+	if err != nil {
+		return relay.Bill{}, &QueryError{Reason: "wechat pay bill: " + err.Error()}
+	}
+	sum := sha1.Sum(text)
+	want, _ := hex.DecodeString(strings.ToLower(ans.HashValue))
+	if subtle.ConstantTimeCompare(sum[:], want) != 1 {
+		return relay.Bill{}, &QueryError{Reason: "wechat pay bill: the file's SHA1 does not match the hash_value of the bill query"}
+	}
+	parsed, err := ParseWechatBill(text)
+	if err != nil {
+		return relay.Bill{}, &QueryError{Reason: err.Error()}
+	}
+	wp.billResults(m, parsed, &bill)
+	return bill, nil
+}
+
+// WechatTradeBillPath is the path and query of the day's trade bill query: every order and
+// refund of the day, gzip.
+func WechatTradeBillPath(day string) string {
+	return "/v3/bill/tradebill?bill_date=" + url.QueryEscape(day) + "&bill_type=ALL&tar_type=GZIP"
+}
+
+// apiGet makes a signed APIv3 GET of pathAndQuery with bounded retries.
+func (wp *WechatPay) apiGet(ctx context.Context, m *wechatMerchant, pathAndQuery string, limit int64, timeout time.Duration) (*http.Response, []byte, error) {
+	return fetchHTTP(ctx, wp.client, "wechat pay api", limit, timeout, func(ctx context.Context) (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.query.base+pathAndQuery, nil)
+		if err != nil {
+			return nil, err
+		}
+		auth, err := WechatAuthorization(m.query.priv, m.MchID, m.query.serial, http.MethodGet, pathAndQuery, nil, wp.now())
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", auth)
+		req.Header.Set("Accept", "application/json")
+		req.Header.Set("User-Agent", "payrelay") // WeChat Pay refuses requests without one
+		return req, nil
+	})
+}
+
+func gunzip(b []byte) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("not gzip: %w", err)
+	}
+	text, err := io.ReadAll(io.LimitReader(zr, MaxBillText+1))
+	if err != nil {
+		return nil, fmt.Errorf("gzip: %w", err)
+	}
+	if len(text) > MaxBillText {
+		return nil, fmt.Errorf("inflates past %d bytes", MaxBillText)
+	}
+	return text, nil
+}
+
+// billResults turns a bill's rows into what reconciliation ingests, as each one's
+// notification would have been read; a row that cannot be is reported.
+func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *relay.Bill) {
+	for _, row := range parsed.Rows {
+		pay := relay.Payment{Provider: wp.Name(), Merchant: m.MchID, OrderID: row.OutTradeNo, TransactionID: row.TransactionID,
+			Currency: row.Currency, AppID: row.AppID}
+		r := relay.Result{Payment: pay}
+		amount := row.TotalMinor
+		game, routed := m.AppIDs[row.AppID]
+		switch {
+		case row.MchID != m.MchID:
+			billEntry(bill, relay.Result{}, row.OutTradeNo, amount)
+			bill.Unreadable[len(bill.Unreadable)-1].Reason = fmt.Sprintf("商户号 %.20s is not the bill's merchant", row.MchID)
+			continue
+		case row.State == "SUCCESS":
+			r.Type = relay.TypePaymentSucceeded
+			r.Payment.AmountMinor, r.Payment.PaidAt, r.Payment.Game = row.TotalMinor, row.At, game
+			if !routed {
+				r.Type = ""
+			}
+		case row.State == "REFUND" && row.RefundState == "SUCCESS":
+			r.Type, amount = relay.TypePaymentRefunded, row.RefundMinor
+			r.Refund = &relay.RefundFacts{ID: row.RefundID, MerchantRefundNo: row.OutRefundNo, AmountMinor: row.RefundMinor, RefundedAt: row.At}
+			r.Payment.Game = game // the stored payment's, if payrelay holds it
+			if !routed {
+				r.Payment.AppID = ""
+			}
+		}
+		if err := billEntry(bill, r, row.OutTradeNo, amount); err != nil {
+			f := &bill.Unreadable[len(bill.Unreadable)-1]
+			switch {
+			case row.State == "SUCCESS" && !routed:
+				f.Reason = fmt.Sprintf("公众账号ID %.40s of merchant %s maps to no game (PROVIDER_CONFIG wechatpay app_ids)", row.AppID, m.MchID)
+			case row.State == "REFUND" && row.RefundState != "SUCCESS":
+				f.RefundID, f.Reason = row.RefundID, fmt.Sprintf("refund %s was %.20s when the bill was made: its REFUND.SUCCESS notification relays it", row.RefundID, row.RefundState)
+			default:
+				f.Reason = fmt.Sprintf("交易状态 %.20s: %s", row.State, err)
+			}
+		}
+	}
+}

@@ -1,0 +1,396 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Daily reconciliation: a provider's bill of one day (its record of what was paid and refunded)
+// against what payrelay stored. A payment or refund the bill shows and payrelay lacks is
+// ingested through the notification path (idempotent, so a run repeated or killed half-way is
+// safe to run again); one whose amount differs is a conflict, not relayed; one payrelay holds
+// that the bill lacks is reported. Each run's report is stored.
+
+// BillZone is the clock the providers' bills cut their days in: Alipay's and WeChat Pay's day
+// runs from 00:00 to 24:00 China Standard Time.
+var BillZone = time.FixedZone("CST", 8*3600)
+
+// BillDay is the bill day (yyyy-mm-dd, BillZone) of a time.
+func BillDay(t time.Time) string { return t.In(BillZone).Format(time.DateOnly) }
+
+// Bill is one provider's bill of one day for one merchant account, read into results.
+type Bill struct {
+	Provider string
+	// Merchant is the account the bill was asked for. Merchants are every merchant id under
+	// which an order of this bill may be stored (Alipay bills an account, which several apps
+	// may share); Merchants[0] is Merchant.
+	Merchant  string
+	Merchants []string
+	Day       string // yyyy-mm-dd, BillZone
+	// Entries are the bill's paid trades (TypePaymentSucceeded) and refunds
+	// (TypePaymentRefunded, with this refund's amount), each with what ingesting it needs.
+	Entries []Result
+	// Unreadable are lines of the bill that cannot be relayed as they stand (an app routed to
+	// no game): reported as they are.
+	Unreadable []Finding
+}
+
+// FindingKind names what reconciliation found.
+type FindingKind string
+
+const (
+	// FindingMissingPayment: the bill shows a payment payrelay had not stored; ingested.
+	FindingMissingPayment FindingKind = "missing_payment"
+	// FindingMissingRefund: the bill shows a refund payrelay had not stored; ingested.
+	FindingMissingRefund FindingKind = "missing_refund"
+	// FindingConflict: the bill and payrelay disagree on an amount (or transaction id): logged
+	// at ERROR, alerted, not relayed.
+	FindingConflict FindingKind = "conflict"
+	// FindingNotInBill: payrelay holds a payment or refund of that day that the bill lacks.
+	FindingNotInBill FindingKind = "not_in_bill"
+	// FindingUnrelayable: the bill shows money payrelay cannot relay as it stands (the app is
+	// routed to no game, the account's app is ambiguous, a refund of an unknown payment):
+	// an operator must act.
+	FindingUnrelayable FindingKind = "unrelayable"
+)
+
+// FindingKinds lists the kinds, in the report's order.
+var FindingKinds = []FindingKind{FindingMissingPayment, FindingMissingRefund, FindingConflict, FindingNotInBill, FindingUnrelayable}
+
+// Finding is one order a reconciliation found out of step.
+type Finding struct {
+	Kind        FindingKind
+	OrderID     string
+	PaymentID   string
+	RefundID    string
+	BillMinor   int64 // the amount the bill states (the refund's, for a refund)
+	StoredMinor int64 // the amount payrelay holds
+	// Action is what payrelay did: "ingested", "ingested by an earlier run", "not relayed",
+	// "reported".
+	Action string
+	Reason string
+}
+
+// Report is what one day's reconciliation of one merchant account found.
+type Report struct {
+	ID       string // provider-merchant-day
+	Provider string
+	Merchant string
+	Day      string
+	// BillPayments and BillRefunds count the bill's entries; Matched those payrelay holds
+	// with the same facts.
+	BillPayments, BillRefunds, Matched int
+	Counts                             map[FindingKind]int
+	Findings                           []Finding // at most MaxFindings; Counts has them all
+	Runs                               int       // how many runs wrote this report
+	By                                 string    // who ran it (the scheduler, an operator)
+	RanAt                              time.Time
+}
+
+// MaxFindings bounds the findings a report keeps (its document's size); Counts counts all.
+const MaxFindings = 500
+
+// ReportID names a report.
+func ReportID(provider, merchant, day string) string { return provider + "-" + merchant + "-" + day }
+
+// ReportStore keeps reconciliation reports.
+type ReportStore interface {
+	// PutReport writes the report, replacing an earlier run's of the same id.
+	PutReport(ctx context.Context, r *Report) error
+	// GetReport returns a report; ErrNotFound if none.
+	GetReport(ctx context.Context, id string) (*Report, error)
+	// ListReports returns the newest reports (by day, then run), at most limit.
+	ListReports(ctx context.Context, limit int) ([]*Report, error)
+}
+
+// DayFinder finds the payments a bill day concerns, by the keys of Payment.BillDays.
+type DayFinder interface {
+	OnBillDay(ctx context.Context, key string) ([]*Payment, error)
+}
+
+// ErrNoReconcile: the service was built without a report store and a day finder.
+var ErrNoReconcile = errors.New("relay: reconciliation is not configured")
+
+// Bill day keys: what a payment's BillDays holds and a reconciliation queries.
+const (
+	billPaid   = "paid"
+	billRefund = "refund"
+)
+
+// BillDayKey is the key under which a payment's payment (kind "paid") or refund ("refund") of
+// a day is found.
+func BillDayKey(kind, provider, merchant, day string) string {
+	return kind + "|" + provider + "|" + merchant + "|" + day
+}
+
+// BillDays are the bill days the payment's money moved on, as query keys: the day it was paid
+// (when payrelay has its payment notification) and the day of each refund.
+func (p *Payment) BillDays() []string {
+	var out []string
+	add := func(k string) {
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	for _, n := range p.Notifications {
+		switch {
+		case n.Type == TypePaymentSucceeded && !p.PaidAt.IsZero():
+			add(BillDayKey(billPaid, p.Provider, p.Merchant, BillDay(p.PaidAt)))
+		case n.Type == TypePaymentRefunded && n.Refund != nil:
+			add(BillDayKey(billRefund, p.Provider, p.Merchant, BillDay(n.Refund.RefundedAt)))
+		}
+	}
+	return out
+}
+
+// Reconcile compares a bill with what payrelay stored, ingests what is missing, and stores and
+// returns the report. An error means the run must be repeated (a store or queue unavailable);
+// what it ingested before failing stays, and the repeat finds it ingested by this run's
+// predecessor.
+func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, error) {
+	if s.cfg.Reports == nil || s.cfg.Days == nil {
+		return nil, ErrNoReconcile
+	}
+	if len(b.Merchants) == 0 {
+		b.Merchants = []string{b.Merchant}
+	}
+	rep := &Report{ID: ReportID(b.Provider, b.Merchant, b.Day), Provider: b.Provider, Merchant: b.Merchant, Day: b.Day,
+		Counts: map[FindingKind]int{}, By: by, RanAt: s.cfg.Clock.Now()}
+	add := func(f Finding) {
+		rep.Counts[f.Kind]++
+		if len(rep.Findings) < MaxFindings {
+			rep.Findings = append(rep.Findings, f)
+		}
+	}
+	for _, f := range b.Unreadable {
+		add(f)
+	}
+	// What payrelay holds of that day, under every merchant the bill covers.
+	byID := map[string]*Payment{}
+	var paidThatDay, refundedThatDay []*Payment
+	for _, m := range b.Merchants {
+		for _, kind := range []string{billPaid, billRefund} {
+			var ps []*Payment
+			err := s.withRetry(ctx, func(ctx context.Context) error {
+				var err error
+				ps, err = s.cfg.Days.OnBillDay(ctx, BillDayKey(kind, b.Provider, m, b.Day))
+				return err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("payments of %s: %w", b.Day, err)
+			}
+			for _, p := range ps {
+				byID[p.ID] = p
+			}
+			if kind == billPaid {
+				paidThatDay = append(paidThatDay, ps...)
+			} else {
+				refundedThatDay = append(refundedThatDay, ps...)
+			}
+		}
+	}
+	// lookup finds an order under any of the bill's merchants: first among that day's, then
+	// by id (a payment paid near midnight, or known so far only from a refund).
+	lookup := func(order string) (*Payment, error) {
+		for _, m := range b.Merchants {
+			id := PaymentID(b.Provider, m, order)
+			if p, ok := byID[id]; ok {
+				return p, nil
+			}
+			p, _, err := s.getRetry(ctx, id)
+			switch {
+			case err == nil:
+				byID[id] = p
+				return p, nil
+			case !errors.Is(err, ErrNotFound):
+				return nil, err
+			}
+		}
+		return nil, nil
+	}
+	// Payments before refunds: a refund of a payment missing too attaches to it.
+	entries := slices.Clone(b.Entries)
+	slices.SortStableFunc(entries, func(x, y Result) int {
+		return boolInt(x.Type == TypePaymentRefunded) - boolInt(y.Type == TypePaymentRefunded)
+	})
+	inBill := map[string]bool{} // payment ids (paid) and payment id + refund id
+	for _, e := range entries {
+		q := e.Payment
+		if e.Type == TypePaymentSucceeded {
+			rep.BillPayments++
+		} else {
+			rep.BillRefunds++
+		}
+		p, err := lookup(q.OrderID)
+		if err != nil {
+			return nil, fmt.Errorf("look up order %s: %w", q.OrderID, err)
+		}
+		f := Finding{OrderID: q.OrderID, PaymentID: PaymentID(b.Provider, q.Merchant, q.OrderID)}
+		if p != nil {
+			f.PaymentID, f.StoredMinor = p.ID, p.AmountMinor
+		}
+		var stored *Notification
+		if e.Type == TypePaymentSucceeded {
+			f.BillMinor = q.AmountMinor
+			inBill[f.PaymentID] = true
+			if p != nil {
+				stored = p.Paid()
+			}
+		} else {
+			f.RefundID, f.BillMinor = e.Refund.ID, e.Refund.AmountMinor
+			inBill[f.PaymentID+"|"+e.Refund.ID] = true
+			if p != nil {
+				stored = p.RefundByID(e.Refund.ID)
+			}
+		}
+		if stored != nil {
+			switch reason := differs(p, stored, e); {
+			case reason != "":
+				f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", reason
+				if stored.Refund != nil {
+					f.StoredMinor = stored.Refund.AmountMinor
+				}
+			case stored.Via == ViaReconcile:
+				f.Kind, f.Action = missingKind(e.Type), "ingested by an earlier run"
+			default:
+				rep.Matched++
+				continue
+			}
+			add(f)
+			continue
+		}
+		f.Kind = missingKind(e.Type)
+		if len(b.Merchants) > 1 && p == nil {
+			f.Kind, f.Action = FindingUnrelayable, "reported"
+			f.Reason = fmt.Sprintf("the bill's account is shared by %d apps and the bill does not say which one sold it: query it (补单) with the right app", len(b.Merchants))
+			add(f)
+			continue
+		}
+		in := e
+		in.Via = ViaReconcile
+		if p != nil {
+			in.Payment.Merchant, in.Payment.AppID = p.Merchant, p.AppID
+		}
+		res, err := s.Ingest(ctx, in)
+		var over *ErrOverRefund
+		var fe *FieldError
+		switch {
+		case errors.Is(err, ErrFactsDiffer), errors.As(err, &over):
+			f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", err.Error()
+		case errors.As(err, &fe):
+			f.Kind, f.Action, f.Reason = FindingUnrelayable, "reported", fe.Error()
+		case err != nil:
+			return nil, fmt.Errorf("ingest order %s: %w", q.OrderID, err)
+		case res.Duplicate: // stored meanwhile by its own notification
+			rep.Matched++
+			continue
+		default:
+			f.Action = "ingested"
+		}
+		add(f)
+	}
+	// What payrelay holds of that day that the bill lacks.
+	for _, p := range paidThatDay {
+		if n := p.Paid(); n != nil && BillDay(p.PaidAt) == b.Day && !inBill[p.ID] {
+			add(Finding{Kind: FindingNotInBill, OrderID: p.OrderID, PaymentID: p.ID, StoredMinor: p.AmountMinor, Action: "reported",
+				Reason: "payrelay holds this payment (" + n.Via + "); the provider's bill of its day does not list it"})
+		}
+	}
+	for _, p := range refundedThatDay {
+		for _, n := range p.Notifications {
+			if n.Refund == nil || BillDay(n.Refund.RefundedAt) != b.Day || inBill[p.ID+"|"+n.Refund.ID] {
+				continue
+			}
+			add(Finding{Kind: FindingNotInBill, OrderID: p.OrderID, PaymentID: p.ID, RefundID: n.Refund.ID, StoredMinor: n.Refund.AmountMinor,
+				Action: "reported", Reason: "payrelay holds this refund (" + n.Via + "); the provider's bill of its day does not list it"})
+		}
+	}
+	if err := s.putReport(ctx, rep); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// putReport stores the report, counting the runs before it.
+func (s *Service) putReport(ctx context.Context, rep *Report) error {
+	rep.Runs = 1
+	var prev *Report
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		prev, err = s.cfg.Reports.GetReport(ctx, rep.ID)
+		return err
+	})
+	switch {
+	case err == nil:
+		rep.Runs = prev.Runs + 1
+	case !errors.Is(err, ErrNotFound):
+		return fmt.Errorf("load report: %w", err)
+	}
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Reports.PutReport(ctx, rep) }); err != nil {
+		return fmt.Errorf("store report: %w", err)
+	}
+	return nil
+}
+
+// Report returns a stored report.
+func (s *Service) Report(ctx context.Context, id string) (*Report, error) {
+	if s.cfg.Reports == nil {
+		return nil, ErrNoReconcile
+	}
+	var r *Report
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		r, err = s.cfg.Reports.GetReport(ctx, id)
+		return err
+	})
+	return r, err
+}
+
+// Reports returns the newest stored reports.
+func (s *Service) Reports(ctx context.Context, limit int) ([]*Report, error) {
+	if s.cfg.Reports == nil {
+		return nil, ErrNoReconcile
+	}
+	var rs []*Report
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		rs, err = s.cfg.Reports.ListReports(ctx, limit)
+		return err
+	})
+	return rs, err
+}
+
+// differs says how a bill's entry contradicts the stored notification it names, or "".
+func differs(p *Payment, n *Notification, e Result) string {
+	if e.Type == TypePaymentRefunded {
+		if n.Refund.AmountMinor != e.Refund.AmountMinor {
+			return fmt.Sprintf("the bill refunds %d, payrelay recorded %d for refund %s", e.Refund.AmountMinor, n.Refund.AmountMinor, e.Refund.ID)
+		}
+		return ""
+	}
+	q := e.Payment
+	switch {
+	case p.AmountMinor != q.AmountMinor || p.Currency != q.Currency:
+		return fmt.Sprintf("the bill states %d %s, payrelay stored %d %s", q.AmountMinor, q.Currency, p.AmountMinor, p.Currency)
+	case p.TransactionID != "" && q.TransactionID != "" && p.TransactionID != q.TransactionID:
+		return fmt.Sprintf("the bill's transaction %s is not the stored %s", q.TransactionID, p.TransactionID)
+	}
+	return ""
+}
+
+func missingKind(t Type) FindingKind {
+	if t == TypePaymentRefunded {
+		return FindingMissingRefund
+	}
+	return FindingMissingPayment
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

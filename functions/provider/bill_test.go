@@ -77,7 +77,7 @@ func TestParseAlipayBill(t *testing.T) {
 			{TradeNo: "2026112422001446881000000001", OutTradeNo: "20261124-0001", Kind: "退款", FinishedAt: time.Date(2026, 11, 24, 21, 0, 5, 0, cst), AmountMinor: 1000, RefundNo: "RF20261124-0001"},
 		}},
 		{name: "an empty day", text: empty},
-		{name: "truncated before the summary", text: alipayBillLiteral[:strings.Index(alipayBillLiteral, "#----------------------------------------" + "-业务明细列表结束")], wantErr: "truncated"},
+		{name: "truncated before the summary", text: alipayBillLiteral[:strings.Index(alipayBillLiteral, "#----------------------------------------"+"-业务明细列表结束")], wantErr: "truncated"},
 		{name: "a row lost", text: strings.Replace(alipayBillLiteral, "#交易合计：1笔", "#交易合计：2笔", 1), wantErr: "summary counts 2 trades"},
 		{name: "no header", text: "#支付宝业务明细查询\r\n", wantErr: "no header"},
 		{name: "a column missing", text: strings.Replace(alipayBillLiteral, "完成时间", "时间", 1), wantErr: "lacks column 完成时间"},
@@ -315,4 +315,3 @@ func newWechatBillFixture(t *testing.T) (*provider.WechatPay, *providertest.Wech
 	}
 	return wp, api
 }
-

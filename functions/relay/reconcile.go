@@ -271,8 +271,8 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 		}
 		in := e
 		in.Via = ViaReconcile
-		if p != nil {
-			in.Payment.Merchant, in.Payment.AppID = p.Merchant, p.AppID
+		if p != nil { // a refund of a payment stored, maybe under another app of the account
+			in.Payment.Merchant, in.Payment.AppID, in.Payment.Game = p.Merchant, p.AppID, p.Game
 		}
 		res, err := s.Ingest(ctx, in)
 		var over *ErrOverRefund

@@ -181,14 +181,15 @@ func TestStateTerminal(t *testing.T) {
 
 // harness is a Service over in-memory dependencies with a hand-driven clock.
 type harness struct {
-	svc   *relay.Service
-	store *relaytest.Store
-	queue *relaytest.Queue
-	clock *relaytest.Clock
-	jobs  *failingJobs
-	posts atomic.Int32
-	mu    sync.Mutex
-	sent  []sent // every POST, in order
+	svc     *relay.Service
+	store   *relaytest.Store
+	queue   *relaytest.Queue
+	clock   *relaytest.Clock
+	jobs    *failingJobs
+	reports *relaytest.Reports
+	posts   atomic.Int32
+	mu      sync.Mutex
+	sent    []sent // every POST, in order
 	// answer decides the game server's answer to attempt n.
 	answer func(n int) relay.NotifyResult
 }
@@ -202,11 +203,12 @@ type sent struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{store: relaytest.NewStore(), queue: relaytest.NewQueue(), clock: relaytest.NewClock(t0), jobs: &failingJobs{Jobs: relaytest.NewJobs()}}
+	h := &harness{store: relaytest.NewStore(), queue: relaytest.NewQueue(), clock: relaytest.NewClock(t0), jobs: &failingJobs{Jobs: relaytest.NewJobs()},
+		reports: relaytest.NewReports()}
 	h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 200} }
 	svc, err := relay.NewService(relay.Config{
 		Store: h.store, Finder: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
-		Jobs: h.jobs, JobQueue: h.queue, ReplayRate: 1e6,
+		Jobs: h.jobs, JobQueue: h.queue, ReplayRate: 1e6, Reports: h.reports, Days: h.store,
 		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, nt *relay.Notification, n int) relay.NotifyResult {
 			h.posts.Add(1)
 			h.mu.Lock()

@@ -1,0 +1,199 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// billPay is a bill's payment entry of order for merchant m, paid at at.
+func billPay(m, order string, amount int64, at time.Time) relay.Result {
+	return relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "alipay", Merchant: m, OrderID: order,
+		TransactionID: "tx-" + order, AmountMinor: amount, Currency: "CNY", PaidAt: at, AppID: m, Game: "sword"}}
+}
+
+// billRefund is a bill's refund entry: this refund's amount, the payment's amount unknown.
+func billRefund(m, order, refundID string, amount int64, at time.Time) relay.Result {
+	r := billPay(m, order, 0, time.Time{})
+	r.Type = relay.TypePaymentRefunded
+	r.Refund = &relay.RefundFacts{ID: refundID, AmountMinor: amount, RefundedAt: at}
+	return r
+}
+
+// findings lists a report's findings as "kind order [refund] action".
+func findings(r *relay.Report) []string {
+	var out []string
+	for _, f := range r.Findings {
+		s := fmt.Sprintf("%s %s", f.Kind, f.OrderID)
+		if f.RefundID != "" {
+			s += " " + f.RefundID
+		}
+		out = append(out, s+": "+f.Action)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestReconcileFindsExactlyWhatIsOutOfStep(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	day := "2026-11-24"
+	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone) // 12:00 UTC, the bill's day in Shanghai
+	const m = "2021004100000001"
+	// What the provider notified: o-match (and its refund r-match), o-norefund (its refund
+	// r-missing was never notified), o-conflict (stored with 1000, the bill says 1200) and
+	// o-notinbill (the bill does not list it).
+	for _, r := range []relay.Result{billPay(m, "o-match", 1000, at), billPay(m, "o-norefund", 1000, at), billPay(m, "o-conflict", 1000, at),
+		billPay(m, "o-notinbill", 500, at), billRefund(m, "o-match", "r-match", 100, at.Add(time.Hour))} {
+		if _, err := h.svc.Ingest(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bill := relay.Bill{Provider: "alipay", Merchant: m, Day: day, Entries: []relay.Result{
+		billRefund(m, "o-norefund", "r-missing", 300, at.Add(2*time.Hour)), // before its payment's line: order does not matter
+		billPay(m, "o-match", 1000, at), billPay(m, "o-norefund", 1000, at), billPay(m, "o-conflict", 1200, at),
+		billPay(m, "o-missing", 700, at), billRefund(m, "o-match", "r-match", 100, at.Add(time.Hour)),
+	}}
+	want := []string{
+		"conflict o-conflict: not relayed",
+		"missing_payment o-missing: ingested",
+		"missing_refund o-norefund r-missing: ingested",
+		"not_in_bill o-notinbill: reported",
+	}
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, findings(rep)); diff != "" {
+		t.Fatalf("findings (-want +got):\n%s", diff)
+	}
+	if rep.BillPayments != 4 || rep.BillRefunds != 2 || rep.Matched != 3 || rep.Runs != 1 {
+		t.Errorf("counts: bill %d payments, %d refunds; matched %d; runs %d", rep.BillPayments, rep.BillRefunds, rep.Matched, rep.Runs)
+	}
+	for kind, n := range map[relay.FindingKind]int{relay.FindingConflict: 1, relay.FindingMissingPayment: 1, relay.FindingMissingRefund: 1, relay.FindingNotInBill: 1} {
+		if rep.Counts[kind] != n {
+			t.Errorf("Counts[%s] = %d, want %d", kind, rep.Counts[kind], n)
+		}
+	}
+	// The missing ones are stored, relayed from reconciliation; the conflict changed nothing.
+	missing := h.store.Payment(relay.PaymentID("alipay", m, "o-missing"))
+	if missing == nil || missing.Paid().Via != relay.ViaReconcile || missing.Paid().State != relay.StatePending || missing.AmountMinor != 700 {
+		t.Fatalf("o-missing stored as %+v", missing)
+	}
+	nr := h.store.Payment(relay.PaymentID("alipay", m, "o-norefund"))
+	if n := nr.RefundByID("r-missing"); n == nil || n.Via != relay.ViaReconcile || n.Refund.AmountMinor != 300 || nr.RefundedMinor != 300 {
+		t.Fatalf("o-norefund's refund stored as %+v", nr.Notifications)
+	}
+	if c := h.store.Payment(relay.PaymentID("alipay", m, "o-conflict")); c.AmountMinor != 1000 || len(c.Notifications) != 1 {
+		t.Errorf("the conflict changed the stored payment: %+v", c)
+	}
+	tasks := len(h.queue.Snapshot())
+
+	// Run again (Cloud Scheduler's retry, an operator): the same four findings, the missing
+	// ones recognised as this reconciliation's, nothing ingested or enqueued twice.
+	want[1], want[2] = "missing_payment o-missing: ingested by an earlier run", "missing_refund o-norefund r-missing: ingested by an earlier run"
+	rep, err = h.svc.Reconcile(ctx, bill, "operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, findings(rep)); diff != "" {
+		t.Errorf("second run's findings (-want +got):\n%s", diff)
+	}
+	if got := len(h.queue.Snapshot()); got != tasks {
+		t.Errorf("the second run enqueued %d more tasks", got-tasks)
+	}
+	if stored, _ := h.svc.Report(ctx, relay.ReportID("alipay", m, day)); stored == nil || stored.Runs != 2 || stored.By != "operator" {
+		t.Errorf("stored report %+v, want run 2 by the operator", stored)
+	}
+}
+
+// A run killed half-way (the store failing after the first ingest) is safe to run again.
+func TestReconcileInterruptedThenRunAgain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 9, 0, 0, 0, relay.BillZone)
+	const m = "m1"
+	bill := relay.Bill{Provider: "alipay", Merchant: m, Day: "2026-11-24", Entries: []relay.Result{billPay(m, "a", 100, at), billPay(m, "b", 200, at)}}
+	creates := 0
+	h.store.Fail = func(op string) error {
+		if op == "create" {
+			if creates++; creates > 1 {
+				return fmt.Errorf("killed: %w", relay.ErrUnavailable)
+			}
+		}
+		return nil
+	}
+	if _, err := h.svc.Reconcile(ctx, bill, "scheduler"); err == nil {
+		t.Fatal("a run whose store failed reported success")
+	}
+	if _, err := h.svc.Report(ctx, relay.ReportID("alipay", m, "2026-11-24")); err == nil {
+		t.Error("an interrupted run stored a report")
+	}
+	h.store.Fail = nil
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"missing_payment a: ingested by an earlier run", "missing_payment b: ingested"}
+	if diff := cmp.Diff(want, findings(rep)); diff != "" {
+		t.Errorf("findings (-want +got):\n%s", diff)
+	}
+	paidTasks := 0
+	for _, task := range h.queue.Snapshot() {
+		if task.Key == relay.KeyPaid && task.Attempt == 1 {
+			paidTasks++
+		}
+	}
+	if paidTasks != 2 {
+		t.Errorf("%d first tasks for 2 recovered payments", paidTasks)
+	}
+}
+
+// Alipay bills an account that several apps may share: an order stored under any of them
+// matches; a missing one is not relayed under a guessed app.
+func TestReconcileSharedAccount(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 9, 0, 0, 0, relay.BillZone)
+	if _, err := h.svc.Ingest(ctx, billPay("app-2", "sold-by-2", 100, at)); err != nil {
+		t.Fatal(err)
+	}
+	bill := relay.Bill{Provider: "alipay", Merchant: "app-1", Merchants: []string{"app-1", "app-2"}, Day: "2026-11-24", Entries: []relay.Result{
+		billPay("app-1", "sold-by-2", 100, at), billRefund("app-1", "sold-by-2", "rf-1", 40, at.Add(time.Minute)), billPay("app-1", "whose", 100, at),
+	}}
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"missing_refund sold-by-2 rf-1: ingested", "unrelayable whose: reported"}
+	if diff := cmp.Diff(want, findings(rep)); diff != "" {
+		t.Errorf("findings (-want +got):\n%s", diff)
+	}
+	if p := h.store.Payment(relay.PaymentID("alipay", "app-2", "sold-by-2")); p.RefundByID("rf-1") == nil {
+		t.Error("the refund was not recorded on the payment of the app that sold it")
+	}
+	if h.store.Payment(relay.PaymentID("alipay", "app-1", "whose")) != nil || h.store.Payment(relay.PaymentID("alipay", "app-1", "sold-by-2")) != nil {
+		t.Error("a payment was stored under a guessed app")
+	}
+}
+
+func TestBillDays(t *testing.T) {
+	t.Parallel()
+	p := samplePayment()                                       // paid 11:59 UTC: 19:59 in Shanghai, the 24th
+	p.PaidAt = time.Date(2026, 11, 24, 16, 30, 0, 0, time.UTC) // 00:30 on the 25th in Shanghai
+	p.Notifications = []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded},
+		{Key: relay.RefundKey("r"), Type: relay.TypePaymentRefunded, Refund: &relay.Refund{ID: "r", RefundedAt: time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)}}}
+	want := []string{"paid|generic|game-1|2026-11-25", "refund|generic|game-1|2026-11-26"}
+	if diff := cmp.Diff(want, p.BillDays()); diff != "" {
+		t.Errorf("BillDays (-want +got):\n%s", diff)
+	}
+}

@@ -28,6 +28,9 @@ const MaxAdminBody = 8 << 10
 //	GET  /api/payments/{id}                                 one payment, every notification and attempt
 //	POST /api/payments/{id}/notifications/{key}/replay      {"reason":"...","force":false}
 //	POST /api/payments/{id}/notifications/{key}/cancel      {"reason":"..."}
+//	POST /api/query                                         an order query (补单)
+//	POST /api/reconcile                                     reconcile one account's bill of a day
+//	GET  /api/reconciliations[/{id}]                        the reconciliation reports
 //
 // A state-changing request must be application/json and, when a browser sends an Origin,
 // same-origin: a cross-site form can send neither, so no other site can make an operator's
@@ -64,6 +67,12 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 		h.adminStartJob(w, r, op)
 	case len(parts) == 2 && parts[0] == "api" && parts[1] == "query":
 		h.adminQuery(w, r, op)
+	case len(parts) == 2 && parts[0] == "api" && parts[1] == "reconcile":
+		h.adminReconcile(w, r, op)
+	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "reconciliations":
+		h.adminReports(w, r, "")
+	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "api" && parts[1] == "reconciliations":
+		h.adminReports(w, r, parts[2])
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "notifications":
 		h.adminList(w, r)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "payments":
@@ -222,6 +231,7 @@ func paymentView(p *relay.Payment) any {
 		Refund        *relay.Refund  `json:"refund,omitempty"`
 		Attempts      []attempt      `json:"attempts"`
 		Actions       []relay.Action `json:"actions,omitempty"`
+		Via           string         `json:"via"`
 	}
 	out := struct {
 		ID            string            `json:"payment_id"`
@@ -243,7 +253,7 @@ func paymentView(p *relay.Payment) any {
 	for _, n := range p.Notifications {
 		nv := notification{ID: relay.NotificationID(p.ID, n.Key), Key: n.Key, Type: string(n.Type), State: string(n.State),
 			Generation: n.Generation, Attempt: n.Attempt, NextAttemptAt: n.NextAttemptAt, Reason: n.Reason, Refund: n.Refund,
-			Attempts: []attempt{}, Actions: n.Actions}
+			Attempts: []attempt{}, Actions: n.Actions, Via: n.Via}
 		for _, a := range n.Attempts {
 			nv.Attempts = append(nv.Attempts, attempt{Generation: a.Generation, Number: a.Number, StartedAt: a.StartedAt,
 				DurationMS: float64(a.Duration) / float64(time.Millisecond), StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass),

@@ -39,6 +39,12 @@ func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request, parts []stri
 		h.formPost(w, r, parts[1], parts[3], parts[4])
 	case r.Method == http.MethodPost && len(parts) == 1 && parts[0] == "query":
 		h.formQuery(w, r)
+	case r.Method == http.MethodGet && len(parts) == 1 && parts[0] == "reconciliations":
+		h.reportsPage(w, r)
+	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "reconciliations":
+		h.reportPage(w, r, parts[1])
+	case r.Method == http.MethodPost && len(parts) == 1 && parts[0] == "reconcile":
+		h.formReconcile(w, r)
 	default:
 		http.Error(w, "not found", http.StatusNotFound)
 	}
@@ -319,7 +325,7 @@ form{display:inline-block;margin:4px 8px 4px 0}input[type=text]{width:220px}code
 </style>`
 
 var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay</title>` + style + `</head><body>
-<h1>payrelay</h1><p>{{ts .Now}} UTC. Counts stop at {{.Limit}}.</p>
+<h1>payrelay</h1><p>{{ts .Now}} UTC. Counts stop at {{.Limit}}. <a href="reconciliations" id="reconciliations">Reconciliation against the providers' bills</a></p>
 <form action="find" method="get">find a payment: <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
 {{if .Queryable}}<form action="query" method="post" id="query">query the provider (补单): <select name="provider">{{range .Queryable}}<option>{{.}}</option>{{end}}</select> <input name="merchant" placeholder="merchant / app id" size="18" required> <input name="order" placeholder="order id" size="18" required> <input type="text" name="reason" placeholder="why" required><input type="hidden" name="csrf" value="{{.CSRF}}"> <button>query</button></form>{{end}}
 <h2>Notifications by state</h2>
@@ -344,7 +350,7 @@ var paymentPage = template.Must(template.New("payment").Funcs(funcs).Parse(`<!do
 {{range $n := .Notifications}}
 <section class="notification" id="{{$n.ID}}" data-state="{{$n.N.State}}">
 <h2>{{$n.N.Type}}{{with $n.N.Refund}}: refund {{.ID}}, {{money .AmountMinor $.P.Currency}} (refunded in all {{money .CumulativeMinor $.P.Currency}}){{end}} — <span class="{{$n.N.State}}">{{$n.N.State}}</span></h2>
-<p>attempt {{$n.N.Attempt}}, generation {{$n.N.Generation}}{{if eq $n.N.State "pending"}}, due at {{ts $n.N.NextAttemptAt}}{{end}}{{with $n.N.Reason}}; {{.}}{{end}}</p>
+<p>learnt via {{$n.N.Via}}; attempt {{$n.N.Attempt}}, generation {{$n.N.Generation}}{{if eq $n.N.State "pending"}}, due at {{ts $n.N.NextAttemptAt}}{{end}}{{with $n.N.Reason}}; {{.}}{{end}}</p>
 <p style="font-size:12px;color:#666">timeline: each circle is an attempt (green acknowledged, red failed, grey lost), at the time it started; the grey tick is when the ladder planned it.</p>
 <svg class="timeline" width="{{$n.Timeline.Width}}" height="{{$n.Timeline.Height}}" role="img" aria-label="attempts of {{$n.ID}}">
 {{range $row := $n.Timeline.Rows}}<text x="4" y="{{$row.Y}}" font-size="11" dominant-baseline="middle">{{$row.Label}}</text>

@@ -24,10 +24,12 @@ import (
 
 // The names the functions are registered under: the Cloud Functions entry points.
 const (
-	IngestName  = "Ingest"
-	DeliverName = "Deliver"
-	AdminName   = "Admin"
-	SweepName   = "Sweep"
+	IngestName    = "Ingest"
+	DeliverName   = "Deliver"
+	AdminName     = "Admin"
+	SweepName     = "Sweep"
+	ReconcileName = "Reconcile"
+	QueryName     = "Query"
 )
 
 func init() {
@@ -35,6 +37,8 @@ func init() {
 	functions.HTTP(DeliverName, Deliver)
 	functions.HTTP(AdminName, Admin)
 	functions.HTTP(SweepName, Sweep)
+	functions.HTTP(ReconcileName, Reconcile)
+	functions.HTTP(QueryName, Query)
 	// Deployed (Cloud Run sets K_SERVICE), the whole configuration is checked as the process
 	// starts: a permanent error stops it, so the revision never becomes ready and the deploy
 	// fails with the reasons in Cloud Logging, instead of a healthy-looking deployment that
@@ -173,14 +177,15 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	svc, err := relay.NewService(relay.Config{
 		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
-		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate,
+		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st,
 	})
 	if err != nil {
 		closeAll()
 		return nil, nil, err
 	}
 	log.InfoContext(ctx, "payrelay configured", "config", cfg)
-	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID, Games: cfg.Games.Names()}, closeAll, nil
+	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID, Games: cfg.Games.Names(),
+		ProviderConfig: cfg.ProviderConfig.Config, QueryCallers: cfg.QueryCallers}, closeAll, nil
 }
 
 // dispatchDeadline is how long Cloud Tasks waits for Deliver: the lease (by then another
@@ -225,6 +230,27 @@ func Sweep(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.Sweep(w, r)
+}
+
+// Reconcile is the daily reconciliation against the providers' bills, called by Cloud
+// Scheduler.
+func Reconcile(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("reconcile: %w", err))
+		return
+	}
+	h.Reconcile(w, r)
+}
+
+// Query is the game servers' order query (补单), private to their identities.
+func Query(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("query: %w", err))
+		return
+	}
+	h.GameQuery(w, r)
 }
 
 // Deliver is the Deliver function: one attempt of the ladder, called by Cloud Tasks.

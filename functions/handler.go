@@ -40,6 +40,10 @@ type Handler struct {
 	Clock     relay.Clock
 	ProjectID string   // for Cloud Logging trace ids
 	Games     []string // the configured games, for the dashboard
+	// ProviderConfig routes merchants to games (which orders a game server may query).
+	ProviderConfig provider.Config
+	// QueryCallers maps a game server's identity to the game whose orders it may query.
+	QueryCallers map[string]string
 
 	inflight sync.WaitGroup
 	draining atomic.Bool

@@ -51,6 +51,7 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	clock := relaytest.NewClock(testNow)
 	svc, err := relay.NewService(relay.Config{
 		Store: f.store, Finder: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
+		Reports: relaytest.NewReports(), Days: f.store,
 		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
 			f.posts++
 			if f.fail {

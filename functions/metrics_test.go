@@ -3,6 +3,7 @@ package functions
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/logging"
 	"github.com/payrelay/payrelay/infra/monitoring"
@@ -29,6 +31,17 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
+
+// fakeBiller is a provider with a bill to reconcile, or a failure to fetch it.
+type fakeBiller struct {
+	*provider.Generic
+	bill relay.Bill
+	err  error
+}
+
+func (b *fakeBiller) BillAccounts() []string { return []string{b.bill.Merchant} }
+
+func (b *fakeBiller) Bill(context.Context, string, string) (relay.Bill, error) { return b.bill, b.err }
 
 // Every log-based metric counts log entries the real handlers write: the test drives Ingest,
 // Deliver and Sweep through each case a metric counts, captures their JSON logs (the same
@@ -75,6 +88,15 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	if w.Code != http.StatusOK {
 		t.Fatalf("sweep = %d %s", w.Code, w.Body)
 	}
+	// A reconciliation finding a payment missing, and one that cannot run.
+	at := testNow.Add(-time.Hour)
+	day := relay.BillDay(at)
+	h.Providers["bills"] = &fakeBiller{Generic: h.Providers["generic"].(*provider.Generic), bill: relay.Bill{Provider: "generic", Merchant: "shop-2", Day: day,
+		Entries: []relay.Result{{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "generic", Merchant: "shop-2", OrderID: "order-bill-1",
+			TransactionID: "txn-b1", AmountMinor: 100, Currency: "CNY", PaidAt: at, AppID: "shop-2", Game: "game-1"}}}}}
+	serve(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))
+	h.Providers["bills"].(*fakeBiller).err = provider.ErrBillNotReady
+	serve(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))
 	// A process refusing to start.
 	logStartupFailure(logging.New(&out, "info"), errors.New("config: GAMES is required"))
 
@@ -123,7 +145,7 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 		return -1
 	}
 	for name, want := range map[string]int{"notifications_failed": 1, "notifications_retried": 7, "notifications_delivered": 1,
-		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 1, "startup_failures": 1} {
+		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 1, "startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1} {
 		if got := count(name); got != want {
 			t.Errorf("%s counts %d entries, want %d", name, got, want)
 		}

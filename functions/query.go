@@ -69,7 +69,54 @@ func (h *Handler) adminQuery(w http.ResponseWriter, r *http.Request, op string) 
 			Reason: `want {"provider":"alipay","merchant":"<app id>","order_id":"...","reason":"why, 1-500 characters"}`})
 		return
 	}
-	code, out, eb := h.queryOrder(h.context(r), op, q.Provider, q.Merchant, q.OrderID, q.Reason)
+	code, out, eb := h.queryOrder(h.context(r), op, q.Provider, q.Merchant, q.OrderID, q.Reason, "")
+	if eb != nil {
+		writeJSON(w, code, eb)
+		return
+	}
+	writeJSON(w, code, out)
+}
+
+// GameQuery is the Query function: a game server asks payrelay to query one of its own game's
+// orders (补单), as an operator can through Admin. The function is private: Cloud Run lets only
+// the identities terraform grants (each game's query_callers) reach it, and QUERY_CALLERS maps
+// each to its one game, so a game server can neither query another game's orders nor replay or
+// cancel anything.
+//
+//	POST / {"provider":"alipay","merchant":"<app id>","order_id":"...","reason":"player 1001 reports no items"}
+func (h *Handler) GameQuery(w http.ResponseWriter, r *http.Request) {
+	if !h.enter(w) {
+		return
+	}
+	defer h.inflight.Done()
+	ctx := h.context(r)
+	caller := operator(r)
+	game, ok := h.QueryCallers[caller]
+	if !ok {
+		h.Logger.WarnContext(ctx, "query refused: the caller is no game server's identity", "caller", caller)
+		writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Reason: "this identity may not query orders (terraform: games.<game>.query_callers)"})
+		return
+	}
+	raw, refusal := readBody(w, r, MaxAdminBody, "application/json")
+	if refusal != nil {
+		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
+		return
+	}
+	var q struct {
+		Provider string `json:"provider"`
+		Merchant string `json:"merchant"`
+		OrderID  string `json:"order_id"`
+		Reason   string `json:"reason"`
+	}
+	if err := json.Unmarshal(raw, &q); err != nil || len(q.Reason) > 500 {
+		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request",
+			Reason: `want {"provider":"alipay","merchant":"<app id>","order_id":"...","reason":"optional, at most 500 characters"}`})
+		return
+	}
+	if q.Reason == "" {
+		q.Reason = "game server query"
+	}
+	code, out, eb := h.queryOrder(ctx, "game "+game+" ("+caller+")", q.Provider, q.Merchant, q.OrderID, q.Reason, game)
 	if eb != nil {
 		writeJSON(w, code, eb)
 		return
@@ -84,7 +131,7 @@ func (h *Handler) formQuery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := r.PostForm
-	code, out, eb := h.queryOrder(h.context(r), operator(r), f.Get("provider"), strings.TrimSpace(f.Get("merchant")), strings.TrimSpace(f.Get("order")), reason)
+	code, out, eb := h.queryOrder(h.context(r), operator(r), f.Get("provider"), strings.TrimSpace(f.Get("merchant")), strings.TrimSpace(f.Get("order")), reason, "")
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
 	w.WriteHeader(code)
@@ -104,9 +151,10 @@ var queryPage = template.Must(template.New("query").Funcs(funcs).Parse(`<!doctyp
 {{if .Answer.Payment}}<p><a href="payments/{{path .ID}}">open the payment</a></p>{{end}}{{end}}
 <p><a href="./">back to the overview</a></p></body></html>`))
 
-// queryOrder asks the provider and ingests what it reports paid. It returns the HTTP status
-// and either the answer or the refusal.
-func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, reason string) (int, queryAnswer, *errorBody) {
+// queryOrder asks the provider and ingests what it reports paid. A non-empty game restricts
+// the query to that game's orders (a game server's). It returns the HTTP status and either the
+// answer or the refusal.
+func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, reason, game string) (int, queryAnswer, *errorBody) {
 	log := h.Logger.With("operator", op, "provider", prov, "merchant", merchant, "order_id", orderID, "reason", reason)
 	out := queryAnswer{Provider: prov, Merchant: merchant, OrderID: orderID}
 	if prov == "" || merchant == "" || orderID == "" {
@@ -116,6 +164,11 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 	if !ok {
 		return http.StatusUnprocessableEntity, out, &errorBody{Error: "cannot query", Field: "provider",
 			Reason: "provider " + prov + " is not configured or cannot be queried (order queries: alipay, wechatpay)"}
+	}
+	notYours := &errorBody{Error: "forbidden", Reason: "merchant " + merchant + " does not sell for game " + game}
+	if game != "" && !slices.Contains(h.ProviderConfig.MerchantGames(prov, merchant), game) {
+		log.WarnContext(ctx, "query refused: another game's merchant", "game", game)
+		return http.StatusForbidden, out, notYours
 	}
 	ans, err := querier.Query(ctx, merchant, orderID)
 	var qe *provider.QueryError
@@ -128,6 +181,11 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 		return http.StatusServiceUnavailable, out, &errorBody{Error: "temporarily unavailable", Reason: "the provider did not answer; retry"}
 	}
 	out.Reported, out.Action = ans.Reported, "nothing to relay"
+	if game != "" && ans.Result != nil && ans.Result.Payment.Game != game {
+		// A merchant selling for several games (a WeChat Pay merchant's apps): not this one's.
+		log.WarnContext(ctx, "query refused: the order belongs to another game", "game", game)
+		return http.StatusForbidden, queryAnswer{Provider: prov, Merchant: merchant, OrderID: orderID}, notYours
+	}
 	if ans.Result != nil {
 		// Already notified: compare the facts both sides state for certain (amount, the provider's
 		// transaction id) and change nothing. The query's time (Alipay's send_pay_date) is not
@@ -144,7 +202,9 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 			log.WarnContext(ctx, "operator query", "provider_reported", ans.Reported, "action", out.Action)
 			return http.StatusOK, out, nil
 		}
-		res, err := h.Service.Ingest(ctx, *ans.Result)
+		in := *ans.Result
+		in.Via = relay.ViaQuery
+		res, err := h.Service.Ingest(ctx, in)
 		switch {
 		case errors.Is(err, relay.ErrFactsDiffer):
 			log.ErrorContext(ctx, "order query: the provider's answer contradicts what is stored", "event", "conflict", "payment_id", res.PaymentID)

@@ -137,6 +137,34 @@ func (c Config) Games() map[string][]string {
 	return out
 }
 
+// MerchantGames lists the games a provider's merchant account sells for: an Alipay app's game,
+// every game a WeChat Pay merchant's apps route to, a generic app's game.
+func (c Config) MerchantGames(provider, merchant string) []string {
+	var out []string
+	switch provider {
+	case "alipay":
+		for _, a := range c.Alipay {
+			if a.AppID == merchant {
+				out = append(out, a.Game)
+			}
+		}
+	case "wechatpay":
+		for _, m := range c.WechatPay {
+			if m.MchID == merchant {
+				for _, g := range m.AppIDs {
+					out = append(out, g)
+				}
+			}
+		}
+	case "generic":
+		if g, ok := c.Generic.Apps[merchant]; ok {
+			out = append(out, g)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // Validate checks the whole configuration against the configured games and returns every
 // problem at once: keys that do not parse, apps that route to no game or to an unknown one.
 func (c Config) Validate(games []string) error {

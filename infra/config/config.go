@@ -65,6 +65,24 @@ type Config struct {
 	FirestoreEmulatorHost string `env:"FIRESTORE_EMULATOR_HOST"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"LOG_LEVEL, default=info"`
+	// QueryCallers maps each game server's identity (the email of its service account, which
+	// Cloud Run verified) to the one game whose orders it may query through the Query
+	// function: JSON {"sword-server@p.iam.gserviceaccount.com":"sword"}.
+	QueryCallers QueryCallers `env:"QUERY_CALLERS"`
+}
+
+// QueryCallers is QUERY_CALLERS: identity to game.
+type QueryCallers map[string]string
+
+// EnvDecode implements envconfig.Decoder.
+func (q *QueryCallers) EnvDecode(v string) error {
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(v), q); err != nil {
+		return fmt.Errorf("QUERY_CALLERS is not a JSON object of identity to game: %w", err)
+	}
+	return nil
 }
 
 // Secrets is a comma-separated list of secrets.
@@ -241,6 +259,11 @@ func (c *Config) loadGames(l envconfig.Lookuper) []error {
 	}
 	if err := c.ProviderConfig.Validate(c.Games.Names()); err != nil {
 		errs = append(errs, err)
+	}
+	for who, game := range c.QueryCallers {
+		if !seen[game] {
+			errs = append(errs, fmt.Errorf("QUERY_CALLERS: %s may query game %q, which GAMES does not configure", who, game))
+		}
 	}
 	return errs
 }

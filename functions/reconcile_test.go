@@ -1,0 +1,187 @@
+package functions
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/payrelay/payrelay/functions/provider"
+	"github.com/payrelay/payrelay/functions/provider/providertest"
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// identity is a bearer token as Cloud Run passes it on once it verified it: only its payload's
+// email is read.
+func identity(email string) string {
+	claims, _ := json.Marshal(map[string]string{"email": email})
+	return "Bearer e30." + base64.RawURLEncoding.EncodeToString(claims) + ".sig"
+}
+
+// billFixture is a handler with Alipay and WeChat Pay able to query and fetch bills from
+// stand-ins.
+func billFixture(t *testing.T) (*fixture, *providertest.AlipayGateway, *providertest.WechatAPI) {
+	t.Helper()
+	f := withProviders(t, newFixture(t))
+	appKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	gw := providertest.NewAlipayGateway(aliApp, &appKey.PublicKey, aliKey)
+	t.Cleanup(gw.Close)
+	apiKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	api := providertest.NewWechatAPI(wxMch, "API-1", &apiKey.PublicKey, platKey, wxSer)
+	t.Cleanup(api.Close)
+	cfg := provider.Config{
+		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyPEM(aliKey), PrivateKey: providertest.PrivateKeyPEM(appKey), Gateway: gw.URL, Game: "sword"},
+			{AppID: "2021004100000009", PublicKey: providertest.PublicKeyPEM(aliKey), Game: "farm"}},
+		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: "sword", "wx-farm-app": "farm"},
+			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}, APIPrivateKey: providertest.PrivateKeyPEM(apiKey), APISerial: "API-1", APIBase: api.URL}},
+	}
+	set, err := provider.New(cfg, testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.h.Providers["alipay"], f.h.Providers["wechatpay"] = set["alipay"], set["wechatpay"]
+	f.h.ProviderConfig = cfg
+	return f, gw, api
+}
+
+// A game server queries through the Query function with its own identity, and only its own
+// game's orders.
+func TestGameServerQuery(t *testing.T) {
+	t.Parallel()
+	f, gw, api := billFixture(t)
+	f.h.QueryCallers = map[string]string{"sword-server@studio.iam.gserviceaccount.com": "sword"}
+	gw.SetTrade("lost-1", providertest.AlipayTrade{TradeNo: "2026112422001", TotalAmount: "6.48", TradeStatus: "TRADE_SUCCESS", SendPayDate: "2026-11-24 20:00:00"})
+	farm := providertest.WechatTransaction(wxMch, "wx-farm-app", "wx-farm-1", 300)
+	api.SetTransaction(farm)
+	ask := func(who, body string) (int, map[string]any) {
+		t.Helper()
+		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		if who != "" {
+			r.Header.Set("Authorization", identity(who))
+		}
+		return serve(f.h.GameQuery, r)
+	}
+	const sword = "sword-server@studio.iam.gserviceaccount.com"
+	if code, out := ask(sword, `{"provider":"alipay","merchant":"`+aliApp+`","order_id":"lost-1"}`); code != 200 || out["action"] != "ingested" {
+		t.Fatalf("sword's own order: %d %v", code, out)
+	}
+	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "lost-1"))
+	if p == nil || p.Paid().Via != relay.ViaQuery {
+		t.Fatalf("stored %+v, want the payment recovered via query", p)
+	}
+	requests, _ := gw.Counts()
+	for name, tc := range map[string]struct {
+		who, body string
+		code      int
+	}{
+		"no identity":            {"", `{"provider":"alipay","merchant":"` + aliApp + `","order_id":"lost-1"}`, 403},
+		"an identity not listed": {"someone@studio.example", `{"provider":"alipay","merchant":"` + aliApp + `","order_id":"lost-1"}`, 403},
+		"another game's app":     {sword, `{"provider":"alipay","merchant":"2021004100000009","order_id":"x"}`, 403},
+		"another game's order":   {sword, `{"provider":"wechatpay","merchant":"` + wxMch + `","order_id":"wx-farm-1"}`, 403},
+		"not JSON":               {sword, `provider=alipay`, 422},
+	} {
+		if code, out := ask(tc.who, tc.body); code != tc.code {
+			t.Errorf("%s: %d %v, want %d", name, code, out, tc.code)
+		}
+	}
+	if f.store.Payment(relay.PaymentID("wechatpay", wxMch, "wx-farm-1")) != nil {
+		t.Error("another game's order was ingested for sword's server")
+	}
+	if after, _ := gw.Counts(); after != requests {
+		t.Errorf("refused queries still reached Alipay: %d requests", after-requests)
+	}
+}
+
+// The scheduled run reconciles every account's bill of the day before; a bill not ready yet
+// makes it answer 503 so that Cloud Scheduler retries, and the retry is safe.
+func TestScheduledReconcile(t *testing.T) {
+	t.Parallel()
+	f, gw, api := billFixture(t)
+	day := relay.BillDay(testNow.AddDate(0, 0, -1))
+	notified := providertest.AlipayFields(aliApp, "ali-notified", "648.00", "TRADE_SUCCESS")
+	notified["gmt_payment"] = day + " 20:00:00"
+	if w := record(f.h.Ingest, alipayReq(providertest.SignAlipay(aliKey, notified))); w.Code != 200 {
+		t.Fatalf("notify %d", w.Code)
+	}
+	gw.SetBill(day, providertest.AlipayBillZip("2088102177846881", day, []providertest.AlipayBillLine{
+		{TradeNo: "2026112422001446881000000001", OutTradeNo: "ali-notified", Kind: "交易", Finished: day + " 20:00:00", Amount: "648.00"},
+		{TradeNo: "2026112422001446881000000002", OutTradeNo: "ali-lost", Kind: "交易", Finished: day + " 21:00:00", Amount: "30.00"},
+	}))
+	api.SetBill(day, nil) // WeChat Pay is still making it
+	run := func() (int, map[string]any) {
+		return serve(f.h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader("")))
+	}
+	code, out := run()
+	if code != http.StatusServiceUnavailable || out["failed"] != float64(1) {
+		t.Fatalf("with WeChat Pay's bill not ready: %d %v, want 503 and one failed", code, out)
+	}
+	lost := relay.PaymentID("alipay", aliApp, "ali-lost")
+	if p := f.store.Payment(lost); p == nil || p.Paid().Via != relay.ViaReconcile || p.AmountMinor != 3000 {
+		t.Fatalf("the lost payment: %+v", p)
+	}
+	api.SetBill(day, providertest.WechatBillText(nil))
+	if code, out := run(); code != 200 || out["failed"] != float64(0) {
+		t.Fatalf("retry: %d %v", code, out)
+	}
+	rep, err := f.h.Service.Report(context.Background(), relay.ReportID("alipay", aliApp, day))
+	if err != nil || rep.Runs != 2 || rep.Matched != 1 || rep.Counts[relay.FindingMissingPayment] != 1 || len(rep.Findings) != 1 {
+		t.Fatalf("alipay report %+v %v", rep, err)
+	}
+	firstTasks := 0
+	for _, task := range f.queue.Snapshot() {
+		if task.PaymentID == lost && task.Attempt == 1 {
+			firstTasks++
+		}
+	}
+	if firstTasks != 1 {
+		t.Errorf("the recovered payment has %d first tasks after two runs, want 1", firstTasks)
+	}
+
+	// The API and the dashboard show it.
+	w := record(f.h.Admin, httptest.NewRequest(http.MethodGet, "/api/reconciliations", nil))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"missing_payment":1`) {
+		t.Errorf("GET /api/reconciliations: %d %s", w.Code, w.Body)
+	}
+	w = record(f.h.Admin, httptest.NewRequest(http.MethodGet, "/reconciliations/"+rep.ID, nil))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `data-kind="missing_payment"`) || !strings.Contains(w.Body.String(), "ali-lost") {
+		t.Errorf("report page: %d\n%s", w.Code, w.Body)
+	}
+	// An operator reconciles again from the dashboard's form.
+	w = httptest.NewRecorder()
+	f.h.Admin(w, httptest.NewRequest(http.MethodGet, "/reconciliations", nil))
+	var cookie *http.Cookie
+	for _, c := range w.Result().Cookies() {
+		if c.Name == csrfCookie {
+			cookie = c
+		}
+	}
+	if cookie == nil || !strings.Contains(w.Body.String(), "<option>alipay "+aliApp+"</option>") {
+		t.Fatalf("reports page without the form:\n%s", w.Body)
+	}
+	form := url.Values{"account": {"alipay " + aliApp}, "day": {day}, "reason": {"the bill was corrected"}, "csrf": {cookie.Value}}.Encode()
+	r := httptest.NewRequest(http.MethodPost, "/reconcile", strings.NewReader(form))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.AddCookie(cookie)
+	if w := record(f.h.Admin, r); w.Code != http.StatusSeeOther {
+		t.Errorf("form: %d %s", w.Code, w.Body)
+	}
+	if rep, _ := f.h.Service.Report(context.Background(), rep.ID); rep.Runs != 3 || !strings.HasPrefix(rep.By, "anonymous") {
+		t.Errorf("after the form: %+v", rep)
+	}
+	// Bad requests.
+	if code, _ := serve(f.h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"24/11"}`))); code != 422 {
+		t.Errorf("a bad day: %d", code)
+	}
+	req := httptest.NewRequest(http.MethodPost, "/api/reconcile", strings.NewReader(`{"provider":"alipay","merchant":"nope","day":"`+day+`","reason":"r"}`))
+	req.Header.Set("Content-Type", "application/json")
+	if w := record(f.h.Admin, req); w.Code != 422 {
+		t.Errorf("an unknown account: %d %s", w.Code, w.Body)
+	}
+}

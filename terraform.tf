@@ -77,6 +77,9 @@ variable "games" {
     shards                    = optional(number, 1)
     max_dispatches_per_second = optional(number, 50)
     max_concurrent_dispatches = optional(number, 100)
+    # Identities of the game's own servers allowed to query its orders (补单) through the Query
+    # function: service accounts only (the function checks the email Cloud Run verified).
+    query_callers = optional(list(string), [])
   }))
   validation {
     condition     = length(var.games) > 0
@@ -97,6 +100,10 @@ variable "games" {
   validation {
     condition     = alltrue([for g, c in var.games : c.shards >= 1 && c.shards <= 16 && floor(c.shards) == c.shards])
     error_message = "each game's shards must be a whole number from 1 to 16."
+  }
+  validation {
+    condition     = alltrue(flatten([for g, c in var.games : [for m in c.query_callers : can(regex("^serviceAccount:[^\\s@]+@[^\\s@]+$", m))]]))
+    error_message = "each game's query_callers must be serviceAccount:<email> members."
   }
   validation {
     condition     = alltrue([for g, c in var.games : c.max_dispatches_per_second > 0 && c.max_dispatches_per_second <= 500 && c.max_concurrent_dispatches >= 1 && c.max_concurrent_dispatches <= 5000])
@@ -174,6 +181,18 @@ variable "sweep_schedule" {
   description = "Cron schedule of the sweeper (Cloud Scheduler), in UTC."
   type        = string
   default     = "* * * * *"
+}
+
+variable "reconcile_schedule" {
+  description = "Cron schedule of the daily reconciliation against the providers' bills, in reconcile_time_zone (both providers make the day's bill by 10:00 China Standard Time)."
+  type        = string
+  default     = "0 10 * * *"
+}
+
+variable "reconcile_time_zone" {
+  description = "Time zone of reconcile_schedule (tz database name)."
+  type        = string
+  default     = "Asia/Shanghai"
 }
 
 variable "notification_channels" {
@@ -312,7 +331,7 @@ resource "google_service_account" "runtime" {
 resource "google_service_account" "scheduler" {
   account_id   = "${var.name}-scheduler"
   display_name = "payrelay sweeper schedule"
-  description  = "Identity Cloud Scheduler calls the Sweep function with; may invoke Sweep only."
+  description  = "Identity Cloud Scheduler calls the Sweep and Reconcile functions with; may invoke those two only."
 }
 
 resource "google_service_account" "invoker" {
@@ -451,6 +470,8 @@ locals {
     OPS_QUEUE           = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.ops.name}"
     REPLAY_RATE         = "20"
     LOG_LEVEL           = var.log_level
+    # Each game server identity allowed to query orders, mapped to its one game.
+    QUERY_CALLERS = jsonencode(merge({}, [for g, c in var.games : { for m in c.query_callers : trimprefix(m, "serviceAccount:") => g }]...))
   }
   function_secret_env = {
     INGEST_SECRETS  = google_secret_manager_secret.secret["ingest"].secret_id
@@ -458,11 +479,15 @@ locals {
   }
   # Each game's signing secrets: GAME_SECRETS_<GAME>, upper case, - as _ (config.GameSecretsVar).
   game_secret_env = { for g, c in var.games : "GAME_SECRETS_${upper(replace(g, "-", "_"))}" => google_secret_manager_secret.secret["game-${g}"].secret_id }
+  # Reconcile downloads and compares whole bills: it gets the longest timeout Cloud Functions
+  # allows for an HTTP function fed by Cloud Scheduler, and one instance.
   functions = {
-    ingest  = { name = local.ingest_name, entry_point = "Ingest", max_instances = var.ingest_max_instances }
-    deliver = { name = local.deliver_name, entry_point = "Deliver", max_instances = var.deliver_max_instances }
-    admin   = { name = "${var.name}-admin", entry_point = "Admin", max_instances = 3 }
-    sweep   = { name = "${var.name}-sweep", entry_point = "Sweep", max_instances = 1 }
+    ingest    = { name = local.ingest_name, entry_point = "Ingest", max_instances = var.ingest_max_instances, timeout = var.function_timeout_seconds }
+    deliver   = { name = local.deliver_name, entry_point = "Deliver", max_instances = var.deliver_max_instances, timeout = var.function_timeout_seconds }
+    admin     = { name = "${var.name}-admin", entry_point = "Admin", max_instances = 3, timeout = 540 }
+    sweep     = { name = "${var.name}-sweep", entry_point = "Sweep", max_instances = 1, timeout = var.function_timeout_seconds }
+    reconcile = { name = "${var.name}-reconcile", entry_point = "Reconcile", max_instances = 1, timeout = 540 }
+    query     = { name = "${var.name}-query", entry_point = "Query", max_instances = 3, timeout = var.function_timeout_seconds }
   }
 }
 
@@ -484,7 +509,7 @@ resource "google_cloudfunctions2_function" "fn" {
 
   service_config {
     available_memory                 = var.function_memory
-    timeout_seconds                  = var.function_timeout_seconds
+    timeout_seconds                  = each.value.timeout
     max_instance_count               = each.value.max_instances
     max_instance_request_concurrency = 1
     service_account_email            = google_service_account.runtime.email
@@ -544,6 +569,52 @@ resource "google_cloud_run_service_iam_member" "sweep_scheduler" {
   member   = "serviceAccount:${google_service_account.scheduler.email}"
 }
 
+# Reconcile is private: only the scheduler's identity may invoke it (operators run one through
+# Admin).
+resource "google_cloud_run_service_iam_member" "reconcile_scheduler" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["reconcile"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
+# Query is private: only the game servers' identities listed in games.<game>.query_callers may
+# invoke it, and QUERY_CALLERS confines each to its own game's orders. It can replay or cancel
+# nothing (that is Admin's, the operators' only).
+resource "google_cloud_run_service_iam_member" "query_callers" {
+  for_each = toset(flatten([for g, c in var.games : c.query_callers]))
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["query"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# The daily reconciliation, after the providers' bills are ready (10:00 in Shanghai). A run
+# that fails (a bill not ready, a provider down) answers 5xx and is retried; running it again
+# is safe.
+resource "google_cloud_scheduler_job" "reconcile" {
+  name             = "${var.name}-reconcile"
+  region           = var.region
+  schedule         = var.reconcile_schedule
+  time_zone        = var.reconcile_time_zone
+  attempt_deadline = "540s"
+  retry_config {
+    retry_count          = 5
+    min_backoff_duration = "600s"
+    max_backoff_duration = "3600s"
+    max_doublings        = 2
+  }
+  http_target {
+    http_method = "POST"
+    uri         = google_cloudfunctions2_function.fn["reconcile"].service_config[0].uri
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = google_cloudfunctions2_function.fn["reconcile"].service_config[0].uri
+    }
+  }
+  depends_on = [google_project_service.api]
+}
+
 # The sweeper, every minute: a notification whose task was lost waits minutes, never forever.
 resource "google_cloud_scheduler_job" "sweep" {
   name             = "${var.name}-sweep"
@@ -571,6 +642,11 @@ resource "google_cloud_scheduler_job" "sweep" {
 output "admin_service" {
   description = "The Admin function's Cloud Run service: gcloud run services proxy <it> --region <region>."
   value       = google_cloudfunctions2_function.fn["admin"].service_config[0].service
+}
+
+output "query_service" {
+  description = "The Query function's Cloud Run service, for game servers (games.<game>.query_callers)."
+  value       = google_cloudfunctions2_function.fn["query"].service_config[0].uri
 }
 
 output "ingest_url" {
@@ -660,11 +736,13 @@ resource "google_logging_metric" "m" {
 locals {
   # Each alert: the metric it watches and what an operator does (the README's runbook).
   count_alerts = {
-    dead_letter     = { metric = "notifications_failed", title = "payrelay: a notification was dead-lettered", doc = "A game server never acknowledged a notification (8 attempts, or 410). Open the dashboard's Failed list, fix the game server, replay it (Admin)." }
-    ingest_5xx      = { metric = "ingest_5xx", title = "payrelay: Ingest answers 5xx", doc = "Ingest could not store notifications (Firestore or Cloud Tasks unavailable); providers retry. Check Firestore and Cloud Tasks status and the functions' logs (event=ingest_failed)." }
-    conflict        = { metric = "conflicts", title = "payrelay: a callback contradicts a stored payment (409)", doc = "Two callbacks for one order disagree (amount, currency) or a refund exceeds what was paid. Compare with the provider's records (Admin: find the payment) before anything else." }
-    healed          = { metric = "healed", title = "payrelay: the sweeper healed lost tasks", doc = "A task was lost (queue purged, enqueue failed) or a delivery died; the sweeper enqueued it again. Check the queues and the logs (event=healed) for the cause." }
-    startup_failure = { metric = "startup_failures", title = "payrelay: a function refused to start", doc = "A revision's configuration is invalid; the log line (event=startup_failed) names every problem. Fix GAMES, the secrets or PROVIDER_CONFIG and deploy again." }
+    dead_letter        = { metric = "notifications_failed", title = "payrelay: a notification was dead-lettered", doc = "A game server never acknowledged a notification (8 attempts, or 410). Open the dashboard's Failed list, fix the game server, replay it (Admin)." }
+    ingest_5xx         = { metric = "ingest_5xx", title = "payrelay: Ingest answers 5xx", doc = "Ingest could not store notifications (Firestore or Cloud Tasks unavailable); providers retry. Check Firestore and Cloud Tasks status and the functions' logs (event=ingest_failed)." }
+    conflict           = { metric = "conflicts", title = "payrelay: a callback contradicts a stored payment (409)", doc = "Two callbacks for one order disagree (amount, currency) or a refund exceeds what was paid. Compare with the provider's records (Admin: find the payment) before anything else." }
+    healed             = { metric = "healed", title = "payrelay: the sweeper healed lost tasks", doc = "A task was lost (queue purged, enqueue failed) or a delivery died; the sweeper enqueued it again. Check the queues and the logs (event=healed) for the cause." }
+    reconcile_failed   = { metric = "reconcile_failed", title = "payrelay: a reconciliation could not run", doc = "An account's daily reconciliation failed (event=reconcile_failed, reason_class: not_ready, refused, unavailable); Cloud Scheduler retries for about 3 hours. refused: check the account's keys in PROVIDER_CONFIG; when fixed, run it from the dashboard's Reconciliation page." }
+    reconcile_findings = { metric = "reconcile_findings", title = "payrelay: reconciliation found payrelay out of step with a bill", doc = "The provider's bill and payrelay disagree (event=reconcile_finding, kind). missing_payment and missing_refund were recovered and relayed; conflict, unrelayable and not_in_bill need an operator: open the day's report in the dashboard (Reconciliation) and compare with the provider's console." }
+    startup_failure    = { metric = "startup_failures", title = "payrelay: a function refused to start", doc = "A revision's configuration is invalid; the log line (event=startup_failed) names every problem. Fix GAMES, the secrets or PROVIDER_CONFIG and deploy again." }
   }
 }
 
@@ -729,6 +807,8 @@ locals {
     { title = "Conflicts (409)", metric = "conflicts", group = "metric.label.provider" },
     { title = "Healed by the sweeper", metric = "healed", group = "metric.label.game" },
     { title = "Oldest overdue (s, max)", metric = "oldest_overdue", group = "", p99 = true },
+    { title = "Reconciliation findings, by kind", metric = "reconcile_findings", group = "metric.label.kind" },
+    { title = "Reconciliations failed", metric = "reconcile_failed", group = "metric.label.provider" },
   ]
 }
 

@@ -24,7 +24,7 @@ variables {
   project_id = "studio-prod"
   region     = "asia-east1"
   games = {
-    sword = { url = "https://sword.example.com/payrelay" }
+    sword = { url = "https://sword.example.com/payrelay", query_callers = ["serviceAccount:sword-server@studio-prod.iam.gserviceaccount.com"] }
     # A game on a private network, spread over two queues with its own limits.
     farm-valley = { url = "https://farm.internal.example.com/payrelay", allow_private = true, timeout = "5s",
     shards = 2, max_dispatches_per_second = 20, max_concurrent_dispatches = 10 }
@@ -38,8 +38,8 @@ run "wiring" {
   command = apply
 
   assert {
-    condition     = google_cloudfunctions2_function.fn["ingest"].build_config[0].entry_point == "Ingest" && google_cloudfunctions2_function.fn["deliver"].build_config[0].entry_point == "Deliver" && google_cloudfunctions2_function.fn["admin"].build_config[0].entry_point == "Admin" && google_cloudfunctions2_function.fn["sweep"].build_config[0].entry_point == "Sweep"
-    error_message = "entry points must be the names registered with functions.HTTP: Ingest, Deliver, Admin and Sweep"
+    condition     = google_cloudfunctions2_function.fn["ingest"].build_config[0].entry_point == "Ingest" && google_cloudfunctions2_function.fn["deliver"].build_config[0].entry_point == "Deliver" && google_cloudfunctions2_function.fn["admin"].build_config[0].entry_point == "Admin" && google_cloudfunctions2_function.fn["sweep"].build_config[0].entry_point == "Sweep" && google_cloudfunctions2_function.fn["reconcile"].build_config[0].entry_point == "Reconcile" && google_cloudfunctions2_function.fn["query"].build_config[0].entry_point == "Query"
+    error_message = "entry points must be the names registered with functions.HTTP: Ingest, Deliver, Admin, Sweep, Reconcile and Query"
   }
   assert {
     condition     = alltrue([for f in google_cloudfunctions2_function.fn : f.build_config[0].runtime == "go126"])
@@ -48,7 +48,7 @@ run "wiring" {
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn : sort(keys(f.service_config[0].environment_variables)) == sort([
       "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "LADDER", "LADDER_COMPRESSION",
-      "LOG_LEVEL", "OPS_QUEUE", "PAYMENTS_COLLECTION", "PROJECT_ID", "REPLAY_RATE", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
+      "LOG_LEVEL", "OPS_QUEUE", "PAYMENTS_COLLECTION", "PROJECT_ID", "QUERY_CALLERS", "REPLAY_RATE", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
     ])])
     error_message = "each function must get every plain variable infra/config reads"
   }
@@ -182,6 +182,22 @@ run "wiring" {
     error_message = "the sweeper must run every minute, calling Sweep as the scheduler's identity"
   }
   assert {
+    condition     = google_cloud_scheduler_job.reconcile.schedule == "0 10 * * *" && google_cloud_scheduler_job.reconcile.time_zone == "Asia/Shanghai" && google_cloud_scheduler_job.reconcile.http_target[0].uri == google_cloudfunctions2_function.fn["reconcile"].service_config[0].uri && google_cloud_scheduler_job.reconcile.http_target[0].oidc_token[0].service_account_email == google_service_account.scheduler.email && google_cloud_scheduler_job.reconcile.retry_config[0].retry_count > 0
+    error_message = "the reconciliation must run daily at 10:00 Asia/Shanghai as the scheduler's identity, retried when it fails"
+  }
+  assert {
+    condition     = google_cloud_run_service_iam_member.reconcile_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.reconcile_scheduler.service == google_cloudfunctions2_function.fn["reconcile"].service_config[0].service && google_cloudfunctions2_function.fn["reconcile"].service_config[0].timeout_seconds == 540
+    error_message = "Reconcile must be invocable by the scheduler's identity only, with the longest timeout"
+  }
+  assert {
+    condition     = [for m in google_cloud_run_service_iam_member.query_callers : m.member] == ["serviceAccount:sword-server@studio-prod.iam.gserviceaccount.com"] && alltrue([for m in google_cloud_run_service_iam_member.query_callers : m.role == "roles/run.invoker" && m.service == google_cloudfunctions2_function.fn["query"].service_config[0].service])
+    error_message = "only the games' query_callers may invoke the Query function"
+  }
+  assert {
+    condition     = jsondecode(google_cloudfunctions2_function.fn["query"].service_config[0].environment_variables["QUERY_CALLERS"]) == { "sword-server@studio-prod.iam.gserviceaccount.com" = "sword" }
+    error_message = "QUERY_CALLERS must map each game server identity's email to its one game"
+  }
+  assert {
     condition     = google_cloud_run_service_iam_member.sweep_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.sweep_scheduler.service == google_cloudfunctions2_function.fn["sweep"].service_config[0].service
     error_message = "only the scheduler's identity may invoke Sweep"
   }
@@ -261,7 +277,7 @@ run "alerts_with_a_channel" {
     notification_channels = ["projects/studio-prod/notificationChannels/123"]
   }
   assert {
-    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "healed", "ingest_5xx", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "healed", "ingest_5xx", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
     error_message = "each concern must get its alert once a channel is given"
   }
   assert {
@@ -274,4 +290,12 @@ run "alerts_with_a_channel" {
     condition     = strcontains(google_monitoring_alert_policy.game_failing[0].conditions[0].condition_prometheus_query_language[0].query, "logging_googleapis_com:user_payrelay_attempts") && alltrue([for a in google_monitoring_alert_policy.count : length(a.notification_channels) == 1 && contains(a.notification_channels, "projects/studio-prod/notificationChannels/123")])
     error_message = "the game-failing alert must watch the attempts metric, and every alert notify the channel"
   }
+}
+
+run "refuses_a_query_caller_that_is_not_a_service_account" {
+  command = plan
+  variables {
+    games = { sword = { url = "https://sword.example.com/payrelay", query_callers = ["group:everyone@studio.example"] } }
+  }
+  expect_failures = [var.games]
 }

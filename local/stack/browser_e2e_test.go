@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/payrelay/payrelay/functions/provider/providertest"
 	"github.com/payrelay/payrelay/functions/relay"
 )
 
@@ -114,4 +115,50 @@ func TestDashboardInABrowser(t *testing.T) {
 		t.Errorf("the page shows %d delivered attempts of generation 1, want 1", delivered)
 	}
 	t.Logf("screenshots in %s", dir)
+}
+
+// In a real browser: an operator runs a day's reconciliation from the dashboard's form and
+// reads its report: the payment the bill shows and payrelay lacked, recovered.
+func TestReconciliationInABrowser(t *testing.T) {
+	t.Parallel()
+	need(t)
+	exe := chromium(t)
+	const day = "2026-11-19"
+	aliGateway.SetBill(day, providertest.AlipayBillZip("2088102177846881", day, []providertest.AlipayBillLine{
+		{TradeNo: "2026111922001446881000000001", OutTradeNo: "rec-browser-1", Kind: "交易", Finished: day + " 12:00:00", Amount: "68.00"},
+	}))
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.DisableGPU, chromedp.WindowSize(1200, 900))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var shot []byte
+	var findings int
+	var kind string
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(st.AdminURL()+"/"),
+		chromedp.Click(`#reconciliations`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#reconcile`, chromedp.ByQuery),
+		chromedp.SetValue(`#reconcile select[name=account]`, "alipay "+aliApp, chromedp.ByQuery),
+		chromedp.SetValue(`#reconcile input[name=day]`, day, chromedp.ByQuery),
+		chromedp.SendKeys(`#reconcile input[name=reason]`, "bill re-issued", chromedp.ByQuery),
+		chromedp.Click(`#reconcile button`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#findings`, chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelectorAll('#findings tr.finding').length`, &findings),
+		chromedp.Evaluate(`document.querySelector('#findings tr.finding').dataset.kind`, &kind),
+		chromedp.FullScreenshot(&shot, 100),
+	)
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	os.WriteFile(filepath.Join(artifacts(t), "dashboard-reconciliation.png"), shot, 0o644)
+	if findings != 1 || kind != string(relay.FindingMissingPayment) {
+		t.Fatalf("the report page lists %d findings (first %q), want the one missing payment", findings, kind)
+	}
+	if p := waitTerminal(t, relay.PaymentID("alipay", aliApp, "rec-browser-1"), 20*time.Second); p.Paid().State != relay.StateDelivered {
+		t.Errorf("the recovered payment ended %s", p.Paid().State)
+	}
 }

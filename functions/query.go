@@ -31,6 +31,30 @@ type queryAnswer struct {
 	Payment any    `json:"payment,omitempty"`
 }
 
+// queryRequest is an order query, from an operator (Admin) or a game server (Query).
+type queryRequest struct {
+	Provider string `json:"provider"`
+	Merchant string `json:"merchant"`
+	OrderID  string `json:"order_id"`
+	Reason   string `json:"reason"`
+}
+
+// readAdminJSON reads an operator's state-changing API request: a bounded application/json
+// POST, refused when another site may have sent it. It answers a refusal itself.
+func (h *Handler) readAdminJSON(w http.ResponseWriter, r *http.Request, op string) ([]byte, bool) {
+	raw, refusal := readBody(w, r, MaxAdminBody, "application/json")
+	if refusal != nil {
+		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
+		return nil, false
+	}
+	if reason := crossSite(r); reason != "" {
+		h.Logger.WarnContext(h.context(r), "admin refused a cross-site request", "operator", op, "reason", reason)
+		writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Reason: reason})
+		return nil, false
+	}
+	return raw, true
+}
+
 // queryable lists the configured providers whose orders can be queried, sorted.
 func (h *Handler) queryable() []string {
 	var out []string
@@ -48,22 +72,11 @@ func (h *Handler) queryable() []string {
 //
 //	POST /api/query {"provider":"alipay","merchant":"<app_id>","order_id":"...","reason":"..."}
 func (h *Handler) adminQuery(w http.ResponseWriter, r *http.Request, op string) {
-	raw, refusal := readBody(w, r, MaxAdminBody, "application/json")
-	if refusal != nil {
-		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
+	raw, ok := h.readAdminJSON(w, r, op)
+	if !ok {
 		return
 	}
-	if reason := crossSite(r); reason != "" {
-		h.Logger.WarnContext(h.context(r), "admin refused a cross-site request", "operator", op, "reason", reason)
-		writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Reason: reason})
-		return
-	}
-	var q struct {
-		Provider string `json:"provider"`
-		Merchant string `json:"merchant"`
-		OrderID  string `json:"order_id"`
-		Reason   string `json:"reason"`
-	}
+	var q queryRequest
 	if err := json.Unmarshal(raw, &q); err != nil || strings.TrimSpace(q.Reason) == "" || len(q.Reason) > 500 {
 		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request",
 			Reason: `want {"provider":"alipay","merchant":"<app id>","order_id":"...","reason":"why, 1-500 characters"}`})
@@ -102,12 +115,7 @@ func (h *Handler) GameQuery(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
 		return
 	}
-	var q struct {
-		Provider string `json:"provider"`
-		Merchant string `json:"merchant"`
-		OrderID  string `json:"order_id"`
-		Reason   string `json:"reason"`
-	}
+	var q queryRequest
 	if err := json.Unmarshal(raw, &q); err != nil || len(q.Reason) > 500 {
 		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request",
 			Reason: `want {"provider":"alipay","merchant":"<app id>","order_id":"...","reason":"optional, at most 500 characters"}`})

@@ -203,13 +203,8 @@ func viewReport(r *relay.Report) *reportView {
 // adminReconcile runs one account's reconciliation for an operator:
 // POST /api/reconcile {"provider":"alipay","merchant":"<app id>","day":"yyyy-mm-dd","reason":"..."}.
 func (h *Handler) adminReconcile(w http.ResponseWriter, r *http.Request, op string) {
-	raw, refusal := readBody(w, r, MaxAdminBody, "application/json")
-	if refusal != nil {
-		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
-		return
-	}
-	if reason := crossSite(r); reason != "" {
-		writeJSON(w, http.StatusForbidden, errorBody{Error: "forbidden", Reason: reason})
+	raw, ok := h.readAdminJSON(w, r, op)
+	if !ok {
 		return
 	}
 	var q struct{ Provider, Merchant, Day, Reason string }

@@ -44,6 +44,18 @@ func artifacts(t *testing.T) string {
 	return t.TempDir()
 }
 
+// browser starts headless Chromium at exe, a window 1200 wide and height tall, for at most a
+// minute; it stops with the test.
+func browser(t *testing.T, exe string, height int) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.DisableGPU, chromedp.WindowSize(1200, height))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() { cancel(); cancelCtx(); cancelAlloc() })
+	return ctx
+}
+
 // In a real browser: a payment that failed its whole ladder shows its 8 attempts on the
 // timeline; the replay button replays it, and the page then shows the new ladder's delivery.
 func TestDashboardInABrowser(t *testing.T) {
@@ -55,14 +67,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	waitTerminal(t, id, 30*time.Second)
 	refund(t, "browser-1", "r1", "2.00")
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.Headless,
-		chromedp.DisableGPU, chromedp.WindowSize(1200, 1400))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	ctx := browser(t, exe, 1400)
 
 	dir := artifacts(t)
 	var overview, page []byte
@@ -127,14 +132,7 @@ func TestReconciliationInABrowser(t *testing.T) {
 	aliGateway.SetBill(day, providertest.AlipayBillZip("2088102177846881", day, []providertest.AlipayBillLine{
 		{TradeNo: "2026111922001446881000000001", OutTradeNo: "rec-browser-1", Kind: "交易", Finished: day + " 12:00:00", Amount: "68.00"},
 	}))
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.Headless,
-		chromedp.DisableGPU, chromedp.WindowSize(1200, 900))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	ctx := browser(t, exe, 900)
 	var shot []byte
 	var findings int
 	var kind string

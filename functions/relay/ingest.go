@@ -132,7 +132,7 @@ func (s *Service) ingestPaid(ctx context.Context, in Payment, via string) (Inges
 		return s.finishIngest(ctx, &p, n, false)
 	}
 	for try := 1; ; try++ {
-		if !stored.SameFacts(&in) {
+		if !stored.Matches(&in) {
 			return IngestResult{PaymentID: p.ID}, ErrFactsDiffer
 		}
 		if n := stored.Paid(); n != nil {
@@ -191,7 +191,7 @@ func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts, v
 		if err != nil {
 			return res, err
 		}
-		if !stored.SameFacts(&in) {
+		if !stored.Matches(&in) {
 			return res, ErrFactsDiffer
 		}
 		decision, refund, err := DecideRefund(stored, f)

@@ -148,6 +148,19 @@ func (p *Payment) SameFacts(q *Payment) bool {
 		(q.Metadata == nil || maps.Equal(p.Metadata, q.Metadata))
 }
 
+// Matches is SameFacts for a callback against the stored payment, except that when payrelay
+// learnt of the payment from an order query or a bill (Notification.Via), the time paid is not
+// held against the notification: a query's send_pay_date and a bill's 完成时间 are not the
+// notification's gmt_payment to the second, and a repeat must not become a conflict.
+func (p *Payment) Matches(q *Payment) bool {
+	if n := p.Paid(); n != nil && n.Via != ViaNotify && !q.PaidAt.IsZero() {
+		c := *q
+		c.PaidAt = time.Time{}
+		return p.SameFacts(&c)
+	}
+	return p.SameFacts(q)
+}
+
 // ParseAmount converts a decimal string in major units ("19.99") to minor units of currency,
 // exactly: no floating point, and no more decimals than the currency's minor unit has.
 func ParseAmount(s, currency string) (int64, error) {

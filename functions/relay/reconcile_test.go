@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -195,5 +196,36 @@ func TestBillDays(t *testing.T) {
 	want := []string{"paid|generic|game-1|2026-11-25", "refund|generic|game-1|2026-11-26"}
 	if diff := cmp.Diff(want, p.BillDays()); diff != "" {
 		t.Errorf("BillDays (-want +got):\n%s", diff)
+	}
+}
+
+// A payment payrelay recovered from a bill (or a query) and its notification arriving later
+// are the same payment, even though the bill's time is not the notification's to the second;
+// so is a refund notification that carries the payment's own time.
+func TestLateNotificationOfARecoveredPayment(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone)
+	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24", Entries: []relay.Result{billPay("m1", "late-1", 1000, at)}}
+	if _, err := h.svc.Reconcile(ctx, bill, "scheduler"); err != nil {
+		t.Fatal(err)
+	}
+	late := billPay("m1", "late-1", 1000, at.Add(2*time.Second))
+	res, err := h.svc.Ingest(ctx, late)
+	if err != nil || !res.Duplicate {
+		t.Fatalf("the late notification: %+v %v, want a duplicate", res, err)
+	}
+	refund := billRefund("m1", "late-1", "rf-1", 100, at.Add(time.Hour))
+	refund.Payment.AmountMinor, refund.Payment.PaidAt = 1000, at.Add(2*time.Second)
+	if _, err := h.svc.Ingest(ctx, refund); err != nil {
+		t.Fatalf("its refund's notification: %v", err)
+	}
+	// Notified in the first place, a time that differs is still a conflict.
+	if _, err := h.svc.Ingest(ctx, billPay("m1", "notified-1", 1000, at)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Ingest(ctx, billPay("m1", "notified-1", 1000, at.Add(2*time.Second))); !errors.Is(err, relay.ErrFactsDiffer) {
+		t.Errorf("a notified payment repeated with another time: %v, want ErrFactsDiffer", err)
 	}
 }

@@ -1,15 +1,19 @@
 package provider_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/csv"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/text/encoding/simplifiedchinese"
 
 	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/provider/providertest"
@@ -73,6 +77,10 @@ func TestParseAlipayBill(t *testing.T) {
 		wantErr string
 	}{
 		{name: "documented layout, GBK, a trade and its refund", text: alipayBillLiteral, want: []provider.AlipayBillRow{
+			{TradeNo: "2026112422001446881000000001", OutTradeNo: "20261124-0001", Kind: "交易", FinishedAt: time.Date(2026, 11, 24, 20, 0, 0, 0, cst), AmountMinor: 64800},
+			{TradeNo: "2026112422001446881000000001", OutTradeNo: "20261124-0001", Kind: "退款", FinishedAt: time.Date(2026, 11, 24, 21, 0, 5, 0, cst), AmountMinor: 1000, RefundNo: "RF20261124-0001"},
+		}},
+		{name: "a quoted product name with a comma", text: strings.Replace(alipayBillLiteral, "\t,交易\t,月卡\t,", "\t,交易\t,\"月卡, 648元\",", 1), want: []provider.AlipayBillRow{
 			{TradeNo: "2026112422001446881000000001", OutTradeNo: "20261124-0001", Kind: "交易", FinishedAt: time.Date(2026, 11, 24, 20, 0, 0, 0, cst), AmountMinor: 64800},
 			{TradeNo: "2026112422001446881000000001", OutTradeNo: "20261124-0001", Kind: "退款", FinishedAt: time.Date(2026, 11, 24, 21, 0, 5, 0, cst), AmountMinor: 1000, RefundNo: "RF20261124-0001"},
 		}},
@@ -314,4 +322,75 @@ func newWechatBillFixture(t *testing.T) (*provider.WechatPay, *providertest.Wech
 		t.Fatal(err)
 	}
 	return wp, api
+}
+
+// A day of 10,000 rows, and the floor to read it against: decoding the same bytes and
+// splitting them into fields with encoding/csv, nothing checked or converted.
+func benchAlipayBill() []byte {
+	var lines []providertest.AlipayBillLine
+	for i := range 10000 {
+		lines = append(lines, providertest.AlipayBillLine{TradeNo: fmt.Sprintf("20261124220014468810%08d", i), OutTradeNo: fmt.Sprintf("o-%d", i),
+			Kind: "交易", Finished: "2026-11-24 20:00:00", Amount: "648.00"})
+	}
+	return providertest.GBK(providertest.AlipayBillCSV("2088102177846881", "2026-11-24", lines))
+}
+
+func BenchmarkParseAlipayBill10k(b *testing.B) {
+	gbk := benchAlipayBill()
+	b.SetBytes(int64(len(gbk)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if bill, err := provider.ParseAlipayBill(gbk); err != nil || len(bill.Rows) != 10000 {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAlipayBillBaseline10k(b *testing.B) {
+	gbk := benchAlipayBill()
+	b.SetBytes(int64(len(gbk)))
+	b.ReportAllocs()
+	for b.Loop() {
+		text, _ := simplifiedchinese.GB18030.NewDecoder().Bytes(gbk)
+		r := csv.NewReader(bytes.NewReader(text))
+		r.FieldsPerRecord, r.LazyQuotes, r.Comment = -1, true, '#'
+		if rows, err := r.ReadAll(); err != nil || len(rows) != 10001 {
+			b.Fatal(len(rows), err)
+		}
+	}
+}
+
+func benchWechatBill() []byte {
+	var lines []providertest.WechatBillLine
+	for i := range 10000 {
+		lines = append(lines, providertest.WechatBillLine{At: "2026-11-24 20:00:00", AppID: providertest.WechatAppID, MchID: providertest.WechatMchID,
+			TransactionID: fmt.Sprintf("42000012342026112400%08d", i), OutTradeNo: fmt.Sprintf("wx-%d", i), State: "SUCCESS", Total: "6.48"})
+	}
+	return providertest.WechatBillText(lines)
+}
+
+func BenchmarkParseWechatBill10k(b *testing.B) {
+	text := benchWechatBill()
+	b.SetBytes(int64(len(text)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if bill, err := provider.ParseWechatBill(text); err != nil || len(bill.Rows) != 10000 {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkWechatBillBaseline10k(b *testing.B) {
+	text := benchWechatBill()
+	b.SetBytes(int64(len(text)))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		for _, line := range strings.Split(string(text), "\n") {
+			n += len(strings.Split(line, ",`"))
+		}
+		if n == 0 {
+			b.Fatal("nothing split")
+		}
+	}
 }

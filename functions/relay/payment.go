@@ -153,7 +153,7 @@ func (p *Payment) SameFacts(q *Payment) bool {
 // held against the notification: a query's send_pay_date and a bill's 完成时间 are not the
 // notification's gmt_payment to the second, and a repeat must not become a conflict.
 func (p *Payment) Matches(q *Payment) bool {
-	if n := p.Paid(); n != nil && n.Via != ViaNotify && !q.PaidAt.IsZero() {
+	if n := p.Paid(); n != nil && (n.Via == ViaQuery || n.Via == ViaReconcile) && !q.PaidAt.IsZero() {
 		c := *q
 		c.PaidAt = time.Time{}
 		return p.SameFacts(&c)

@@ -196,10 +196,12 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 	// by id (a payment paid near midnight, or known so far only from a refund).
 	lookup := func(order string) (*Payment, error) {
 		for _, m := range b.Merchants {
-			id := PaymentID(b.Provider, m, order)
-			if p, ok := byID[id]; ok {
+			if p, ok := byID[PaymentID(b.Provider, m, order)]; ok {
 				return p, nil
 			}
+		}
+		for _, m := range b.Merchants {
+			id := PaymentID(b.Provider, m, order)
 			p, _, err := s.getRetry(ctx, id)
 			switch {
 			case err == nil:

@@ -229,3 +229,29 @@ func TestLateNotificationOfARecoveredPayment(t *testing.T) {
 		t.Errorf("a notified payment repeated with another time: %v, want ErrFactsDiffer", err)
 	}
 }
+
+// A day whose every line matches costs the day's queries, no read per line, and nothing
+// ingested or enqueued.
+func TestReconcileMatchedDayCostsNoReadPerLine(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
+	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24"}
+	for i := range 100 {
+		e := billPay("m1", fmt.Sprint("day-", i), 100, at)
+		if _, err := h.svc.Ingest(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		bill.Entries = append(bill.Entries, e)
+	}
+	gets, creates, updates, tasks := h.store.Gets, h.store.Creates, h.store.Updates, len(h.queue.Snapshot())
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil || rep.Matched != 100 || len(rep.Findings) != 0 {
+		t.Fatalf("report %+v %v", rep, err)
+	}
+	if h.store.Gets != gets || h.store.Creates != creates || h.store.Updates != updates || len(h.queue.Snapshot()) != tasks {
+		t.Errorf("a matched day cost %d reads, %d creates, %d updates, %d tasks; want none", h.store.Gets-gets, h.store.Creates-creates,
+			h.store.Updates-updates, len(h.queue.Snapshot())-tasks)
+	}
+}

@@ -2,6 +2,8 @@ package stack_test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,9 +65,11 @@ func TestDashboardInABrowser(t *testing.T) {
 	need(t)
 	exe := chromium(t)
 	browserDown.Store(true)
-	id := ingest(t, "browser-1")
+	// An order of its own each run, so -count=N does not find the last run's replayed payment.
+	order := fmt.Sprintf("browser-%d", time.Now().UnixNano())
+	id := ingest(t, order)
 	waitTerminal(t, id, 30*time.Second)
-	refund(t, "browser-1", "r1", "2.00")
+	refund(t, order, "r1", "2.00")
 
 	ctx := browser(t, exe, 1400)
 
@@ -94,17 +98,22 @@ func TestDashboardInABrowser(t *testing.T) {
 	browserDown.Store(false)
 	var after []byte
 	var delivered int
-	err = chromedp.Run(ctx,
+	// The form's post answers 303 to the payment's page. RunResponse waits until the browser
+	// has loaded that page: a command sent while the navigation is still under way fails with
+	// "Not attached to an active page", which is what a plain Click then Reload raced into.
+	resp, err := chromedp.RunResponse(ctx,
 		chromedp.SendKeys(`section[data-state="failed"] form input[name=reason]`, "game server fixed", chromedp.ByQuery),
 		chromedp.Click(`section[data-state="failed"] button.replay`, chromedp.ByQuery),
-		chromedp.WaitVisible(`svg.timeline`, chromedp.ByQuery),
 	)
 	if err != nil {
 		t.Fatalf("replay in the browser: %v", err)
 	}
+	if resp.Status != http.StatusOK || !strings.HasSuffix(resp.URL, "/payments/"+id) {
+		t.Fatalf("the replay's post led to %d %s, want 200 from the payment's page", resp.Status, resp.URL)
+	}
 	p := waitNotification(t, id, relay.RefundKey("r1"), 20*time.Second)
 	err = chromedp.Run(ctx,
-		chromedp.Reload(),
+		chromedp.Navigate(st.AdminURL()+"/payments/"+id),
 		chromedp.WaitVisible(`svg.timeline`, chromedp.ByQuery),
 		chromedp.Evaluate(`document.querySelectorAll('circle.attempt[data-generation="1"][data-status="200"]').length`, &delivered),
 		chromedp.FullScreenshot(&after, 100),
@@ -136,14 +145,25 @@ func TestReconciliationInABrowser(t *testing.T) {
 	var shot []byte
 	var findings int
 	var kind string
-	err := chromedp.Run(ctx,
-		chromedp.Navigate(st.AdminURL()+"/"),
-		chromedp.Click(`#reconciliations`, chromedp.ByQuery),
-		chromedp.WaitVisible(`#reconcile`, chromedp.ByQuery),
+	// Each click that navigates runs under RunResponse, which returns once the new page has
+	// loaded, so no command meets a page still navigating.
+	err := chromedp.Run(ctx, chromedp.Navigate(st.AdminURL()+"/"))
+	if err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	if resp, err := chromedp.RunResponse(ctx, chromedp.Click(`#reconciliations`, chromedp.ByQuery)); err != nil || resp.Status != http.StatusOK {
+		t.Fatalf("the reconciliations link: %v %v", resp, err)
+	}
+	resp, err := chromedp.RunResponse(ctx,
 		chromedp.SetValue(`#reconcile select[name=account]`, "alipay "+aliApp, chromedp.ByQuery),
 		chromedp.SetValue(`#reconcile input[name=day]`, day, chromedp.ByQuery),
 		chromedp.SendKeys(`#reconcile input[name=reason]`, "bill re-issued", chromedp.ByQuery),
 		chromedp.Click(`#reconcile button`, chromedp.ByQuery),
+	)
+	if err != nil || resp.Status != http.StatusOK {
+		t.Fatalf("the reconcile form: %v %v", resp, err)
+	}
+	err = chromedp.Run(ctx,
 		chromedp.WaitVisible(`#findings`, chromedp.ByQuery),
 		chromedp.Evaluate(`document.querySelectorAll('#findings tr.finding').length`, &findings),
 		chromedp.Evaluate(`document.querySelector('#findings tr.finding').dataset.kind`, &kind),

@@ -108,8 +108,16 @@ type ReportStore interface {
 
 // DayFinder finds the payments a bill day concerns, by the keys of Payment.BillDays.
 type DayFinder interface {
-	OnBillDay(ctx context.Context, key string) ([]*Payment, error)
+	// OnBillDay returns, in id order, at most limit payments whose BillDays hold key and whose
+	// id sorts after after ("" for the first page). A page shorter than limit is the last.
+	OnBillDay(ctx context.Context, key, after string, limit int) ([]*Payment, error)
 }
+
+// DayPage is how many payments one page of a day query reads. Each page is one store
+// operation under the store's per-operation timeout, retried on its own, so a large merchant's
+// day is read in bounded steps rather than by one query that outlasts the timeout; of each
+// payment the reconciliation keeps only its facts (Payment.billFacts).
+const DayPage = 300
 
 // ErrNoReconcile: the service was built without a report store and a day finder.
 var ErrNoReconcile = errors.New("relay: reconciliation is not configured")
@@ -173,12 +181,7 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 	var paidThatDay, refundedThatDay []*Payment
 	for _, m := range b.Merchants {
 		for _, kind := range []string{billPaid, billRefund} {
-			var ps []*Payment
-			err := s.withRetry(ctx, func(ctx context.Context) error {
-				var err error
-				ps, err = s.cfg.Days.OnBillDay(ctx, BillDayKey(kind, b.Provider, m, b.Day))
-				return err
-			})
+			ps, err := s.billDay(ctx, BillDayKey(kind, b.Provider, m, b.Day))
 			if err != nil {
 				return nil, fmt.Errorf("payments of %s: %w", b.Day, err)
 			}
@@ -314,6 +317,43 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 		return rep, err
 	}
 	return rep, nil
+}
+
+// billDay reads every payment under a bill-day key, a page (DayPage) per store operation, and
+// keeps of each only what reconciliation compares.
+func (s *Service) billDay(ctx context.Context, key string) ([]*Payment, error) {
+	var out []*Payment
+	for after := ""; ; {
+		var page []*Payment
+		err := s.withRetry(ctx, func(ctx context.Context) error {
+			var err error
+			page, err = s.cfg.Days.OnBillDay(ctx, key, after, DayPage)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range page {
+			out = append(out, p.billFacts())
+		}
+		if len(page) < DayPage {
+			return out, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+// billFacts is the part of a payment a reconciliation compares and ingests by: its facts and
+// routing, and of each notification its type, refund, state and how payrelay learnt of it;
+// without metadata, notes or delivery history, which are most of a stored payment.
+func (p *Payment) billFacts() *Payment {
+	f := &Payment{ID: p.ID, Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
+		AmountMinor: p.AmountMinor, Currency: p.Currency, PaidAt: p.PaidAt, AppID: p.AppID, Game: p.Game, RefundedMinor: p.RefundedMinor,
+		Notifications: make([]Notification, len(p.Notifications))}
+	for i, n := range p.Notifications {
+		f.Notifications[i] = Notification{Key: n.Key, Type: n.Type, Refund: n.Refund, State: n.State, Via: n.Via}
+	}
+	return f
 }
 
 // putReport stores the report, counting the runs before it.

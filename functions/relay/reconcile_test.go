@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/relay/relaytest"
+	"github.com/payrelay/payrelay/schedule"
 )
 
 // billPay is a bill's payment entry of order for merchant m, paid at at.
@@ -254,4 +259,129 @@ func TestReconcileMatchedDayCostsNoReadPerLine(t *testing.T) {
 		t.Errorf("a matched day cost %d reads, %d creates, %d updates, %d tasks; want none", h.store.Gets-gets, h.store.Creates-creates,
 			h.store.Updates-updates, len(h.queue.Snapshot())-tasks)
 	}
+	if h.store.DayQueries != 2 {
+		t.Errorf("a day of 100 cost %d day queries, want 2 (its payments and its refunds, a page each)", h.store.DayQueries)
+	}
+}
+
+// A day larger than a page is read a page per store operation; a page that fails is retried on
+// its own, and the report still covers every payment of the day once.
+func TestReconcileReadsALargeDayInPages(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
+	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24"}
+	n := 2*relay.DayPage + 5
+	for i := range n {
+		e := billPay("m1", fmt.Sprint("big-", i), 100, at)
+		if _, err := h.svc.Ingest(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		if i != 7 { // the bill lacks one
+			bill.Entries = append(bill.Entries, e)
+		}
+	}
+	calls := 0
+	h.store.Fail = func(op string) error {
+		if op == "day" {
+			if calls++; calls == 2 { // the second page, once
+				return relay.ErrUnavailable
+			}
+		}
+		return nil
+	}
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"not_in_bill big-7: reported"}; rep.Matched != n-1 || !cmp.Equal(findings(rep), want) {
+		t.Errorf("matched %d of %d, findings %v; want %v", rep.Matched, n-1, findings(rep), want)
+	}
+	// Payments: 3 pages (300, 300, 5) and the failed one; refunds: 1 page.
+	if h.store.DayQueries != 4 || calls != 5 {
+		t.Errorf("%d day queries answered of %d asked; want 4 of 5", h.store.DayQueries, calls)
+	}
+}
+
+// dayOf is a DayFinder that makes up n delivered payments of one day as they come back from
+// the store (metadata, a delivered attempt), page by page, holding none of them itself. Before
+// answering the last page it measures the live heap: what the reconciliation then holds of
+// the pages before.
+type dayOf struct {
+	n    int
+	held uint64 // the live heap at the last page
+}
+
+func (d *dayOf) payment(i int) *relay.Payment {
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
+	order := fmt.Sprintf("held-%07d", i)
+	return &relay.Payment{ID: fmt.Sprintf("%032d", i), Provider: "alipay", Merchant: "2021004100000001", OrderID: order,
+		TransactionID: fmt.Sprintf("20261124220014468810%08d", i), AmountMinor: 64800, Currency: "CNY", PaidAt: at, AppID: "2021004100000001",
+		Game: "sword", Metadata: map[string]string{"sku": "month-card", "player": fmt.Sprint(100000 + i), "server": "s12"}, ReceivedAt: at, UpdatedAt: at,
+		Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StateDelivered, Attempt: 1, CreatedAt: at,
+			Via: relay.ViaNotify, Attempts: []relay.AttemptRecord{{Number: 1, StartedAt: at, Duration: 40 * time.Millisecond, StatusCode: 200,
+				Response: `{"ok":true}`, Delivery: fmt.Sprintf("%032d-paid-1#0", i)}}}}}
+}
+
+func (d *dayOf) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {
+	if !strings.HasPrefix(key, "paid|") {
+		return nil, nil
+	}
+	start := 0
+	if after != "" {
+		start, _ = strconv.Atoi(after)
+		start++
+	}
+	end := min(start+limit, d.n)
+	if end < start+limit { // the last page
+		d.held = liveHeap()
+	}
+	var out []*relay.Payment
+	for i := start; i < end; i++ {
+		out = append(out, d.payment(i))
+	}
+	return out, nil
+}
+
+func liveHeap() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// What a reconciliation holds of a large day, per stored payment, against the baseline of
+// holding the payments as the store returns them (what one query of the whole day held).
+func BenchmarkReconcileDayHeld(b *testing.B) {
+	const n = 20000
+	b.Run("payments", func(b *testing.B) {
+		d := &dayOf{n: n}
+		for b.Loop() {
+			before := liveHeap()
+			var all []*relay.Payment
+			for i := range n {
+				all = append(all, d.payment(i))
+			}
+			b.ReportMetric(float64(liveHeap()-before)/n, "B/payment")
+			runtime.KeepAlive(all)
+		}
+	})
+	b.Run("reconcile", func(b *testing.B) {
+		d := &dayOf{n: n}
+		svc, err := relay.NewService(relay.Config{Store: relaytest.NewStore(), Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(t0),
+			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: d,
+			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult { return relay.NotifyResult{} })})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			before := liveHeap()
+			rep, err := svc.Reconcile(context.Background(), relay.Bill{Provider: "alipay", Merchant: "2021004100000001", Day: "2026-11-24"}, "bench")
+			if err != nil || rep.Counts[relay.FindingNotInBill] != n {
+				b.Fatal(rep, err)
+			}
+			b.ReportMetric(float64(d.held-before)/n, "B/payment")
+		}
+	})
 }

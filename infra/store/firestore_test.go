@@ -19,7 +19,7 @@ import (
 
 func TestMain(m *testing.M) { emulator.Main(m) }
 
-func newStore(t *testing.T) *store.Firestore {
+func newStore(t testing.TB) *store.Firestore {
 	t.Helper()
 	emulator.FirestoreForTest(t)
 	s, err := store.NewFirestore(context.Background(), "payrelay-test", "", emulator.UniqueName(t, "payments"))

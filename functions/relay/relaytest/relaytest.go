@@ -31,8 +31,9 @@ type Store struct {
 	// BeforeUpdate, if set, runs (unlocked) before each update: a test can change the payment
 	// under a write there.
 	BeforeUpdate func(p *relay.Payment)
-	// Creates, Gets and Updates count the calls that reached the store.
-	Creates, Gets, Updates int
+	// Creates, Gets and Updates count the calls that reached the store; DayQueries the pages
+	// of bill-day queries.
+	Creates, Gets, Updates, DayQueries int
 }
 
 // NewStore returns an empty store.
@@ -330,18 +331,25 @@ func (q *Queue) EnqueueJob(_ context.Context, jobID string, step int) error {
 
 var _ relay.DayFinder = (*Store)(nil)
 
-// OnBillDay implements relay.DayFinder over the payments in memory.
-func (s *Store) OnBillDay(_ context.Context, key string) ([]*relay.Payment, error) {
+// OnBillDay implements relay.DayFinder over the payments in memory, in id order. DayQueries
+// counts its calls (the pages read).
+func (s *Store) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail("day"); err != nil {
 		return nil, err
 	}
+	s.DayQueries++
 	var out []*relay.Payment
 	for _, p := range s.payments {
-		if slices.Contains(p.BillDays(), key) {
-			out = append(out, clone(p))
+		if p.ID > after && slices.Contains(p.BillDays(), key) {
+			out = append(out, p)
 		}
+	}
+	slices.SortFunc(out, func(x, y *relay.Payment) int { return strings.Compare(x.ID, y.ID) })
+	out = out[:min(len(out), limit)]
+	for i, p := range out {
+		out[i] = clone(p)
 	}
 	return out, nil
 }

@@ -186,8 +186,8 @@ run "wiring" {
     error_message = "the reconciliation must run daily at 10:00 Asia/Shanghai as the scheduler's identity, retried when it fails"
   }
   assert {
-    condition     = google_cloud_run_service_iam_member.reconcile_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.reconcile_scheduler.service == google_cloudfunctions2_function.fn["reconcile"].service_config[0].service && google_cloudfunctions2_function.fn["reconcile"].service_config[0].timeout_seconds == 540
-    error_message = "Reconcile must be invocable by the scheduler's identity only, with the longest timeout"
+    condition     = google_cloud_run_service_iam_member.reconcile_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.reconcile_scheduler.service == google_cloudfunctions2_function.fn["reconcile"].service_config[0].service && google_cloudfunctions2_function.fn["reconcile"].service_config[0].timeout_seconds == 540 && google_cloudfunctions2_function.fn["reconcile"].service_config[0].available_memory == "1Gi" && google_cloudfunctions2_function.fn["admin"].service_config[0].available_memory == "1Gi" && google_cloudfunctions2_function.fn["ingest"].service_config[0].available_memory == "256Mi"
+    error_message = "Reconcile must be invocable by the scheduler's identity only, with the longest timeout and the memory of a whole bill (Admin too)"
   }
   assert {
     condition     = [for m in google_cloud_run_service_iam_member.query_callers : m.member] == ["serviceAccount:sword-server@studio-prod.iam.gserviceaccount.com"] && alltrue([for m in google_cloud_run_service_iam_member.query_callers : m.role == "roles/run.invoker" && m.service == google_cloudfunctions2_function.fn["query"].service_config[0].service])

@@ -1,6 +1,7 @@
 package provider_test
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -119,7 +120,7 @@ func TestParseAlipayBill(t *testing.T) {
 func TestReadAlipayBillZip(t *testing.T) {
 	t.Parallel()
 	lines := []providertest.AlipayBillLine{{TradeNo: "2026112422001", OutTradeNo: "o-1", Kind: "交易", Finished: "2026-11-24 20:00:00", Amount: "6.48"}}
-	text, err := provider.ReadAlipayBillZip(providertest.AlipayBillZip("2088102177846881", "2026-11-24", lines))
+	text, err := provider.ReadAlipayBillZip(providertest.AlipayBillZip("2088102177846881", "2026-11-24", lines), provider.MaxBillText)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,7 @@ func TestReadAlipayBillZip(t *testing.T) {
 	if err != nil || len(bill.Rows) != 1 || bill.Rows[0].AmountMinor != 648 || bill.Account != "2088102177846881" {
 		t.Fatalf("%+v %v", bill, err)
 	}
-	if _, err := provider.ReadAlipayBillZip([]byte("PK not a zip")); err == nil {
+	if _, err := provider.ReadAlipayBillZip([]byte("PK not a zip"), provider.MaxBillText); err == nil {
 		t.Error("garbage read as a zip")
 	}
 }
@@ -392,5 +393,37 @@ func BenchmarkWechatBillBaseline10k(b *testing.B) {
 		if n == 0 {
 			b.Fatal("nothing split")
 		}
+	}
+}
+
+// A bill that inflates past its bound is refused as it unpacks, however small it is packed:
+// Alipay's zip and WeChat Pay's gzip (the bound lowered to 1 MiB here; MaxBillText in use).
+func TestBillInflatingPastTheBoundIsRefused(t *testing.T) {
+	t.Parallel()
+	const limit = 1 << 20
+	var zipped bytes.Buffer
+	zw := zip.NewWriter(&zipped)
+	f, err := zw.CreateHeader(&zip.FileHeader{Name: "2088102177846881_20261124_业务明细.csv", Method: zip.Deflate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(make([]byte, limit+1))
+	zw.Close()
+	if zipped.Len() > limit/100 {
+		t.Fatalf("the zip is %d bytes: not a bomb", zipped.Len())
+	}
+	if _, err := provider.ReadAlipayBillZip(zipped.Bytes(), limit); err == nil || !strings.Contains(err.Error(), "inflates past") {
+		t.Errorf("Alipay: a zip of %d bytes inflating past %d: %v", zipped.Len(), limit, err)
+	}
+	if _, err := provider.ReadAlipayBillZip(zipped.Bytes(), limit+1); err != nil {
+		t.Errorf("Alipay: the same zip within its bound: %v", err)
+	}
+
+	wp, api := newWechatBillFixture(t)
+	provider.SetBillTextLimit(wp, limit)
+	api.SetBill("2026-11-24", providertest.WechatBillText(nil))
+	api.TamperBill("2026-11-24", make([]byte, limit+1))
+	if _, err := wp.Bill(context.Background(), providertest.WechatMchID, "2026-11-24"); err == nil || !strings.Contains(err.Error(), "inflates past") {
+		t.Errorf("WeChat Pay: a gzip inflating past %d: %v", limit, err)
 	}
 }

@@ -230,7 +230,7 @@ func (wp *WechatPay) Bill(ctx context.Context, mchID, day string) (relay.Bill, e
 	if resp.StatusCode != http.StatusOK {
 		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("wechat pay's bill download answered HTTP %d", resp.StatusCode)}
 	}
-	text, err := gunzip(zipped)
+	text, err := gunzip(zipped, wp.billText)
 	if err != nil {
 		return relay.Bill{}, &QueryError{Reason: "wechat pay bill: " + err.Error()}
 	}
@@ -271,17 +271,18 @@ func (wp *WechatPay) apiGet(ctx context.Context, m *wechatMerchant, pathAndQuery
 	})
 }
 
-func gunzip(b []byte) ([]byte, error) {
+// gunzip unpacks b, refusing it as soon as it inflates past limit bytes.
+func gunzip(b []byte, limit int) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("not gzip: %w", err)
 	}
-	text, err := io.ReadAll(io.LimitReader(zr, MaxBillText+1))
+	text, err := io.ReadAll(io.LimitReader(zr, int64(limit)+1))
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
-	if len(text) > MaxBillText {
-		return nil, fmt.Errorf("inflates past %d bytes", MaxBillText)
+	if len(text) > limit {
+		return nil, fmt.Errorf("inflates past %d bytes", limit)
 	}
 	return text, nil
 }

@@ -371,7 +371,9 @@ func BenchmarkReconcileDayHeld(b *testing.B) {
 		d := &dayOf{n: n}
 		svc, err := relay.NewService(relay.Config{Store: relaytest.NewStore(), Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(t0),
 			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: d,
-			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult { return relay.NotifyResult{} })})
+			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
+				return relay.NotifyResult{}
+			})})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -235,21 +235,29 @@ func TestLateNotificationOfARecoveredPayment(t *testing.T) {
 	}
 }
 
+// notifiedDay ingests n payments of merchant m1 paid on 2026-11-24, as their notifications
+// would, and returns them as the day's bill lists them.
+func notifiedDay(t *testing.T, h *harness, prefix string, n int) []relay.Result {
+	t.Helper()
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
+	var entries []relay.Result
+	for i := range n {
+		e := billPay("m1", fmt.Sprint(prefix, i), 100, at)
+		if _, err := h.svc.Ingest(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	return entries
+}
+
 // A day whose every line matches costs the day's queries, no read per line, and nothing
 // ingested or enqueued.
 func TestReconcileMatchedDayCostsNoReadPerLine(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
-	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
-	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24"}
-	for i := range 100 {
-		e := billPay("m1", fmt.Sprint("day-", i), 100, at)
-		if _, err := h.svc.Ingest(ctx, e); err != nil {
-			t.Fatal(err)
-		}
-		bill.Entries = append(bill.Entries, e)
-	}
+	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24", Entries: notifiedDay(t, h, "day-", 100)}
 	gets, creates, updates, tasks := h.store.Gets, h.store.Creates, h.store.Updates, len(h.queue.Snapshot())
 	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
 	if err != nil || rep.Matched != 100 || len(rep.Findings) != 0 {
@@ -270,18 +278,8 @@ func TestReconcileReadsALargeDayInPages(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
-	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
-	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24"}
 	n := 2*relay.DayPage + 5
-	for i := range n {
-		e := billPay("m1", fmt.Sprint("big-", i), 100, at)
-		if _, err := h.svc.Ingest(ctx, e); err != nil {
-			t.Fatal(err)
-		}
-		if i != 7 { // the bill lacks one
-			bill.Entries = append(bill.Entries, e)
-		}
-	}
+	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24", Entries: slices.Delete(notifiedDay(t, h, "big-", n), 7, 8)} // the bill lacks big-7
 	calls := 0
 	h.store.Fail = func(op string) error {
 		if op == "day" {

@@ -98,7 +98,8 @@ func ReportID(provider, merchant, day string) string { return provider + "-" + m
 
 // ReportStore keeps reconciliation reports.
 type ReportStore interface {
-	// PutReport writes the report, replacing an earlier run's of the same id.
+	// PutReport writes the report, replacing an earlier run's of the same id, and sets r.Runs
+	// to the runs so far, this one included: atomically, so two runs at once count two.
 	PutReport(ctx context.Context, r *Report) error
 	// GetReport returns a report; ErrNotFound if none.
 	GetReport(ctx context.Context, id string) (*Report, error)
@@ -313,8 +314,8 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 				Action: "reported", Reason: "payrelay holds this refund (" + n.Via + "); the provider's bill of its day does not list it"})
 		}
 	}
-	if err := s.putReport(ctx, rep); err != nil {
-		return rep, err
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Reports.PutReport(ctx, rep) }); err != nil {
+		return rep, fmt.Errorf("store report: %w", err)
 	}
 	return rep, nil
 }
@@ -354,27 +355,6 @@ func (p *Payment) billFacts() *Payment {
 		f.Notifications[i] = Notification{Key: n.Key, Type: n.Type, Refund: n.Refund, State: n.State, Via: n.Via}
 	}
 	return f
-}
-
-// putReport stores the report, counting the runs before it.
-func (s *Service) putReport(ctx context.Context, rep *Report) error {
-	rep.Runs = 1
-	var prev *Report
-	err := s.withRetry(ctx, func(ctx context.Context) error {
-		var err error
-		prev, err = s.cfg.Reports.GetReport(ctx, rep.ID)
-		return err
-	})
-	switch {
-	case err == nil:
-		rep.Runs = prev.Runs + 1
-	case !errors.Is(err, ErrNotFound):
-		return fmt.Errorf("load report: %w", err)
-	}
-	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Reports.PutReport(ctx, rep) }); err != nil {
-		return fmt.Errorf("store report: %w", err)
-	}
-	return nil
 }
 
 // Report returns a stored report.

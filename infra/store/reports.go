@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"cloud.google.com/go/firestore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/payrelay/payrelay/functions/relay"
 )
@@ -61,10 +63,11 @@ func (s *Firestore) reports() *firestore.CollectionRef {
 	return s.client.Collection(s.coll.ID + "-reports")
 }
 
-// PutReport implements relay.ReportStore.
+// PutReport implements relay.ReportStore: the earlier report's run count read and the new
+// report written in one transaction, so two runs at once count two.
 func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 	d := reportDoc{Provider: r.Provider, Merchant: r.Merchant, Day: r.Day, BillPayments: r.BillPayments, BillRefunds: r.BillRefunds,
-		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingDoc{}, Runs: r.Runs, By: utf8(r.By), RanAt: r.RanAt}
+		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingDoc{}, By: utf8(r.By), RanAt: r.RanAt}
 	for k, n := range r.Counts {
 		d.Counts[string(k)] = n
 	}
@@ -72,10 +75,29 @@ func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 		d.Findings = append(d.Findings, findingDoc{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID,
 			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, Action: f.Action, Reason: utf8(f.Reason)})
 	}
-	s.counter.write()
-	if _, err := s.reports().Doc(r.ID).Set(ctx, d); err != nil {
+	ref := s.reports().Doc(r.ID)
+	err := s.client.RunTransaction(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
+		d.Runs = 1
+		s.counter.read()
+		snap, err := tx.Get(ref)
+		switch {
+		case err == nil:
+			runs, err := snap.DataAt("runs")
+			if err != nil {
+				return err
+			}
+			n, _ := runs.(int64)
+			d.Runs = int(n) + 1
+		case status.Code(err) != codes.NotFound:
+			return err
+		}
+		s.counter.write()
+		return tx.Set(ref, d)
+	})
+	if err != nil {
 		return classify("firestore.PutReport", err)
 	}
+	r.Runs = d.Runs
 	return nil
 }
 

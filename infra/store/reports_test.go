@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,7 +113,7 @@ func TestReportsRoundTrip(t *testing.T) {
 	at := time.Now().UTC().Truncate(time.Microsecond)
 	for _, day := range []string{"2026-11-23", "2026-11-24"} {
 		r := &relay.Report{ID: relay.ReportID("alipay", "app", day), Provider: "alipay", Merchant: "app", Day: day, BillPayments: 3, BillRefunds: 1, Matched: 2,
-			Counts: map[relay.FindingKind]int{relay.FindingMissingPayment: 1, relay.FindingConflict: 1}, Runs: 2, By: "scheduler", RanAt: at,
+			Counts: map[relay.FindingKind]int{relay.FindingMissingPayment: 1, relay.FindingConflict: 1}, By: "scheduler", RanAt: at,
 			Findings: []relay.Finding{{Kind: relay.FindingMissingPayment, OrderID: "o-1", PaymentID: "p1", BillMinor: 700, Action: "ingested"},
 				{Kind: relay.FindingConflict, OrderID: "o-2", PaymentID: "p2", BillMinor: 1200, StoredMinor: 1000, Action: "not relayed", Reason: "amount"}}}
 		if err := s.PutReport(ctx, r); err != nil {
@@ -129,6 +130,36 @@ func TestReportsRoundTrip(t *testing.T) {
 	list, err := s.ListReports(ctx, 10)
 	if err != nil || len(list) != 2 || list[0].Day != "2026-11-24" {
 		t.Errorf("ListReports = %d reports (%v), want the 24th first", len(list), err)
+	}
+}
+
+// Runs of one day's report at once each count: the store numbers them 1 to n, none twice.
+func TestPutReportCountsConcurrentRuns(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	const n = 3
+	runs := make(chan int, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			r := &relay.Report{ID: relay.ReportID("wechatpay", "1900000109", "2026-11-24"), Provider: "wechatpay", Merchant: "1900000109",
+				Day: "2026-11-24", Counts: map[relay.FindingKind]int{}, By: "operator", RanAt: time.Now().UTC()}
+			if err := s.PutReport(context.Background(), r); err != nil {
+				t.Error(err)
+			}
+			runs <- r.Runs
+		})
+	}
+	wg.Wait()
+	close(runs)
+	var got []int
+	for r := range runs {
+		got = append(got, r)
+	}
+	slices.Sort(got)
+	stored, err := s.GetReport(context.Background(), relay.ReportID("wechatpay", "1900000109", "2026-11-24"))
+	if !cmp.Equal(got, []int{1, 2, 3}) || err != nil || stored.Runs != n {
+		t.Errorf("concurrent runs numbered %v, stored runs %v (%v); want 1 to %d", got, stored, err, n)
 	}
 }
 

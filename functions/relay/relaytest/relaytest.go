@@ -365,10 +365,11 @@ var _ relay.ReportStore = (*Reports)(nil)
 // NewReports returns an empty report store.
 func NewReports() *Reports { return &Reports{reports: map[string]relay.Report{}} }
 
-// PutReport implements relay.ReportStore.
+// PutReport implements relay.ReportStore, counting the runs under its lock.
 func (s *Reports) PutReport(_ context.Context, r *relay.Report) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	r.Runs = s.reports[r.ID].Runs + 1
 	c := *r
 	c.Findings = slices.Clone(r.Findings)
 	s.reports[r.ID] = c

@@ -69,6 +69,11 @@ variable "games" {
     only use its own dispatch capacity. A game may spread over `shards` queues (Cloud Tasks
     dispatches at most 500 tasks/s from one queue). Signing secrets are not here: each game's go
     in the Secret Manager secret <name>-game-<game>-secrets (README, "Deploy").
+
+    `sandbox`, optional, is the game's sandbox endpoint (a staging server): its own URL, its own
+    queue(s) named <name>-<game>-s<k>, and its own signing secrets in <name>-sandbox-<game>-secrets
+    (a staging server must not hold production secrets). Sandbox and test payments go there and
+    nowhere else; a game without it has them stored and shown, never posted.
   EOT
   type = map(object({
     url                       = string
@@ -80,6 +85,14 @@ variable "games" {
     # Identities of the game's own servers allowed to query its orders (补单) through the Query
     # function: service accounts only (the function checks the email Cloud Run verified).
     query_callers = optional(list(string), [])
+    sandbox = optional(object({
+      url                       = string
+      timeout                   = optional(string, "10s")
+      allow_private             = optional(bool, false)
+      shards                    = optional(number, 1)
+      max_dispatches_per_second = optional(number, 50)
+      max_concurrent_dispatches = optional(number, 100)
+    }))
   }))
   validation {
     condition     = length(var.games) > 0
@@ -108,6 +121,16 @@ variable "games" {
   validation {
     condition     = alltrue([for g, c in var.games : c.max_dispatches_per_second > 0 && c.max_dispatches_per_second <= 500 && c.max_concurrent_dispatches >= 1 && c.max_concurrent_dispatches <= 5000])
     error_message = "each game's max_dispatches_per_second must be in (0, 500] and max_concurrent_dispatches in [1, 5000]."
+  }
+  validation {
+    condition = alltrue([for g, c in var.games : c.sandbox == null ? true : (
+      can(regex("^https://[^/\\s]+(/\\S*)?$", c.sandbox.url)) && trimsuffix(lower(c.sandbox.url), "/") != trimsuffix(lower(c.url), "/") &&
+      can(regex("^([1-9]|10)s$|^[1-9][0-9]{0,3}ms$", c.sandbox.timeout)) &&
+      c.sandbox.shards >= 1 && c.sandbox.shards <= 16 && floor(c.sandbox.shards) == c.sandbox.shards &&
+      c.sandbox.max_dispatches_per_second > 0 && c.sandbox.max_dispatches_per_second <= 500 &&
+      c.sandbox.max_concurrent_dispatches >= 1 && c.sandbox.max_concurrent_dispatches <= 5000
+    )])
+    error_message = "each game's sandbox needs an https:// url that is not the game's production url, and timeout, shards and rates as for the game itself."
   }
 }
 
@@ -211,6 +234,18 @@ variable "notification_channels" {
   default     = []
 }
 
+variable "alert_on_sandbox" {
+  description = "Also alert on sandbox notifications' dead letters, failing game servers and healed tasks. Off: a staging server's failures stay on the dashboards and never page anyone. Environment mismatches (a configuration mistake) always alert."
+  type        = bool
+  default     = false
+}
+
+variable "generic_sandbox_secret" {
+  description = "Create <name>-ingest-sandbox-secrets, whose secrets verify generic-format notifications as sandbox only (INGEST_SANDBOX_SECRETS), for a test harness that must never make a production payment. Add a version before deploying."
+  type        = bool
+  default     = false
+}
+
 variable "game_failure_threshold" {
   description = "Alert when a game server fails more than this share of its attempts over 10 minutes."
   type        = number
@@ -265,14 +300,18 @@ data "google_project" "this" {
 # Firestore and the queue
 
 # Every composite index the store's queries use (infra/store.Indexes; a Go test checks the two
-# lists agree): operators' lists filter on a tag and, optionally, game and provider, newest
-# first. The sweeper's query on due_at runs on Firestore's automatic single-field index.
+# lists agree): operators' lists filter on a tag and, optionally, environment, game and
+# provider, newest first. The sweeper's query on due_at runs on Firestore's automatic single-field index.
 locals {
   firestore_indexes = [
     [{ path = "tags", array_config = "CONTAINS" }, { path = "received_at", order = "DESCENDING" }],
-    [{ path = "tags", array_config = "CONTAINS" }, { path = "game", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
     [{ path = "tags", array_config = "CONTAINS" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "game", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
     [{ path = "tags", array_config = "CONTAINS" }, { path = "game", order = "ASCENDING" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "environment", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "environment", order = "ASCENDING" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "environment", order = "ASCENDING" }, { path = "game", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
+    [{ path = "tags", array_config = "CONTAINS" }, { path = "environment", order = "ASCENDING" }, { path = "game", order = "ASCENDING" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
   ]
 }
 
@@ -300,13 +339,20 @@ resource "google_firestore_database" "payments" {
 }
 
 locals {
-  # One entry per queue: each game's shards, named <name>-<game>-<k>.
-  game_queues = merge([for g, c in var.games : {
-    for k in range(c.shards) : "${g}-${k}" => { game = g, config = c }
-  }]...)
+  # One entry per queue: each game's shards, named <name>-<game>-<k>, and its sandbox's,
+  # <name>-<game>-s<k>. The last segment (digits, or s and digits) keeps the two apart for any
+  # game names: game "a"'s sandbox a-s0 is never game "a-s0"'s production queue a-s0-0.
+  game_queues = merge(
+    merge([for g, c in var.games : {
+      for k in range(c.shards) : "${g}-${k}" => { game = g, environment = "production", config = c }
+    }]...),
+    merge([for g, c in var.games : c.sandbox == null ? {} : {
+      for k in range(c.sandbox.shards) : "${g}-s${k}" => { game = g, environment = "sandbox", config = c.sandbox }
+    }]...),
+  )
 }
 
-# A game's queues. The ladder lives in Firestore and the functions; a queue only retries
+# A game's queues (and its sandbox's). The ladder lives in Firestore and the functions; a queue only retries
 # failures of Deliver itself (store or queue unavailable, a live lease). It must never drop a
 # task while its notification is pending: unlimited attempts, bounded backoff. Its rate limits
 # are the game's: a hanging game server holds at most max_concurrent_dispatches Deliver
@@ -402,10 +448,14 @@ resource "google_service_account_iam_member" "runtime_acts_as_invoker" {
 # Secrets: created here, their values added by the operator (README, "Deploy")
 
 locals {
+  # Keys and ids never collide: "sandbox-<game>" and <name>-sandbox-<game>-secrets cannot be
+  # another game's "game-<game>" or <name>-game-<game>-secrets.
   secrets = merge({
     ingest    = "${var.name}-ingest-secrets"
     providers = "${var.name}-provider-config"
-  }, { for g, c in var.games : "game-${g}" => "${var.name}-game-${g}-secrets" })
+    }, var.generic_sandbox_secret ? { ingest-sandbox = "${var.name}-ingest-sandbox-secrets" } : {},
+    { for g, c in var.games : "game-${g}" => "${var.name}-game-${g}-secrets" },
+  { for g, c in var.games : "sandbox-${g}" => "${var.name}-sandbox-${g}-secrets" if c.sandbox != null })
 }
 
 resource "google_secret_manager_secret" "secret" {
@@ -455,14 +505,24 @@ locals {
   queue_paths = { for g, c in var.games : g => [
     for k in range(c.shards) : "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.game["${g}-${k}"].name}"
   ] }
-  # GAMES: each game's URL, timeout and queue paths, as infra/config reads them.
-  games_json = jsonencode([for g, c in var.games : {
+  sandbox_queue_paths = { for g, c in var.games : g => [
+    for k in range(c.sandbox.shards) : "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.game["${g}-s${k}"].name}"
+  ] if c.sandbox != null }
+  # GAMES: each game's URL, timeout and queue paths, and its sandbox's, as infra/config reads them.
+  games_json = jsonencode([for g, c in var.games : merge({
     name          = g
     url           = c.url
     timeout       = c.timeout
     allow_private = c.allow_private
     queues        = local.queue_paths[g]
-  }])
+    }, c.sandbox == null ? {} : {
+    sandbox = {
+      url           = c.sandbox.url
+      timeout       = c.sandbox.timeout
+      allow_private = c.sandbox.allow_private
+      queues        = local.sandbox_queue_paths[g]
+    }
+  })])
 
   # Every variable infra/config reads in the cloud (the emulator hosts are for local runs only).
   function_env = {
@@ -483,12 +543,17 @@ locals {
     # Each game server identity allowed to query orders, mapped to its one game.
     QUERY_CALLERS = jsonencode(merge({}, [for g, c in var.games : { for m in c.query_callers : trimprefix(m, "serviceAccount:") => g }]...))
   }
-  function_secret_env = {
+  function_secret_env = merge({
     INGEST_SECRETS  = google_secret_manager_secret.secret["ingest"].secret_id
     PROVIDER_CONFIG = google_secret_manager_secret.secret["providers"].secret_id
-  }
+    }, var.generic_sandbox_secret ? { INGEST_SANDBOX_SECRETS = google_secret_manager_secret.secret["ingest-sandbox"].secret_id } : {},
+  )
   # Each game's signing secrets: GAME_SECRETS_<GAME>, upper case, - as _ (config.GameSecretsVar).
-  game_secret_env = { for g, c in var.games : "GAME_SECRETS_${upper(replace(g, "-", "_"))}" => google_secret_manager_secret.secret["game-${g}"].secret_id }
+  game_secret_env = merge(
+    { for g, c in var.games : "GAME_SECRETS_${upper(replace(g, "-", "_"))}" => google_secret_manager_secret.secret["game-${g}"].secret_id },
+    # Each sandbox's: GAME_SANDBOX_SECRETS_<GAME> (config.GameSandboxSecretsVar).
+    { for g, c in var.games : "GAME_SANDBOX_SECRETS_${upper(replace(g, "-", "_"))}" => google_secret_manager_secret.secret["sandbox-${g}"].secret_id if c.sandbox != null },
+  )
   # Reconcile downloads and compares whole bills: it gets the longest timeout Cloud Functions
   # allows for an HTTP function fed by Cloud Scheduler, one instance and the memory of a whole
   # bill; Admin the same timeout and memory, for operators' reconciliations.
@@ -675,6 +740,11 @@ output "queues" {
   value       = local.queue_paths
 }
 
+output "sandbox_queues" {
+  description = "Each game's sandbox Cloud Tasks queue paths (games with a sandbox endpoint)."
+  value       = local.sandbox_queue_paths
+}
+
 output "runtime_service_account" {
   description = "Identity of the functions."
   value       = google_service_account.runtime.email
@@ -706,6 +776,9 @@ locals {
   # [a-zA-Z0-9_] as _ (Cloud Monitoring's mapping).
   metric_promql = { for name, m in local.metrics : name => "logging_googleapis_com:user_${replace(var.name, "-", "_")}_${name}" }
   alerting      = length(var.notification_channels) > 0
+  # Sandbox notifications alert only when the operator opts in: a staging server failing is
+  # nobody's page. Applies to the metrics that carry the environment label.
+  production_only = var.alert_on_sandbox ? "" : " AND metric.label.environment=\"production\""
 }
 
 resource "google_logging_metric" "m" {
@@ -753,6 +826,7 @@ locals {
     healed             = { metric = "healed", title = "payrelay: the sweeper healed lost tasks", doc = "A task was lost (queue purged, enqueue failed) or a delivery died; the sweeper enqueued it again. Check the queues and the logs (event=healed) for the cause." }
     reconcile_failed   = { metric = "reconcile_failed", title = "payrelay: a reconciliation could not run", doc = "An account's daily reconciliation failed (event=reconcile_failed, reason_class: not_ready, refused, unavailable); Cloud Scheduler retries for about 3 hours. refused: check the account's keys in PROVIDER_CONFIG; when fixed, run it from the dashboard's Reconciliation page." }
     reconcile_findings = { metric = "reconcile_findings", title = "payrelay: reconciliation found payrelay out of step with a bill", doc = "The provider's bill and payrelay disagree (event=reconcile_finding, kind). missing_payment and missing_refund were recovered and relayed; conflict, unrelayable and not_in_bill need an operator: open the day's report in the dashboard (Reconciliation) and compare with the provider's console." }
+    env_mismatch       = { metric = "environment_mismatch", title = "payrelay: a notification of an environment its app is not configured for", doc = "A provider sent a notification for an app configured for the other environment (e.g. an App Store Sandbox notification for a bundle whose PROVIDER_CONFIG environments are production only, or a live Stripe event for a test-only account). It was acknowledged and stored, not relayed (event=environment_mismatch names the app). Fix the app's environments in PROVIDER_CONFIG, then replay it from the dashboard (state not_relayed)." }
     startup_failure    = { metric = "startup_failures", title = "payrelay: a function refused to start", doc = "A revision's configuration is invalid; the log line (event=startup_failed) names every problem. Fix GAMES, the secrets or PROVIDER_CONFIG and deploy again." }
   }
 }
@@ -764,7 +838,7 @@ resource "google_monitoring_alert_policy" "count" {
   conditions {
     display_name = "${each.value.metric} > 0"
     condition_threshold {
-      filter          = "metric.type=\"${local.metric_type[each.value.metric]}\" AND resource.type=\"cloud_run_revision\""
+      filter          = "metric.type=\"${local.metric_type[each.value.metric]}\" AND resource.type=\"cloud_run_revision\"${contains(local.metrics[each.value.metric].labels, "environment") && each.value.metric != "environment_mismatch" ? local.production_only : ""}"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
@@ -784,6 +858,11 @@ resource "google_monitoring_alert_policy" "count" {
 }
 
 # A game server failing more than a share of its attempts over 10 minutes, game by game.
+locals {
+  # The same opt-in in PromQL: only production's attempts unless sandbox alerts too.
+  attempts_env = var.alert_on_sandbox ? "" : ",environment=\"production\""
+}
+
 resource "google_monitoring_alert_policy" "game_failing" {
   count        = local.alerting ? 1 : 0
   display_name = "payrelay: a game server is failing its notifications"
@@ -791,7 +870,7 @@ resource "google_monitoring_alert_policy" "game_failing" {
   conditions {
     display_name = "failed share of attempts > ${var.game_failure_threshold} over 10 min"
     condition_prometheus_query_language {
-      query    = "sum by (game) (rate(${local.metric_promql["attempts"]}{outcome!=\"delivered\"}[10m])) / sum by (game) (rate(${local.metric_promql["attempts"]}[10m])) > ${var.game_failure_threshold}"
+      query    = "sum by (game, environment) (rate(${local.metric_promql["attempts"]}{outcome!=\"delivered\"${local.attempts_env}}[10m])) / sum by (game, environment) (rate(${local.metric_promql["attempts"]}{${trimprefix(local.attempts_env, ",")}}[10m])) > ${var.game_failure_threshold}"
       duration = "0s"
     }
   }
@@ -806,20 +885,21 @@ resource "google_monitoring_alert_policy" "game_failing" {
 locals {
   # One row per concern: deliveries, game servers, Ingest, the sweeper and health.
   dashboard_charts = [
-    { title = "Delivered, by game", metric = "notifications_delivered", group = "metric.label.game" },
-    { title = "Retried, by game", metric = "notifications_retried", group = "metric.label.game" },
-    { title = "Dead-lettered, by game", metric = "notifications_failed", group = "metric.label.game" },
-    { title = "Refunds held, by game", metric = "notifications_held", group = "metric.label.game" },
-    { title = "Attempt latency (p99), by game", metric = "attempt_latency", group = "metric.label.game", p99 = true },
-    { title = "Attempts, by outcome", metric = "attempts", group = "metric.label.outcome" },
-    { title = "Ingest accepted, by provider", metric = "notifications_received", group = "metric.label.provider" },
-    { title = "Ingest refused, by reason", metric = "ingest_refused", group = "metric.label.reason_class" },
-    { title = "Ingest 5xx, by provider", metric = "ingest_5xx", group = "metric.label.provider" },
-    { title = "Conflicts (409)", metric = "conflicts", group = "metric.label.provider" },
-    { title = "Healed by the sweeper", metric = "healed", group = "metric.label.game" },
-    { title = "Oldest overdue (s, max)", metric = "oldest_overdue", group = "", p99 = true },
-    { title = "Reconciliation findings, by kind", metric = "reconcile_findings", group = "metric.label.kind" },
-    { title = "Reconciliations failed", metric = "reconcile_failed", group = "metric.label.provider" },
+    { title = "Delivered, by game and environment", metric = "notifications_delivered", group = ["metric.label.game", "metric.label.environment"] },
+    { title = "Retried, by game and environment", metric = "notifications_retried", group = ["metric.label.game", "metric.label.environment"] },
+    { title = "Dead-lettered, by game and environment", metric = "notifications_failed", group = ["metric.label.game", "metric.label.environment"] },
+    { title = "Refunds held, by game and environment", metric = "notifications_held", group = ["metric.label.game", "metric.label.environment"] },
+    { title = "Attempt latency (p99), by game and environment", metric = "attempt_latency", group = ["metric.label.game", "metric.label.environment"], p99 = true },
+    { title = "Attempts, by outcome", metric = "attempts", group = ["metric.label.outcome"] },
+    { title = "Ingest accepted, by provider", metric = "notifications_received", group = ["metric.label.provider"] },
+    { title = "Ingest refused, by reason", metric = "ingest_refused", group = ["metric.label.reason_class"] },
+    { title = "Ingest 5xx, by provider", metric = "ingest_5xx", group = ["metric.label.provider"] },
+    { title = "Conflicts (409)", metric = "conflicts", group = ["metric.label.provider"] },
+    { title = "Healed by the sweeper, by game and environment", metric = "healed", group = ["metric.label.game", "metric.label.environment"] },
+    { title = "Oldest overdue (s, max)", metric = "oldest_overdue", group = [], p99 = true },
+    { title = "Reconciliation findings, by kind", metric = "reconcile_findings", group = ["metric.label.kind"] },
+    { title = "Reconciliations failed", metric = "reconcile_failed", group = ["metric.label.provider"] },
+    { title = "Environment mismatches, by provider", metric = "environment_mismatch", group = ["metric.label.provider"] },
   ]
 }
 
@@ -840,7 +920,7 @@ resource "google_monitoring_dashboard" "payrelay" {
                   alignmentPeriod    = "60s"
                   perSeriesAligner   = lookup(c, "p99", false) ? "ALIGN_PERCENTILE_99" : "ALIGN_SUM"
                   crossSeriesReducer = lookup(c, "p99", false) ? "REDUCE_MAX" : "REDUCE_SUM"
-                  groupByFields      = c.group == "" ? [] : [c.group]
+                  groupByFields      = c.group
                 }
               }
             }

@@ -77,7 +77,7 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 		h.adminList(w, r)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "payments":
 		q := r.URL.Query()
-		id := relay.PaymentID(q.Get("provider"), q.Get("merchant"), q.Get("order"))
+		id := relay.PaymentID(relay.EnvProduction, q.Get("provider"), q.Get("merchant"), q.Get("order"))
 		h.adminShow(w, r, id)
 	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "api" && parts[1] == "payments":
 		h.adminShow(w, r, parts[2])
@@ -318,7 +318,7 @@ func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
 	ctx := h.context(r)
 	res, err := h.Service.Sweep(ctx)
 	for _, hl := range res.Healed {
-		h.Logger.WarnContext(ctx, "sweeper healed a notification", "event", "healed", "game", hl.Game, "payment_id", hl.PaymentID,
+		h.Logger.WarnContext(ctx, "sweeper healed a notification", "event", "healed", "game", hl.Game, "environment", string(hl.Environment), "payment_id", hl.PaymentID,
 			"notification_id", relay.NotificationID(hl.PaymentID, hl.Key), "generation", hl.Generation, "attempt", hl.Attempt, "why", hl.Why)
 	}
 	if err != nil {

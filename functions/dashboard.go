@@ -33,7 +33,7 @@ func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request, parts []stri
 		h.paymentPage(w, r, parts[1])
 	case r.Method == http.MethodGet && len(parts) == 1 && parts[0] == "find":
 		q := r.URL.Query()
-		id := relay.PaymentID(q.Get("provider"), q.Get("merchant"), q.Get("order"))
+		id := relay.PaymentID(relay.EnvProduction, q.Get("provider"), q.Get("merchant"), q.Get("order"))
 		http.Redirect(w, r, "payments/"+url.PathEscape(id), http.StatusSeeOther)
 	case r.Method == http.MethodPost && len(parts) == 5 && parts[0] == "payments" && parts[2] == "notifications" && (parts[4] == "replay" || parts[4] == "cancel"):
 		h.formPost(w, r, parts[1], parts[3], parts[4])

@@ -63,7 +63,7 @@ func CheckConfig(ctx context.Context, l envconfig.Lookuper) (*config.Config, err
 	if err != nil {
 		return nil, err
 	}
-	if _, err := provider.New(cfg.ProviderConfig.Config, cfg.IngestSecrets...); err != nil {
+	if _, err := provider.New(cfg.ProviderConfig.Config, cfg.Ingest()); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if _, err := cfg.EffectiveLadder(); err != nil {
@@ -147,15 +147,21 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	for _, w := range ladder.Warnings() {
 		log.WarnContext(ctx, "ladder: "+w)
 	}
-	var games []gamehttp.Game
-	for _, g := range cfg.Games {
-		games = append(games, gamehttp.Game{Name: g.Name, URL: g.URL, Secrets: g.Secrets, Timeout: g.Timeout, AllowPrivate: g.AllowPrivate})
+	var games, sandboxes []gamehttp.Game
+	endpoint := func(name string, e config.Endpoint) gamehttp.Game {
+		return gamehttp.Game{Name: name, URL: e.URL, Secrets: e.Secrets, Timeout: e.Timeout, AllowPrivate: e.AllowPrivate}
 	}
-	notifier, err := gamehttp.NewGames(games)
+	for _, g := range cfg.Games {
+		games = append(games, endpoint(g.Name, g.Endpoint))
+		if g.Sandbox != nil {
+			sandboxes = append(sandboxes, endpoint(g.Name, *g.Sandbox))
+		}
+	}
+	notifier, err := gamehttp.NewGames(games, sandboxes)
 	if err != nil {
 		return nil, nil, err
 	}
-	providers, err := provider.New(cfg.ProviderConfig.Config, cfg.IngestSecrets...)
+	providers, err := provider.New(cfg.ProviderConfig.Config, cfg.Ingest())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -165,7 +171,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	}
 	st.WithCounter(opts.Counter)
 	q, err := queue.NewCloudTasks(ctx, queue.Options{
-		Queues: cfg.Games.Queues(), DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
+		Queues: cfg.Games.Queues(), SandboxQueues: cfg.Games.SandboxQueues(), DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
 		Audience: cfg.Audience(), DispatchDeadline: dispatchDeadline(cfg.DeliverLease), EmulatorHost: cfg.CloudTasksEmulatorHost,
 		OnCreate: opts.OnCreate, OpsQueue: cfg.OpsQueue,
 	})
@@ -177,7 +183,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	svc, err := relay.NewService(relay.Config{
 		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
-		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st,
+		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st, Routes: cfg.Games.Routes(),
 	})
 	if err != nil {
 		closeAll()

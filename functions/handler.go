@@ -159,7 +159,7 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := result.Payment
-	log = log.With("order_id", p.OrderID, "merchant", p.Merchant, "game", p.Game)
+	log = log.With("order_id", p.OrderID, "merchant", p.Merchant, "game", p.Game, "environment", string(p.Environment))
 	if result.Refund != nil {
 		log = log.With("refund_id", result.Refund.ID)
 	}
@@ -198,9 +198,17 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	case res.Covered:
 		log.WarnContext(ctx, "refund already counted by a later refund; noted, not relayed", "payment_id", res.PaymentID)
 	default:
+		if res.Mismatch {
+			// Acknowledged (the provider would retry a refusal for days) and stored, never posted:
+			// the provider's app is configured for the other environment. An operator fixes
+			// PROVIDER_CONFIG, then replays it.
+			log.ErrorContext(ctx, "notification of an environment its app is not configured for: stored, not relayed; fix PROVIDER_CONFIG's environments",
+				"event", "environment_mismatch", "payment_id", res.PaymentID, "notification_id", res.NotificationID, "type", string(result.Type),
+				"reason", res.NotRelayed)
+		}
 		if !res.Duplicate {
 			log.InfoContext(ctx, "notification received", "event", "notification_received", "payment_id", res.PaymentID,
-				"notification_id", res.NotificationID, "type", string(result.Type), "state", string(res.State))
+				"notification_id", res.NotificationID, "type", string(result.Type), "state", string(res.State), "not_relayed", res.NotRelayed)
 		} else {
 			log.InfoContext(ctx, "notification repeated", "payment_id", res.PaymentID, "notification_id", res.NotificationID, "type", string(result.Type))
 		}
@@ -256,7 +264,7 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 		attrs = append(attrs, "reason", res.Reason)
 	}
 	if res.Game != "" {
-		attrs = append(attrs, "game", res.Game, "provider", res.Provider, "type", string(res.Type))
+		attrs = append(attrs, "game", res.Game, "provider", res.Provider, "environment", string(res.Environment), "type", string(res.Type))
 	}
 	if rec := res.Record; rec != nil && res.Outcome != relay.OutcomeBusy {
 		// An attempt made and recorded: the attempts metrics count these lines.

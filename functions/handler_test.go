@@ -103,7 +103,7 @@ func TestIngestValid(t *testing.T) {
 	if code != http.StatusOK || out["duplicate"] != false {
 		t.Fatalf("Ingest = %d %v", code, out)
 	}
-	id := relay.PaymentID("generic", "game-1", "order-1001")
+	id := relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1001")
 	p := f.store.Payment(id)
 	if p == nil || p.AmountMinor != 648 || p.Currency != "CNY" || p.Paid().State != relay.StatePending || out["payment_id"] != id {
 		t.Fatalf("stored %+v", p)
@@ -132,7 +132,7 @@ func refundBody(refundID, refundAmount string) string {
 func TestIngestRefunds(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	id := relay.PaymentID("generic", "game-1", "order-1001")
+	id := relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1001")
 	if code, out := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK {
 		t.Fatalf("payment = %d %v", code, out)
 	}
@@ -273,7 +273,7 @@ func TestDeliverHandler(t *testing.T) {
 	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK {
 		t.Fatal("ingest failed")
 	}
-	id := relay.PaymentID("generic", "game-1", "order-1001")
+	id := relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1001")
 	for _, body := range []string{`not json`, `{}`, `{"payment_id":"x","notification":"paid","attempt":0}`, `{"payment_id":"x","attempt":1}`, `{"payment_id":"unknown","notification":"paid","attempt":1}`, fmt.Sprintf(`{"payment_id":%q,"notification":"refund-00","attempt":1}`, id)} {
 		code, out := serve(f.h.Deliver, deliverReq(body))
 		if code != http.StatusOK || out["outcome"] != "rejected" {
@@ -335,5 +335,5 @@ func TestDispatchDeadlineWithinCloudTasksRange(t *testing.T) {
 // paymentIDOf is the id of validBody's payment.
 func paymentIDOf(t *testing.T, f *fixture) string {
 	t.Helper()
-	return relay.PaymentID("generic", "game-1", "order-1001")
+	return relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1001")
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/payrelay/payrelay/functions/provider"
+	"github.com/payrelay/payrelay/functions/provider/providertest"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/logging"
 	"github.com/payrelay/payrelay/infra/monitoring"
@@ -70,7 +71,7 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	// A second payment delivered at once.
 	f.fail = false
 	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1002", 1), testNow))
-	serve(h.Deliver, deliverReq(fmt.Sprintf(`{"payment_id":%q,"notification":"paid","attempt":1}`, relay.PaymentID("generic", "game-1", "order-1002"))))
+	serve(h.Deliver, deliverReq(fmt.Sprintf(`{"payment_id":%q,"notification":"paid","attempt":1}`, relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1002"))))
 	// Refused (bad signature), a conflict (another amount), a failure of ours (store down).
 	bad := signed(validBody, testNow)
 	bad.Header.Set("webhook-signature", "v1,AAAA")
@@ -91,12 +92,25 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	// A reconciliation finding a payment missing, and one that cannot run.
 	at := testNow.Add(-time.Hour)
 	day := relay.BillDay(at)
-	h.Providers["bills"] = &fakeBiller{Generic: h.Providers["generic"].(*provider.Generic), bill: relay.Bill{Provider: "generic", Merchant: "shop-2", Day: day,
-		Entries: []relay.Result{{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "generic", Merchant: "shop-2", OrderID: "order-bill-1",
+	h.Providers["bills"] = &fakeBiller{Generic: h.Providers["generic"].(*provider.Generic), bill: relay.Bill{Provider: "generic", Environment: relay.EnvProduction, Merchant: "shop-2", Day: day,
+		Entries: []relay.Result{{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "generic", Environment: relay.EnvProduction, Merchant: "shop-2", OrderID: "order-bill-1",
 			TransactionID: "txn-b1", AmountMinor: 100, Currency: "CNY", PaidAt: at, AppID: "shop-2", Game: "game-1"}}}}}
 	serve(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))
 	h.Providers["bills"].(*fakeBiller).err = provider.ErrBillNotReady
 	serve(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))
+	// A Stripe test-mode payment for an account configured production only: stored, not
+	// relayed, alerted.
+	st, err := provider.NewStripe([]provider.StripeAccount{{Account: "acct_1Metrics", Secrets: []string{"whsec_metrics"}, Game: "game-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Providers["stripe"] = st
+	ev := providertest.StripeTestEvent("checkout.session.completed", providertest.StripeSession("order-test-1", "pi_test_1", 500, "USD", "paid"), testNow)
+	sreq := httptest.NewRequest(http.MethodPost, "/Ingest?provider=stripe", bytes.NewReader(ev))
+	sreq.Header = providertest.SignStripe(ev, testNow, "whsec_metrics")
+	if code, _ := serve(h.Ingest, sreq); code != http.StatusOK {
+		t.Fatalf("a mismatched Stripe event answered %d, want 200 (acknowledged, stored not relayed)", code)
+	}
 	// A process refusing to start.
 	logStartupFailure(logging.New(&out, "info"), errors.New("config: GAMES is required"))
 
@@ -145,7 +159,7 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 		return -1
 	}
 	for name, want := range map[string]int{"notifications_failed": 1, "notifications_retried": 7, "notifications_delivered": 1,
-		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 1, "startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1} {
+		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 1, "startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1} {
 		if got := count(name); got != want {
 			t.Errorf("%s counts %d entries, want %d", name, got, want)
 		}

@@ -83,7 +83,7 @@ func TestAlipayAnswersAndOneChain(t *testing.T) {
 	if n := len(f.queue.Snapshot()); n != 1 || f.store.Len() != 1 {
 		t.Errorf("%d tasks and %d payments after SUCCESS, SUCCESS, FINISHED; want one chain", n, f.store.Len())
 	}
-	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "ali-1"))
+	p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-1"))
 	if p == nil || p.AmountMinor != 64800 || p.Provider != "alipay" {
 		t.Errorf("stored %+v", p)
 	}
@@ -168,7 +168,7 @@ func TestAlipayRefundsRelayedInOrder(t *testing.T) {
 			t.Fatalf("refund %s answered %d %q", fields["out_biz_no"], w.Code, w.Body.String())
 		}
 	}
-	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "ali-r"))
+	p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-r"))
 	var got []int64
 	for _, n := range p.Notifications[1:] {
 		got = append(got, n.Refund.AmountMinor)
@@ -201,7 +201,7 @@ func TestWechatRefundEvents(t *testing.T) {
 	if w := notify("TRANSACTION.SUCCESS", providertest.WechatTransaction(wxMch, wxApp, "wx-r", 600)); w.Code != 204 {
 		t.Fatalf("payment answered %d", w.Code)
 	}
-	id := relay.PaymentID("wechatpay", wxMch, "wx-r")
+	id := relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, "wx-r")
 	for _, event := range []string{"REFUND.ABNORMAL", "REFUND.CLOSED"} {
 		status := event[len("REFUND."):]
 		if w := notify(event, providertest.WechatRefund(wxMch, "wx-r", "50300000"+status, 600, 100, status)); w.Code != 204 {
@@ -228,7 +228,7 @@ func TestWechatRefundEvents(t *testing.T) {
 	if w := notify("REFUND.SUCCESS", providertest.WechatRefund(wxMch, "wx-unknown", "503000009", 600, 600, "SUCCESS")); w.Code != 204 {
 		t.Fatalf("refund of an unknown payment answered %d %s", w.Code, w.Body.String())
 	}
-	alone := f.store.Payment(relay.PaymentID("wechatpay", wxMch, "wx-unknown"))
+	alone := f.store.Payment(relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, "wx-unknown"))
 	if alone == nil || alone.Paid() != nil || alone.AppID != wxApp || !alone.PaidAt.IsZero() || alone.Notifications[0].State != relay.StatePending {
 		t.Errorf("refund of an unknown payment stored %+v", alone)
 	}

@@ -147,7 +147,7 @@ func (h *Handler) formQuery(w http.ResponseWriter, r *http.Request) {
 		Answer queryAnswer
 		Err    *errorBody
 		ID     string
-	}{out, eb, relay.PaymentID(out.Provider, out.Merchant, out.OrderID)})
+	}{out, eb, relay.PaymentID(relay.EnvProduction, out.Provider, out.Merchant, out.OrderID)})
 }
 
 var queryPage = template.Must(template.New("query").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay: order query</title>` + style + `</head><body>
@@ -198,7 +198,7 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 		// Already notified: compare the facts both sides state for certain (amount, the provider's
 		// transaction id) and change nothing. The query's time (Alipay's send_pay_date) is not
 		// the notification's gmt_payment to the second, so it is not held against it.
-		id := relay.PaymentID(prov, ans.Result.Payment.Merchant, ans.Result.Payment.OrderID)
+		id := relay.PaymentID(relay.EnvProduction, prov, ans.Result.Payment.Merchant, ans.Result.Payment.OrderID)
 		if p, err := h.Service.Show(ctx, id); err == nil && p.Paid() != nil && ans.Result.Type == relay.TypePaymentSucceeded {
 			q := ans.Result.Payment
 			if p.AmountMinor != q.AmountMinor || p.Currency != q.Currency || p.TransactionID != "" && q.TransactionID != "" && p.TransactionID != q.TransactionID {

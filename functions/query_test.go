@@ -65,7 +65,7 @@ func TestAdminOrderQuery(t *testing.T) {
 	if code != 200 || out.Reported != "TRADE_SUCCESS" || out.Action != "ingested" || out.Payment == nil {
 		t.Fatalf("lost-1: %d %+v", code, out)
 	}
-	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "lost-1"))
+	p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "lost-1"))
 	if p == nil || p.AmountMinor != 64800 || p.Game != "sword" || p.Paid().State != relay.StatePending || tasks() != 3 {
 		t.Fatalf("lost-1 stored %+v with %d tasks; want a pending payment of 648.00 for sword and its task", p, tasks())
 	}
@@ -80,7 +80,7 @@ func TestAdminOrderQuery(t *testing.T) {
 	if code, out := ask("conflict-1"); code != http.StatusConflict || tasks() != 3 {
 		t.Errorf("conflict-1: %d %+v, %d tasks; want 409", code, out, tasks())
 	}
-	if p := f.store.Payment(relay.PaymentID("alipay", aliApp, "conflict-1")); p.AmountMinor != 64800 {
+	if p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "conflict-1")); p.AmountMinor != 64800 {
 		t.Errorf("conflict-1 changed: %d", p.AmountMinor)
 	}
 	// Not paid, and unknown: reported, nothing stored.

@@ -15,6 +15,7 @@ import (
 	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/provider/providertest"
 	"github.com/payrelay/payrelay/functions/relay"
+	"github.com/payrelay/payrelay/functions/webhook"
 )
 
 // identity is a bearer token as Cloud Run passes it on once it verified it: only its payload's
@@ -41,7 +42,7 @@ func billFixture(t *testing.T) (*fixture, *providertest.AlipayGateway, *provider
 		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: "sword", "wx-farm-app": "farm"},
 			PlatformKeys: map[string]string{wxSer: providertest.PublicKeyPEM(platKey)}, APIPrivateKey: providertest.PrivateKeyPEM(apiKey), APISerial: "API-1", APIBase: api.URL}},
 	}
-	set, err := provider.New(cfg, testSecret)
+	set, err := provider.New(cfg, provider.IngestSecrets{Production: []webhook.Secret{testSecret}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestGameServerQuery(t *testing.T) {
 	if code, out := ask(sword, `{"provider":"alipay","merchant":"`+aliApp+`","order_id":"lost-1"}`); code != 200 || out["action"] != "ingested" {
 		t.Fatalf("sword's own order: %d %v", code, out)
 	}
-	p := f.store.Payment(relay.PaymentID("alipay", aliApp, "lost-1"))
+	p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "lost-1"))
 	if p == nil || p.Paid().Via != relay.ViaQuery {
 		t.Fatalf("stored %+v, want the payment recovered via query", p)
 	}
@@ -91,7 +92,7 @@ func TestGameServerQuery(t *testing.T) {
 			t.Errorf("%s: %d %v, want %d", name, code, out, tc.code)
 		}
 	}
-	if f.store.Payment(relay.PaymentID("wechatpay", wxMch, "wx-farm-1")) != nil {
+	if f.store.Payment(relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, "wx-farm-1")) != nil {
 		t.Error("another game's order was ingested for sword's server")
 	}
 	if after, _ := gw.Counts(); after != requests {
@@ -122,7 +123,7 @@ func TestScheduledReconcile(t *testing.T) {
 	if code != http.StatusServiceUnavailable || out["failed"] != float64(1) {
 		t.Fatalf("with WeChat Pay's bill not ready: %d %v, want 503 and one failed", code, out)
 	}
-	lost := relay.PaymentID("alipay", aliApp, "ali-lost")
+	lost := relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-lost")
 	if p := f.store.Payment(lost); p == nil || p.Paid().Via != relay.ViaReconcile || p.AmountMinor != 3000 {
 		t.Fatalf("the lost payment: %+v", p)
 	}

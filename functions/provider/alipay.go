@@ -35,9 +35,22 @@ type AlipayApp struct {
 	// PrivateKey is the application's own private key (Alipay's key tool writes it: PEM or bare
 	// base64 PKCS#8), needed only to query orders (补单). A secret: never logged.
 	PrivateKey string `json:"private_key,omitempty"`
-	// Gateway is the OpenAPI gateway for queries; empty: DefaultAlipayGateway.
+	// Gateway is the OpenAPI gateway for queries; empty: DefaultAlipayGateway, or
+	// AlipaySandboxGateway for a sandbox app.
 	Gateway string `json:"gateway,omitempty"`
+	// Environment is "sandbox" for an app of Alipay's sandbox (开放平台沙箱: its own app id,
+	// keys and gateway); empty or "production" otherwise. Every notification of a sandbox app
+	// is a sandbox payment: Alipay's notifications carry no environment of their own, so the
+	// app is the provider's signal. An app on the sandbox gateway must say so.
+	Environment string `json:"environment,omitempty"`
 }
+
+// AlipaySandboxGateway is the gateway of Alipay's sandbox (the 开放平台 console's 沙箱应用 page
+// gives it; openapi.alipaydev.com before 2022 is the same sandbox, still found in old configs).
+const AlipaySandboxGateway = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
+
+// alipaySandboxHosts are the sandbox's gateway hosts, the current and the former.
+var alipaySandboxHosts = []string{"openapi-sandbox.dl.alipaydev.com", "openapi.alipaydev.com"}
 
 // Alipay verifies and decodes Alipay's asynchronous notifications (异步通知).
 type Alipay struct {
@@ -49,6 +62,7 @@ type Alipay struct {
 
 type alipayApp struct {
 	AlipayApp
+	env  relay.Environment
 	key  *rsa.PublicKey
 	priv *rsa.PrivateKey // nil: this app cannot query orders
 }
@@ -78,9 +92,22 @@ func NewAlipay(apps []AlipayApp) (*Alipay, error) {
 				return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): private_key: %w", i, app.AppID, err)
 			}
 		}
+		aa.env = relay.EnvProduction
+		if app.Environment != "" {
+			if aa.env, err = relay.ParseEnvironment(app.Environment); err != nil {
+				return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): %w", i, app.AppID, err)
+			}
+		}
+		if aa.env == relay.EnvSandbox && app.Gateway == "" {
+			aa.Gateway = AlipaySandboxGateway
+		}
 		if app.Gateway != "" {
-			if u, err := url.Parse(app.Gateway); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+			u, err := url.Parse(app.Gateway)
+			if err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
 				return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): gateway must be an http(s) URL", i, app.AppID)
+			}
+			if slices.Contains(alipaySandboxHosts, u.Hostname()) && aa.env != relay.EnvSandbox {
+				return nil, fmt.Errorf("PROVIDER_CONFIG alipay[%d] (%s): gateway is Alipay's sandbox: set \"environment\": \"sandbox\" so its payments are never taken for production ones", i, app.AppID)
 			}
 		}
 		a.apps[app.AppID] = aa
@@ -238,7 +265,7 @@ func (a *Alipay) alipayResult(app alipayApp, get func(string) (string, error)) (
 		}
 	}
 	orderID, tradeNo, total, gmtPayment, notifyTime, status, refundFee, gmtRefund, outBizNo := f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
-	pay := relay.Payment{Provider: a.Name(), Merchant: appID, OrderID: orderID, TransactionID: tradeNo, Currency: "CNY",
+	pay := relay.Payment{Provider: a.Name(), Environment: app.env, Merchant: appID, OrderID: orderID, TransactionID: tradeNo, Currency: "CNY",
 		AppID: appID, Game: app.Game}
 	note := func(kind, reason string) (relay.Result, error) {
 		return relay.Result{Payment: pay, Note: &relay.Note{Kind: kind, Reason: reason}}, nil

@@ -242,7 +242,8 @@ func (a *Alipay) group(app alipayApp) []string {
 	}
 	var out []string
 	for _, id := range slices.Sorted(maps.Keys(a.apps)) {
-		if a.apps[id].SellerID == app.SellerID {
+		// A sandbox app's account is the sandbox's: never grouped with production apps.
+		if a.apps[id].SellerID == app.SellerID && a.apps[id].env == app.env {
 			out = append(out, id)
 		}
 	}
@@ -265,7 +266,7 @@ func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error
 			merchants = append(merchants, id)
 		}
 	}
-	bill := relay.Bill{Provider: a.Name(), Merchant: appID, Merchants: merchants, Day: day}
+	bill := relay.Bill{Provider: a.Name(), Environment: app.env, Merchant: appID, Merchants: merchants, Day: day}
 	raw, err := a.openAPI(ctx, app, "alipay.data.dataservice.bill.downloadurl.query", map[string]string{"bill_type": "trade", "bill_date": day})
 	if err != nil {
 		return relay.Bill{}, err
@@ -309,7 +310,7 @@ func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error
 // each would have been read; a row that cannot be is reported.
 func (a *Alipay) billResults(app alipayApp, parsed AlipayBill, bill *relay.Bill) {
 	for _, row := range parsed.Rows {
-		pay := relay.Payment{Provider: a.Name(), Merchant: app.AppID, OrderID: row.OutTradeNo, TransactionID: row.TradeNo, Currency: "CNY",
+		pay := relay.Payment{Provider: a.Name(), Environment: app.env, Merchant: app.AppID, OrderID: row.OutTradeNo, TransactionID: row.TradeNo, Currency: "CNY",
 			AppID: app.AppID, Game: app.Game}
 		r := relay.Result{Payment: pay}
 		switch row.Kind {

@@ -37,8 +37,11 @@ type AppleApp struct {
 	// AppAppleID is the app's numeric Apple ID; production notifications must carry it.
 	AppAppleID int64  `json:"app_apple_id"`
 	Game       string `json:"game"`
-	// AllowSandbox accepts notifications from the Sandbox environment (TestFlight, testing).
-	AllowSandbox bool `json:"allow_sandbox"`
+	// Environments are those the app's notifications are relayed from: "production" (the
+	// default), "sandbox" (the Sandbox and Xcode environments: TestFlight, sandbox testers,
+	// StoreKit testing), or both. App Store Connect sends each environment to its own URL; both
+	// may point at the same Ingest.
+	Environments []string `json:"environments,omitempty"`
 }
 
 // Apple verifies App Store Server Notifications V2: a JWS signed ES256 by a certificate chained
@@ -46,7 +49,12 @@ type AppleApp struct {
 // "JWSDecodedHeader"; the checks are those of Apple's app-store-server-library).
 type Apple struct {
 	root *x509.Certificate
-	apps map[string]AppleApp // by bundle id
+	apps map[string]appleApp // by bundle id
+}
+
+type appleApp struct {
+	AppleApp
+	envs []relay.Environment
 }
 
 var _ Provider = (*Apple)(nil)
@@ -61,7 +69,7 @@ func NewApple(apps []AppleApp, root *x509.Certificate) (*Apple, error) {
 		}
 		root = r
 	}
-	a := &Apple{root: root, apps: map[string]AppleApp{}}
+	a := &Apple{root: root, apps: map[string]appleApp{}}
 	for i, app := range apps {
 		if app.BundleID == "" || !relay.GamePattern.MatchString(app.Game) {
 			return nil, fmt.Errorf("PROVIDER_CONFIG apple[%d]: bundle_id and game are required", i)
@@ -72,7 +80,11 @@ func NewApple(apps []AppleApp, root *x509.Certificate) (*Apple, error) {
 		if _, dup := a.apps[app.BundleID]; dup {
 			return nil, fmt.Errorf("PROVIDER_CONFIG apple: bundle_id %s twice", app.BundleID)
 		}
-		a.apps[app.BundleID] = app
+		envs, err := environments("apple "+app.BundleID, app.Environments)
+		if err != nil {
+			return nil, err
+		}
+		a.apps[app.BundleID] = appleApp{AppleApp: app, envs: envs}
 	}
 	return a, nil
 }
@@ -128,15 +140,18 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 	if !ok {
 		return relay.Result{}, refuse(http.StatusForbidden, "bundleId %.80q is not one of ours", n.Data.BundleID)
 	}
+	// The environment as Apple states it (App Store Server Notifications V2, data.environment:
+	// "Sandbox" or "Production"; the App Store Server Library's Environment adds "Xcode" and
+	// "LocalTesting" for StoreKit testing in Xcode, which sign with the same chain in tests).
+	var environment relay.Environment
 	switch n.Data.Environment {
 	case "Production":
+		environment = relay.EnvProduction
 		if n.Data.AppAppleID != app.AppAppleID {
 			return relay.Result{}, refuse(http.StatusForbidden, "appAppleId %d is not %s's", n.Data.AppAppleID, app.BundleID)
 		}
 	case "Sandbox", "Xcode", "LocalTesting":
-		if !app.AllowSandbox {
-			return relay.Result{}, refuse(http.StatusForbidden, "environment %s is not allowed for %s (allow_sandbox)", n.Data.Environment, app.BundleID)
-		}
+		environment = relay.EnvSandbox
 	default:
 		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "environment %.20q is unknown", n.Data.Environment)
 	}
@@ -144,7 +159,7 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 	if n.Subtype != "" {
 		kind += "." + n.Subtype
 	}
-	pay := relay.Payment{Provider: a.Name(), Merchant: app.BundleID, AppID: app.BundleID, Game: app.Game}
+	pay := relay.Payment{Provider: a.Name(), Environment: environment, Merchant: app.BundleID, AppID: app.BundleID, Game: app.Game}
 	if n.NotificationType != "ONE_TIME_CHARGE" && n.NotificationType != "REFUND" {
 		if _, listed := NotRelayed[a.Name()][n.NotificationType]; !listed {
 			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "notificationType %.40q is unknown", n.NotificationType)
@@ -173,7 +188,7 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 	if tx.AppAccountToken != "" {
 		pay.Metadata["app_account_token"] = fmt.Sprintf("%.256s", tx.AppAccountToken)
 	}
-	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay}
+	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mismatch("apple app "+app.BundleID, environment, app.envs)}
 	if n.NotificationType == "REFUND" {
 		if tx.RevocationDate == 0 {
 			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "REFUND without revocationDate")

@@ -40,8 +40,9 @@ func TestPinnedAppleRoot(t *testing.T) {
 	}
 }
 
-func appleFor(t testing.TB, chain *providertest.AppleChain, sandbox bool) *provider.Apple {
-	a, err := provider.NewApple([]provider.AppleApp{{BundleID: bundle, AppAppleID: appleID, Game: "sword", AllowSandbox: sandbox}}, chain.Root)
+// appleFor is an Apple provider whose one app takes envs (production only when none).
+func appleFor(t testing.TB, chain *providertest.AppleChain, envs ...string) *provider.Apple {
+	a, err := provider.NewApple([]provider.AppleApp{{BundleID: bundle, AppAppleID: appleID, Game: "sword", Environments: envs}}, chain.Root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +52,7 @@ func appleFor(t testing.TB, chain *providertest.AppleChain, sandbox bool) *provi
 func TestAppleOneTimeChargeAndRefund(t *testing.T) {
 	t.Parallel()
 	chain := providertest.NewAppleChain(providertest.AppleChainOptions{})
-	a := appleFor(t, chain, false)
+	a := appleFor(t, chain)
 	tx := providertest.AppleTransaction(bundle, "2000000812345678", 1990, "USD", "Production", appleAt)
 	r, err := a.Parse(nil, providertest.AppleNotification(chain, "ONE_TIME_CHARGE", "", bundle, appleID, "Production", tx, appleAt), appleAt)
 	if err != nil || r.Type != relay.TypePaymentSucceeded {
@@ -110,15 +111,14 @@ func TestAppleRefusals(t *testing.T) {
 		body  []byte
 		code  int
 	}{
-		"another root":                 {appleFor(t, good, false), body(other, bundle, appleID, "Production"), http.StatusUnauthorized},
-		"tampered payload":             {appleFor(t, good, false), tampered, http.StatusUnauthorized},
-		"wrong bundle id":              {appleFor(t, good, false), body(good, "com.other.app", appleID, "Production"), http.StatusForbidden},
-		"wrong app apple id":           {appleFor(t, good, false), body(good, bundle, 99, "Production"), http.StatusForbidden},
-		"sandbox not allowed":          {appleFor(t, good, false), body(good, bundle, appleID, "Sandbox"), http.StatusForbidden},
-		"not a JWS":                    {appleFor(t, good, false), []byte(`{"signedPayload":"abc"}`), http.StatusBadRequest},
-		"leaf without its OID":         {appleFor(t, noLeafOID, false), body(noLeafOID, bundle, appleID, "Production"), http.StatusUnauthorized},
-		"intermediate without its OID": {appleFor(t, noInterOID, false), body(noInterOID, bundle, appleID, "Production"), http.StatusUnauthorized},
-		"leaf expired at signedDate":   {appleFor(t, expired, false), body(expired, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"another root":                 {appleFor(t, good), body(other, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"tampered payload":             {appleFor(t, good), tampered, http.StatusUnauthorized},
+		"wrong bundle id":              {appleFor(t, good), body(good, "com.other.app", appleID, "Production"), http.StatusForbidden},
+		"wrong app apple id":           {appleFor(t, good), body(good, bundle, 99, "Production"), http.StatusForbidden},
+		"not a JWS":                    {appleFor(t, good), []byte(`{"signedPayload":"abc"}`), http.StatusBadRequest},
+		"leaf without its OID":         {appleFor(t, noLeafOID), body(noLeafOID, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"intermediate without its OID": {appleFor(t, noInterOID), body(noInterOID, bundle, appleID, "Production"), http.StatusUnauthorized},
+		"leaf expired at signedDate":   {appleFor(t, expired), body(expired, bundle, appleID, "Production"), http.StatusUnauthorized},
 	}
 	for name, tc := range cases {
 		_, err := tc.apple.Parse(nil, tc.body, appleAt)
@@ -127,9 +127,30 @@ func TestAppleRefusals(t *testing.T) {
 			t.Errorf("%s: %v, want a %d refusal", name, err, tc.code)
 		}
 	}
-	// Sandbox, where the app allows it.
-	if r, err := appleFor(t, good, true).Parse(nil, body(good, bundle, appleID, "Sandbox"), appleAt); err != nil || r.Type != relay.TypePaymentSucceeded {
-		t.Errorf("sandbox allowed: %+v, %v", r, err)
+	// The environment is Apple's: Sandbox and Xcode are sandbox, Production is production. An
+	// app configured for the other environment is a configuration mistake, not a refusal: the
+	// result is acknowledged and stored not relayed (Mismatch), so Apple does not retry it for
+	// days and the operator is alerted.
+	for _, tc := range []struct {
+		envs         []string
+		apple        string
+		want         relay.Environment
+		wantMismatch bool
+	}{
+		{nil, "Production", relay.EnvProduction, false},
+		{nil, "Sandbox", relay.EnvSandbox, true},
+		{[]string{"production", "sandbox"}, "Sandbox", relay.EnvSandbox, false},
+		{[]string{"production", "sandbox"}, "Xcode", relay.EnvSandbox, false},
+		{[]string{"sandbox"}, "Production", relay.EnvProduction, true},
+		{[]string{"sandbox"}, "Sandbox", relay.EnvSandbox, false},
+	} {
+		r, err := appleFor(t, good, tc.envs...).Parse(nil, body(good, bundle, appleID, tc.apple), appleAt)
+		if err != nil || r.Type != relay.TypePaymentSucceeded || r.Payment.Environment != tc.want || (r.Mismatch != "") != tc.wantMismatch {
+			t.Errorf("app for %v, %s notification: environment %q, mismatch %q, %v; want %q, mismatch %v", tc.envs, tc.apple, r.Payment.Environment, r.Mismatch, err, tc.want, tc.wantMismatch)
+		}
+	}
+	if _, err := provider.NewApple([]provider.AppleApp{{BundleID: bundle, AppAppleID: appleID, Game: "sword", Environments: []string{"staging"}}}, good.Root); err == nil {
+		t.Error("environments [staging] accepted")
 	}
 }
 
@@ -201,7 +222,7 @@ func TestStripeEvents(t *testing.T) {
 
 func FuzzAppleParse(f *testing.F) {
 	chain := providertest.NewAppleChain(providertest.AppleChainOptions{})
-	a := appleFor(f, chain, true)
+	a := appleFor(f, chain, "production", "sandbox")
 	f.Add(providertest.AppleNotification(chain, "ONE_TIME_CHARGE", "", bundle, appleID, "Production",
 		providertest.AppleTransaction(bundle, "1", 990, "USD", "Production", appleAt), appleAt))
 	f.Add([]byte(`{"signedPayload":"a.b.c"}`))

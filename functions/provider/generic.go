@@ -2,6 +2,7 @@ package provider
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -13,7 +14,11 @@ import (
 // Generic is the generic format: a JSON payment signed the Standard Webhooks way.
 type Generic struct {
 	verifier *webhook.Verifier
-	apps     map[string]string // app_id to game
+	// sandbox, if set, verifies with secrets bound to the sandbox: what they sign is a sandbox
+	// notification, whatever its body says, so a test tool holding one cannot make a
+	// production payment.
+	sandbox *webhook.Verifier
+	apps    map[string]string // app_id to game
 }
 
 var _ Provider = (*Generic)(nil)
@@ -31,6 +36,25 @@ func NewGeneric(apps map[string]string, secrets ...webhook.Secret) (*Generic, er
 		}
 	}
 	return &Generic{verifier: v, apps: apps}, nil
+}
+
+// BindSandbox adds secrets that verify sandbox notifications only (INGEST_SANDBOX_SECRETS);
+// none of them may also be a production secret.
+func (g *Generic) BindSandbox(secrets ...webhook.Secret) error {
+	if len(secrets) == 0 {
+		return nil
+	}
+	for _, s := range secrets {
+		if g.verifier.Holds(s) {
+			return errors.New("INGEST_SANDBOX_SECRETS: a sandbox-bound secret is also one of INGEST_SECRETS; bind each secret to one use")
+		}
+	}
+	v, err := webhook.NewVerifier(secrets...)
+	if err != nil {
+		return err
+	}
+	g.sandbox = v
+	return nil
 }
 
 // Name implements Provider.
@@ -55,6 +79,9 @@ type genericNotification struct {
 	RefundID      string            `json:"refund_id"`
 	RefundAmount  string            `json:"refund_amount"`
 	RefundedAt    string            `json:"refunded_at"`
+	// Environment is "production" (the default when absent) or "sandbox". Under a secret bound
+	// to the sandbox it may only be absent or "sandbox".
+	Environment *string `json:"environment"`
 }
 
 // The generic format's statuses.
@@ -65,12 +92,32 @@ const (
 
 // Parse implements Provider.
 func (g *Generic) Parse(h http.Header, body []byte, now time.Time) (relay.Result, error) {
-	if err := g.verifier.Verify(h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature), body, now); err != nil {
-		return relay.Result{}, refuse(http.StatusUnauthorized, "signature verification failed: %v", err)
+	id, ts, sig := h.Get(webhook.HeaderID), h.Get(webhook.HeaderTimestamp), h.Get(webhook.HeaderSignature)
+	sandboxBound := false
+	if err := g.verifier.Verify(id, ts, sig, body, now); err != nil {
+		if g.sandbox == nil || g.sandbox.Verify(id, ts, sig, body, now) != nil {
+			return relay.Result{}, refuse(http.StatusUnauthorized, "signature verification failed: %v", err)
+		}
+		sandboxBound = true
 	}
 	var gn genericNotification
 	if err := json.Unmarshal(body, &gn); err != nil {
 		return relay.Result{}, &Refusal{Code: http.StatusBadRequest, Reason: "malformed JSON: " + err.Error(), Field: "body"}
+	}
+	env := relay.EnvProduction
+	switch {
+	case gn.Environment != nil:
+		e, err := relay.ParseEnvironment(*gn.Environment)
+		if err != nil {
+			return relay.Result{}, asRefusal(err)
+		}
+		env = e
+	case sandboxBound:
+		env = relay.EnvSandbox
+	}
+	if sandboxBound && env != relay.EnvSandbox {
+		return relay.Result{}, &Refusal{Code: http.StatusForbidden, Field: "environment",
+			Reason: "environment: signed with a secret bound to the sandbox (INGEST_SANDBOX_SECRETS), which cannot send a production notification"}
 	}
 	if gn.Provider == "" {
 		gn.Provider = "generic"
@@ -88,7 +135,7 @@ func (g *Generic) Parse(h http.Header, body []byte, now time.Time) (relay.Result
 		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "paid_at", Reason: "paid_at: want an RFC 3339 time such as 2026-11-24T12:00:00+08:00"}
 	}
 	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{
-		Provider: gn.Provider, Merchant: gn.AppID, OrderID: gn.OrderID, TransactionID: gn.TransactionID, AmountMinor: amount,
+		Provider: gn.Provider, Environment: env, Merchant: gn.AppID, OrderID: gn.OrderID, TransactionID: gn.TransactionID, AmountMinor: amount,
 		Currency: gn.Currency, PaidAt: paidAt, AppID: gn.AppID, Metadata: gn.Metadata, Game: g.apps[gn.AppID],
 	}}
 	switch gn.Status {

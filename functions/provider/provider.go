@@ -220,11 +220,22 @@ func ParseConfig(raw string) (Config, error) {
 // Set is the providers Ingest knows, by name.
 type Set map[string]Provider
 
-// New builds the providers: the generic format always (verified with ingestSecrets), Alipay
-// and WeChat Pay when configured.
-func New(c Config, ingestSecrets ...webhook.Secret) (Set, error) {
-	generic, err := NewGeneric(c.Generic.Apps, ingestSecrets...)
+// IngestSecrets verify the generic format: Production secrets sign notifications of either
+// environment (the body's environment field says which, production by default); Sandbox
+// secrets (optional) sign sandbox notifications only, so a test harness can hold one without
+// being able to make a production payment.
+type IngestSecrets struct {
+	Production, Sandbox []webhook.Secret
+}
+
+// New builds the providers: the generic format always (verified with ingest's secrets), the
+// others when configured.
+func New(c Config, ingest IngestSecrets) (Set, error) {
+	generic, err := NewGeneric(c.Generic.Apps, ingest.Production...)
 	if err != nil {
+		return nil, err
+	}
+	if err := generic.BindSandbox(ingest.Sandbox...); err != nil {
 		return nil, err
 	}
 	s := Set{generic.Name(): generic}
@@ -319,6 +330,35 @@ var NotRelayed = map[string]map[string]string{
 	"*": {
 		"refund_covered": "a refund already counted by a later refund's cumulative total",
 	},
+}
+
+// environments reads a provider app's "environments" (production, sandbox or both); absent
+// means production only. what names the app for the error.
+func environments(what string, names []string) ([]relay.Environment, error) {
+	if len(names) == 0 {
+		return []relay.Environment{relay.EnvProduction}, nil
+	}
+	var out []relay.Environment
+	for _, n := range names {
+		e, err := relay.ParseEnvironment(n)
+		if err != nil {
+			return nil, fmt.Errorf("PROVIDER_CONFIG %s: environments: %w", what, err)
+		}
+		if !slices.Contains(out, e) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// mismatch says why a verified notification of environment env does not fit an app configured
+// for allowed, or "" when it does. Such a notification is acknowledged and stored not relayed
+// (a configuration mistake, alerted), never refused: the provider would retry it for days.
+func mismatch(what string, env relay.Environment, allowed []relay.Environment) string {
+	if slices.Contains(allowed, env) {
+		return ""
+	}
+	return fmt.Sprintf("a %s notification for %s, which PROVIDER_CONFIG configures for %s only (environments)", env, what, allowed[0])
 }
 
 // RefuseUnready answers a notification that arrived before payrelay could serve (a transient

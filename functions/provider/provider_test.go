@@ -92,7 +92,7 @@ func TestAlipayValid(t *testing.T) {
 			t.Fatalf("%s: Parse = %v, %v", charset, r.Type, err)
 		}
 		p := r.Payment
-		want := relay.Payment{Provider: "alipay", Merchant: appID, OrderID: "20261124000001", TransactionID: "2026112422001446881000000001",
+		want := relay.Payment{Provider: "alipay", Environment: relay.EnvProduction, Merchant: appID, OrderID: "20261124000001", TransactionID: "2026112422001446881000000001",
 			AmountMinor: 64800, Currency: "CNY", AppID: appID, Game: "sword"}
 		if p.PaidAt.UTC() != time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC) {
 			t.Errorf("%s: paid_at %v, want 20:00 Beijing time", charset, p.PaidAt)
@@ -116,7 +116,7 @@ func TestAlipayTRADE_FINISHEDIsTheSamePayment(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, f := sr.Payment, fr.Payment
-	if fr.Type != relay.TypePaymentSucceeded || !s.SameFacts(&f) || relay.PaymentID(s.Provider, s.Merchant, s.OrderID) != relay.PaymentID(f.Provider, f.Merchant, f.OrderID) {
+	if fr.Type != relay.TypePaymentSucceeded || !s.SameFacts(&f) || relay.PaymentID(relay.EnvProduction, s.Provider, s.Merchant, s.OrderID) != relay.PaymentID(relay.EnvProduction, f.Provider, f.Merchant, f.OrderID) {
 		t.Errorf("TRADE_FINISHED after TRADE_SUCCESS is not the same payment: %+v vs %+v", s, f)
 	}
 }
@@ -224,7 +224,7 @@ func TestWechatValid(t *testing.T) {
 			t.Fatalf("serial %s: Parse = %v, %v", s.serial, r.Type, err)
 		}
 		p := r.Payment
-		want := relay.Payment{Provider: "wechatpay", Merchant: mchID, OrderID: "wx-order-1", TransactionID: "4200001234202611240000000001",
+		want := relay.Payment{Provider: "wechatpay", Environment: relay.EnvProduction, Merchant: mchID, OrderID: "wx-order-1", TransactionID: "4200001234202611240000000001",
 			AmountMinor: 64800, Currency: "CNY", AppID: wxAppID, Game: "sword",
 			PaidAt: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
 		if !p.SameFacts(&want) || p.Merchant != mchID || p.Game != "sword" {

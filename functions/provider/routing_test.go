@@ -29,7 +29,7 @@ func TestRoutingTable(t *testing.T) {
 			PlatformKeys: map[string]string{serial: providertest.PublicKeyPEM(platKey)}}},
 	}
 	secret := webhook.NewSecret([]byte("generic-secret-generic-secret-32"))
-	set, err := provider.New(cfg, secret)
+	set, err := provider.New(cfg, provider.IngestSecrets{Production: []webhook.Secret{secret}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,10 @@ type StripeAccount struct {
 	// OrderKey names where the game's order id is: "client_reference_id" (the default) or a
 	// key of the Checkout Session's metadata.
 	OrderKey string `json:"order_key"`
+	// Environments are those the account's events are relayed from: "production" (live mode,
+	// the default), "sandbox" (test mode and Stripe sandboxes: livemode false), or both. A
+	// test-mode endpoint has its own signing secret; list it in Secrets too.
+	Environments []string `json:"environments,omitempty"`
 }
 
 // Stripe verifies and decodes Stripe webhook events (Stripe's documentation "Check the webhook
@@ -31,6 +35,7 @@ type StripeAccount struct {
 // endpoint secret, a 5-minute tolerance, several v1 during a secret roll).
 type Stripe struct {
 	accounts []StripeAccount
+	envs     [][]relay.Environment // of accounts[i]
 }
 
 var _ Provider = (*Stripe)(nil)
@@ -55,7 +60,15 @@ func NewStripe(accounts []StripeAccount) (*Stripe, error) {
 			accounts[i].OrderKey = "client_reference_id"
 		}
 	}
-	return &Stripe{accounts: accounts}, nil
+	st := &Stripe{accounts: accounts}
+	for _, a := range accounts {
+		envs, err := environments("stripe "+a.Account, a.Environments)
+		if err != nil {
+			return nil, err
+		}
+		st.envs = append(st.envs, envs)
+	}
+	return st, nil
 }
 
 // Name implements Provider.
@@ -75,6 +88,16 @@ func StripeSign(secret string, t int64, body []byte) string {
 	m.Write([]byte{'.'})
 	m.Write(body)
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+// envsOf is the environments of a, one of s.accounts.
+func (s *Stripe) envsOf(a *StripeAccount) []relay.Environment {
+	for i := range s.accounts {
+		if &s.accounts[i] == a {
+			return s.envs[i]
+		}
+	}
+	return []relay.Environment{relay.EnvProduction}
 }
 
 // verify finds the account whose secret signed body, comparing in constant time.
@@ -115,8 +138,12 @@ type stripeEvent struct {
 	ID      string `json:"id"`
 	Type    string `json:"type"`
 	Account string `json:"account"` // set for Connect events
-	Created int64  `json:"created"`
-	Data    struct {
+	// Livemode is false for test-mode (and Stripe sandbox) events: Stripe's Event object
+	// reference, "livemode: Has the value true if the object exists in live mode or the value
+	// false if the object exists in test mode." Every API version carries it.
+	Livemode *bool `json:"livemode"`
+	Created  int64 `json:"created"`
+	Data     struct {
 		Object json.RawMessage `json:"object"`
 	} `json:"data"`
 }
@@ -184,7 +211,15 @@ func (s *Stripe) Parse(h http.Header, body []byte, now time.Time) (relay.Result,
 	if ev.Account != "" && ev.Account != acct.Account {
 		return relay.Result{}, refuse(http.StatusForbidden, "event of account %.40q signed with %s's secret", ev.Account, acct.Account)
 	}
-	pay := relay.Payment{Provider: s.Name(), Merchant: acct.Account, AppID: acct.Account, Game: acct.Game}
+	if ev.Livemode == nil {
+		return relay.Result{}, &Refusal{Code: http.StatusUnprocessableEntity, Field: "livemode", Reason: "livemode: the event does not say whether it is live or test mode"}
+	}
+	env := relay.EnvProduction
+	if !*ev.Livemode {
+		env = relay.EnvSandbox
+	}
+	pay := relay.Payment{Provider: s.Name(), Environment: env, Merchant: acct.Account, AppID: acct.Account, Game: acct.Game}
+	mm := mismatch("stripe account "+acct.Account, env, s.envsOf(acct))
 	orderOf := func(md map[string]string, fallback string) string {
 		key := acct.OrderKey
 		if key == "client_reference_id" {
@@ -211,7 +246,7 @@ func (s *Stripe) Parse(h http.Header, body []byte, now time.Time) (relay.Result,
 			return relay.Result{Payment: pay, Note: &relay.Note{Kind: "checkout.session.completed." + fmt.Sprintf("%.20s", cs.PaymentStatus),
 				Reason: "session completed, payment not yet paid (asynchronous method): not relayed"}}, nil
 		}
-		r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay}
+		r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mm}
 		if err := r.Validate(); err != nil {
 			return relay.Result{}, asRefusal(err)
 		}
@@ -233,7 +268,7 @@ func (s *Stripe) Parse(h http.Header, body []byte, now time.Time) (relay.Result,
 		// the refund's amount is the delta from what is recorded (as Alipay's refund_fee). Its
 		// own refund.* event names the same refund, and is then a repeat.
 		newest := ch.Refunds.Data[0]
-		r := relay.Result{Type: relay.TypePaymentRefunded, Payment: pay, Refund: &relay.RefundFacts{
+		r := relay.Result{Type: relay.TypePaymentRefunded, Payment: pay, Mismatch: mm, Refund: &relay.RefundFacts{
 			ID: newest.ID, CumulativeMinor: ch.AmountRefunded, RefundedAt: time.Unix(newest.Created, 0).UTC()}}
 		if err := r.Validate(); err != nil {
 			return relay.Result{}, asRefusal(err)
@@ -251,7 +286,7 @@ func (s *Stripe) Parse(h http.Header, body []byte, now time.Time) (relay.Result,
 				Alert: rf.Status == "failed", Reason: "refund not succeeded: not relayed"}}, nil
 		}
 		// The refund event carries no payment total: the stored payment supplies it.
-		r := relay.Result{Type: relay.TypePaymentRefunded, Payment: pay, Refund: &relay.RefundFacts{
+		r := relay.Result{Type: relay.TypePaymentRefunded, Payment: pay, Mismatch: mm, Refund: &relay.RefundFacts{
 			ID: rf.ID, AmountMinor: rf.Amount, RefundedAt: time.Unix(rf.Created, 0).UTC()}}
 		if err := r.Validate(); err != nil {
 			return relay.Result{}, asRefusal(err)

@@ -245,8 +245,10 @@ func (wp *WechatPay) transaction(m *wechatMerchant, serial string, plain []byte)
 		// Verified with the merchant's keys: real money for an app our configuration forgot.
 		return relay.Result{}, unrouted("appid %.40q of merchant %s maps to no game (PROVIDER_CONFIG wechatpay app_ids)", tx.AppID, tx.MchID)
 	}
+	// WeChat Pay APIv3 has no sandbox (the v2 仿真测试系统 does not serve APIv3): every
+	// verified notification is production money.
 	pay := relay.Payment{
-		Provider: wp.Name(), Merchant: m.MchID, OrderID: tx.OutTradeNo, TransactionID: tx.TransactionID, AmountMinor: tx.Amount.Total,
+		Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: m.MchID, OrderID: tx.OutTradeNo, TransactionID: tx.TransactionID, AmountMinor: tx.Amount.Total,
 		Currency: tx.Amount.Currency, AppID: tx.AppID, Game: game,
 	}
 	if pay.Currency == "" {
@@ -301,7 +303,7 @@ func (wp *WechatPay) refund(m *wechatMerchant, serial, event string, plain []byt
 		return relay.Result{}, refuse(http.StatusForbidden, "mchid %.40q is not the merchant of serial %s", rf.MchID, serial)
 	}
 	pay := relay.Payment{
-		Provider: wp.Name(), Merchant: m.MchID, OrderID: rf.OutTradeNo, TransactionID: rf.TransactionID,
+		Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: m.MchID, OrderID: rf.OutTradeNo, TransactionID: rf.TransactionID,
 		AmountMinor: rf.Amount.Total, Currency: rf.Amount.Currency,
 	}
 	if pay.Currency == "" {

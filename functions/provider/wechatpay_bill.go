@@ -190,7 +190,7 @@ func (wp *WechatPay) Bill(ctx context.Context, mchID, day string) (relay.Bill, e
 	if _, err := time.Parse(time.DateOnly, day); err != nil {
 		return relay.Bill{}, &QueryError{Reason: "bill day must be yyyy-MM-dd"}
 	}
-	bill := relay.Bill{Provider: wp.Name(), Merchant: mchID, Merchants: []string{mchID}, Day: day}
+	bill := relay.Bill{Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: mchID, Merchants: []string{mchID}, Day: day}
 	resp, body, err := wp.apiGet(ctx, m, WechatTradeBillPath(day), MaxQueryAnswer, 10*time.Second)
 	if err != nil {
 		return relay.Bill{}, err
@@ -291,7 +291,7 @@ func gunzip(b []byte, limit int) ([]byte, error) {
 // notification would have been read; a row that cannot be is reported.
 func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *relay.Bill) {
 	for _, row := range parsed.Rows {
-		pay := relay.Payment{Provider: wp.Name(), Merchant: m.MchID, OrderID: row.OutTradeNo, TransactionID: row.TransactionID,
+		pay := relay.Payment{Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: m.MchID, OrderID: row.OutTradeNo, TransactionID: row.TransactionID,
 			Currency: row.Currency, AppID: row.AppID}
 		r := relay.Result{Payment: pay}
 		amount := row.TotalMinor

@@ -36,8 +36,10 @@ type DeliverResult struct {
 	// Released is the key of the notification this delivery let go out (the next one of the
 	// same payment, held behind it), if any.
 	Released string
-	// Game, Provider and Type describe the notification, for the logs and their metrics.
+	// Game, Provider, Environment and Type describe the notification, for the logs and their
+	// metrics.
 	Game, Provider string
+	Environment    Environment
 	Type           Type
 }
 
@@ -78,7 +80,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			return DeliverResult{Outcome: OutcomeRejected, Reason: "unknown notification " + m.Notification}, nil
 		}
 		res, claimable, err := s.decide(ctx, p, n, m.Generation, m.Attempt)
-		res.Game, res.Provider, res.Type = p.Game, p.Provider, n.Type
+		res.Game, res.Provider, res.Environment, res.Type = p.Game, p.Provider, p.Environment, n.Type
 		if err != nil || !claimable {
 			return res, err
 		}
@@ -124,13 +126,13 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, gen, 
 	case n.State == StateDelivered:
 		// The delivery that recorded it may have failed to enqueue the notification it released.
 		if next := p.successor(n.Key); next != nil && next.untouched() {
-			if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: next.Key, Generation: next.Generation, Attempt: 1, At: next.NextAttemptAt}); err != nil {
+			if err := s.enqueue(ctx, p.task(next, 1, next.NextAttemptAt)); err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue released %s: %w", next.Key, err)
 			}
 			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the one it released is enqueued", Released: next.Key}, false, nil
 		}
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is delivered"}, false, nil
-	case n.State == StateFailed, n.State == StateCancelled:
+	case n.State == StateFailed, n.State == StateCancelled, n.State == StateNotRelayed:
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is " + string(n.State)}, false, nil
 	case n.State == StateHeld:
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is held behind an earlier one of its payment"}, false, nil
@@ -139,7 +141,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, gen, 
 	case attempt < n.Attempt:
 		if n.State == StatePending && attempt == n.Attempt-1 {
 			// The delivery of this attempt recorded it but may not have enqueued the next one.
-			err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, At: n.NextAttemptAt})
+			err := s.enqueue(ctx, p.task(n, n.Attempt, n.NextAttemptAt))
 			if err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue attempt %d: %w", n.Attempt, err)
 			}
@@ -168,7 +170,7 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 		ErrorClass: r.ErrorClass, Error: r.Error, Response: r.Response, Delivery: d.String(), RetryAfter: r.RetryAfter,
 		Generation: gen,
 	}
-	res := DeliverResult{Record: &rec, Game: p.Game, Provider: p.Provider, Type: n.Type}
+	res := DeliverResult{Record: &rec, Game: p.Game, Provider: p.Provider, Environment: p.Environment, Type: n.Type}
 	// A game server's Retry-After holds the next attempt back (capped at the ladder's longest
 	// step); a 410 Gone ends the notification at once. Both are documented for game servers.
 	next, more := s.cfg.Ladder.NextNotBefore(end, num, r.RetryAfter)
@@ -248,19 +250,19 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	if errors.Is(err, errTakenOver) || errors.Is(err, ErrVersionConflict) {
 		// Another delivery took the attempt over (it records it), or the payment kept changing
 		// until the lease ran out: either way a later delivery settles it.
-		return DeliverResult{Outcome: OutcomeBusy, Reason: errTakenOver.Error(), Game: p.Game, Provider: p.Provider, Type: n.Type}, nil
+		return DeliverResult{Outcome: OutcomeBusy, Reason: errTakenOver.Error(), Game: p.Game, Provider: p.Provider, Environment: p.Environment, Type: n.Type}, nil
 	}
 	if err != nil {
 		return res, fmt.Errorf("record attempt %d: %w", num, err)
 	}
 	switch {
 	case res.Outcome == OutcomeRetryScheduled:
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: key, Generation: gen, Attempt: num + 1, At: next}); err != nil {
+		if err := s.enqueue(ctx, cur.task(cur.Notification(key), num+1, next)); err != nil {
 			return res, fmt.Errorf("enqueue attempt %d: %w", num+1, err)
 		}
 	case res.Released != "":
 		rel := cur.Notification(res.Released)
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: rel.Key, Generation: rel.Generation, Attempt: 1, At: rel.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, cur.task(rel, 1, rel.NextAttemptAt)); err != nil {
 			return res, fmt.Errorf("enqueue released %s: %w", rel.Key, err)
 		}
 	}

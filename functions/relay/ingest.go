@@ -19,6 +19,11 @@ type Result struct {
 	// Via says how payrelay learnt of it (ViaNotify when empty): the provider's notification,
 	// an order query, or the daily reconciliation. A notification it creates keeps it.
 	Via string
+	// Mismatch, when set, says that the provider's app is configured for the other
+	// environment (an App Store Sandbox notification for a bundle configured production-only,
+	// or the reverse): a configuration mistake, not a lost payment. The result is stored, its
+	// notification not relayed with this reason, and it alerts.
+	Mismatch string
 }
 
 // Validate checks the result and returns the first field at fault.
@@ -59,6 +64,9 @@ func (r *Result) Validate() error {
 		if !providerPattern.MatchString(r.Payment.Provider) {
 			return &FieldError{"provider", "invalid"}
 		}
+		if _, err := ParseEnvironment(string(r.Payment.Environment)); err != nil {
+			return err
+		}
 		if err := checkID("merchant", r.Payment.Merchant); err != nil {
 			return err
 		}
@@ -81,6 +89,10 @@ type IngestResult struct {
 	State State
 	// Covered: a refund whose money a later refund already counted; noted, not relayed.
 	Covered bool
+	// NotRelayed is why the notification is stored not relayed (StateNotRelayed), if it is;
+	// Mismatch says that reason is an environment mismatch an operator must fix.
+	NotRelayed string
+	Mismatch   bool
 }
 
 // maxIngestTries bounds how often Ingest re-reads a payment that changed under it (a Deliver
@@ -96,7 +108,7 @@ func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
 		return IngestResult{}, err
 	}
 	in := r.Payment
-	in.ID = PaymentID(in.Provider, in.Merchant, in.OrderID)
+	in.ID = PaymentID(in.Environment, in.Provider, in.Merchant, in.OrderID)
 	// Firestore keeps microseconds: normalize so a repeated callback compares equal.
 	in.PaidAt = in.PaidAt.UTC().Truncate(time.Microsecond)
 	in.RefundedMinor, in.Notifications, in.Notes = 0, nil, nil
@@ -108,22 +120,39 @@ func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
 	var err error
 	switch r.Type {
 	case TypePaymentSucceeded:
-		res, err = s.ingestPaid(ctx, in, via)
+		res, err = s.ingestPaid(ctx, in, via, r.Mismatch)
 	case TypePaymentRefunded:
-		res, err = s.ingestRefund(ctx, in, *r.Refund, via)
+		res, err = s.ingestRefund(ctx, in, *r.Refund, via, r.Mismatch)
 	default:
 		res, err = s.ingestNote(ctx, in, *r.Note)
 	}
+	res.Mismatch = r.Mismatch != "" && res.State == StateNotRelayed
 	return res, err
+}
+
+// notRelayed says why a notification joining payment p must not be posted, or "" when it may:
+// the provider's app is configured for the other environment (mismatch), or the game has no
+// endpoint for the payment's environment. Invariant 11 starts here: a notification no
+// endpoint of its own environment can take is never made pending.
+func (s *Service) notRelayed(p *Payment, mismatch string) string {
+	switch {
+	case mismatch != "":
+		return "not relayed (environment mismatch): " + mismatch
+	case !s.cfg.Routes.Has(p.Game, p.Environment) && p.Environment == EnvSandbox:
+		return NoSandboxEndpoint
+	case !s.cfg.Routes.Has(p.Game, p.Environment):
+		return fmt.Sprintf("not relayed: game %q has no %s endpoint configured", p.Game, p.Environment)
+	}
+	return ""
 }
 
 // ingestPaid creates the payment with its payment.succeeded notification: one write in the
 // common case. A repeat finds it; a payment first known from a refund gains the notification.
-func (s *Service) ingestPaid(ctx context.Context, in Payment, via string) (IngestResult, error) {
+func (s *Service) ingestPaid(ctx context.Context, in Payment, via, mismatch string) (IngestResult, error) {
 	now := s.cfg.Clock.Now()
 	p := in
 	p.ReceivedAt, p.UpdatedAt = now, now
-	n := p.appendNotification(KeyPaid, TypePaymentSucceeded, nil, via, now, s.cfg.Ladder.First(now))
+	n := p.appendNotification(KeyPaid, TypePaymentSucceeded, nil, via, s.notRelayed(&p, mismatch), now, s.cfg.Ladder.First(now))
 	stored, v, created, err := s.create(ctx, &p)
 	if err != nil {
 		return IngestResult{PaymentID: p.ID}, err
@@ -141,7 +170,7 @@ func (s *Service) ingestPaid(ctx context.Context, in Payment, via string) (Inges
 		// Known so far only from a refund: the payment's own notification joins the chain
 		// behind what is there, with the facts the refund did not know.
 		completeFacts(stored, &in)
-		n := stored.appendNotification(KeyPaid, TypePaymentSucceeded, nil, via, now, s.cfg.Ladder.First(now))
+		n := stored.appendNotification(KeyPaid, TypePaymentSucceeded, nil, via, s.notRelayed(stored, mismatch), now, s.cfg.Ladder.First(now))
 		stored.UpdatedAt = now
 		key := n.Key
 		if _, err := s.write(ctx, stored, v); err == nil {
@@ -176,13 +205,13 @@ func completeFacts(stored, in *Payment) {
 
 // ingestRefund records a refund against its payment (creating the payment from the refund's
 // facts when payrelay never received it) and queues its notification behind the payment's.
-func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts, via string) (IngestResult, error) {
+func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts, via, mismatch string) (IngestResult, error) {
 	res := IngestResult{PaymentID: in.ID}
 	for try := 1; ; try++ {
 		now := s.cfg.Clock.Now()
 		stored, v, err := s.getRetry(ctx, in.ID)
 		if errors.Is(err, ErrNotFound) {
-			created, res, err := s.createFromRefund(ctx, in, f, via, now)
+			created, res, err := s.createFromRefund(ctx, in, f, via, mismatch, now)
 			if created || err != nil {
 				return res, err
 			}
@@ -215,7 +244,7 @@ func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts, v
 			}
 		case RefundNew:
 			stored.RefundedMinor = refund.CumulativeMinor
-			n := stored.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, via, now, now)
+			n := stored.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, via, s.notRelayed(stored, mismatch), now, now)
 			stored.UpdatedAt = now
 			key := n.Key
 			if _, err = s.write(ctx, stored, v); err == nil {
@@ -230,7 +259,7 @@ func (s *Service) ingestRefund(ctx context.Context, in Payment, f RefundFacts, v
 
 // createFromRefund stores a payment payrelay never received, with the facts its refund
 // carries, and the refund's notification, which goes out on its own.
-func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFacts, via string, now time.Time) (bool, IngestResult, error) {
+func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFacts, via, mismatch string, now time.Time) (bool, IngestResult, error) {
 	res := IngestResult{PaymentID: in.ID}
 	if in.AppID == "" || in.Game == "" {
 		return false, res, &FieldError{"app_id", "the refund names no app (so no game) and payrelay holds no payment for this order to take it from"}
@@ -248,7 +277,7 @@ func (s *Service) createFromRefund(ctx context.Context, in Payment, f RefundFact
 		return false, res, fmt.Errorf("refund of an unknown payment decided %d", decision)
 	}
 	p.RefundedMinor = refund.CumulativeMinor
-	n := p.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, via, now, now)
+	n := p.appendNotification(RefundKey(refund.ID), TypePaymentRefunded, &refund, via, s.notRelayed(&p, mismatch), now, now)
 	_, _, created, err := s.create(ctx, &p)
 	if err != nil || !created {
 		return false, res, err
@@ -292,8 +321,11 @@ func (s *Service) ingestNote(ctx context.Context, in Payment, note Note) (Ingest
 // is under way and needs nothing.
 func (s *Service) finishIngest(ctx context.Context, p *Payment, n *Notification, dup bool) (IngestResult, error) {
 	res := IngestResult{PaymentID: p.ID, NotificationID: NotificationID(p.ID, n.Key), Duplicate: dup, Stored: true, State: n.State}
+	if n.State == StateNotRelayed {
+		res.NotRelayed = n.Reason
+	}
 	if n.untouched() {
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: 1, At: n.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, p.task(n, n.Attempt, n.NextAttemptAt)); err != nil {
 			return res, fmt.Errorf("enqueue attempt 1: %w", err)
 		}
 	}

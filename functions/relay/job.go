@@ -62,7 +62,7 @@ var ErrNoJobs = errors.New("relay: bulk replay is not configured (OPS_QUEUE)")
 const JobPage = 100
 
 // StartReplayJob records a bulk replay of the notifications matching f (failed ones unless f
-// names cancelled) and enqueues its first step.
+// names cancelled or not_relayed) and enqueues its first step.
 func (s *Service) StartReplayJob(ctx context.Context, f Filter, op Operator) (*Job, error) {
 	if s.cfg.Jobs == nil || s.cfg.JobQueue == nil || s.cfg.Finder == nil {
 		return nil, ErrNoJobs
@@ -70,9 +70,9 @@ func (s *Service) StartReplayJob(ctx context.Context, f Filter, op Operator) (*J
 	switch f.State {
 	case "":
 		f.State = StateFailed
-	case StateFailed, StateCancelled:
+	case StateFailed, StateCancelled, StateNotRelayed:
 	default:
-		return nil, &FieldError{"state", "a bulk replay takes failed or cancelled notifications"}
+		return nil, &FieldError{"state", "a bulk replay takes failed, cancelled or not_relayed notifications"}
 	}
 	var b [8]byte
 	rand.Read(b[:])

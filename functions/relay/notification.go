@@ -44,15 +44,21 @@ const (
 	// StateCancelled: an operator gave up on a pending or held notification. Terminal like
 	// failed, and like failed replayable; the notifications behind it stay held.
 	StateCancelled State = "cancelled"
+	// StateNotRelayed: Ingest stored it and will never post it as things stand, for the reason
+	// in Reason: a sandbox notification of a game with no sandbox endpoint, or a notification
+	// from an app configured for the other environment (a configuration mistake, alerted).
+	// Nothing moves it but an operator's replay, accepted once the game has an endpoint for
+	// the payment's environment; the notifications behind it are not relayed either.
+	StateNotRelayed State = "not_relayed"
 )
 
 // Terminal reports whether no further attempt will be made.
 func (s State) Terminal() bool {
-	return s == StateDelivered || s == StateFailed || s == StateCancelled
+	return s == StateDelivered || s == StateFailed || s == StateCancelled || s == StateNotRelayed
 }
 
 // States lists every state, in the order of the lifecycle.
-var States = []State{StateHeld, StatePending, StateDelivering, StateDelivered, StateFailed, StateCancelled}
+var States = []State{StateHeld, StatePending, StateDelivering, StateDelivered, StateFailed, StateCancelled, StateNotRelayed}
 
 // Notification is one message to the game server about a payment, with its own ladder, lease
 // and history.
@@ -207,11 +213,16 @@ func (p *Payment) blocked() bool {
 	return false
 }
 
-// appendNotification adds a notification at the end of the causal chain: pending and due at
-// due if everything before it is delivered, held otherwise. It returns the new notification.
-func (p *Payment) appendNotification(key string, typ Type, r *Refund, via string, now, due time.Time) *Notification {
+// appendNotification adds a notification at the end of the causal chain: not relayed when
+// notRelayed gives a reason (no endpoint may receive it), else pending and due at due if
+// everything before it is delivered, held otherwise. It returns the new notification.
+func (p *Payment) appendNotification(key string, typ Type, r *Refund, via, notRelayed string, now, due time.Time) *Notification {
 	n := Notification{Key: key, Type: typ, Refund: r, Via: via, Attempt: 1, CreatedAt: now, State: StatePending, NextAttemptAt: due}
-	if p.blocked() {
+	switch {
+	case notRelayed != "":
+		n.State, n.Reason = StateNotRelayed, notRelayed
+		n.NextAttemptAt = time.Time{}
+	case p.blocked():
 		n.State = StateHeld
 		n.NextAttemptAt = time.Time{}
 	}

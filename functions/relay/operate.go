@@ -22,10 +22,11 @@ type Finder interface {
 
 // Filter selects notifications for an operator. Empty fields match everything.
 type Filter struct {
-	State    State  `json:"state,omitempty"`
-	Type     Type   `json:"type,omitempty"`
-	Game     string `json:"game,omitempty"`
-	Provider string `json:"provider,omitempty"`
+	State       State       `json:"state,omitempty"`
+	Type        Type        `json:"type,omitempty"`
+	Game        string      `json:"game,omitempty"`
+	Provider    string      `json:"provider,omitempty"`
+	Environment Environment `json:"environment,omitempty"`
 	// From and To bound when the payment was received: From <= received < To.
 	From time.Time `json:"from,omitzero"`
 	To   time.Time `json:"to,omitzero"`
@@ -35,6 +36,7 @@ type Filter struct {
 func (f Filter) Matches(p *Payment, n *Notification) bool {
 	return (f.State == "" || n.State == f.State) && (f.Type == "" || n.Type == f.Type) &&
 		(f.Game == "" || p.Game == f.Game) && (f.Provider == "" || p.Provider == f.Provider) &&
+		(f.Environment == "" || p.Environment == f.Environment) &&
 		(f.From.IsZero() || !p.ReceivedAt.Before(f.From)) && (f.To.IsZero() || p.ReceivedAt.Before(f.To))
 }
 
@@ -43,13 +45,18 @@ type Operator struct {
 	By, Reason, Job string
 }
 
-// StateError: the notification is not in a state the operation applies to.
+// StateError: the notification is not in a state the operation applies to, or (Why) cannot
+// go anywhere from it.
 type StateError struct {
 	Op    string
 	State State
+	Why   string
 }
 
 func (e *StateError) Error() string {
+	if e.Why != "" {
+		return fmt.Sprintf("cannot %s this %s notification: %s", e.Op, e.State, e.Why)
+	}
 	return fmt.Sprintf("cannot %s a notification that is %s", e.Op, e.State)
 }
 
@@ -79,9 +86,13 @@ func (s *Service) Replay(ctx context.Context, paymentID, key string, force bool,
 	res, err := s.operate(ctx, paymentID, key, func(p *Payment, nt *Notification, now time.Time) (bool, error) {
 		forced := nt.State == StateDelivered
 		switch {
-		case nt.State == StateFailed, nt.State == StateCancelled, nt.State == StateDelivered && force:
+		case nt.State == StateFailed, nt.State == StateCancelled, nt.State == StateNotRelayed, nt.State == StateDelivered && force:
 		default:
 			return false, &StateError{Op: "replay", State: nt.State}
+		}
+		if !s.cfg.Routes.Has(p.Game, p.Environment) {
+			return false, &StateError{Op: "replay", State: nt.State,
+				Why: fmt.Sprintf("game %q has no %s endpoint configured; a %s notification is posted only there", p.Game, p.Environment, p.Environment)}
 		}
 		if op.Job != "" {
 			for _, a := range nt.Actions {
@@ -107,7 +118,7 @@ func (s *Service) Replay(ctx context.Context, paymentID, key string, force bool,
 	}
 	if n.State == StatePending {
 		p := res.Payment
-		if err := s.enqueue(ctx, Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: 1, At: n.NextAttemptAt}); err != nil {
+		if err := s.enqueue(ctx, p.task(n, 1, n.NextAttemptAt)); err != nil {
 			// Recorded but not enqueued: the sweeper finds it overdue and enqueues it.
 			return res, fmt.Errorf("enqueue replay: %w", err)
 		}
@@ -259,6 +270,7 @@ func overdue(n *Notification, cutoff time.Time) (since time.Time, what string) {
 type Healed struct {
 	PaymentID, Key string
 	Game           string
+	Environment    Environment
 	Generation     int
 	Attempt        int
 	Why            string
@@ -298,11 +310,12 @@ func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
 			age := now.Sub(since)
 			why := fmt.Sprintf("%s %s ago", what, age.Round(time.Second))
 			res.OldestOverdue = max(res.OldestOverdue, age)
-			t := Task{PaymentID: p.ID, Game: p.Game, Key: n.Key, Generation: n.Generation, Attempt: n.Attempt, At: now, Sweep: round}
+			t := p.task(n, n.Attempt, now)
+			t.Sweep = round
 			if err := s.enqueue(ctx, t); err != nil {
 				return res, fmt.Errorf("enqueue %s: %w", t.Name(), err)
 			}
-			res.Healed = append(res.Healed, Healed{PaymentID: p.ID, Key: n.Key, Game: p.Game, Generation: n.Generation, Attempt: n.Attempt, Why: why})
+			res.Healed = append(res.Healed, Healed{PaymentID: p.ID, Key: n.Key, Game: p.Game, Environment: p.Environment, Generation: n.Generation, Attempt: n.Attempt, Why: why})
 		}
 	}
 	return res, nil

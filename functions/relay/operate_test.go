@@ -265,7 +265,7 @@ func TestBulkReplayJob(t *testing.T) {
 	}
 	h.drain(t)
 	for i := range n {
-		id := relay.PaymentID("generic", "game-1", fmt.Sprintf("order-%d", i))
+		id := relay.PaymentID(relay.EnvProduction, "generic", "game-1", fmt.Sprintf("order-%d", i))
 		paid := h.store.Payment(id).Paid()
 		replays := 0
 		for _, a := range paid.Actions {

@@ -34,6 +34,10 @@ type Payment struct {
 	// Game is the studio's game the payment belongs to, routed from its app or merchant at
 	// Ingest: its notifications go to that game's server through that game's queues.
 	Game string
+	// Environment is production or sandbox, as the provider itself marks the payment (App
+	// Store environment, Stripe livemode, a sandbox Alipay app, the generic field). A sandbox
+	// payment's notifications go only to the game's sandbox endpoint (invariant 11).
+	Environment Environment
 
 	// RefundedMinor is the sum of the refunds recorded, in minor units.
 	RefundedMinor int64
@@ -47,13 +51,45 @@ type Payment struct {
 	UpdatedAt  time.Time
 }
 
-// PaymentID derives a payment's id from its provider, the merchant account and the provider's
-// order id: an order id is unique only within one merchant account (an Alipay app, a WeChat Pay
-// merchant), so two merchants' equal order numbers must be two payments. The id is a hash, so a
-// repeated callback finds the same document and sequential order numbers spread across
-// Firestore's key space instead of hotspotting one range.
-func PaymentID(provider, merchant, orderID string) string {
-	sum := sha256.Sum256([]byte(provider + "\x00" + merchant + "\x00" + orderID))
+// Environment says whether a payment moved real money (production) or was a test (sandbox).
+type Environment string
+
+const (
+	// EnvProduction: real money; notified to the game's production endpoint.
+	EnvProduction Environment = "production"
+	// EnvSandbox: a test payment (App Store Sandbox or Xcode, Stripe test mode, an Alipay
+	// sandbox app, a generic notification marked so); notified only to the game's sandbox
+	// endpoint, never to production.
+	EnvSandbox Environment = "sandbox"
+)
+
+// Environments lists both, production first.
+var Environments = []Environment{EnvProduction, EnvSandbox}
+
+// ParseEnvironment reads an environment's name; "" and anything but the two are errors.
+func ParseEnvironment(s string) (Environment, error) {
+	switch e := Environment(s); e {
+	case EnvProduction, EnvSandbox:
+		return e, nil
+	}
+	return "", &FieldError{"environment", fmt.Sprintf("%.20q: want %q or %q", s, EnvProduction, EnvSandbox)}
+}
+
+// PaymentID derives a payment's id from its environment, provider, the merchant account and
+// the provider's order id: an order id is unique only within one merchant account (an Alipay
+// app, a WeChat Pay merchant), so two merchants' equal order numbers must be two payments, and
+// a sandbox order must never find a production payment (Stripe test mode and live mode, App
+// Store Sandbox and Production share order-id spaces). The id is a hash, so a repeated
+// callback finds the same document and sequential order numbers spread across Firestore's key
+// space instead of hotspotting one range. A production id hashes exactly what it did before
+// environments existed, so stored payments keep their ids; a sandbox id hashes one more
+// component, and since no id field may hold a NUL, the two inputs can never be equal.
+func PaymentID(env Environment, provider, merchant, orderID string) string {
+	in := provider + "\x00" + merchant + "\x00" + orderID
+	if env != EnvProduction {
+		in += "\x00" + string(env)
+	}
+	sum := sha256.Sum256([]byte(in))
 	return hex.EncodeToString(sum[:16])
 }
 
@@ -114,6 +150,9 @@ func (p *Payment) Validate() error {
 	if !GamePattern.MatchString(p.Game) {
 		return &FieldError{"game", "the payment is routed to no game"}
 	}
+	if _, err := ParseEnvironment(string(p.Environment)); err != nil {
+		return err
+	}
 	if _, ok := currencyExponent[p.Currency]; !ok {
 		return &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", p.Currency)}
 	}
@@ -139,7 +178,7 @@ func (p *Payment) Validate() error {
 // does not know (a zero PaidAt or amount, an empty transaction id or app id from a refund
 // notification) is not a contradiction.
 func (p *Payment) SameFacts(q *Payment) bool {
-	return p.Provider == q.Provider && p.Merchant == q.Merchant && p.OrderID == q.OrderID &&
+	return p.Provider == q.Provider && p.Merchant == q.Merchant && p.OrderID == q.OrderID && p.Environment == q.Environment &&
 		(q.TransactionID == "" || p.TransactionID == "" || p.TransactionID == q.TransactionID) &&
 		(q.AmountMinor == 0 || p.AmountMinor == q.AmountMinor) && p.Currency == q.Currency &&
 		(q.PaidAt.IsZero() || p.PaidAt.IsZero() || p.PaidAt.Equal(q.PaidAt)) &&

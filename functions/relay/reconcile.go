@@ -24,6 +24,8 @@ func BillDay(t time.Time) string { return t.In(BillZone).Format(time.DateOnly) }
 // Bill is one provider's bill of one day for one merchant account, read into results.
 type Bill struct {
 	Provider string
+	// Environment is the account's: a sandbox Alipay app's bill lists sandbox payments.
+	Environment Environment
 	// Merchant is the account the bill was asked for. Merchants are every merchant id under
 	// which an order of this bill may be stored (Alipay bills an account, which several apps
 	// may share); Merchants[0] is Merchant.
@@ -163,6 +165,9 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 	if s.cfg.Reports == nil || s.cfg.Days == nil {
 		return nil, ErrNoReconcile
 	}
+	if _, err := ParseEnvironment(string(b.Environment)); err != nil {
+		return nil, fmt.Errorf("bill of %s %s: %w", b.Provider, b.Merchant, err)
+	}
 	if len(b.Merchants) == 0 {
 		b.Merchants = []string{b.Merchant}
 	}
@@ -186,6 +191,8 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			if err != nil {
 				return nil, fmt.Errorf("payments of %s: %w", b.Day, err)
 			}
+			// A bill is of one environment's account; the other's payments are not its.
+			ps = slices.DeleteFunc(ps, func(p *Payment) bool { return p.Environment != b.Environment })
 			for _, p := range ps {
 				byID[p.ID] = p
 			}
@@ -200,12 +207,12 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 	// by id (a payment paid near midnight, or known so far only from a refund).
 	lookup := func(order string) (*Payment, error) {
 		for _, m := range b.Merchants {
-			if p, ok := byID[PaymentID(b.Provider, m, order)]; ok {
+			if p, ok := byID[PaymentID(b.Environment, b.Provider, m, order)]; ok {
 				return p, nil
 			}
 		}
 		for _, m := range b.Merchants {
-			id := PaymentID(b.Provider, m, order)
+			id := PaymentID(b.Environment, b.Provider, m, order)
 			p, _, err := s.getRetry(ctx, id)
 			switch {
 			case err == nil:
@@ -234,7 +241,7 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 		if err != nil {
 			return nil, fmt.Errorf("look up order %s: %w", q.OrderID, err)
 		}
-		f := Finding{OrderID: q.OrderID, PaymentID: PaymentID(b.Provider, q.Merchant, q.OrderID)}
+		f := Finding{OrderID: q.OrderID, PaymentID: PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)}
 		if p != nil {
 			f.PaymentID, f.StoredMinor = p.ID, p.AmountMinor
 		}
@@ -348,7 +355,7 @@ func (s *Service) billDay(ctx context.Context, key string) ([]*Payment, error) {
 // routing, and of each notification its type, refund, state and how payrelay learnt of it;
 // without metadata, notes or delivery history, which are most of a stored payment.
 func (p *Payment) billFacts() *Payment {
-	f := &Payment{ID: p.ID, Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
+	f := &Payment{ID: p.ID, Provider: p.Provider, Environment: p.Environment, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, PaidAt: p.PaidAt, AppID: p.AppID, Game: p.Game, RefundedMinor: p.RefundedMinor,
 		Notifications: make([]Notification, len(p.Notifications))}
 	for i, n := range p.Notifications {

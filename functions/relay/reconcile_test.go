@@ -20,7 +20,7 @@ import (
 
 // billPay is a bill's payment entry of order for merchant m, paid at at.
 func billPay(m, order string, amount int64, at time.Time) relay.Result {
-	return relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "alipay", Merchant: m, OrderID: order,
+	return relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, OrderID: order,
 		TransactionID: "tx-" + order, AmountMinor: amount, Currency: "CNY", PaidAt: at, AppID: m, Game: "sword"}}
 }
 
@@ -62,7 +62,7 @@ func TestReconcileFindsExactlyWhatIsOutOfStep(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bill := relay.Bill{Provider: "alipay", Merchant: m, Day: day, Entries: []relay.Result{
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, Day: day, Entries: []relay.Result{
 		billRefund(m, "o-norefund", "r-missing", 300, at.Add(2*time.Hour)), // before its payment's line: order does not matter
 		billPay(m, "o-match", 1000, at), billPay(m, "o-norefund", 1000, at), billPay(m, "o-conflict", 1200, at),
 		billPay(m, "o-missing", 700, at), billRefund(m, "o-match", "r-match", 100, at.Add(time.Hour)),
@@ -89,15 +89,15 @@ func TestReconcileFindsExactlyWhatIsOutOfStep(t *testing.T) {
 		}
 	}
 	// The missing ones are stored, relayed from reconciliation; the conflict changed nothing.
-	missing := h.store.Payment(relay.PaymentID("alipay", m, "o-missing"))
+	missing := h.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", m, "o-missing"))
 	if missing == nil || missing.Paid().Via != relay.ViaReconcile || missing.Paid().State != relay.StatePending || missing.AmountMinor != 700 {
 		t.Fatalf("o-missing stored as %+v", missing)
 	}
-	nr := h.store.Payment(relay.PaymentID("alipay", m, "o-norefund"))
+	nr := h.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", m, "o-norefund"))
 	if n := nr.RefundByID("r-missing"); n == nil || n.Via != relay.ViaReconcile || n.Refund.AmountMinor != 300 || nr.RefundedMinor != 300 {
 		t.Fatalf("o-norefund's refund stored as %+v", nr.Notifications)
 	}
-	if c := h.store.Payment(relay.PaymentID("alipay", m, "o-conflict")); c.AmountMinor != 1000 || len(c.Notifications) != 1 {
+	if c := h.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", m, "o-conflict")); c.AmountMinor != 1000 || len(c.Notifications) != 1 {
 		t.Errorf("the conflict changed the stored payment: %+v", c)
 	}
 	tasks := len(h.queue.Snapshot())
@@ -127,7 +127,7 @@ func TestReconcileInterruptedThenRunAgain(t *testing.T) {
 	ctx := context.Background()
 	at := time.Date(2026, 11, 24, 9, 0, 0, 0, relay.BillZone)
 	const m = "m1"
-	bill := relay.Bill{Provider: "alipay", Merchant: m, Day: "2026-11-24", Entries: []relay.Result{billPay(m, "a", 100, at), billPay(m, "b", 200, at)}}
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, Day: "2026-11-24", Entries: []relay.Result{billPay(m, "a", 100, at), billPay(m, "b", 200, at)}}
 	creates := 0
 	h.store.Fail = func(op string) error {
 		if op == "create" {
@@ -173,7 +173,7 @@ func TestReconcileSharedAccount(t *testing.T) {
 	if _, err := h.svc.Ingest(ctx, billPay("app-2", "sold-by-2", 100, at)); err != nil {
 		t.Fatal(err)
 	}
-	bill := relay.Bill{Provider: "alipay", Merchant: "app-1", Merchants: []string{"app-1", "app-2"}, Day: "2026-11-24", Entries: []relay.Result{
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "app-1", Merchants: []string{"app-1", "app-2"}, Day: "2026-11-24", Entries: []relay.Result{
 		billPay("app-1", "sold-by-2", 100, at), billRefund("app-1", "sold-by-2", "rf-1", 40, at.Add(time.Minute)), billPay("app-1", "whose", 100, at),
 	}}
 	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
@@ -184,10 +184,10 @@ func TestReconcileSharedAccount(t *testing.T) {
 	if diff := cmp.Diff(want, findings(rep)); diff != "" {
 		t.Errorf("findings (-want +got):\n%s", diff)
 	}
-	if p := h.store.Payment(relay.PaymentID("alipay", "app-2", "sold-by-2")); p.RefundByID("rf-1") == nil {
+	if p := h.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", "app-2", "sold-by-2")); p.RefundByID("rf-1") == nil {
 		t.Error("the refund was not recorded on the payment of the app that sold it")
 	}
-	if h.store.Payment(relay.PaymentID("alipay", "app-1", "whose")) != nil || h.store.Payment(relay.PaymentID("alipay", "app-1", "sold-by-2")) != nil {
+	if h.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", "app-1", "whose")) != nil || h.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", "app-1", "sold-by-2")) != nil {
 		t.Error("a payment was stored under a guessed app")
 	}
 }
@@ -212,7 +212,7 @@ func TestLateNotificationOfARecoveredPayment(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone)
-	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24", Entries: []relay.Result{billPay("m1", "late-1", 1000, at)}}
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Entries: []relay.Result{billPay("m1", "late-1", 1000, at)}}
 	if _, err := h.svc.Reconcile(ctx, bill, "scheduler"); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestReconcileMatchedDayCostsNoReadPerLine(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
-	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24", Entries: notifiedDay(t, h, "day-", 100)}
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Entries: notifiedDay(t, h, "day-", 100)}
 	gets, creates, updates, tasks := h.store.Gets, h.store.Creates, h.store.Updates, len(h.queue.Snapshot())
 	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
 	if err != nil || rep.Matched != 100 || len(rep.Findings) != 0 {
@@ -279,7 +279,7 @@ func TestReconcileReadsALargeDayInPages(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	n := 2*relay.DayPage + 5
-	bill := relay.Bill{Provider: "alipay", Merchant: "m1", Day: "2026-11-24", Entries: slices.Delete(notifiedDay(t, h, "big-", n), 7, 8)} // the bill lacks big-7
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Entries: slices.Delete(notifiedDay(t, h, "big-", n), 7, 8)} // the bill lacks big-7
 	calls := 0
 	h.store.Fail = func(op string) error {
 		if op == "day" {
@@ -314,7 +314,7 @@ type dayOf struct {
 func (d *dayOf) payment(i int) *relay.Payment {
 	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
 	order := fmt.Sprintf("held-%07d", i)
-	return &relay.Payment{ID: fmt.Sprintf("%032d", i), Provider: "alipay", Merchant: "2021004100000001", OrderID: order,
+	return &relay.Payment{ID: fmt.Sprintf("%032d", i), Provider: "alipay", Environment: relay.EnvProduction, Merchant: "2021004100000001", OrderID: order,
 		TransactionID: fmt.Sprintf("20261124220014468810%08d", i), AmountMinor: 64800, Currency: "CNY", PaidAt: at, AppID: "2021004100000001",
 		Game: "sword", Metadata: map[string]string{"sku": "month-card", "player": fmt.Sprint(100000 + i), "server": "s12"}, ReceivedAt: at, UpdatedAt: at,
 		Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StateDelivered, Attempt: 1, CreatedAt: at,
@@ -377,7 +377,7 @@ func BenchmarkReconcileDayHeld(b *testing.B) {
 		}
 		for b.Loop() {
 			before := liveHeap()
-			rep, err := svc.Reconcile(context.Background(), relay.Bill{Provider: "alipay", Merchant: "2021004100000001", Day: "2026-11-24"}, "bench")
+			rep, err := svc.Reconcile(context.Background(), relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "2021004100000001", Day: "2026-11-24"}, "bench")
 			if err != nil || rep.Counts[relay.FindingNotInBill] != n {
 				b.Fatal(rep, err)
 			}

@@ -22,7 +22,7 @@ var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
 func samplePayment() relay.Payment {
 	return relay.Payment{
-		Provider: "generic", Merchant: "game-1", OrderID: "order-1001", TransactionID: "txn_9f8e7d",
+		Provider: "generic", Environment: relay.EnvProduction, Merchant: "game-1", OrderID: "order-1001", TransactionID: "txn_9f8e7d",
 		AmountMinor: 1999, Currency: "CNY", PaidAt: t0.Add(-time.Minute),
 		AppID: "game-1", Game: "sword", Metadata: map[string]string{"sku": "gems_500"},
 	}
@@ -40,24 +40,24 @@ func paidTask(paymentID string, n int) relay.TaskMessage {
 
 func TestPaymentID(t *testing.T) {
 	t.Parallel()
-	a := relay.PaymentID("generic", "m1", "order-1")
-	if a != relay.PaymentID("generic", "m1", "order-1") {
+	a := relay.PaymentID(relay.EnvProduction, "generic", "m1", "order-1")
+	if a != relay.PaymentID(relay.EnvProduction, "generic", "m1", "order-1") {
 		t.Fatal("PaymentID is not deterministic")
 	}
-	if a == relay.PaymentID("generic", "m1", "order-2") || a == relay.PaymentID("alipay", "m1", "order-1") {
+	if a == relay.PaymentID(relay.EnvProduction, "generic", "m1", "order-2") || a == relay.PaymentID(relay.EnvProduction, "alipay", "m1", "order-1") {
 		t.Fatal("PaymentID collides across orders or providers")
 	}
 	// Order ids are unique only within a merchant account: two merchants' equal order numbers
 	// are two payments.
-	if a == relay.PaymentID("generic", "m2", "order-1") {
+	if a == relay.PaymentID(relay.EnvProduction, "generic", "m2", "order-1") {
 		t.Fatal("PaymentID collides across merchant accounts")
 	}
 	// The separators keep the parts apart: "ab"+"c" is not "a"+"bc".
-	if relay.PaymentID("ab", "c", "d") == relay.PaymentID("a", "bc", "d") || relay.PaymentID("p", "ab", "c") == relay.PaymentID("p", "a", "bc") {
+	if relay.PaymentID(relay.EnvProduction, "ab", "c", "d") == relay.PaymentID(relay.EnvProduction, "a", "bc", "d") || relay.PaymentID(relay.EnvProduction, "p", "ab", "c") == relay.PaymentID(relay.EnvProduction, "p", "a", "bc") {
 		t.Fatal("PaymentID ignores the boundary between its parts")
 	}
 	// Sequential order numbers must not share a key prefix (Firestore hotspotting).
-	if relay.PaymentID("generic", "m", "1000")[:4] == relay.PaymentID("generic", "m", "1001")[:4] {
+	if relay.PaymentID(relay.EnvProduction, "generic", "m", "1000")[:4] == relay.PaymentID(relay.EnvProduction, "generic", "m", "1001")[:4] {
 		t.Error("sequential order ids share a 4-character id prefix")
 	}
 }
@@ -203,12 +203,18 @@ type sent struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newRoutedHarness(t, nil)
+}
+
+// newRoutedHarness is newHarness whose games have routes (nil: production only).
+func newRoutedHarness(t *testing.T, routes relay.Routes) *harness {
+	t.Helper()
 	h := &harness{store: relaytest.NewStore(), queue: relaytest.NewQueue(), clock: relaytest.NewClock(t0), jobs: &failingJobs{Jobs: relaytest.NewJobs()},
 		reports: relaytest.NewReports()}
 	h.answer = func(int) relay.NotifyResult { return relay.NotifyResult{StatusCode: 200} }
 	svc, err := relay.NewService(relay.Config{
 		Store: h.store, Finder: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
-		Jobs: h.jobs, JobQueue: h.queue, ReplayRate: 1e6, Reports: h.reports, Days: h.store,
+		Jobs: h.jobs, JobQueue: h.queue, ReplayRate: 1e6, Reports: h.reports, Days: h.store, Routes: routes,
 		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, nt *relay.Notification, n int) relay.NotifyResult {
 			h.posts.Add(1)
 			h.mu.Lock()
@@ -244,7 +250,7 @@ func TestIngestThenDeliver(t *testing.T) {
 	if err != nil || res.Duplicate {
 		t.Fatalf("Ingest = %+v, %v", res, err)
 	}
-	want := []relay.Task{{PaymentID: res.PaymentID, Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: t0}}
+	want := []relay.Task{{PaymentID: res.PaymentID, Game: "sword", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: t0}}
 	if diff := cmp.Diff(want, h.queue.Snapshot()); diff != "" {
 		t.Fatalf("tasks (-want +got):\n%s", diff)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -32,15 +33,24 @@ type Store interface {
 
 // Task asks Deliver to make attempt Attempt of the notification Key of payment PaymentID at At.
 type Task struct {
-	PaymentID  string
-	Game       string // whose queues carry it
-	Key        string
-	Generation int
-	Attempt    int
-	At         time.Time
+	PaymentID string
+	Game      string // whose queues carry it
+	// Environment picks among the game's queues: a sandbox notification goes only through
+	// the game's sandbox queues.
+	Environment Environment
+	Key         string
+	Generation  int
+	Attempt     int
+	At          time.Time
 	// Sweep, if set, marks a task the sweeper enqueued again for an attempt whose task was
 	// lost: a fresh name, since the lost one's may be held by the queue's deduplication.
 	Sweep string
+}
+
+// task is the task of attempt `attempt` of p's notification n, due at at, on the queues of
+// p's game and environment.
+func (p *Payment) task(n *Notification, attempt int, at time.Time) Task {
+	return Task{PaymentID: p.ID, Game: p.Game, Environment: p.Environment, Key: n.Key, Generation: n.Generation, Attempt: attempt, At: at}
 }
 
 // Name is the task's idempotency key, {notification}-{attempt}, with -g{generation} before the
@@ -130,7 +140,27 @@ type Config struct {
 	// Reports and Days run the daily reconciliation; optional (without them it is refused).
 	Reports ReportStore
 	Days    DayFinder
+	// Routes says which environments each game has an endpoint for; nil means every game has
+	// production only. A notification whose game has no endpoint for its payment's
+	// environment is stored not relayed.
+	Routes Routes
 }
+
+// Routes lists, per game, the environments it has an endpoint (URL, secrets, queues) for.
+type Routes map[string][]Environment
+
+// Has reports whether game has an endpoint for env. Production is every game's; sandbox only
+// a game configured with a sandbox endpoint's. Nothing falls back from one to the other.
+func (r Routes) Has(game string, env Environment) bool {
+	if r == nil {
+		return env == EnvProduction
+	}
+	return slices.Contains(r[game], env)
+}
+
+// NoSandboxEndpoint is the reason a sandbox notification of a game without a sandbox endpoint
+// is stored not relayed.
+const NoSandboxEndpoint = "not relayed (no sandbox endpoint): the game has no sandbox endpoint configured, and a sandbox notification is never posted to production"
 
 // DefaultBackoff retries an unavailable dependency 3 times within about a second: long enough
 // to ride out a blip, short enough that a provider (WeChat Pay waits 5 s) gets its answer and

@@ -53,6 +53,10 @@ func (Secret) String() string { return secretPrefix + "<redacted>" }
 // Encode returns the secret in its "whsec_" form, for configuration files and tests only.
 func (s Secret) Encode() string { return secretPrefix + base64.StdEncoding.EncodeToString(s.key) }
 
+// Equal reports whether s and o are the same key, in constant time (the configuration checks
+// that no secret serves two purposes).
+func (s Secret) Equal(o Secret) bool { return hmac.Equal(s.key, o.key) }
+
 // NewSecret wraps raw key bytes.
 func NewSecret(key []byte) Secret { return Secret{key: append([]byte(nil), key...)} }
 
@@ -105,6 +109,16 @@ func NewVerifier(secrets ...Secret) (*Verifier, error) {
 		return nil, errors.New("webhook: at least one secret is required")
 	}
 	return &Verifier{secrets: secrets}, nil
+}
+
+// Holds reports whether s is one of the verifier's secrets.
+func (v *Verifier) Holds(s Secret) bool {
+	for _, have := range v.secrets {
+		if have.Equal(s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Verify checks the three headers against body at time now. Signatures are compared in

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,6 +43,9 @@ type Config struct {
 	Games Games `env:"GAMES"`
 	// IngestSecrets verify generic-format callbacks; several, comma-separated, for rotation.
 	IngestSecrets Secrets `env:"INGEST_SECRETS"`
+	// IngestSandboxSecrets (optional) verify generic-format callbacks that are sandbox only:
+	// what they sign is a sandbox notification, so a test harness may hold one.
+	IngestSandboxSecrets Secrets `env:"INGEST_SANDBOX_SECRETS"`
 	// ProviderConfig is the providers' configuration (JSON, a secret: it holds WeChat Pay's
 	// APIv3 keys): the generic format's apps, Alipay apps and WeChat Pay merchants, each routed
 	// to a game; see functions/provider.Config.
@@ -117,18 +121,29 @@ func (p *ProviderConfig) EnvDecode(v string) error {
 }
 
 // Game is one game as the functions see it: the studio sets these in terraform's games
-// variable, which writes GAMES; the secrets come from Secret Manager.
+// variable, which writes GAMES; the secrets come from Secret Manager. Its production endpoint's
+// fields sit at the top level; Sandbox, when set, is where its sandbox notifications go.
 type Game struct {
-	Name    string        `json:"name"`
+	Name string `json:"name"`
+	Endpoint
+	// Sandbox is the game's sandbox endpoint (a staging server): its own URL, queues and
+	// signing secrets (GameSandboxSecretsVar). Without it, sandbox notifications of the game
+	// are stored and shown, never posted.
+	Sandbox *Endpoint `json:"sandbox,omitempty"`
+}
+
+// Endpoint is where one environment's notifications of a game go.
+type Endpoint struct {
 	URL     string        `json:"url"`
 	Timeout time.Duration `json:"-"`
 	// TimeoutText is the JSON form of Timeout ("10s"); empty means 10s.
 	TimeoutText string `json:"timeout"`
 	// AllowPrivate lets Deliver reach the game server on private addresses.
 	AllowPrivate bool `json:"allow_private"`
-	// Queues are the game's Cloud Tasks queues (K shards; a notification's id picks one).
+	// Queues are the endpoint's Cloud Tasks queues (K shards; a notification's id picks one).
 	Queues []string `json:"queues"`
-	// Secrets sign the game's notifications; read from GameSecretsVar(Name).
+	// Secrets sign the endpoint's notifications; read from GameSecretsVar(Name) for
+	// production, GameSandboxSecretsVar(Name) for the sandbox.
 	Secrets Secrets `json:"-"`
 }
 
@@ -154,6 +169,13 @@ func GameSecretsVar(game string) string {
 	return "GAME_SECRETS_" + strings.ToUpper(strings.ReplaceAll(game, "-", "_"))
 }
 
+// GameSandboxSecretsVar is the environment variable holding a game's sandbox signing secrets:
+// GAME_SANDBOX_SECRETS_ and the name as in GameSecretsVar. (A suffix would collide: game
+// "sword"'s sandbox and game "sword-sandbox" would both be GAME_SECRETS_SWORD_SANDBOX.)
+func GameSandboxSecretsVar(game string) string {
+	return "GAME_SANDBOX_SECRETS_" + strings.ToUpper(strings.ReplaceAll(game, "-", "_"))
+}
+
 // Names lists the games' names.
 func (g Games) Names() []string {
 	var ns []string
@@ -163,13 +185,36 @@ func (g Games) Names() []string {
 	return ns
 }
 
-// Queues maps each game to its queues.
+// Queues maps each game to its production queues.
 func (g Games) Queues() map[string][]string {
 	m := map[string][]string{}
 	for _, x := range g {
 		m[x.Name] = x.Queues
 	}
 	return m
+}
+
+// SandboxQueues maps each game with a sandbox endpoint to its sandbox queues.
+func (g Games) SandboxQueues() map[string][]string {
+	m := map[string][]string{}
+	for _, x := range g {
+		if x.Sandbox != nil {
+			m[x.Name] = x.Sandbox.Queues
+		}
+	}
+	return m
+}
+
+// Routes lists each game's environments: production, and sandbox where it has an endpoint.
+func (g Games) Routes() relay.Routes {
+	r := relay.Routes{}
+	for _, x := range g {
+		r[x.Name] = []relay.Environment{relay.EnvProduction}
+		if x.Sandbox != nil {
+			r[x.Name] = append(r[x.Name], relay.EnvSandbox)
+		}
+	}
+	return r
 }
 
 // Ladder wraps schedule.Ladder for decoding.
@@ -216,6 +261,7 @@ func (c *Config) loadGames(l envconfig.Lookuper) []error {
 		return []error{errors.New("GAMES is required: a JSON list of games, each with name, url and queues")}
 	}
 	seen := map[string]bool{}
+	queueOwner := map[string]string{} // queue path to the endpoint using it
 	for i := range c.Games {
 		g := &c.Games[i]
 		name := g.Name
@@ -227,34 +273,20 @@ func (c *Config) loadGames(l envconfig.Lookuper) []error {
 			errs = append(errs, fmt.Errorf("GAMES: game %s twice", name))
 		}
 		seen[name] = true
-		if g.URL == "" {
-			errs = append(errs, fmt.Errorf("GAMES %s: url is required", name))
-		} else if err := checkURL("GAMES "+name+" url", g.URL); err != nil {
-			errs = append(errs, err)
-		}
-		g.Timeout = 10 * time.Second
-		if g.TimeoutText != "" {
-			d, err := time.ParseDuration(g.TimeoutText)
-			if err != nil || d <= 0 || d > 10*time.Second {
-				errs = append(errs, fmt.Errorf("GAMES %s: timeout %q: want more than 0 and at most 10s", name, g.TimeoutText))
-			} else {
-				g.Timeout = d
+		errs = append(errs, g.Endpoint.load(l, "GAMES "+name, GameSecretsVar(name), "game "+name+"'s signing secrets", queueOwner)...)
+		if g.Sandbox != nil {
+			sb := g.Sandbox
+			errs = append(errs, sb.load(l, "GAMES "+name+" sandbox", GameSandboxSecretsVar(name), "game "+name+"'s sandbox signing secrets", queueOwner)...)
+			// Invariant 11: nothing of the sandbox may lead to production.
+			if sb.URL != "" && sameURL(sb.URL, g.URL) {
+				errs = append(errs, fmt.Errorf("GAMES %s sandbox: url is the production url; a sandbox endpoint must be another server (a staging one)", name))
 			}
-		}
-		if len(g.Queues) == 0 {
-			errs = append(errs, fmt.Errorf("GAMES %s: queues: at least one Cloud Tasks queue is required", name))
-		}
-		for _, q := range g.Queues {
-			if !queueRE.MatchString(q) {
-				errs = append(errs, fmt.Errorf("GAMES %s: queue %q: want projects/P/locations/L/queues/Q", name, q))
+			for _, s := range sb.Secrets {
+				if slices.ContainsFunc(g.Secrets, s.Equal) {
+					errs = append(errs, fmt.Errorf("%s: a sandbox secret is also one of %s: a staging server must not hold production secrets", GameSandboxSecretsVar(name), GameSecretsVar(name)))
+					break
+				}
 			}
-		}
-		v := GameSecretsVar(name)
-		raw, _ := l.Lookup(v)
-		if err := g.Secrets.EnvDecode(raw); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", v, err))
-		} else if len(g.Secrets) == 0 {
-			errs = append(errs, fmt.Errorf("%s is required: game %s's signing secrets (one or more whsec_<base64>, comma-separated)", v, name))
 		}
 	}
 	if err := c.ProviderConfig.Validate(c.Games.Names()); err != nil {
@@ -311,6 +343,63 @@ func (c *Config) validate(errs []error) error {
 	return nil
 }
 
+// load reads an endpoint's secrets from secretsVar and checks its URL, timeout and queues;
+// each queue may serve one endpoint only (queueOwner records which).
+func (e *Endpoint) load(l envconfig.Lookuper, what, secretsVar, secretsWhat string, queueOwner map[string]string) []error {
+	var errs []error
+	if e.URL == "" {
+		errs = append(errs, fmt.Errorf("%s: url is required", what))
+	} else if err := checkURL(what+" url", e.URL); err != nil {
+		errs = append(errs, err)
+	}
+	e.Timeout = 10 * time.Second
+	if e.TimeoutText != "" {
+		d, err := time.ParseDuration(e.TimeoutText)
+		if err != nil || d <= 0 || d > 10*time.Second {
+			errs = append(errs, fmt.Errorf("%s: timeout %q: want more than 0 and at most 10s", what, e.TimeoutText))
+		} else {
+			e.Timeout = d
+		}
+	}
+	if len(e.Queues) == 0 {
+		errs = append(errs, fmt.Errorf("%s: queues: at least one Cloud Tasks queue is required", what))
+	}
+	for _, q := range e.Queues {
+		if !queueRE.MatchString(q) {
+			errs = append(errs, fmt.Errorf("%s: queue %q: want projects/P/locations/L/queues/Q", what, q))
+		} else if other, dup := queueOwner[q]; dup {
+			errs = append(errs, fmt.Errorf("%s: queue %q is also %s's: each endpoint has queues of its own", what, q, other))
+		} else {
+			queueOwner[q] = what
+		}
+	}
+	raw, _ := l.Lookup(secretsVar)
+	if err := e.Secrets.EnvDecode(raw); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", secretsVar, err))
+	} else if len(e.Secrets) == 0 {
+		errs = append(errs, fmt.Errorf("%s is required: %s (one or more whsec_<base64>, comma-separated)", secretsVar, secretsWhat))
+	}
+	return errs
+}
+
+// sameURL reports whether two URLs name the same endpoint, whatever their case of scheme and
+// host, default port or trailing slash.
+func sameURL(a, b string) bool {
+	norm := func(raw string) string {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return raw
+		}
+		host := strings.ToLower(u.Hostname())
+		port := u.Port()
+		if (u.Scheme == "https" && port == "443") || (u.Scheme == "http" && port == "80") {
+			port = ""
+		}
+		return strings.ToLower(u.Scheme) + "://" + host + ":" + port + strings.TrimRight(u.EscapedPath(), "/") + "?" + u.RawQuery
+	}
+	return norm(a) == norm(b)
+}
+
 // checkURL accepts https, and plain http only to a loopback host (local runs and tests).
 func checkURL(name, raw string) error {
 	if raw == "" {
@@ -336,11 +425,19 @@ func checkURL(name, raw string) error {
 	return fmt.Errorf("%s %q: want an https URL", name, raw)
 }
 
+// Ingest is the generic format's secrets, by what they may sign.
+func (c *Config) Ingest() provider.IngestSecrets {
+	return provider.IngestSecrets{Production: c.IngestSecrets, Sandbox: c.IngestSandboxSecrets}
+}
+
 // LongestTimeout is the longest of the games' timeouts.
 func (c *Config) LongestTimeout() time.Duration {
 	var m time.Duration
 	for _, g := range c.Games {
 		m = max(m, g.Timeout)
+		if g.Sandbox != nil {
+			m = max(m, g.Sandbox.Timeout)
+		}
 	}
 	return m
 }
@@ -369,6 +466,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("ladder", c.Ladder.String()),
 		slog.Int("ladder_compression", c.LadderCompression),
 		slog.Int("ingest_secrets", len(c.IngestSecrets)),
+		slog.Int("ingest_sandbox_secrets", len(c.IngestSandboxSecrets)),
 		slog.Duration("deliver_lease", c.DeliverLease),
 		slog.String("cloud_tasks_emulator", c.CloudTasksEmulatorHost),
 		slog.String("firestore_emulator", c.FirestoreEmulatorHost),
@@ -379,8 +477,12 @@ func (c *Config) LogValue() slog.Value {
 func (c *Config) gameSummary() []map[string]any {
 	var out []map[string]any
 	for _, g := range c.Games {
-		out = append(out, map[string]any{"name": g.Name, "url": g.URL, "queues": len(g.Queues), "secrets": len(g.Secrets),
-			"timeout": g.Timeout.String(), "allow_private": g.AllowPrivate})
+		m := map[string]any{"name": g.Name, "url": g.URL, "queues": len(g.Queues), "secrets": len(g.Secrets),
+			"timeout": g.Timeout.String(), "allow_private": g.AllowPrivate}
+		if sb := g.Sandbox; sb != nil {
+			m["sandbox"] = map[string]any{"url": sb.URL, "queues": len(sb.Queues), "secrets": len(sb.Secrets), "timeout": sb.Timeout.String()}
+		}
+		out = append(out, m)
 	}
 	return out
 }

@@ -273,9 +273,43 @@ func locals(t *testing.T) map[string]*hclsyntax.ObjectConsExpr {
 			continue
 		}
 		for name, attr := range b.Body.Attributes {
-			if obj, ok := attr.Expr.(*hclsyntax.ObjectConsExpr); ok {
+			if obj := objectItems(attr.Expr); obj != nil {
 				out[name] = obj
 			}
+		}
+	}
+	return out
+}
+
+// objectItems is an object literal, or the items of every object literal a merge() of literals
+// (and of conditionals choosing between literals) may hold: an optional entry, such as
+// INGEST_SANDBOX_SECRETS, counts as set.
+func objectItems(e hclsyntax.Expression) *hclsyntax.ObjectConsExpr {
+	switch x := e.(type) {
+	case *hclsyntax.ObjectConsExpr:
+		return x
+	case *hclsyntax.ConditionalExpr:
+		return joinItems(objectItems(x.TrueResult), objectItems(x.FalseResult))
+	case *hclsyntax.FunctionCallExpr:
+		if x.Name != "merge" {
+			return nil
+		}
+		var parts []*hclsyntax.ObjectConsExpr
+		for _, a := range x.Args {
+			if o := objectItems(a); o != nil {
+				parts = append(parts, o)
+			}
+		}
+		return joinItems(parts...)
+	}
+	return nil
+}
+
+func joinItems(objs ...*hclsyntax.ObjectConsExpr) *hclsyntax.ObjectConsExpr {
+	out := &hclsyntax.ObjectConsExpr{}
+	for _, o := range objs {
+		if o != nil {
+			out.Items = append(out.Items, o.Items...)
 		}
 	}
 	return out

@@ -48,19 +48,22 @@ type Payload struct {
 
 // Data is a notification's content: the payment's facts, and for a refund the refund.
 type Data struct {
-	NotificationID string            `json:"notification_id"` // also webhook-id: deduplicate by it
-	Attempt        int               `json:"attempt"`
-	PaymentID      string            `json:"payment_id"`
-	Provider       string            `json:"provider"`
-	MerchantID     string            `json:"merchant_id"`
-	OrderID        string            `json:"order_id"`
-	TransactionID  string            `json:"transaction_id"`
-	AmountMinor    int64             `json:"amount_minor"`
-	Currency       string            `json:"currency"`
-	PaidAt         *time.Time        `json:"paid_at,omitempty"` // absent when only a refund told us of the payment and did not say
-	AppID          string            `json:"app_id"`
-	Game           string            `json:"game"`
-	Metadata       map[string]string `json:"metadata,omitempty"`
+	NotificationID string     `json:"notification_id"` // also webhook-id: deduplicate by it
+	Attempt        int        `json:"attempt"`
+	PaymentID      string     `json:"payment_id"`
+	Provider       string     `json:"provider"`
+	MerchantID     string     `json:"merchant_id"`
+	OrderID        string     `json:"order_id"`
+	TransactionID  string     `json:"transaction_id"`
+	AmountMinor    int64      `json:"amount_minor"`
+	Currency       string     `json:"currency"`
+	PaidAt         *time.Time `json:"paid_at,omitempty"` // absent when only a refund told us of the payment and did not say
+	AppID          string     `json:"app_id"`
+	Game           string     `json:"game"`
+	// Environment is "production" or "sandbox": a game server refuses a notification of the
+	// environment it does not serve (local/gamekit's handlers do).
+	Environment string            `json:"environment"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
 	// PaymentNotified is false on a refund of a payment payrelay never received: its facts come
 	// from the refund notification, and no payment.succeeded preceded it.
 	PaymentNotified bool        `json:"payment_notified"`
@@ -82,7 +85,7 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 	pl := Payload{Type: string(n.Type), Timestamp: p.PaidAt, Data: Data{
 		NotificationID: relay.NotificationID(p.ID, n.Key), Attempt: attempt, PaymentID: p.ID, Provider: p.Provider,
 		MerchantID: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID, AmountMinor: p.AmountMinor,
-		Currency: p.Currency, AppID: p.AppID, Game: p.Game, Metadata: p.Metadata,
+		Currency: p.Currency, AppID: p.AppID, Game: p.Game, Environment: string(p.Environment), Metadata: p.Metadata,
 	}}
 	if !p.PaidAt.IsZero() {
 		t := p.PaidAt
@@ -99,10 +102,13 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 	return pl
 }
 
-// Game is one game's endpoint, as Deliver reaches it.
+// Game is one game's endpoint of one environment, as Deliver reaches it.
 type Game struct {
 	Name string
-	URL  string
+	// Environment is the one environment this endpoint receives: a notification of a payment
+	// of the other is never posted to it.
+	Environment relay.Environment
+	URL         string
 	// Secrets sign every notification, one signature each: two during a rotation.
 	Secrets []webhook.Secret
 	Timeout time.Duration
@@ -134,6 +140,9 @@ func New(g Game) (*Notifier, error) {
 	if len(g.Secrets) == 0 {
 		return nil, fmt.Errorf("gamehttp: game %s: at least one signing secret is required", g.Name)
 	}
+	if _, err := relay.ParseEnvironment(string(g.Environment)); err != nil {
+		return nil, fmt.Errorf("gamehttp: game %s: %w", g.Name, err)
+	}
 	host := u.Hostname()
 	ip, err := netip.ParseAddr(host)
 	loopbackURL := host == "localhost" || (err == nil && ip.IsLoopback())
@@ -156,31 +165,51 @@ func New(g Game) (*Notifier, error) {
 	return &Notifier{game: g, client: client, guard: gd, now: time.Now}, nil
 }
 
-// Games routes each notification to its payment's game.
-type Games map[string]*Notifier
+// Games routes each notification to its payment's game's endpoint of the payment's
+// environment: production notifications to the production endpoints, sandbox ones to the
+// sandbox endpoints. The two are separate maps, looked up by the payment's environment alone,
+// so no game name, typo or missing entry can send a sandbox notification to a production
+// server (invariant 11).
+type Games struct {
+	production, sandbox map[string]*Notifier
+}
 
-var _ relay.Notifier = Games(nil)
+var _ relay.Notifier = Games{}
 
-// NewGames builds a notifier per game.
-func NewGames(games []Game) (Games, error) {
-	gs := Games{}
-	for _, g := range games {
-		n, err := New(g)
-		if err != nil {
-			return nil, err
+// NewGames builds a notifier per game and environment: production from games, sandbox from
+// sandboxes (the games that have a sandbox endpoint, by the same names).
+func NewGames(games, sandboxes []Game) (Games, error) {
+	gs := Games{production: map[string]*Notifier{}, sandbox: map[string]*Notifier{}}
+	for _, set := range []struct {
+		env   relay.Environment
+		games []Game
+		into  map[string]*Notifier
+	}{{relay.EnvProduction, games, gs.production}, {relay.EnvSandbox, sandboxes, gs.sandbox}} {
+		for _, g := range set.games {
+			g.Environment = set.env
+			n, err := New(g)
+			if err != nil {
+				return Games{}, err
+			}
+			set.into[g.Name] = n
 		}
-		gs[g.Name] = n
 	}
 	return gs, nil
 }
 
-// Notify implements relay.Notifier. A payment of a game no longer configured is a failed
-// attempt that says so: the ladder moves on, and an operator can replay it once the game is
-// back.
+// Notify implements relay.Notifier. A payment of a game (or a game's sandbox) no longer
+// configured is a failed attempt that says so, with nothing posted: the ladder moves on, and
+// an operator can replay it once the endpoint is back.
 func (gs Games) Notify(ctx context.Context, p *relay.Payment, n *relay.Notification, attempt int) relay.NotifyResult {
-	g, ok := gs[p.Game]
-	if !ok {
-		return relay.NotifyResult{ErrorClass: relay.ErrorConfig, Error: fmt.Sprintf("game %q is not configured (GAMES)", p.Game)}
+	var g *Notifier
+	switch p.Environment {
+	case relay.EnvProduction:
+		g = gs.production[p.Game]
+	case relay.EnvSandbox:
+		g = gs.sandbox[p.Game]
+	}
+	if g == nil {
+		return relay.NotifyResult{ErrorClass: relay.ErrorConfig, Error: fmt.Sprintf("game %q has no %s endpoint configured (GAMES)", p.Game, p.Environment)}
 	}
 	return g.Notify(ctx, p, n, attempt)
 }
@@ -188,6 +217,10 @@ func (gs Games) Notify(ctx context.Context, p *relay.Payment, n *relay.Notificat
 // Notify implements relay.Notifier. webhook-id is the notification's id, the same on every
 // attempt, so the game server can deduplicate by it.
 func (n *Notifier) Notify(ctx context.Context, p *relay.Payment, nt *relay.Notification, attempt int) relay.NotifyResult {
+	if p.Environment != n.game.Environment {
+		return relay.NotifyResult{ErrorClass: relay.ErrorConfig,
+			Error: fmt.Sprintf("a %s notification is never posted to game %s's %s endpoint", p.Environment, n.game.Name, n.game.Environment)}
+	}
 	pl := NewPayload(p, nt, attempt)
 	msgID := pl.Data.NotificationID
 	body, err := json.Marshal(pl)

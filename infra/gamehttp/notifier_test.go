@@ -20,12 +20,12 @@ var secret = webhook.NewSecret([]byte("0123456789abcdef0123456789abcdef"))
 
 // game is a game whose server is at url, signing with secret.
 func game(url string, timeout time.Duration) Game {
-	return Game{Name: "sword", URL: url, Secrets: []webhook.Secret{secret}, Timeout: timeout}
+	return Game{Name: "sword", Environment: relay.EnvProduction, URL: url, Secrets: []webhook.Secret{secret}, Timeout: timeout}
 }
 
 func payment() *relay.Payment {
 	at := time.Date(2026, 11, 24, 1, 2, 3, 0, time.UTC)
-	return &relay.Payment{ID: "pid1", Provider: "generic", Merchant: "game-1", OrderID: "o1", TransactionID: "t1", AmountMinor: 1999,
+	return &relay.Payment{ID: "pid1", Provider: "generic", Environment: relay.EnvProduction, Merchant: "game-1", OrderID: "o1", TransactionID: "t1", AmountMinor: 1999,
 		Currency: "CNY", PaidAt: at, AppID: "game-1", RefundedMinor: 1999,
 		Notifications: []relay.Notification{
 			{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StateDelivered, Attempt: 1, CreatedAt: at},
@@ -144,10 +144,10 @@ func TestPayloads(t *testing.T) {
 	}{
 		{p.Paid(), `{"type":"payment.succeeded","timestamp":"2026-11-24T01:02:03Z","data":{"notification_id":"pid1-paid","attempt":1,` +
 			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
-			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","metadata":{"sku":"gems_60"},"payment_notified":true}}`},
+			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","environment":"production","metadata":{"sku":"gems_60"},"payment_notified":true}}`},
 		{&p.Notifications[1], `{"type":"payment.refunded","timestamp":"2026-11-24T02:02:03Z","data":{"notification_id":"pid1-` + relay.RefundKey("r1") + `","attempt":1,` +
 			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
-			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","metadata":{"sku":"gems_60"},"payment_notified":true,` +
+			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","environment":"production","metadata":{"sku":"gems_60"},"payment_notified":true,` +
 			`"refund":{"refund_id":"r1","merchant_refund_no":"out-r1","amount_minor":1999,"refunded_total_minor":1999,"fully_refunded":true,"refunded_at":"2026-11-24T02:02:03Z"}}}`},
 	} {
 		b, err := json.Marshal(NewPayload(p, tc.n, 1))

@@ -35,6 +35,9 @@ type Options struct {
 	// Queues maps each game to its queues, projects/P/locations/L/queues/Q: one, or K shards
 	// over which the game's notifications spread by a hash of their id.
 	Queues map[string][]string
+	// SandboxQueues maps each game with a sandbox endpoint to its sandbox queues: a sandbox
+	// notification goes through these, never through Queues.
+	SandboxQueues map[string][]string
 	// DeliverURL is where tasks are sent.
 	DeliverURL string
 	// ServiceAccount signs the OIDC token on each task; empty sends none (emulator only).
@@ -65,6 +68,11 @@ func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
 	for game, qs := range opts.Queues {
 		if len(qs) == 0 {
 			return nil, fmt.Errorf("queue: game %s has no queue", game)
+		}
+	}
+	for game, qs := range opts.SandboxQueues {
+		if len(qs) == 0 {
+			return nil, fmt.Errorf("queue: game %s's sandbox has no queue", game)
 		}
 	}
 	if opts.Audience == "" {
@@ -106,11 +114,18 @@ func Shard(queues []string, notificationID string) string {
 }
 
 // Enqueue implements relay.Queue: it creates the task named {notification}-{attempt} at t.At
-// on the notification's queue among its game's.
+// on the notification's queue among its game's queues of its environment; there is no
+// fallback from a sandbox task to a production queue.
 func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
-	queues := q.opts.Queues[t.Game]
+	var queues []string
+	switch t.Environment {
+	case relay.EnvProduction:
+		queues = q.opts.Queues[t.Game]
+	case relay.EnvSandbox:
+		queues = q.opts.SandboxQueues[t.Game]
+	}
 	if len(queues) == 0 {
-		return fmt.Errorf("queue: game %q has no queue (GAMES)", t.Game)
+		return fmt.Errorf("queue: game %q has no %s queue (GAMES)", t.Game, t.Environment)
 	}
 	queue := Shard(queues, relay.NotificationID(t.PaymentID, t.Key))
 	return q.create(ctx, queue, t.Name(), t.At, relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Generation: t.Generation, Attempt: t.Attempt})

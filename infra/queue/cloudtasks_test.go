@@ -54,7 +54,7 @@ func TestEnqueueDispatchesSignedTask(t *testing.T) {
 	}
 	t.Cleanup(func() { q.Close() })
 	at := time.Now().Add(200 * time.Millisecond)
-	task := relay.Task{PaymentID: "abc123", Game: "sword", Key: relay.KeyPaid, Attempt: 3, At: at}
+	task := relay.Task{PaymentID: "abc123", Game: "sword", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 3, At: at}
 	if err := q.Enqueue(context.Background(), task); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestEnqueueClassifiesErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer missing.Close()
-	if err := missing.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
+	if err := missing.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "sword", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
 		t.Errorf("Enqueue on a missing queue = %v, want a permanent error", err)
 	}
 	// A port nobody listens on: the queue is unavailable, which is worth retrying.
@@ -107,7 +107,7 @@ func TestEnqueueClassifiesErrors(t *testing.T) {
 	defer down.Close()
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := down.Enqueue(cctx, relay.Task{PaymentID: "x", Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !relay.Retryable(err) {
+	if err := down.Enqueue(cctx, relay.Task{PaymentID: "x", Game: "sword", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !relay.Retryable(err) {
 		t.Errorf("Enqueue with the queue down = %v, want a retryable error", err)
 	}
 	if _, err := queue.NewCloudTasks(ctx, queue.Options{Queues: map[string][]string{"sword": {tasksemu.DefaultQueue}}, DeliverURL: "http://x/", DispatchDeadline: time.Second}); err == nil {
@@ -143,7 +143,7 @@ func TestShardsSpreadAGameOverItsQueues(t *testing.T) {
 	ctx := context.Background()
 	const n = 400
 	for i := range n {
-		task := relay.Task{PaymentID: fmt.Sprintf("p%03d", i), Game: "farm", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}
+		task := relay.Task{PaymentID: fmt.Sprintf("p%03d", i), Game: "farm", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}
 		if err := q.Enqueue(ctx, task); err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +152,7 @@ func TestShardsSpreadAGameOverItsQueues(t *testing.T) {
 			t.Fatalf("repeat of %s = %v, want ErrTaskExists", task.Name(), err)
 		}
 	}
-	if err := q.Enqueue(ctx, relay.Task{PaymentID: "s1", Game: "sword", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err != nil {
+	if err := q.Enqueue(ctx, relay.Task{PaymentID: "s1", Game: "sword", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := tasksemu.NewClient(ctx, addr)
@@ -179,7 +179,63 @@ func TestShardsSpreadAGameOverItsQueues(t *testing.T) {
 	if total != n {
 		t.Errorf("the farm queues hold %d tasks, want %d", total, n)
 	}
-	if err := q.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "ghost", Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
+	if err := q.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "ghost", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
 		t.Errorf("Enqueue for a game with no queue = %v, want a permanent error", err)
+	}
+}
+
+// TestSandboxTasksTakeOnlySandboxQueues: a sandbox notification's task goes to its game's
+// sandbox queue, never to a production one, and a game without sandbox queues gets none.
+func TestSandboxTasksTakeOnlySandboxQueues(t *testing.T) {
+	t.Parallel()
+	const prod, sandbox, other = "projects/p/locations/l/queues/sword-0", "projects/p/locations/l/queues/sword-sandbox-0", "projects/p/locations/l/queues/farm-0"
+	srv, err := tasksemu.New(tasksemu.Options{Queues: []string{prod, sandbox, other}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{prod, sandbox, other} {
+		srv.PauseQueue(context.Background(), &cloudtaskspb.PauseQueueRequest{Name: q})
+	}
+	addr, err := srv.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	ctx := context.Background()
+	q, err := queue.NewCloudTasks(ctx, queue.Options{
+		Queues:        map[string][]string{"sword": {prod}, "farm": {other}},
+		SandboxQueues: map[string][]string{"sword": {sandbox}},
+		DeliverURL:    "http://127.0.0.1:1/Deliver", EmulatorHost: addr,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	for i := range 20 {
+		if err := q.Enqueue(ctx, relay.Task{PaymentID: fmt.Sprintf("sb%02d", i), Game: "sword", Environment: relay.EnvSandbox, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = q.Enqueue(ctx, relay.Task{PaymentID: "sb-farm", Game: "farm", Environment: relay.EnvSandbox, Key: relay.KeyPaid, Attempt: 1, At: time.Now()})
+	if err == nil || relay.Retryable(err) {
+		t.Errorf("a sandbox task of a game without sandbox queues = %v, want a permanent error", err)
+	}
+	c, err := tasksemu.NewClient(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for name, want := range map[string]int{prod: 0, sandbox: 20, other: 0} {
+		it := c.ListTasks(ctx, &cloudtaskspb.ListTasksRequest{Parent: name})
+		k := 0
+		for {
+			if _, err := it.Next(); err != nil {
+				break
+			}
+			k++
+		}
+		if k != want {
+			t.Errorf("queue %s holds %d tasks, want %d", name, k, want)
+		}
 	}
 }

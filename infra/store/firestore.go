@@ -172,6 +172,7 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 // paymentDoc is a payment as stored: snake_case fields an operator can read in the console.
 type paymentDoc struct {
 	Provider      string            `firestore:"provider"`
+	Environment   string            `firestore:"environment"`
 	Merchant      string            `firestore:"merchant"`
 	OrderID       string            `firestore:"order_id"`
 	TransactionID string            `firestore:"transaction_id"`
@@ -262,7 +263,7 @@ func utf8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 func toDoc(p *relay.Payment) *paymentDoc {
 	d := &paymentDoc{
-		Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
+		Provider: p.Provider, Environment: string(p.Environment), Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, AppID: p.AppID, Metadata: p.Metadata, Game: p.Game,
 		RefundedMinor: p.RefundedMinor, ReceivedAt: p.ReceivedAt, UpdatedAt: p.UpdatedAt,
 		Notifications: []notificationDoc{}, Notes: []noteDoc{}, Tags: p.Tags(), BillDays: p.BillDays(),
@@ -312,7 +313,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 
 func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	p := &relay.Payment{
-		ID: id, Provider: d.Provider, Merchant: d.Merchant, OrderID: d.OrderID, TransactionID: d.TransactionID,
+		ID: id, Provider: d.Provider, Environment: relay.Environment(d.Environment), Merchant: d.Merchant, OrderID: d.OrderID, TransactionID: d.TransactionID,
 		AmountMinor: d.AmountMinor, Currency: d.Currency, AppID: d.AppID, Metadata: d.Metadata, Game: d.Game,
 		RefundedMinor: d.RefundedMinor, ReceivedAt: d.ReceivedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}

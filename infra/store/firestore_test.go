@@ -33,7 +33,7 @@ func newStore(t testing.TB) *store.Firestore {
 func payment(order string) *relay.Payment {
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	return &relay.Payment{
-		ID: relay.PaymentID("generic", "game-1", order), Provider: "generic", Merchant: "game-1", OrderID: order, TransactionID: "txn-" + order,
+		ID: relay.PaymentID(relay.EnvProduction, "generic", "game-1", order), Provider: "generic", Environment: relay.EnvProduction, Merchant: "game-1", OrderID: order, TransactionID: "txn-" + order,
 		AmountMinor: 648, Currency: "CNY", PaidAt: now.Add(-time.Second), AppID: "game-1",
 		Metadata: map[string]string{"sku": "月卡"}, Game: "sword", ReceivedAt: now, UpdatedAt: now,
 		Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StatePending,

@@ -27,18 +27,23 @@ type Index []IndexField
 // Firestore's automatic single-field index.
 func Indexes() []Index {
 	var out []Index
-	for _, game := range []bool{false, true} {
-		for _, provider := range []bool{false, true} {
-			out = append(out, listIndex(game, provider))
+	for _, env := range []bool{false, true} {
+		for _, game := range []bool{false, true} {
+			for _, provider := range []bool{false, true} {
+				out = append(out, listIndex(env, game, provider))
+			}
 		}
 	}
 	return out
 }
 
-// listIndex is the index of an operator's list filtering on a tag and, optionally, game and
-// provider, ordered by received time, newest first.
-func listIndex(game, provider bool) Index {
+// listIndex is the index of an operator's list filtering on a tag and, optionally, the
+// environment, game and provider, ordered by received time, newest first.
+func listIndex(env, game, provider bool) Index {
 	idx := Index{{Path: "tags", ArrayConfig: "CONTAINS"}}
+	if env {
+		idx = append(idx, IndexField{Path: "environment", Order: "ASCENDING"})
+	}
 	if game {
 		idx = append(idx, IndexField{Path: "game", Order: "ASCENDING"})
 	}
@@ -52,10 +57,12 @@ func listIndex(game, provider bool) Index {
 // and the index terraform must create cannot drift apart.
 func (s *Firestore) listQuery(f relay.Filter) firestore.Query {
 	q := s.coll.Query
-	for _, field := range listIndex(f.Game != "", f.Provider != "") {
+	for _, field := range listIndex(f.Environment != "", f.Game != "", f.Provider != "") {
 		switch field.Path {
 		case "tags":
 			q = q.Where("tags", "array-contains", f.TagFor())
+		case "environment":
+			q = q.Where("environment", "==", string(f.Environment))
 		case "game":
 			q = q.Where("game", "==", f.Game)
 		case "provider":

@@ -91,7 +91,7 @@ func (e *env) sendApp(ctx context.Context, app, order string) (string, error) {
 	if err == nil && code != 200 {
 		err = fmt.Errorf("%d %s", code, body)
 	}
-	id := relay.PaymentID("generic", app, order)
+	id := relay.PaymentID(relay.EnvProduction, "generic", app, order)
 	e.mu.Lock()
 	e.sentIDs = append(e.sentIDs, id)
 	e.mu.Unlock()
@@ -220,7 +220,7 @@ func (e *env) isolation(ctx context.Context, r *Result) error {
 			}()
 			if i%5 == 0 && len(idsA) < nA {
 				order := fmt.Sprintf("%s-a-%d", label, i)
-				idsA = append(idsA, relay.PaymentID("generic", a.app, order))
+				idsA = append(idsA, relay.PaymentID(relay.EnvProduction, "generic", a.app, order))
 				wg.Add(1)
 				go func() {
 					defer wg.Done()

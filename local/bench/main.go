@@ -498,7 +498,7 @@ func (e *env) baseline(ctx context.Context, r *Result) error {
 	})
 	for _, c := range e.o.Concurrency {
 		lat, errs, wall := e.run(ctx, fmt.Sprintf("baseline c=%d", c), e.o.Payments, c, func(i int) error {
-			id := relay.PaymentID("baseline", "bench", fmt.Sprintf("%d-%d", c, i))
+			id := relay.PaymentID(relay.EnvProduction, "baseline", "bench", fmt.Sprintf("%d-%d", c, i))
 			if _, err := coll.Doc(id).Create(ctx, map[string]any{"order_id": id, "amount_minor": 648, "currency": "CNY", "state": "pending", "received_at": time.Now()}); err != nil {
 				return err
 			}

@@ -40,7 +40,7 @@ func TestS9BulkReplaySurvivesAKill(t *testing.T) {
 			defer func() { <-sem }()
 			order := fmt.Sprintf("replayjob-%d", i)
 			now := time.Now().UTC().Truncate(time.Microsecond)
-			p := &relay.Payment{ID: id(order), Provider: "generic", Merchant: stack.SampleApp, OrderID: order, TransactionID: "txn-" + order,
+			p := &relay.Payment{ID: id(order), Provider: "generic", Environment: relay.EnvProduction, Merchant: stack.SampleApp, OrderID: order, TransactionID: "txn-" + order,
 				AmountMinor: 648, Currency: "CNY", PaidAt: now, AppID: stack.SampleApp, Game: stack.GameA, ReceivedAt: now, UpdatedAt: now,
 				Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StateFailed, Attempt: 8, CreatedAt: now,
 					Reason: "the ladder is exhausted after 8 attempts"}}}

@@ -200,7 +200,7 @@ func TestReferenceHandlersAgainstRealDeliveries(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := range 3 {
-			p, _, err := payments.Get(ctx, relay.PaymentID("generic", "app-"+h.name, fmt.Sprintf("%s-%d", h.name, i)))
+			p, _, err := payments.Get(ctx, relay.PaymentID(relay.EnvProduction, "generic", "app-"+h.name, fmt.Sprintf("%s-%d", h.name, i)))
 			if err != nil {
 				t.Fatalf("%s: payment %d: %v", h.name, i, err)
 			}

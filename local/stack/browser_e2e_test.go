@@ -176,7 +176,7 @@ func TestReconciliationInABrowser(t *testing.T) {
 	if findings != 1 || kind != string(relay.FindingMissingPayment) {
 		t.Fatalf("the report page lists %d findings (first %q), want the one missing payment", findings, kind)
 	}
-	if p := waitTerminal(t, relay.PaymentID("alipay", aliApp, "rec-browser-1"), 20*time.Second); p.Paid().State != relay.StateDelivered {
+	if p := waitTerminal(t, relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "rec-browser-1"), 20*time.Second); p.Paid().State != relay.StateDelivered {
 		t.Errorf("the recovered payment ended %s", p.Paid().State)
 	}
 }

@@ -69,7 +69,7 @@ func TestUnroutedAppRefusedNothingStored(t *testing.T) {
 	if err != nil || code != http.StatusInternalServerError {
 		t.Fatalf("unrouted app answered %d %s %v, want 500", code, body, err)
 	}
-	if _, _, err := payments.Get(context.Background(), relay.PaymentID("generic", "forgotten-app", "unrouted-1")); err == nil {
+	if _, _, err := payments.Get(context.Background(), relay.PaymentID(relay.EnvProduction, "generic", "forgotten-app", "unrouted-1")); err == nil {
 		t.Error("a payment of an unrouted app was stored")
 	}
 }

@@ -113,7 +113,7 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 			t.Fatalf("WeChat Pay answered %d %q, want 204", code, b)
 		}
 	}
-	aliID, wxID := relay.PaymentID("alipay", aliApp, "ali-e2e-1"), relay.PaymentID("wechatpay", wxMch, "wx-e2e-1")
+	aliID, wxID := relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-e2e-1"), relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, "wx-e2e-1")
 	for _, id := range []string{aliID, wxID} {
 		if p := waitTerminal(t, id, 20*time.Second); p.Paid().State != relay.StateDelivered {
 			t.Fatalf("payment %s ended %s", id, p.Paid().State)
@@ -143,7 +143,7 @@ func TestProvidersRelayedEndToEnd(t *testing.T) {
 	if code != 401 || b != "failure" {
 		t.Errorf("wrongly signed Alipay notify answered %d %q", code, b)
 	}
-	if _, _, err := payments.Get(context.Background(), relay.PaymentID("alipay", aliApp, "ali-e2e-bad")); err == nil {
+	if _, _, err := payments.Get(context.Background(), relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-e2e-bad")); err == nil {
 		t.Error("a refused notify was stored")
 	}
 }
@@ -178,7 +178,7 @@ func TestAppleAndStripeEndToEnd(t *testing.T) {
 			t.Fatalf("Stripe %s answered %d %s", e.typ, code, body)
 		}
 	}
-	appleID, stripeID := relay.PaymentID("apple", appleBundle, "2000000899999999"), relay.PaymentID("stripe", stripeAcct, "web-e2e-1")
+	appleID, stripeID := relay.PaymentID(relay.EnvProduction, "apple", appleBundle, "2000000899999999"), relay.PaymentID(relay.EnvProduction, "stripe", stripeAcct, "web-e2e-1")
 	waitNotification(t, appleID, relay.RefundKey("refund-2000000899999999"), 20*time.Second)
 	waitNotification(t, stripeID, relay.RefundKey("re_e2e_1"), 20*time.Second)
 	time.Sleep(200 * time.Millisecond)
@@ -223,7 +223,7 @@ func TestOrderQueryRecoversAnUnnotifiedPayment(t *testing.T) {
 		if code, out := query(); code != 200 || out["action"] != "ingested" {
 			t.Fatalf("%s: first query: %d %v", c.provider, code, out)
 		}
-		id := relay.PaymentID(c.provider, c.merchant, c.order)
+		id := relay.PaymentID(relay.EnvProduction, c.provider, c.merchant, c.order)
 		if p := waitTerminal(t, id, 20*time.Second); p.Paid().State != relay.StateDelivered {
 			t.Fatalf("%s: recovered payment ended %s", c.provider, p.Paid().State)
 		}

@@ -110,11 +110,11 @@ func TestReconciliationEndToEnd(t *testing.T) {
 	}
 	// The two missing ones reach the game server, once each; the conflict changed nothing.
 	for _, c := range []struct{ provider, merchant, prefix, refund string }{{"alipay", aliApp, "rec-ali-", "RF-ali-1"}, {"wechatpay", wxMch, "rec-wx-", "50300001"}} {
-		lost := relay.PaymentID(c.provider, c.merchant, c.prefix+"missing")
+		lost := relay.PaymentID(relay.EnvProduction, c.provider, c.merchant, c.prefix+"missing")
 		if p := waitTerminal(t, lost, 20*time.Second); p.Paid().State != relay.StateDelivered || p.Paid().Via != relay.ViaReconcile || p.AmountMinor != 3000 {
 			t.Errorf("%s: the missing payment ended %s via %s, %d", c.provider, p.Paid().State, p.Paid().Via, p.AmountMinor)
 		}
-		norefund := relay.PaymentID(c.provider, c.merchant, c.prefix+"norefund")
+		norefund := relay.PaymentID(relay.EnvProduction, c.provider, c.merchant, c.prefix+"norefund")
 		if p := waitNotification(t, norefund, relay.RefundKey(c.refund), 20*time.Second); p.RefundedMinor != 4800 {
 			t.Errorf("%s: refunded %d, want 4800", c.provider, p.RefundedMinor)
 		}
@@ -125,7 +125,7 @@ func TestReconciliationEndToEnd(t *testing.T) {
 		if got := fmt.Sprint(sequence(st.Game.Hits(norefund))); got != "[paid#1(200) refund "+c.refund+"#1(200)]" {
 			t.Errorf("%s: the game server got %s for the payment whose refund was missing", c.provider, got)
 		}
-		conflict, _, err := payments.Get(t.Context(), relay.PaymentID(c.provider, c.merchant, c.prefix+"conflict"))
+		conflict, _, err := payments.Get(t.Context(), relay.PaymentID(relay.EnvProduction, c.provider, c.merchant, c.prefix+"conflict"))
 		if err != nil || conflict.AmountMinor != 64800 || len(conflict.Notifications) != 1 {
 			t.Errorf("%s: the conflict changed the payment: %+v %v", c.provider, conflict, err)
 		}

@@ -48,7 +48,7 @@ func TestTwoMerchantsSameOrderNumberBothDelivered(t *testing.T) {
 		}
 	}
 	for app, server := range map[string]*gameserver.Server{aliApp: st.Game, aliApp2: st.GameB} { // routed to games A and B
-		id := relay.PaymentID("alipay", app, "20261124-0001")
+		id := relay.PaymentID(relay.EnvProduction, "alipay", app, "20261124-0001")
 		p := waitTerminal(t, id, 20*time.Second)
 		hits := server.Hits(id)
 		if p.Paid().State != relay.StateDelivered || len(hits) != 1 || hits[0].Payload.Data.AppID != app {
@@ -173,7 +173,7 @@ func TestProviderRefundsEndToEnd(t *testing.T) {
 			t.Fatalf("WeChat Pay %s answered %d %q", n.event, code, b)
 		}
 	}
-	aliID, wxID := relay.PaymentID("alipay", aliApp, "ali-e2e-r"), relay.PaymentID("wechatpay", wxMch, "wx-e2e-r")
+	aliID, wxID := relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-e2e-r"), relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, "wx-e2e-r")
 	waitNotification(t, aliID, relay.RefundKey("rf-2"), 20*time.Second)
 	waitNotification(t, wxID, relay.RefundKey("503000001"), 20*time.Second)
 	if got := fmt.Sprint(sequence(st.Game.Hits(aliID))); got != "[paid#1(200) refund rf-1#1(200) refund rf-2#1(200)]" {

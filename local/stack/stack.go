@@ -538,7 +538,9 @@ func Send(ctx context.Context, ingestURL string, secret webhook.Secret, body []b
 const SampleApp = "demo-game"
 
 // SamplePaymentID is the payment id of the sample payment of order (app SampleApp).
-func SamplePaymentID(order string) string { return relay.PaymentID("generic", SampleApp, order) }
+func SamplePaymentID(order string) string {
+	return relay.PaymentID(relay.EnvProduction, "generic", SampleApp, order)
+}
 
 // ExtraGame is a game of Options.ExtraGames.
 type ExtraGame struct {

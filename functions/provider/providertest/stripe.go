@@ -10,10 +10,20 @@ import (
 	"github.com/payrelay/payrelay/functions/provider"
 )
 
-// StripeEvent is an event of type with object as Stripe sends it (API version 2024-06-20).
+// StripeEvent is a live-mode event of type with object as Stripe sends it (API version
+// 2024-06-20).
 func StripeEvent(typ string, object map[string]any, at time.Time) []byte {
+	return stripeEvent(typ, object, at, true)
+}
+
+// StripeTestEvent is StripeEvent in test mode (livemode false): a sandbox payment.
+func StripeTestEvent(typ string, object map[string]any, at time.Time) []byte {
+	return stripeEvent(typ, object, at, false)
+}
+
+func stripeEvent(typ string, object map[string]any, at time.Time, livemode bool) []byte {
 	b, _ := json.Marshal(map[string]any{"id": "evt_1Q" + fmt.Sprint(at.UnixNano()), "object": "event", "api_version": "2024-06-20",
-		"created": at.Unix(), "livemode": false, "pending_webhooks": 1, "type": typ, "data": map[string]any{"object": object}})
+		"created": at.Unix(), "livemode": livemode, "pending_webhooks": 1, "type": typ, "data": map[string]any{"object": object}})
 	return b
 }
 

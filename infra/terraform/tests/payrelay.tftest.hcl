@@ -24,7 +24,9 @@ variables {
   project_id = "studio-prod"
   region     = "asia-east1"
   games = {
-    sword = { url = "https://sword.example.com/payrelay", query_callers = ["serviceAccount:sword-server@studio-prod.iam.gserviceaccount.com"] }
+    # A game with a sandbox endpoint: its staging server, queue and secrets of its own.
+    sword = { url = "https://sword.example.com/payrelay", query_callers = ["serviceAccount:sword-server@studio-prod.iam.gserviceaccount.com"],
+    sandbox = { url = "https://staging.sword.example.com/payrelay", timeout = "5s" } }
     # A game on a private network, spread over two queues with its own limits.
     farm-valley = { url = "https://farm.internal.example.com/payrelay", allow_private = true, timeout = "5s",
     shards = 2, max_dispatches_per_second = 20, max_concurrent_dispatches = 10 }
@@ -54,7 +56,7 @@ run "wiring" {
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn :
-    sort([for s in f.service_config[0].secret_environment_variables : s.key]) == sort(["GAME_SECRETS_FARM_VALLEY", "GAME_SECRETS_SWORD", "INGEST_SECRETS", "PROVIDER_CONFIG"])])
+    sort([for s in f.service_config[0].secret_environment_variables : s.key]) == sort(["GAME_SANDBOX_SECRETS_SWORD", "GAME_SECRETS_FARM_VALLEY", "GAME_SECRETS_SWORD", "INGEST_SECRETS", "PROVIDER_CONFIG"])])
     error_message = "secrets, each game's signing secrets among them, must reach the functions as secret environment variables"
   }
   assert {
@@ -67,8 +69,17 @@ run "wiring" {
     error_message = "each game must get its own signing-secret container"
   }
   assert {
-    condition     = sort([for q in google_cloud_tasks_queue.game : q.name]) == sort(["payrelay-farm-valley-0", "payrelay-farm-valley-1", "payrelay-sword-0"])
-    error_message = "every game must get its queue, one per shard"
+    condition = google_secret_manager_secret.secret["sandbox-sword"].secret_id == "payrelay-sandbox-sword-secrets" && !contains(keys(google_secret_manager_secret.secret), "sandbox-farm-valley") && alltrue([for f in google_cloudfunctions2_function.fn : alltrue([for s in f.service_config[0].secret_environment_variables :
+    s.secret == google_secret_manager_secret.secret["sandbox-sword"].secret_id if s.key == "GAME_SANDBOX_SECRETS_SWORD"])])
+    error_message = "a game's sandbox must sign with secrets of its own container (a staging server holds no production secret), and only a game with a sandbox gets one"
+  }
+  assert {
+    condition     = sort([for q in google_cloud_tasks_queue.game : q.name]) == sort(["payrelay-farm-valley-0", "payrelay-farm-valley-1", "payrelay-sword-0", "payrelay-sword-s0"])
+    error_message = "every game must get its queue, one per shard, and a game with a sandbox its sandbox queue"
+  }
+  assert {
+    condition     = google_cloud_tasks_queue.game["sword-s0"].rate_limits[0].max_dispatches_per_second == 50 && google_cloud_tasks_queue.game["sword-s0"].retry_config[0].max_attempts == -1 && google_cloud_tasks_queue_iam_member.runtime_enqueue["sword-s0"].name == "payrelay-sword-s0"
+    error_message = "a sandbox queue gets its own rate limits and retry policy, and the runtime may enqueue on it"
   }
   assert {
     condition     = google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_dispatches_per_second == 20 && google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_concurrent_dispatches == 10 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_dispatches_per_second == 50 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_concurrent_dispatches == 100
@@ -78,8 +89,10 @@ run "wiring" {
     condition = jsondecode(google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["GAMES"]) == [
       { name = "farm-valley", url = "https://farm.internal.example.com/payrelay", timeout = "5s", allow_private = true,
       queues = ["projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-0", "projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-1"] },
-      { name = "sword", url = "https://sword.example.com/payrelay", timeout = "10s", allow_private = false,
-      queues = ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"] },
+      { name   = "sword", url = "https://sword.example.com/payrelay", timeout = "10s", allow_private = false,
+        queues = ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"],
+        sandbox = { url = "https://staging.sword.example.com/payrelay", timeout = "5s", allow_private = false,
+      queues = ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-s0"] } },
     ]
     error_message = "GAMES must name every game's URL, settings and queues, as the functions read them"
   }
@@ -202,16 +215,16 @@ run "wiring" {
     error_message = "only the scheduler's identity may invoke Sweep"
   }
   assert {
-    condition     = length(google_firestore_index.payments) == 4 && alltrue([for i in google_firestore_index.payments : i.collection == "payments" && i.fields[0].field_path == "tags" && i.fields[0].array_config == "CONTAINS" && i.fields[length(i.fields) - 1].field_path == "received_at" && i.fields[length(i.fields) - 1].order == "DESCENDING"])
-    error_message = "the operators' list queries need their 4 composite indexes on payments"
+    condition     = length(google_firestore_index.payments) == 8 && alltrue([for i in google_firestore_index.payments : i.collection == "payments" && i.fields[0].field_path == "tags" && i.fields[0].array_config == "CONTAINS" && i.fields[length(i.fields) - 1].field_path == "received_at" && i.fields[length(i.fields) - 1].order == "DESCENDING"])
+    error_message = "the operators' list queries need their 8 composite indexes on payments"
   }
   assert {
     condition     = google_firestore_database.payments.type == "FIRESTORE_NATIVE"
     error_message = "Firestore must be in native mode"
   }
   assert {
-    condition     = output.ingest_url == "https://mock-ingest.a.run.app" && output.queues["sword"] == ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]
-    error_message = "outputs must give the Ingest URL and each game's queues"
+    condition     = output.ingest_url == "https://mock-ingest.a.run.app" && output.queues["sword"] == ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"] && output.sandbox_queues == { sword = ["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-s0"] }
+    error_message = "outputs must give the Ingest URL and each game's queues, and its sandbox's"
   }
 }
 
@@ -277,14 +290,18 @@ run "alerts_with_a_channel" {
     notification_channels = ["projects/studio-prod/notificationChannels/123"]
   }
   assert {
-    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "healed", "ingest_5xx", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "env_mismatch", "healed", "ingest_5xx", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
     error_message = "each concern must get its alert once a channel is given"
   }
   assert {
     condition = alltrue([for a in google_monitoring_alert_policy.count :
-      anytrue([for m in google_logging_metric.m : a.conditions[0].condition_threshold[0].filter == "metric.type=\"logging.googleapis.com/user/${m.name}\" AND resource.type=\"cloud_run_revision\""])
+      anytrue([for m in google_logging_metric.m : startswith(a.conditions[0].condition_threshold[0].filter, "metric.type=\"logging.googleapis.com/user/${m.name}\" AND resource.type=\"cloud_run_revision\"")])
     ])
     error_message = "every alert must watch a metric that exists"
+  }
+  assert {
+    condition     = endswith(google_monitoring_alert_policy.count["dead_letter"].conditions[0].condition_threshold[0].filter, " AND metric.label.environment=\"production\"") && endswith(google_monitoring_alert_policy.count["healed"].conditions[0].condition_threshold[0].filter, " AND metric.label.environment=\"production\"") && !strcontains(google_monitoring_alert_policy.count["env_mismatch"].conditions[0].condition_threshold[0].filter, "metric.label.environment") && !strcontains(google_monitoring_alert_policy.count["ingest_5xx"].conditions[0].condition_threshold[0].filter, "metric.label.environment") && strcontains(google_monitoring_alert_policy.game_failing[0].conditions[0].condition_prometheus_query_language[0].query, "environment=\"production\"")
+    error_message = "by default a sandbox failure pages nobody: dead letters, healed tasks and failing game servers alert for production only; an environment mismatch (a configuration mistake) always alerts"
   }
   assert {
     condition     = strcontains(google_monitoring_alert_policy.game_failing[0].conditions[0].condition_prometheus_query_language[0].query, "logging_googleapis_com:user_payrelay_attempts") && alltrue([for a in google_monitoring_alert_policy.count : length(a.notification_channels) == 1 && contains(a.notification_channels, "projects/studio-prod/notificationChannels/123")])
@@ -296,6 +313,46 @@ run "refuses_a_query_caller_that_is_not_a_service_account" {
   command = plan
   variables {
     games = { sword = { url = "https://sword.example.com/payrelay", query_callers = ["group:everyone@studio.example"] } }
+  }
+  expect_failures = [var.games]
+}
+
+run "alerts_on_sandbox_when_opted_in" {
+  command = apply
+  variables {
+    notification_channels = ["projects/studio-prod/notificationChannels/123"]
+    alert_on_sandbox      = true
+  }
+  assert {
+    condition     = alltrue([for a in google_monitoring_alert_policy.count : !strcontains(a.conditions[0].condition_threshold[0].filter, "metric.label.environment")]) && !strcontains(google_monitoring_alert_policy.game_failing[0].conditions[0].condition_prometheus_query_language[0].query, "environment=")
+    error_message = "with alert_on_sandbox, sandbox notifications alert like production's"
+  }
+}
+
+run "generic_sandbox_secret" {
+  command = apply
+  variables {
+    generic_sandbox_secret = true
+  }
+  assert {
+    condition = google_secret_manager_secret.secret["ingest-sandbox"].secret_id == "payrelay-ingest-sandbox-secrets" && alltrue([for f in google_cloudfunctions2_function.fn : anytrue([for s in f.service_config[0].secret_environment_variables :
+    s.key == "INGEST_SANDBOX_SECRETS" && s.secret == google_secret_manager_secret.secret["ingest-sandbox"].secret_id])])
+    error_message = "generic_sandbox_secret must create the sandbox-bound ingest secret and give it to the functions as INGEST_SANDBOX_SECRETS"
+  }
+}
+
+run "refuses_a_sandbox_at_the_production_url" {
+  command = plan
+  variables {
+    games = { sword = { url = "https://sword.example.com/payrelay", sandbox = { url = "https://SWORD.example.com/payrelay/" } } }
+  }
+  expect_failures = [var.games]
+}
+
+run "refuses_a_plain_http_sandbox" {
+  command = plan
+  variables {
+    games = { sword = { url = "https://sword.example.com/payrelay", sandbox = { url = "http://staging.sword.example.com/payrelay" } } }
   }
   expect_failures = [var.games]
 }

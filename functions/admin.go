@@ -23,8 +23,8 @@ const MaxAdminBody = 8 << 10
 // identity token; the handler takes the caller's identity from that token for the log and the
 // notification's history.
 //
-//	GET  /api/notifications?state=&type=&game=&provider=&from=&to=&cursor=&limit=
-//	GET  /api/payments?provider=&merchant=&order=          find a payment by its order id
+//	GET  /api/notifications?state=&type=&game=&provider=&environment=&from=&to=&cursor=&limit=
+//	GET  /api/payments?provider=&merchant=&order=&environment=   find a payment by its order id (production by default)
 //	GET  /api/payments/{id}                                 one payment, every notification and attempt
 //	POST /api/payments/{id}/notifications/{key}/replay      {"reason":"...","force":false}
 //	POST /api/payments/{id}/notifications/{key}/cancel      {"reason":"..."}
@@ -77,8 +77,12 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 		h.adminList(w, r)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "payments":
 		q := r.URL.Query()
-		id := relay.PaymentID(relay.EnvProduction, q.Get("provider"), q.Get("merchant"), q.Get("order"))
-		h.adminShow(w, r, id)
+		env, err := queryEnvironment(q, relay.EnvProduction)
+		if err != nil {
+			writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: err.Error(), Field: "environment"})
+			return
+		}
+		h.adminShow(w, r, relay.PaymentID(env, q.Get("provider"), q.Get("merchant"), q.Get("order")))
 	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "api" && parts[1] == "payments":
 		h.adminShow(w, r, parts[2])
 	case len(parts) == 6 && parts[0] == "api" && parts[1] == "payments" && parts[3] == "notifications" && (parts[5] == "replay" || parts[5] == "cancel"):
@@ -155,6 +159,12 @@ func (h *Handler) adminShow(w http.ResponseWriter, r *http.Request, id string) {
 func (h *Handler) adminList(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := relay.Filter{State: relay.State(q.Get("state")), Type: relay.Type(q.Get("type")), Game: q.Get("game"), Provider: q.Get("provider")}
+	env, err := queryEnvironment(q, "")
+	if err != nil {
+		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: err.Error(), Field: "environment"})
+		return
+	}
+	f.Environment = env
 	for name, t := range map[string]*time.Time{"from": &f.From, "to": &f.To} {
 		if v := q.Get(name); v != "" {
 			parsed, err := time.Parse(time.RFC3339, v)
@@ -182,7 +192,8 @@ func (h *Handler) adminList(w http.ResponseWriter, r *http.Request) {
 		out.Notifications = append(out.Notifications, listedView{
 			PaymentID: it.Payment.ID, NotificationID: relay.NotificationID(it.Payment.ID, it.Notification.Key), Key: it.Notification.Key,
 			Type: string(it.Notification.Type), State: string(it.Notification.State), Game: it.Payment.Game, Provider: it.Payment.Provider,
-			OrderID: it.Payment.OrderID, Attempt: it.Notification.Attempt, Generation: it.Notification.Generation,
+			Environment: string(it.Payment.Environment),
+			OrderID:     it.Payment.OrderID, Attempt: it.Notification.Attempt, Generation: it.Notification.Generation,
 			NextAttemptAt: it.Notification.NextAttemptAt, ReceivedAt: it.Payment.ReceivedAt, Reason: it.Notification.Reason,
 		})
 	}
@@ -197,6 +208,7 @@ type listedView struct {
 	State          string    `json:"state"`
 	Game           string    `json:"game"`
 	Provider       string    `json:"provider"`
+	Environment    string    `json:"environment"`
 	OrderID        string    `json:"order_id"`
 	Attempt        int       `json:"attempt"`
 	Generation     int       `json:"generation"`
@@ -207,6 +219,16 @@ type listedView struct {
 
 // paymentView is a payment as the API shows it: its facts and every notification with its
 // attempts and operator actions.
+// queryEnvironment reads the request's environment parameter: def when absent, an error
+// naming the two when it is neither.
+func queryEnvironment(q url.Values, def relay.Environment) (relay.Environment, error) {
+	v := q.Get("environment")
+	if v == "" {
+		return def, nil
+	}
+	return relay.ParseEnvironment(v)
+}
+
 func paymentView(p *relay.Payment) any {
 	type attempt struct {
 		Generation int       `json:"generation"`
@@ -236,6 +258,7 @@ func paymentView(p *relay.Payment) any {
 	out := struct {
 		ID            string            `json:"payment_id"`
 		Provider      string            `json:"provider"`
+		Environment   string            `json:"environment"`
 		Merchant      string            `json:"merchant"`
 		OrderID       string            `json:"order_id"`
 		TransactionID string            `json:"transaction_id"`
@@ -247,7 +270,7 @@ func paymentView(p *relay.Payment) any {
 		Notifications []notification    `json:"notifications"`
 		Notes         []relay.Note      `json:"notes,omitempty"`
 		Metadata      map[string]string `json:"metadata,omitempty"`
-	}{ID: p.ID, Provider: p.Provider, Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
+	}{ID: p.ID, Provider: p.Provider, Environment: string(p.Environment), Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, Game: p.Game, RefundedMinor: p.RefundedMinor,
 		ReceivedAt: p.ReceivedAt, Notes: p.Notes, Metadata: p.Metadata}
 	for _, n := range p.Notifications {

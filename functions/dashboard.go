@@ -9,6 +9,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,7 +34,12 @@ func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request, parts []stri
 		h.paymentPage(w, r, parts[1])
 	case r.Method == http.MethodGet && len(parts) == 1 && parts[0] == "find":
 		q := r.URL.Query()
-		id := relay.PaymentID(relay.EnvProduction, q.Get("provider"), q.Get("merchant"), q.Get("order"))
+		env, err := queryEnvironment(q, relay.EnvProduction)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		id := relay.PaymentID(env, q.Get("provider"), q.Get("merchant"), q.Get("order"))
 		http.Redirect(w, r, "payments/"+url.PathEscape(id), http.StatusSeeOther)
 	case r.Method == http.MethodPost && len(parts) == 5 && parts[0] == "payments" && parts[2] == "notifications" && (parts[4] == "replay" || parts[4] == "cancel"):
 		h.formPost(w, r, parts[1], parts[3], parts[4])
@@ -124,55 +130,82 @@ type overviewData struct {
 	States                []relay.State
 	Games                 []gameCounts
 	Failed, Held, Overdue []relay.Listed
-	Limit                 int
-	CSRF                  string
-	Queryable             []string // providers whose orders can be queried (补单)
+	NotRelayed            []relay.Listed
+	// Environment filters the page ("" for both); Environments are the choices.
+	Environment  relay.Environment
+	Environments []relay.Environment
+	Limit        int
+	CSRF         string
+	Queryable    []string // providers whose orders can be queried (补单)
 }
 
 type gameCounts struct {
-	Game   string
-	Counts map[relay.State]string
+	Game        string
+	Environment relay.Environment
+	Counts      map[relay.State]string
 }
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 	ctx := h.context(r)
-	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled}, Limit: dashboardLimit,
-		CSRF: csrfToken(w, r), Queryable: h.queryable()}
-	counts := map[string]map[relay.State]int{}
+	env, err := queryEnvironment(r.URL.Query(), "")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled, relay.StateNotRelayed}, Limit: dashboardLimit,
+		CSRF: csrfToken(w, r), Queryable: h.queryable(), Environment: env, Environments: relay.Environments}
+	type route struct {
+		game string
+		env  relay.Environment
+	}
+	counts := map[route]map[relay.State]int{}
 	for _, st := range d.States {
-		items, _, err := h.Service.List(ctx, relay.Filter{State: st}, "", dashboardLimit)
+		items, _, err := h.Service.List(ctx, relay.Filter{State: st, Environment: env}, "", dashboardLimit)
 		if err != nil {
 			http.Error(w, "temporarily unavailable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		for _, it := range items {
-			if counts[it.Payment.Game] == nil {
-				counts[it.Payment.Game] = map[relay.State]int{}
+			k := route{it.Payment.Game, it.Payment.Environment}
+			if counts[k] == nil {
+				counts[k] = map[relay.State]int{}
 			}
-			counts[it.Payment.Game][st]++
+			counts[k][st]++
 		}
 		switch st {
 		case relay.StateFailed:
 			d.Failed = items
 		case relay.StateHeld:
 			d.Held = items
+		case relay.StateNotRelayed:
+			d.NotRelayed = items
 		}
 	}
+	// A row per game and environment: production for every game, sandbox where the game has a
+	// sandbox endpoint or sandbox notifications.
 	for _, g := range h.Games {
-		gc := gameCounts{Game: g, Counts: map[relay.State]string{}}
-		for _, st := range d.States {
-			n := counts[g][st]
-			gc.Counts[st] = fmt.Sprint(n)
-			if n >= dashboardLimit {
-				gc.Counts[st] = fmt.Sprintf("%d+", n)
+		for _, e := range relay.Environments {
+			if env != "" && e != env || e == relay.EnvSandbox && !h.Routes.Has(g, e) && counts[route{g, e}] == nil {
+				continue
 			}
+			gc := gameCounts{Game: g, Environment: e, Counts: map[relay.State]string{}}
+			for _, st := range d.States {
+				n := counts[route{g, e}][st]
+				gc.Counts[st] = fmt.Sprint(n)
+				if n >= dashboardLimit {
+					gc.Counts[st] = fmt.Sprintf("%d+", n)
+				}
+			}
+			d.Games = append(d.Games, gc)
 		}
-		d.Games = append(d.Games, gc)
 	}
 	overdue, err := h.Service.Overdue(ctx, dashboardLimit)
 	if err != nil {
 		http.Error(w, "temporarily unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
+	}
+	if env != "" {
+		overdue = slices.DeleteFunc(overdue, func(l relay.Listed) bool { return l.Payment.Environment != env })
 	}
 	d.Overdue = overdue
 	csrfToken(w, r)
@@ -311,7 +344,9 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%d.%0*d %s", minor/div, exp, minor%div, currency)
 	},
-	"replayable":  func(s relay.State) bool { return s == relay.StateFailed || s == relay.StateCancelled },
+	"replayable": func(s relay.State) bool {
+		return s == relay.StateFailed || s == relay.StateCancelled || s == relay.StateNotRelayed
+	},
 	"cancellable": func(s relay.State) bool { return s == relay.StatePending || s == relay.StateHeld },
 	"path":        url.PathEscape,
 }
@@ -320,29 +355,35 @@ const style = `<style>
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;font-size:13px}th{background:#f4f4f4}
-.failed{color:#c0392b;font-weight:600}.held{color:#8e44ad}.delivered{color:#27ae60}.pending{color:#2c3e50}.cancelled{color:#7f8c8d}
+.failed{color:#c0392b;font-weight:600}.held{color:#8e44ad}.delivered{color:#27ae60}.pending{color:#2c3e50}.cancelled{color:#7f8c8d}.not_relayed{color:#b9770e}
+.sandbox{background:#fff4d6;color:#7a5200;border:1px solid #e0b84d;border-radius:3px;padding:0 4px;font-size:11px;font-weight:600;text-transform:uppercase}
+tr.env-sandbox td{background:#fffaf0}
 form{display:inline-block;margin:4px 8px 4px 0}input[type=text]{width:220px}code{font-size:12px}
 </style>`
 
 var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay</title>` + style + `</head><body>
 <h1>payrelay</h1><p>{{ts .Now}} UTC. Counts stop at {{.Limit}}. <a href="reconciliations" id="reconciliations">Reconciliation against the providers' bills</a></p>
-<form action="find" method="get">find a payment: <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
+<form action="find" method="get">find a payment: <select name="environment"><option>production</option><option>sandbox</option></select> <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
 {{if .Queryable}}<form action="query" method="post" id="query">query the provider (补单): <select name="provider">{{range .Queryable}}<option>{{.}}</option>{{end}}</select> <input name="merchant" placeholder="merchant / app id" size="18" required> <input name="order" placeholder="order id" size="18" required> <input type="text" name="reason" placeholder="why" required><input type="hidden" name="csrf" value="{{.CSRF}}"> <button>query</button></form>{{end}}
+<form action="./" method="get" id="environment">environment: <select name="environment"><option value="">both</option>{{range .Environments}}<option{{if eq . $.Environment}} selected{{end}}>{{.}}</option>{{end}}</select> <button>show</button></form>
 <h2>Notifications by state</h2>
-<table id="counts"><tr><th>game</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
-{{range $g := .Games}}<tr><td>{{$g.Game}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>
+<table id="counts"><tr><th>game</th><th>environment</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
+{{range $g := .Games}}<tr class="env-{{$g.Environment}}" data-game="{{$g.Game}}" data-environment="{{$g.Environment}}"><td>{{$g.Game}}</td><td>{{template "env" $g.Environment}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>
 <h2>Failed ({{len .Failed}})</h2>{{template "list" .Failed}}
+<h2>Not relayed ({{len .NotRelayed}}): stored, never posted (no endpoint for their environment, or an app configured for the other); replay once it has one</h2>{{template "list" .NotRelayed}}
 <h2>Overdue ({{len .Overdue}}): pending past their time or holding an expired lease; the sweeper heals them</h2>{{template "list" .Overdue}}
 <h2>Held ({{len .Held}}): refunds waiting behind their payment</h2>{{template "list" .Held}}
 </body></html>
-{{define "list"}}<table><tr><th>payment</th><th>game</th><th>provider</th><th>order</th><th>notification</th><th>state</th><th>attempt</th><th>received</th><th>reason</th></tr>
-{{range .}}<tr><td><a href="payments/{{path .Payment.ID}}">{{short .Payment.ID}}</a></td><td>{{.Payment.Game}}</td><td>{{.Payment.Provider}}</td><td>{{.Payment.OrderID}}</td>
+{{define "env"}}{{if eq . "sandbox"}}<span class="sandbox">sandbox</span>{{else}}{{.}}{{end}}{{end}}
+{{define "list"}}<table><tr><th>payment</th><th>game</th><th>environment</th><th>provider</th><th>order</th><th>notification</th><th>state</th><th>attempt</th><th>received</th><th>reason</th></tr>
+{{range .}}<tr class="env-{{.Payment.Environment}}"><td><a href="payments/{{path .Payment.ID}}">{{short .Payment.ID}}</a></td><td>{{.Payment.Game}}</td><td>{{template "env" .Payment.Environment}}</td><td>{{.Payment.Provider}}</td><td>{{.Payment.OrderID}}</td>
 <td>{{.Notification.Type}}</td><td class="{{.Notification.State}}">{{.Notification.State}}</td><td>{{.Notification.Attempt}}</td><td>{{ts .Payment.ReceivedAt}}</td><td>{{.Notification.Reason}}</td></tr>{{end}}</table>{{end}}`))
 
 var paymentPage = template.Must(template.New("payment").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payment {{.P.OrderID}}</title>` + style + `</head><body>
 <p><a href="../">← overview</a></p>
-<h1>{{.P.Provider}} order {{.P.OrderID}}</h1>
+<h1>{{.P.Provider}} order {{.P.OrderID}}{{if eq .P.Environment "sandbox"}} <span class="sandbox" id="sandbox">sandbox</span>{{end}}</h1>
 <table><tr><th>payment</th><td><code>{{.P.ID}}</code></td></tr><tr><th>game</th><td>{{.P.Game}}</td></tr>
+<tr><th>environment</th><td id="environment">{{template "env" .P.Environment}}</td></tr>
 <tr><th>merchant</th><td>{{.P.Merchant}}</td></tr><tr><th>transaction</th><td>{{.P.TransactionID}}</td></tr>
 <tr><th>amount</th><td>{{money .P.AmountMinor .P.Currency}} (refunded {{money .P.RefundedMinor .P.Currency}})</td></tr>
 <tr><th>received</th><td>{{ts .P.ReceivedAt}}</td></tr></table>
@@ -365,4 +406,5 @@ var paymentPage = template.Must(template.New("payment").Funcs(funcs).Parse(`<!do
 {{if eq $n.N.State "delivered"}}<form method="post" action="{{path $.P.ID}}/notifications/{{path $n.N.Key}}/replay"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="hidden" name="force" value="on"><input type="text" name="reason" placeholder="why send again" required><button>send again (forced)</button></form>{{end}}
 {{if cancellable $n.N.State}}<form method="post" action="{{path $.P.ID}}/notifications/{{path $n.N.Key}}/cancel"><input type="hidden" name="csrf" value="{{$.CSRF}}"><input type="text" name="reason" placeholder="why cancel" required><button class="cancel">cancel</button></form>{{end}}
 </section>{{end}}
-</body></html>`))
+</body></html>
+{{define "env"}}{{if eq . "sandbox"}}<span class="sandbox">sandbox</span>{{else}}{{.}}{{end}}{{end}}`))

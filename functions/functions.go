@@ -190,7 +190,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		return nil, nil, err
 	}
 	log.InfoContext(ctx, "payrelay configured", "config", cfg)
-	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID, Games: cfg.Games.Names(),
+	return &Handler{Service: svc, Providers: providers, Logger: log, Clock: relay.SystemClock{}, ProjectID: cfg.ProjectID, Games: cfg.Games.Names(), Routes: cfg.Games.Routes(),
 		ProviderConfig: cfg.ProviderConfig.Config, QueryCallers: cfg.QueryCallers}, closeAll, nil
 }
 

@@ -40,6 +40,9 @@ type Handler struct {
 	Clock     relay.Clock
 	ProjectID string   // for Cloud Logging trace ids
 	Games     []string // the configured games, for the dashboard
+	// Routes are the games' environments (every game's production, and sandbox where it has
+	// an endpoint), for the dashboard's rows.
+	Routes relay.Routes
 	// ProviderConfig routes merchants to games (which orders a game server may query).
 	ProviderConfig provider.Config
 	// QueryCallers maps a game server's identity to the game whose orders it may query.

@@ -24,7 +24,9 @@ type queryAnswer struct {
 	Provider string `json:"provider"`
 	Merchant string `json:"merchant"`
 	OrderID  string `json:"order_id"`
-	Reported string `json:"provider_reported"`
+	// Environment is the order's, as the provider's answer (the app queried) says.
+	Environment string `json:"environment,omitempty"`
+	Reported    string `json:"provider_reported"`
 	// Action: "ingested" (stored now and relayed), "already stored" (nothing changed), or
 	// "nothing to relay" (not paid, or no such trade).
 	Action  string `json:"action"`
@@ -147,7 +149,16 @@ func (h *Handler) formQuery(w http.ResponseWriter, r *http.Request) {
 		Answer queryAnswer
 		Err    *errorBody
 		ID     string
-	}{out, eb, relay.PaymentID(relay.EnvProduction, out.Provider, out.Merchant, out.OrderID)})
+	}{out, eb, relay.PaymentID(out.environment(), out.Provider, out.Merchant, out.OrderID)})
+}
+
+// environment is the answer's environment; production when the provider's answer named none
+// (no such trade), which only names the page a link would lead to.
+func (a queryAnswer) environment() relay.Environment {
+	if a.Environment == "" {
+		return relay.EnvProduction
+	}
+	return relay.Environment(a.Environment)
 }
 
 var queryPage = template.Must(template.New("query").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay: order query</title>` + style + `</head><body>
@@ -195,10 +206,11 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 		return http.StatusForbidden, queryAnswer{Provider: prov, Merchant: merchant, OrderID: orderID}, notYours
 	}
 	if ans.Result != nil {
+		out.Environment = string(ans.Result.Payment.Environment)
 		// Already notified: compare the facts both sides state for certain (amount, the provider's
 		// transaction id) and change nothing. The query's time (Alipay's send_pay_date) is not
 		// the notification's gmt_payment to the second, so it is not held against it.
-		id := relay.PaymentID(relay.EnvProduction, prov, ans.Result.Payment.Merchant, ans.Result.Payment.OrderID)
+		id := relay.PaymentID(ans.Result.Payment.Environment, prov, ans.Result.Payment.Merchant, ans.Result.Payment.OrderID)
 		if p, err := h.Service.Show(ctx, id); err == nil && p.Paid() != nil && ans.Result.Type == relay.TypePaymentSucceeded {
 			q := ans.Result.Payment
 			if p.AmountMinor != q.AmountMinor || p.Currency != q.Currency || p.TransactionID != "" && q.TransactionID != "" && p.TransactionID != q.TransactionID {

@@ -162,3 +162,81 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		t.Errorf("logged config lacks the project: %s", out)
 	}
 }
+
+const sandboxQueue = "projects/studio-prod/locations/asia-east1/queues/payrelay-sword-s0"
+
+// withSandbox is valid() with sword given a sandbox block (JSON) and its sandbox secrets.
+func withSandbox(sandbox, secrets string) map[string]string {
+	m := valid()
+	m["GAMES"] = strings.Replace(games, `"queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]}`,
+		`"queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"],"sandbox":`+sandbox+`}`, 1)
+	if secrets != "" {
+		m["GAME_SANDBOX_SECRETS_SWORD"] = secrets
+	}
+	return m
+}
+
+func TestLoadSandboxEndpoint(t *testing.T) {
+	t.Parallel()
+	sandboxSecret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("sandbox-only-secret-0123456789ab"))
+	c, err := Load(context.Background(), envconfig.MapLookuper(withSandbox(
+		`{"url":"https://staging.sword.example.com/payrelay","timeout":"3s","queues":["`+sandboxQueue+`"]}`, sandboxSecret)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := c.Games[0].Sandbox
+	if sb == nil || sb.URL != "https://staging.sword.example.com/payrelay" || sb.Timeout != 3*time.Second || len(sb.Secrets) != 1 || len(sb.Queues) != 1 {
+		t.Fatalf("sword's sandbox = %+v", sb)
+	}
+	if c.Games[1].Sandbox != nil {
+		t.Errorf("farm-valley has a sandbox: %+v", c.Games[1].Sandbox)
+	}
+	routes := c.Games.Routes()
+	if len(routes["sword"]) != 2 || len(routes["farm-valley"]) != 1 {
+		t.Errorf("routes = %v, want sword production and sandbox, farm-valley production only", routes)
+	}
+	if q := c.Games.SandboxQueues(); len(q) != 1 || q["sword"][0] != sandboxQueue {
+		t.Errorf("sandbox queues = %v", q)
+	}
+	if logged := fmt.Sprint(c.LogValue()); !strings.Contains(logged, "staging.sword.example.com") || strings.Contains(logged, strings.TrimPrefix(sandboxSecret, "whsec_")) {
+		t.Errorf("the log names the sandbox's URL, never its secret: %v", c.LogValue())
+	}
+}
+
+// No configuration can lead a sandbox notification to production: the production URL, a
+// production secret or a production queue in a sandbox block each stop the start.
+func TestLoadRefusesASandboxThatLeadsToProduction(t *testing.T) {
+	t.Parallel()
+	other := "whsec_" + base64.StdEncoding.EncodeToString([]byte("sandbox-only-secret-0123456789ab"))
+	for name, tc := range map[string]struct {
+		sandbox, secrets, want string
+	}{
+		"the production url": {`{"url":"https://SWORD.example.com:443/payrelay/","queues":["` + sandboxQueue + `"]}`, other,
+			"sandbox: url is the production url"},
+		"a production secret": {`{"url":"https://staging.sword.example.com/payrelay","queues":["` + sandboxQueue + `"]}`, other + "," + secretA,
+			"a staging server must not hold production secrets"},
+		"a production queue": {`{"url":"https://staging.sword.example.com/payrelay","queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-sword-0"]}`, other,
+			"each endpoint has queues of its own"},
+		"another game's queue": {`{"url":"https://staging.sword.example.com/payrelay","queues":["projects/studio-prod/locations/asia-east1/queues/payrelay-farm-valley-1"]}`, other,
+			"each endpoint has queues of its own"},
+		"no secrets": {`{"url":"https://staging.sword.example.com/payrelay","queues":["` + sandboxQueue + `"]}`, "",
+			"GAME_SANDBOX_SECRETS_SWORD is required"},
+		"no queue":       {`{"url":"https://staging.sword.example.com/payrelay"}`, other, "GAMES sword sandbox: queues"},
+		"no url":         {`{"queues":["` + sandboxQueue + `"]}`, other, "GAMES sword sandbox: url is required"},
+		"plain http":     {`{"url":"http://staging.sword.example.com/p","queues":["` + sandboxQueue + `"]}`, other, "plain http"},
+		"an unknown key": {`{"url":"https://staging.sword.example.com/p","queues":["` + sandboxQueue + `"],"fallback":true}`, other, "unknown field"},
+	} {
+		_, err := Load(context.Background(), envconfig.MapLookuper(withSandbox(tc.sandbox, tc.secrets)))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", name, err, tc.want)
+		}
+	}
+}
+
+func TestGameSandboxSecretsVarCannotCollide(t *testing.T) {
+	t.Parallel()
+	// Game sword's sandbox and a game named sword-sandbox read different variables.
+	if GameSandboxSecretsVar("sword") == GameSecretsVar("sword-sandbox") {
+		t.Fatal("a game's sandbox secrets share a variable with another game's")
+	}
+}

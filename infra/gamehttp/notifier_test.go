@@ -9,8 +9,11 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/functions/webhook"
@@ -279,5 +282,84 @@ func TestDialGuard(t *testing.T) {
 		if err := gd.check(netip.MustParseAddr(addr)); (err == nil) != ok {
 			t.Errorf("check(%s) = %v, want allowed %v", addr, err, ok)
 		}
+	}
+}
+
+// TestGamesRouteByEnvironment: a sandbox payment's notification reaches the game's sandbox
+// server signed with the sandbox secret, and the production server receives nothing; a game
+// with no sandbox endpoint gets nothing posted anywhere.
+func TestGamesRouteByEnvironment(t *testing.T) {
+	t.Parallel()
+	sandboxSecret := webhook.NewSecret([]byte("sandbox-secret-of-the-staging-server"))
+	type hit struct {
+		env        string
+		verifiedBy string
+	}
+	var mu sync.Mutex
+	hits := map[string][]hit{}
+	server := func(name string) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			var p Payload
+			json.Unmarshal(b, &p)
+			by := "none"
+			for secretName, s := range map[string]webhook.Secret{"production": secret, "sandbox": sandboxSecret} {
+				v, _ := webhook.NewVerifier(s)
+				if v.Verify(r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp"), r.Header.Get("webhook-signature"), b, time.Now()) == nil {
+					by = secretName
+				}
+			}
+			mu.Lock()
+			hits[name] = append(hits[name], hit{p.Data.Environment, by})
+			mu.Unlock()
+		}))
+	}
+	prod, staging, farm := server("sword production"), server("sword sandbox"), server("farm production")
+	defer prod.Close()
+	defer staging.Close()
+	defer farm.Close()
+	gs, err := NewGames(
+		[]Game{game(prod.URL, time.Second), {Name: "farm", URL: farm.URL, Secrets: []webhook.Secret{secret}, Timeout: time.Second}},
+		[]Game{{Name: "sword", URL: staging.URL, Secrets: []webhook.Secret{sandboxSecret}, Timeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandboxPay := payment()
+	sandboxPay.Game, sandboxPay.Environment = "sword", relay.EnvSandbox
+	if r := gs.Notify(context.Background(), sandboxPay, sandboxPay.Paid(), 1); r.StatusCode != 200 {
+		t.Fatalf("sandbox notify = %+v", r)
+	}
+	prodPay := payment()
+	prodPay.Game = "sword"
+	if r := gs.Notify(context.Background(), prodPay, prodPay.Paid(), 1); r.StatusCode != 200 {
+		t.Fatalf("production notify = %+v", r)
+	}
+	farmSandbox := payment()
+	farmSandbox.Game, farmSandbox.Environment = "farm", relay.EnvSandbox
+	if r := gs.Notify(context.Background(), farmSandbox, farmSandbox.Paid(), 1); r.ErrorClass != relay.ErrorConfig || r.StatusCode != 0 {
+		t.Errorf("a sandbox notification of a game without a sandbox endpoint = %+v, want a config error and no POST", r)
+	}
+	// An environment that is neither (a document written by hand) goes nowhere either.
+	odd := payment()
+	odd.Game, odd.Environment = "sword", "staging"
+	if r := gs.Notify(context.Background(), odd, odd.Paid(), 1); r.ErrorClass != relay.ErrorConfig {
+		t.Errorf("environment %q = %+v, want a config error", odd.Environment, r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string][]hit{
+		"sword sandbox":    {{"sandbox", "sandbox"}},
+		"sword production": {{"production", "production"}},
+	}
+	if diff := cmp.Diff(want, hits, cmp.AllowUnexported(hit{})); diff != "" {
+		t.Errorf("posts by server (-want +got):\n%s", diff)
+	}
+	// One endpoint alone refuses the other environment too: defence in depth behind Games.
+	n, err := New(game(prod.URL, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := n.Notify(context.Background(), sandboxPay, sandboxPay.Paid(), 1); r.ErrorClass != relay.ErrorConfig {
+		t.Errorf("a production endpoint given a sandbox payment = %+v, want a config error", r)
 	}
 }

@@ -38,6 +38,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	target := fs.String("url", "", "the game server's payrelay endpoint (required)")
 	secret := fs.String("secret", "", "the game's signing secret, whsec_... (required)")
 	timeout := fs.Duration("timeout", gamehttp.MaxTimeout, "how long payrelay waits for an answer")
+	envName := fs.String("environment", string(relay.EnvProduction), "the environment the server serves: production, or sandbox for a staging server")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -49,6 +50,11 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "payrelay local probe: -url and -secret (whsec_<base64>) are required")
 		return 2
 	}
+	env, err := relay.ParseEnvironment(*envName)
+	if err != nil {
+		fmt.Fprintln(stderr, "payrelay local probe: -environment", err)
+		return 2
+	}
 	if err := probeTarget(*target); err != nil {
 		fmt.Fprintln(stderr, "payrelay local probe:", err)
 		return 2
@@ -56,7 +62,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "probing %s with TEST notifications (orders probe-*, not real payments)\n\n", *target)
 	client := &http.Client{Timeout: *timeout + 5*time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
-	pay := &relay.Payment{ID: "probe-pay-" + stamp, Provider: "generic", Merchant: "probe", OrderID: "probe-" + stamp, TransactionID: "probe-txn-" + stamp,
+	pay := &relay.Payment{ID: "probe-pay-" + stamp, Provider: "generic", Environment: env, Merchant: "probe", OrderID: "probe-" + stamp, TransactionID: "probe-txn-" + stamp,
 		AmountMinor: 648, Currency: "CNY", PaidAt: time.Now().UTC().Truncate(time.Second), AppID: "probe", Game: "probe"}
 	paid := relay.Notification{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, Attempt: 1}
 	refund := relay.Notification{Key: relay.RefundKey("probe-r1"), Type: relay.TypePaymentRefunded, Attempt: 1,
@@ -66,6 +72,13 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	orphan.ID, orphan.OrderID = "probe-orphan-"+stamp, "probe-unknown-"+stamp
 	orphan.Notifications = []relay.Notification{refund}
 	other := webhook.NewSecret([]byte("not-the-game-secret-not-the-one!"))
+	// The same payment from the other environment, under its own id as payrelay gives it.
+	otherEnv := *pay
+	otherEnv.ID, otherEnv.OrderID, otherEnv.Environment = "probe-env-"+stamp, "probe-env-"+stamp, relay.EnvSandbox
+	if env == relay.EnvSandbox {
+		otherEnv.Environment = relay.EnvProduction
+	}
+	otherEnv.Notifications = []relay.Notification{paid}
 
 	send := func(p *relay.Payment, n *relay.Notification, ts time.Time, sign func(id string, ts time.Time, body []byte) string) (int, time.Duration, error) {
 		body, _ := json.Marshal(gamehttp.NewPayload(p, n, 1))
@@ -106,6 +119,9 @@ func probe(args []string, stdout, stderr io.Writer) int {
 			func(id string, ts time.Time, body []byte) string {
 				return other.Sign(id, ts, body) + " " + sec.Sign(id, ts, body)
 			}},
+		{probeCase{name: "a " + string(otherEnv.Environment) + " notification", want: "4xx",
+			why: fmt.Sprintf("refuse data.environment %s: this server serves %s (a test payment must never grant on production)", otherEnv.Environment, env)},
+			&otherEnv, &otherEnv.Notifications[0], time.Now(), good},
 	}
 	failed := 0
 	fmt.Fprintf(stdout, "%-48s %-6s %-10s %-9s %s\n", "case", "want", "got", "took", "")

@@ -32,13 +32,13 @@ func runProbe(t *testing.T, url string, extra ...string) (int, string) {
 	return code, string(out)
 }
 
-// startHandler runs a reference handler and returns its URL.
-func startHandler(t *testing.T, name string, args ...string) string {
+// startHandler runs a reference handler serving env and returns its URL.
+func startHandler(t *testing.T, name, env string, args ...string) string {
 	t.Helper()
 	port, _ := emulator.FreePort()
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1", "GAME_SECRETS="+probeSecret.Encode(),
-		"LEDGER="+filepath.Join(t.TempDir(), name+".jsonl"))
+		"LEDGER="+filepath.Join(t.TempDir(), name+"-"+env+".jsonl"), "PAYRELAY_ENVIRONMENT="+env)
 	if name == "php" {
 		cmd.Args = append(cmd.Args[:1], "-S", fmt.Sprintf("127.0.0.1:%d", port), "gamekit/php/handler.php")
 	}
@@ -82,9 +82,18 @@ func TestProbePassesTheReferenceHandlers(t *testing.T) {
 		handlers[tool] = args
 	}
 	for name, args := range handlers {
-		url := startHandler(t, name, args...)
-		if code, out := runProbe(t, url); code != 0 || !strings.Contains(out, "verdict: PASS") {
-			t.Errorf("%s handler: exit %d\n%s", name, code, out)
+		// A production server, and the same handler as a staging server: each refuses the
+		// other environment's notification (the probe's last case).
+		for _, env := range []string{"production", "sandbox"} {
+			url := startHandler(t, name, env, args...)
+			code, out := runProbe(t, url, "-environment", env)
+			if code != 0 || !strings.Contains(out, "verdict: PASS") {
+				t.Errorf("%s handler serving %s: exit %d\n%s", name, env, code, out)
+			}
+			other := map[string]string{"production": "sandbox", "sandbox": "production"}[env]
+			if !strings.Contains(out, "a "+other+" notification") {
+				t.Errorf("%s handler serving %s: the probe sent no %s notification\n%s", name, env, other, out)
+			}
 		}
 	}
 }
@@ -146,6 +155,13 @@ func TestProbeNamesEachFailure(t *testing.T) {
 			}
 			w.WriteHeader(204)
 		}, []string{"two signatures, the first from a rotated secret"}, nil},
+		"grants any environment": {func(w http.ResponseWriter, r *http.Request) {
+			if !verifies(r, read(r), false) {
+				w.WriteHeader(401)
+				return
+			}
+			w.WriteHeader(204)
+		}, []string{"a sandbox notification"}, nil},
 		"answers too slowly": {func(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(400 * time.Millisecond)
 			w.WriteHeader(204)
@@ -169,6 +185,9 @@ func TestProbeNamesEachFailure(t *testing.T) {
 				t.Errorf("%s: case %q not named as failing:\n%s", name, c, out)
 			}
 		}
+	}
+	if code, out := runProbe(t, "http://127.0.0.1:1/", "-environment", "staging"); code != 2 || !strings.Contains(out, "-environment") {
+		t.Errorf("-environment staging: exit %d\n%s", code, out)
 	}
 	// The probe never sends to the metadata server's range.
 	if code, out := runProbe(t, "http://169.254.169.254/computeMetadata/v1/"); code != 2 || !strings.Contains(out, "never sends to") {

@@ -3,7 +3,9 @@
 // notification lost (a proxy in front of it lets the handler process the POST and answers
 // payrelay 503, so payrelay retries), every task dispatched twice at once, payrelay signing with two secrets (a rotation) of which each handler may hold
 // either. Each handler's ledger must show every payment granted once and every refund revoked
-// once.
+// once. Each handler also runs as its game's sandbox server (PAYRELAY_ENVIRONMENT=sandbox, the
+// sandbox secret, a ledger of its own): sandbox payments are granted there once, and never on
+// the production server.
 package gamekit_test
 
 import (
@@ -31,8 +33,9 @@ import (
 )
 
 var (
-	oldSecret = webhook.NewSecret([]byte("game-secret-old-game-secret-old!"))
-	newSecret = webhook.NewSecret([]byte("game-secret-new-game-secret-new!"))
+	oldSecret     = webhook.NewSecret([]byte("game-secret-old-game-secret-old!"))
+	newSecret     = webhook.NewSecret([]byte("game-secret-new-game-secret-new!"))
+	sandboxSecret = webhook.NewSecret([]byte("game-secret-of-the-staging-serve"))
 )
 
 // handler is one reference handler, started as its users run it.
@@ -42,6 +45,8 @@ type handler struct {
 	secrets []webhook.Secret // what this game server holds
 	ledger  string
 	proxy   *failFirst
+	// sandboxLedger is the ledger of the same handler run as the game's sandbox server.
+	sandboxLedger string
 }
 
 // failFirst is a reverse proxy that loses the handler's first answer to every webhook-id: it
@@ -117,12 +122,13 @@ func TestReferenceHandlersAgainstRealDeliveries(t *testing.T) {
 		}},
 	}
 	var games []stack.ExtraGame
-	for _, h := range handlers {
+	// start runs h serving env with secrets, writing ledger, and returns its URL behind a proxy
+	// that loses its first answer to every notification.
+	start := func(h *handler, env string, secrets []webhook.Secret, ledger string) string {
 		port, _ := emulator.FreePort()
-		h.ledger = filepath.Join(dir, h.name+".jsonl")
 		cmd := h.cmd(port)
-		cmd.Env = append(append(os.Environ(), cmd.Env...), "GAME_SECRETS="+encode(h.secrets), "LEDGER="+h.ledger)
-		logf, _ := os.Create(filepath.Join(dir, h.name+".log"))
+		cmd.Env = append(append(os.Environ(), cmd.Env...), "GAME_SECRETS="+encode(secrets), "LEDGER="+ledger, "PAYRELAY_ENVIRONMENT="+env)
+		logf, _ := os.Create(filepath.Join(dir, h.name+"-"+env+".log"))
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -134,15 +140,26 @@ func TestReferenceHandlersAgainstRealDeliveries(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s handler did not listen", h.name)
+				t.Fatalf("%s handler (%s) did not listen", h.name, env)
 			}
 		}
 		target, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", port))
-		h.proxy = &failFirst{seen: map[string]bool{}, target: httputil.NewSingleHostReverseProxy(target)}
+		proxy := &failFirst{seen: map[string]bool{}, target: httputil.NewSingleHostReverseProxy(target)}
+		if env == "production" {
+			h.proxy = proxy
+		}
 		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		go http.Serve(l, h.proxy)
+		go http.Serve(l, proxy)
+		return "http://" + l.Addr().String() + "/payrelay"
+	}
+	for _, h := range handlers {
+		h.ledger = filepath.Join(dir, h.name+".jsonl")
+		h.sandboxLedger = filepath.Join(dir, h.name+"-sandbox.jsonl")
+		prodURL := start(h, "production", h.secrets, h.ledger)
+		sandboxURL := start(h, "sandbox", []webhook.Secret{sandboxSecret}, h.sandboxLedger)
 		games = append(games, stack.ExtraGame{App: "app-" + h.name, GameEnv: stack.GameEnv{Name: "kit-" + h.name,
-			URL: "http://" + l.Addr().String() + "/payrelay", Secrets: []webhook.Secret{oldSecret, newSecret}}})
+			URL: prodURL, Secrets: []webhook.Secret{oldSecret, newSecret},
+			Sandbox: &stack.SandboxEnv{URL: sandboxURL, Secrets: []webhook.Secret{sandboxSecret}}}})
 	}
 	ctx := context.Background()
 	st, err := stack.Start(ctx, stack.Options{FirestoreHost: os.Getenv("FIRESTORE_EMULATOR_HOST"), Compression: 20000,
@@ -168,6 +185,9 @@ func TestReferenceHandlersAgainstRealDeliveries(t *testing.T) {
 		}
 		send(stack.SampleRefundBodyFor("app-"+h.name, h.name+"-0", "6.48", "CNY", "r1", "1.00"))
 		send(stack.SampleRefundBodyFor("app-"+h.name, h.name+"-0", "6.48", "CNY", "r2", "5.48"))
+		// Sandbox payments, one with the order id of a production one: two payments.
+		send(stack.SandboxBody("app-"+h.name, h.name+"-0", "6.48", "CNY"))
+		send(stack.SandboxBody("app-"+h.name, h.name+"-sb", "6.48", "CNY"))
 	}
 	for _, h := range handlers {
 		var grants, revokes map[string]int
@@ -210,8 +230,29 @@ func TestReferenceHandlersAgainstRealDeliveries(t *testing.T) {
 				}
 			}
 		}
+		// The sandbox server granted both sandbox payments once; production saw neither (its
+		// grants are the three production orders alone).
+		var sbGrants map[string]int
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			sbGrants, _ = readLedger(t, h.sandboxLedger)
+			if len(sbGrants) == 2 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if sbGrants[h.name+"-0"] != 1 || sbGrants[h.name+"-sb"] != 1 || len(sbGrants) != 2 {
+			t.Errorf("%s: the sandbox server's grants %v, want %s-0 and %s-sb once each", h.name, sbGrants, h.name, h.name)
+		}
+		if grants[h.name+"-sb"] != 0 || len(grants) != 3 {
+			t.Errorf("%s: the production server granted %v: a sandbox payment reached it", h.name, grants)
+		}
+		for _, order := range []string{h.name + "-0", h.name + "-sb"} {
+			p, _, err := payments.Get(ctx, stack.SandboxPaymentID("app-"+h.name, order))
+			if err != nil || p.Paid().State != relay.StateDelivered {
+				t.Errorf("%s: sandbox payment %s: %+v, %v", h.name, order, p, err)
+			}
+		}
 		payments.Close()
-		b, _ := os.ReadFile(filepath.Join(dir, h.name+".log"))
+		b, _ := os.ReadFile(filepath.Join(dir, h.name+"-production.log"))
 		t.Logf("%s handler: %d grants, %d revokes; its log:\n%s", h.name, len(grants), len(revokes), tailOf(string(b)))
 	}
 }

@@ -1,6 +1,7 @@
 // Package gameserver is a demo game server for local runs and tests: it verifies payrelay's
-// signature, records every notification, and answers as told (fail the first N attempts,
-// fail a fraction, answer slowly, always fail), globally or per payment.
+// signature, refuses a notification of the environment it does not serve, records every
+// notification, and answers as told (fail the first N attempts, fail a fraction, answer
+// slowly, always fail), globally or per payment.
 package gameserver
 
 import (
@@ -10,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/payrelay/payrelay/functions/webhook"
@@ -46,6 +49,13 @@ type Server struct {
 	URL      string
 	verifier *webhook.Verifier
 	srv      *http.Server
+	// environment is the one this server serves ("production" unless SetEnvironment).
+	environment string
+	// received counts every request, whatever became of it (a bad signature, the wrong
+	// environment): what a test checks to say a server received nothing; byID counts them by
+	// webhook-id, which a request carries before anything is verified.
+	received atomic.Int64
+	byID     map[string]int
 
 	mu        sync.Mutex
 	behaviour Behaviour
@@ -66,10 +76,37 @@ func Start(addr string, secret webhook.Secret, b Behaviour) (*Server, error) {
 		l.Close()
 		return nil, err
 	}
-	s := &Server{URL: "http://" + l.Addr().String() + "/payments", verifier: v, behaviour: b, hits: map[string][]Hit{}, signals: make(chan struct{}, 1)}
+	s := &Server{URL: "http://" + l.Addr().String() + "/payments", verifier: v, behaviour: b, hits: map[string][]Hit{}, signals: make(chan struct{}, 1),
+		environment: "production", byID: map[string]int{}}
 	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
 	go s.srv.Serve(l)
 	return s, nil
+}
+
+// SetEnvironment makes the server serve env ("production" or "sandbox") and refuse the other
+// with 400, as a game server must (local/gamekit's handlers do). Call it before the first
+// request.
+func (s *Server) SetEnvironment(env string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.environment = env
+}
+
+// Received is how many requests reached the server, whatever it answered.
+func (s *Server) Received() int64 { return s.received.Load() }
+
+// ReceivedFor is how many requests for a payment's notifications reached the server, whatever
+// it answered: those it refused (another secret's signature, the other environment) included.
+func (s *Server) ReceivedFor(paymentID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id, k := range s.byID {
+		if strings.HasPrefix(id, paymentID+"-") {
+			n += k
+		}
+	}
+	return n
 }
 
 // Close stops the server.
@@ -100,6 +137,10 @@ func (s *Server) Hits(paymentID string) []Hit {
 func (s *Server) Changed() <-chan struct{} { return s.signals }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	s.received.Add(1)
+	s.mu.Lock()
+	s.byID[r.Header.Get(webhook.HeaderID)]++
+	s.mu.Unlock()
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
 		http.Error(w, "unreadable body", http.StatusBadRequest)
@@ -116,6 +157,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	attempt, _ := strconv.Atoi(r.Header.Get(gamehttp.HeaderAttempt))
 	s.mu.Lock()
+	if p.Data.Environment != s.environment {
+		env := s.environment
+		s.mu.Unlock()
+		http.Error(w, "this server serves "+env+" notifications, not "+p.Data.Environment, http.StatusBadRequest)
+		return
+	}
 	ans, ok := Answer{}, false
 	if s.decide != nil {
 		ans, ok = s.decide(p, attempt)

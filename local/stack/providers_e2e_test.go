@@ -37,10 +37,15 @@ var (
 )
 
 const (
-	appleBundle  = "com.studio.sword"
-	appleAppID   = int64(1234567890)
-	stripeAcct   = "acct_1Studio"
-	stripeSecret = "whsec_test_0123456789abcdefghijklmnopqrstuv"
+	appleBundle    = "com.studio.sword"
+	appleBundleB   = "com.studio.farm"
+	appleAppID     = int64(1234567890)
+	stripeAcct     = "acct_1Studio"
+	stripeSecret   = "whsec_test_0123456789abcdefghijklmnopqrstuv"
+	stripeAcctA    = "acct_1StudioA"
+	stripeSecretA  = "whsec_test_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	aliSandboxApp  = "9021000100000001"
+	aliSandboxAppB = "9021000100000002"
 )
 
 // providerKeys makes the providers' keys and the PROVIDER_CONFIG the stack runs with.
@@ -52,13 +57,19 @@ func providerKeys() provider.Config {
 	aliGateway = providertest.NewAlipayGateway(aliApp, &appKey.PublicKey, aliKey)
 	wxAPIKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	wxAPI = providertest.NewWechatAPI(wxMch, "API-SERIAL-1", &wxAPIKey.PublicKey, platKey, wxSer)
+	both := []string{"production", "sandbox"}
 	return provider.Config{
-		Apple:     []provider.AppleApp{{BundleID: appleBundle, AppAppleID: appleAppID, Game: stack.GameA}},
+		Apple: []provider.AppleApp{{BundleID: appleBundle, AppAppleID: appleAppID, Game: stack.GameA, Environments: both},
+			{BundleID: appleBundleB, AppAppleID: appleAppID + 1, Game: stack.GameB, Environments: both}},
 		AppleRoot: appleChain.RootPEM(),
-		Stripe:    []provider.StripeAccount{{Account: stripeAcct, Secrets: []string{stripeSecret}, Game: stack.GameB}},
+		Stripe: []provider.StripeAccount{{Account: stripeAcct, Secrets: []string{stripeSecret}, Game: stack.GameB, Environments: both},
+			{Account: stripeAcctA, Secrets: []string{stripeSecretA}, Game: stack.GameA, Environments: both}},
 		Alipay: []provider.AlipayApp{{AppID: aliApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameA,
 			PrivateKey: providertest.PrivateKeyBase64(appKey), Gateway: aliGateway.URL},
-			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: stack.GameB}},
+			{AppID: aliApp2, PublicKey: providertest.PublicKeyPEM(aliKey), Game: stack.GameB},
+			// Alipay's sandbox apps (开放平台沙箱): their own app ids; their notifications are sandbox.
+			{AppID: aliSandboxApp, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameA, Environment: "sandbox"},
+			{AppID: aliSandboxAppB, PublicKey: providertest.PublicKeyBase64(aliKey), Game: stack.GameB, Environment: "sandbox"}},
 		WechatPay: []provider.WechatPayMerchant{{MchID: wxMch, APIv3Key: wxAPIv3, AppIDs: map[string]string{wxApp: stack.GameA},
 			PlatformKeys:  map[string]string{wxSer: providertest.PublicKeyPEM(platKey)},
 			APIPrivateKey: providertest.PrivateKeyPEM(wxAPIKey), APISerial: "API-SERIAL-1", APIBase: wxAPI.URL}},

@@ -44,15 +44,23 @@ const ProjectID = "payrelay-local"
 // The local secrets: well known on purpose, for local runs only. Their keys are printable so
 // the README's curl example can sign with `openssl dgst -hmac`.
 const (
-	IngestKey = "payrelay-local-ingest-secret-32b"
-	GameKey   = "payrelay-local-game-secret-32byt"
+	IngestKey        = "payrelay-local-ingest-secret-32b"
+	GameKey          = "payrelay-local-game-secret-32byt"
+	IngestSandboxKey = "payrelay-local-sandbox-ingest-32"
+	GameSandboxKey   = "payrelay-local-sandbox-game-32by"
 )
 
 var (
 	// IngestSecret verifies what is sent to the local Ingest.
 	IngestSecret = webhook.NewSecret([]byte(IngestKey))
-	// GameSecret signs what the local Deliver posts to the demo game server.
+	// GameSecret signs what the local Deliver posts to the demo game servers.
 	GameSecret = webhook.NewSecret([]byte(GameKey))
+	// IngestSandboxSecret verifies generic notifications as sandbox only
+	// (INGEST_SANDBOX_SECRETS): what it signs can never be a production payment.
+	IngestSandboxSecret = webhook.NewSecret([]byte(IngestSandboxKey))
+	// GameSandboxSecret signs what the local Deliver posts to GameA's sandbox server: its own,
+	// as a staging server holds no production secret.
+	GameSandboxSecret = webhook.NewSecret([]byte(GameSandboxKey))
 )
 
 // The demo games every local stack runs: two, each with its own demo game server and queue,
@@ -72,6 +80,11 @@ func QueueName(game string, k int) string {
 	return fmt.Sprintf("projects/%s/locations/local/queues/%s-%d", ProjectID, game, k)
 }
 
+// SandboxQueueName is the local Cloud Tasks queue k of a game's sandbox (terraform's naming).
+func SandboxQueueName(game string, k int) string {
+	return fmt.Sprintf("projects/%s/locations/local/queues/%s-s%d", ProjectID, game, k)
+}
+
 // GameEnv is one game as the functions are told of it (GAMES).
 type GameEnv struct {
 	Name    string
@@ -79,6 +92,15 @@ type GameEnv struct {
 	Queues  []string
 	Timeout time.Duration    // 0: 10s
 	Secrets []webhook.Secret // none: GameSecret
+	// Sandbox is the game's sandbox endpoint, if it has one.
+	Sandbox *SandboxEnv
+}
+
+// SandboxEnv is a game's sandbox endpoint.
+type SandboxEnv struct {
+	URL     string
+	Queues  []string
+	Secrets []webhook.Secret // none: GameSandboxSecret
 }
 
 // DefaultProviders is PROVIDER_CONFIG's routing of the sample apps to the demo games.
@@ -108,17 +130,24 @@ type FunctionEnv struct {
 
 // Map returns the variables by name.
 func (f FunctionEnv) Map() map[string]string {
-	type gameJSON struct {
-		Name    string   `json:"name"`
+	type endpointJSON struct {
 		URL     string   `json:"url"`
 		Timeout string   `json:"timeout,omitempty"`
 		Queues  []string `json:"queues"`
 	}
+	type gameJSON struct {
+		Name string `json:"name"`
+		endpointJSON
+		Sandbox *endpointJSON `json:"sandbox,omitempty"`
+	}
 	var games []gameJSON
 	for _, g := range f.Games {
-		gj := gameJSON{Name: g.Name, URL: g.URL, Queues: g.Queues}
+		gj := gameJSON{Name: g.Name, endpointJSON: endpointJSON{URL: g.URL, Queues: g.Queues}}
 		if g.Timeout > 0 {
 			gj.Timeout = g.Timeout.String()
+		}
+		if sb := g.Sandbox; sb != nil {
+			gj.Sandbox = &endpointJSON{URL: sb.URL, Queues: sb.Queues, Timeout: gj.Timeout}
 		}
 		games = append(games, gj)
 	}
@@ -130,6 +159,7 @@ func (f FunctionEnv) Map() map[string]string {
 		"DELIVER_URL":               f.FunctionsURL + "/Deliver",
 		"GAMES":                     string(gamesJSON),
 		"INGEST_SECRETS":            IngestSecret.Encode(),
+		"INGEST_SANDBOX_SECRETS":    IngestSandboxSecret.Encode(),
 		"LADDER":                    f.Ladder,
 		"LADDER_COMPRESSION":        strconv.Itoa(max(f.Compression, 1)),
 		"CLOUD_TASKS_EMULATOR_HOST": f.TasksAddr,
@@ -137,14 +167,20 @@ func (f FunctionEnv) Map() map[string]string {
 		"LOG_LEVEL":                 f.LogLevel,
 		"PROVIDER_CONFIG":           string(providers),
 	}
+	encode := func(secrets []webhook.Secret, def webhook.Secret) string {
+		if len(secrets) == 0 {
+			return def.Encode()
+		}
+		var enc []string
+		for _, s := range secrets {
+			enc = append(enc, s.Encode())
+		}
+		return strings.Join(enc, ",")
+	}
 	for _, g := range f.Games {
-		m[config.GameSecretsVar(g.Name)] = GameSecret.Encode()
-		if len(g.Secrets) > 0 {
-			var enc []string
-			for _, s := range g.Secrets {
-				enc = append(enc, s.Encode())
-			}
-			m[config.GameSecretsVar(g.Name)] = strings.Join(enc, ",")
+		m[config.GameSecretsVar(g.Name)] = encode(g.Secrets, GameSecret)
+		if g.Sandbox != nil {
+			m[config.GameSandboxSecretsVar(g.Name)] = encode(g.Sandbox.Secrets, GameSandboxSecret)
 		}
 	}
 	if f.Lease > 0 {
@@ -188,10 +224,13 @@ type Options struct {
 	Compression int
 	// Ladder overrides the default ladder.
 	Ladder string
-	// Game and GameB are the demo game servers' behaviours (games GameA and GameB).
-	Game, GameB gameserver.Behaviour
-	// GameBPort is GameB's demo game server's port.
-	GameBPort int
+	// Game and GameB are the demo game servers' behaviours (games GameA and GameB);
+	// GameSandbox is GameA's sandbox (staging) server's. GameB has no sandbox endpoint, so a
+	// newcomer sees both routes: sandbox payments of GameA reach its staging server, GameB's
+	// are stored and shown, never posted.
+	Game, GameB, GameSandbox gameserver.Behaviour
+	// GameBPort is GameB's demo game server's port; GameSandboxPort GameA's sandbox server's.
+	GameBPort, GameSandboxPort int
 	// TasksDataDir makes the Cloud Tasks emulator durable.
 	TasksDataDir string
 	// Collection holds the payments (default "payments").
@@ -229,6 +268,7 @@ type Stack struct {
 	Tasks         *tasksemu.Server
 	Game          *gameserver.Server // GameA's
 	GameB         *gameserver.Server
+	GameSandbox   *gameserver.Server // GameA's sandbox (staging) server
 	firestore     *emulator.Firestore // started by us
 	sweepStop     chan struct{}
 	sweepDone     chan struct{}
@@ -292,7 +332,8 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		port int
 		what string
 	}{{o.Port, "functions (-port or PORT)"}, {o.TasksPort, "Cloud Tasks emulator (-tasks-port)"}, {o.GamePort, "demo game server (-game-port)"},
-		{o.GameBPort, "demo game server of " + GameB + " (-game-b-port)"}, {o.AdminPort, "Admin (-admin-port)"}} {
+		{o.GameBPort, "demo game server of " + GameB + " (-game-b-port)"}, {o.GameSandboxPort, "sandbox game server of " + GameA + " (-sandbox-port)"},
+		{o.AdminPort, "Admin (-admin-port)"}} {
 		if err := CheckPort(o.Host, p.port, p.what); err != nil {
 			return nil, err
 		}
@@ -322,9 +363,12 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		s.FirestoreHost = s.firestore.Host
 	}
 
-	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0), OpsQueue}
+	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0), OpsQueue, SandboxQueueName(GameA, 0)}
 	for _, g := range o.ExtraGames {
 		queues = append(queues, QueueName(g.Name, 0))
+		if g.Sandbox != nil {
+			queues = append(queues, SandboxQueueName(g.Name, 0))
+		}
 	}
 	if s.Tasks, s.TasksAddr, err = StartTasks(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.TasksPort)), o.TasksDataDir, o.DuplicateDispatch, queues...); err != nil {
 		return s, err
@@ -335,6 +379,10 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	if s.GameB, err = gameserver.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.GameBPort)), GameSecret, o.GameB); err != nil {
 		return s, fmt.Errorf("demo game server of %s: %w", GameB, err)
 	}
+	if s.GameSandbox, err = gameserver.Start(net.JoinHostPort(o.Host, strconv.Itoa(o.GameSandboxPort)), GameSandboxSecret, o.GameSandbox); err != nil {
+		return s, fmt.Errorf("sandbox game server of %s: %w", GameA, err)
+	}
+	s.GameSandbox.SetEnvironment(string(relay.EnvSandbox))
 
 	s.FunctionsURL = "http://" + net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
 	providers := o.Providers
@@ -348,12 +396,18 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	for _, g := range o.ExtraGames {
 		ge := g.GameEnv
 		ge.Queues = []string{QueueName(g.Name, 0)}
+		if g.Sandbox != nil {
+			sb := *g.Sandbox
+			sb.Queues = []string{SandboxQueueName(g.Name, 0)}
+			ge.Sandbox = &sb
+		}
 		extra = append(extra, ge)
 	}
 	env := FunctionEnv{
 		FunctionsURL: s.FunctionsURL, TasksAddr: s.TasksAddr, FirestoreHost: s.FirestoreHost,
 		Games: []GameEnv{
-			{Name: GameA, URL: s.Game.URL, Queues: queues[:1], Timeout: o.DeliverTimeout},
+			{Name: GameA, URL: s.Game.URL, Queues: queues[:1], Timeout: o.DeliverTimeout,
+				Sandbox: &SandboxEnv{URL: s.GameSandbox.URL, Queues: []string{SandboxQueueName(GameA, 0)}}},
 			{Name: GameB, URL: s.GameB.URL, Queues: queues[1:2], Timeout: o.DeliverTimeout},
 		},
 		Collection: o.Collection, Ladder: o.Ladder, Compression: o.Compression,
@@ -464,6 +518,9 @@ func (s *Stack) Stop(ctx context.Context) error {
 	if s.GameB != nil {
 		errs = append(errs, s.GameB.Close())
 	}
+	if s.GameSandbox != nil {
+		errs = append(errs, s.GameSandbox.Close())
+	}
 	if s.firestore != nil {
 		errs = append(errs, s.firestore.Stop())
 	}
@@ -496,6 +553,12 @@ func SampleBody(order, amount, currency string) []byte {
 func SampleBodyFor(app, order, amount, currency string) []byte {
 	return fmt.Appendf(nil, `{"order_id":%q,"transaction_id":"txn-%s","amount":%q,"currency":%q,"status":"paid","paid_at":%q,"app_id":%q,"metadata":{"sku":"gems_60"}}`,
 		order, order, amount, currency, SamplePaidAt, app)
+}
+
+// SandboxBody is SampleBodyFor marked as a sandbox payment (the generic format's environment).
+func SandboxBody(app, order, amount, currency string) []byte {
+	b := SampleBodyFor(app, order, amount, currency)
+	return append(b[:len(b)-1], `,"environment":"sandbox"}`...)
 }
 
 // SampleRefundedAt is the refunded_at of sample refunds: fixed, like SamplePaidAt.
@@ -540,6 +603,11 @@ const SampleApp = "demo-game"
 // SamplePaymentID is the payment id of the sample payment of order (app SampleApp).
 func SamplePaymentID(order string) string {
 	return relay.PaymentID(relay.EnvProduction, "generic", SampleApp, order)
+}
+
+// SandboxPaymentID is the payment id of the sandbox payment of order of app.
+func SandboxPaymentID(app, order string) string {
+	return relay.PaymentID(relay.EnvSandbox, "generic", app, order)
 }
 
 // ExtraGame is a game of Options.ExtraGames.

@@ -3,8 +3,12 @@
 //
 //		GAME_SECRETS=whsec_... LEDGER=/var/lib/game/ledger.jsonl PORT=8080 go run ./local/gamekit/gohandler
 //
+// (PAYRELAY_ENVIRONMENT=sandbox on a staging server, with the game's sandbox secrets.)
+//
 //	 1. Verify the signature: any v1 signature against any of our secrets (two while rotating),
 //	    constant-time, the timestamp within 5 minutes. A bad signature gets 401, changes nothing.
+//	    Then check data.environment is the one this server serves (PAYRELAY_ENVIRONMENT,
+//	    production by default): the other gets 400 and changes nothing.
 //	 2. Deduplicate by webhook-id: the ledger is our table, with webhook-id its unique key.
 //	 3. Grant on payment.succeeded, revoke on payment.refunded, each once.
 //	 4. Answer 2xx only after the write (synced), and quickly (payrelay waits at most 10 s).
@@ -16,6 +20,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -87,6 +92,7 @@ func (l *ledger) add(r row) (bool, error) {
 type notification struct {
 	Type string `json:"type"`
 	Data struct {
+		Environment string `json:"environment"`
 		OrderID     string `json:"order_id"`
 		AmountMinor int64  `json:"amount_minor"`
 		Refund      *struct {
@@ -110,6 +116,13 @@ func main() {
 	verifier, err := webhook.NewVerifier(secrets...)
 	if err != nil {
 		log.Fatal(err)
+	}
+	environment := os.Getenv("PAYRELAY_ENVIRONMENT")
+	if environment == "" {
+		environment = "production"
+	}
+	if environment != "production" && environment != "sandbox" {
+		log.Fatalf("PAYRELAY_ENVIRONMENT %q: want production or sandbox", environment)
 	}
 	path := os.Getenv("LEDGER")
 	if path == "" {
@@ -144,6 +157,10 @@ func main() {
 		var n notification
 		if err := json.Unmarshal(body, &n); err != nil || n.Data.OrderID == "" {
 			answer(w, http.StatusBadRequest, "not a payrelay notification")
+			return
+		}
+		if n.Data.Environment != environment {
+			answer(w, http.StatusBadRequest, fmt.Sprintf("environment %q is not this server's (%s)", n.Data.Environment, environment))
 			return
 		}
 		rw := row{WebhookID: id, OrderID: n.Data.OrderID}

@@ -1,9 +1,12 @@
 // payrelay's notifications, received by a Node game server, with the standardwebhooks package.
 // Run it:  GAME_SECRETS=whsec_... LEDGER=/var/lib/game/ledger.jsonl PORT=8080 node handler.js
+// (PAYRELAY_ENVIRONMENT=sandbox on a staging server, with the game's sandbox secrets.)
 //
 // 1. Verify the Standard Webhooks signature: standardwebhooks checks every "v1," signature in
 //    webhook-signature in constant time and the timestamp within 5 minutes; we try each of our
-//    secrets (two while rotating). A bad signature gets 401 and changes nothing.
+//    secrets (two while rotating). A bad signature gets 401 and changes nothing. Then check
+//    data.environment is the one this server serves (PAYRELAY_ENVIRONMENT, production by
+//    default): the other gets 400 and changes nothing, so a test payment never grants here.
 // 2. Deduplicate by webhook-id: the ledger is our table, with webhook-id its unique key.
 // 3. Grant on payment.succeeded, revoke on payment.refunded, each once.
 // 4. Answer 2xx only after the write (synced to disk), and quickly (payrelay waits 10 s).
@@ -19,6 +22,11 @@ const { Webhook } = require("standardwebhooks");
 const secrets = (process.env.GAME_SECRETS || "").split(",").map((s) => s.trim()).filter(Boolean);
 const verifiers = secrets.map((s) => new Webhook(s));
 const ledgerPath = process.env.LEDGER || "ledger.jsonl";
+const environment = process.env.PAYRELAY_ENVIRONMENT || "production";
+if (environment !== "production" && environment !== "sandbox") {
+  console.error("PAYRELAY_ENVIRONMENT must be production or sandbox");
+  process.exit(2);
+}
 const seen = new Set();
 if (fs.existsSync(ledgerPath)) {
   for (const line of fs.readFileSync(ledgerPath, "utf8").split("\n")) {
@@ -59,6 +67,8 @@ http
       const body = Buffer.concat(chunks).toString("utf8");
       const msg = verify(body, req.headers);
       if (!msg) return answer(res, 401, "bad signature");
+      const env = msg.data && msg.data.environment;
+      if (env !== environment) return answer(res, 400, `environment ${JSON.stringify(env)} is not this server's (${environment})`);
       const id = req.headers["webhook-id"];
       if (seen.has(id)) return answer(res, 200, "already processed");
       let row;

@@ -1,10 +1,14 @@
 <?php
 // payrelay's notifications, received by a PHP 8 game server: plain PHP, no framework.
 // Run it with the built-in server:  GAME_SECRETS=whsec_... LEDGER=/var/lib/game/ledger.jsonl php -S 0.0.0.0:8080 handler.php
+// (PAYRELAY_ENVIRONMENT=sandbox on a staging server, with the game's sandbox secrets.)
 //
 // 1. Verify the Standard Webhooks signature (HMAC-SHA256 of "webhook-id.webhook-timestamp.body",
 //    any "v1,<base64>" in webhook-signature against any of our secrets, compared with hash_equals;
 //    a timestamp within 5 minutes). A bad signature gets 401 and changes nothing.
+//    Then check data.environment is the one this server serves (PAYRELAY_ENVIRONMENT,
+//    production by default): a test payment never grants on a production server. The other
+//    environment gets 400 and changes nothing.
 // 2. Deduplicate by webhook-id: the ledger is our table, with webhook-id its unique key.
 // 3. Grant on payment.succeeded, revoke on payment.refunded, each once (its row is the record).
 // 4. Answer 2xx only after the write, and quickly (payrelay waits at most 10 s).
@@ -46,6 +50,11 @@ if ($_SERVER['REQUEST_METHOD'] !== 'POST') {
     return;
 }
 $secrets = array_values(array_filter(array_map('trim', explode(',', getenv('GAME_SECRETS') ?: ''))));
+$environment = getenv('PAYRELAY_ENVIRONMENT') ?: 'production';
+if ($environment !== 'production' && $environment !== 'sandbox') {
+    answer(500, 'PAYRELAY_ENVIRONMENT must be production or sandbox'); // a misconfigured server grants nothing
+    return;
+}
 $ledgerPath = getenv('LEDGER') ?: __DIR__ . '/ledger.jsonl';
 $body = file_get_contents('php://input', false, null, 0, 1 << 20);
 $id = $_SERVER['HTTP_WEBHOOK_ID'] ?? '';
@@ -56,6 +65,10 @@ if (!verified($secrets, $id, $_SERVER['HTTP_WEBHOOK_TIMESTAMP'] ?? '', $body, $_
 $msg = json_decode($body, true);
 if (!is_array($msg) || !isset($msg['type'], $msg['data']['order_id'])) {
     answer(400, 'not a payrelay notification');
+    return;
+}
+if (($msg['data']['environment'] ?? '') !== $environment) {
+    answer(400, 'environment ' . json_encode($msg['data']['environment'] ?? null) . " is not this server's ($environment)");
     return;
 }
 

@@ -268,7 +268,7 @@ type Stack struct {
 	Tasks         *tasksemu.Server
 	Game          *gameserver.Server // GameA's
 	GameB         *gameserver.Server
-	GameSandbox   *gameserver.Server // GameA's sandbox (staging) server
+	GameSandbox   *gameserver.Server  // GameA's sandbox (staging) server
 	firestore     *emulator.Firestore // started by us
 	sweepStop     chan struct{}
 	sweepDone     chan struct{}

@@ -1,17 +1,17 @@
 // Command gohandler is payrelay's notifications received by a Go game server, with payrelay's own
 // Standard Webhooks verifier. Run it:
 //
-//		GAME_SECRETS=whsec_... LEDGER=/var/lib/game/ledger.jsonl PORT=8080 go run ./local/gamekit/gohandler
+//	GAME_SECRETS=whsec_... LEDGER=/var/lib/game/ledger.jsonl PORT=8080 go run ./local/gamekit/gohandler
 //
 // (PAYRELAY_ENVIRONMENT=sandbox on a staging server, with the game's sandbox secrets.)
 //
-//	 1. Verify the signature: any v1 signature against any of our secrets (two while rotating),
-//	    constant-time, the timestamp within 5 minutes. A bad signature gets 401, changes nothing.
-//	    Then check data.environment is the one this server serves (PAYRELAY_ENVIRONMENT,
-//	    production by default): the other gets 400 and changes nothing.
-//	 2. Deduplicate by webhook-id: the ledger is our table, with webhook-id its unique key.
-//	 3. Grant on payment.succeeded, revoke on payment.refunded, each once.
-//	 4. Answer 2xx only after the write (synced), and quickly (payrelay waits at most 10 s).
+//  1. Verify the signature: any v1 signature against any of our secrets (two while rotating),
+//     constant-time, the timestamp within 5 minutes. A bad signature gets 401, changes nothing.
+//     Then check data.environment is the one this server serves (PAYRELAY_ENVIRONMENT,
+//     production by default): the other gets 400 and changes nothing.
+//  2. Deduplicate by webhook-id: the ledger is our table, with webhook-id its unique key.
+//  3. Grant on payment.succeeded, revoke on payment.refunded, each once.
+//  4. Answer 2xx only after the write (synced), and quickly (payrelay waits at most 10 s).
 //
 // The ledger is a JSON-lines file so the example needs nothing else; in a real game it is a
 // database table with a unique key on webhook_id, written in the transaction of the grant.

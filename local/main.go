@@ -86,6 +86,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	ladderSpec := fs.String("ladder", schedule.DefaultSpec, "the notification ladder, comma-separated waits")
 	adminPort := fs.Int("admin-port", 8070, "port of the Admin function (the operators' API)")
 	gameBPort := fs.Int("game-b-port", 8091, "port of game "+stack.GameB+"'s demo game server")
+	sandboxPort := fs.Int("sandbox-port", 8092, "port of game "+stack.GameA+"'s sandbox (staging) game server")
 	failFirst := fs.Int("fail-first", 0, "game "+stack.GameA+"'s demo game server: fail each notification's first N attempts")
 	failRate := fs.Float64("fail-rate", 0, "game "+stack.GameA+"'s demo game server: fail this fraction (0 to 1) of the other attempts")
 	slow := fs.Duration("slow", 0, "game "+stack.GameA+"'s demo game server: answer this late (Deliver gives up after 10s)")
@@ -118,7 +119,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	if *failFirst < 0 || *failRate < 0 || *failRate > 1 || *slow < 0 || *bFailFirst < 0 || *bFailRate < 0 || *bFailRate > 1 || *bSlow < 0 {
 		bad = append(bad, "-fail-first and -slow must not be negative; -fail-rate must be between 0 and 1 (and the same for -b-...)")
 	}
-	for _, p := range []*int{port, tasksPort, gamePort, gameBPort, adminPort, firestorePort} {
+	for _, p := range []*int{port, tasksPort, gamePort, gameBPort, sandboxPort, adminPort, firestorePort} {
 		if *p < 1 || *p > 65535 {
 			bad = append(bad, fmt.Sprintf("port %d is not between 1 and 65535", *p))
 		}
@@ -138,7 +139,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	ctx = orphanContext(ctx)
 	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
 	s, err := stack.Start(ctx, stack.Options{
-		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, AdminPort: *adminPort, FirestorePort: *firestorePort,
+		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, GameSandboxPort: *sandboxPort, AdminPort: *adminPort, FirestorePort: *firestorePort,
 		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
 		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
 		GameB:        gameserver.Behaviour{FailFirst: *bFailFirst, FailRate: *bFailRate, Delay: *bSlow, AlwaysFail: *bAlwaysFail},
@@ -160,16 +161,19 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
   Cloud Tasks emulator  %[4]s  queues %[5]s, %[6]s
   game %[16]s           %[7]s  app %[18]s  (fail first %[8]d, fail rate %[9]g, delay %[10]s, always fail %[11]v)
   game %[17]s           %[19]s  app %[20]s  (fail first %[21]d, fail rate %[22]g, delay %[23]s, always fail %[24]v)
+  sandbox of %[16]s     %[27]s  its own queue %[28]s and secret; %[17]s has none
   ladder                %[12]s, compressed %[13]dx: %[14]d attempts within %[15]s
 
 Send a payment from another terminal:  go run ./local send%[25]s   (game %[16]s)
                                        go run ./local send%[25]s -app %[20]s   (game %[17]s)
+A test payment, to %[16]s's sandbox server:   go run ./local send%[25]s -sandbox
+  (of %[17]s: stored and shown, not relayed)  go run ./local send%[25]s -sandbox -app %[20]s
 Stop with Ctrl-C.
 ready
 `, strings.TrimPrefix(s.FunctionsURL, "http://"), s.FirestoreHost, firestoreNote, s.TasksAddr, stack.QueueName(stack.GameA, 0), stack.QueueName(stack.GameB, 0), s.Game.URL,
 		*failFirst, *failRate, *slow, *alwaysFail, ladder, *compression, compressed.Attempts(),
 		compressed.Elapsed(compressed.Attempts()), stack.GameA, stack.GameB, stack.SampleApp, s.GameB.URL, stack.SampleAppB,
-		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port), s.AdminURL())
+		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port), s.AdminURL(), s.GameSandbox.URL, stack.SandboxQueueName(stack.GameA, 0))
 	<-ctx.Done()
 	stop()
 	fmt.Fprintln(stdout, "\npayrelay local: stopping: refusing new requests, letting deliveries in flight finish (at most 10 s)...")
@@ -189,23 +193,35 @@ type progress struct {
 	start                         time.Time
 	received, delivered, failed   int
 	attempts, duplicates, retried int
+	// notRelayed are stored and will not be delivered (a sandbox payment of a game without a
+	// sandbox endpoint): not pending.
+	notRelayed int
 }
 
 func (p *progress) summary() string {
-	return fmt.Sprintf("received %d, delivered %d, failed %d, pending %d, attempts %d",
-		p.received, p.delivered, p.failed, p.received-p.delivered-p.failed, p.attempts)
+	s := fmt.Sprintf("received %d, delivered %d, failed %d, pending %d, attempts %d",
+		p.received, p.delivered, p.failed, p.received-p.delivered-p.failed-p.notRelayed, p.attempts)
+	if p.notRelayed > 0 {
+		s += fmt.Sprintf(", not relayed %d", p.notRelayed)
+	}
+	return s
 }
 
 func (p *progress) line(format string, args ...any) {
 	fmt.Fprintf(p.w, "%s  %-60s [%s]\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...), p.summary())
 }
 
-// what names a notification for a person: the order, and the refund if it is one.
+// what names a notification for a person: the order, the refund if it is one, and
+// [sandbox] for a test payment.
 func what(pay *relay.Payment, n *relay.Notification) string {
+	s := pay.OrderID
 	if n.Refund != nil {
-		return fmt.Sprintf("%s refund %s", pay.OrderID, n.Refund.ID)
+		s = fmt.Sprintf("%s refund %s", pay.OrderID, n.Refund.ID)
 	}
-	return pay.OrderID
+	if pay.Environment == relay.EnvSandbox {
+		s += " [sandbox]"
+	}
+	return s
 }
 
 // Received implements relay.Observer.
@@ -219,14 +235,18 @@ func (p *progress) Received(pay *relay.Payment, n *relay.Notification, duplicate
 	}
 	p.received++
 	held := ""
-	if n.State == relay.StateHeld {
+	switch n.State {
+	case relay.StateHeld:
 		held = ", held behind the payment's earlier notification"
+	case relay.StateNotRelayed:
+		p.notRelayed++
+		held = ": " + n.Reason
 	}
 	if n.Refund != nil {
 		p.line("received  %s: %d back of %d %s (payment %.8s)%s", what(pay, n), n.Refund.AmountMinor, pay.AmountMinor, pay.Currency, pay.ID, held)
 		return
 	}
-	p.line("received  %s %d %s (payment %.8s)%s", pay.OrderID, pay.AmountMinor, pay.Currency, pay.ID, held)
+	p.line("received  %s %d %s (payment %.8s)%s", what(pay, n), pay.AmountMinor, pay.Currency, pay.ID, held)
 }
 
 // Attempted implements relay.Observer.
@@ -295,6 +315,7 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 	app := fs.String("app", stack.SampleApp, "the app id, which routes the payment to its game ("+stack.SampleApp+": "+stack.GameA+", "+stack.SampleAppB+": "+stack.GameB+")")
 	refund := fs.String("refund", "", "send a refund of -order with this refund id instead of a payment")
 	refundAmount := fs.String("refund-amount", "1.00", "with -refund: this refund's amount in major units")
+	sandbox := fs.Bool("sandbox", false, "send a sandbox (test) payment: it goes to "+stack.GameA+"'s sandbox server, never to a production one")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -312,6 +333,9 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 		body := stack.SampleBodyFor(*app, id, *amount, *currency)
 		if *refund != "" {
 			body = stack.SampleRefundBodyFor(*app, id, *amount, *currency, *refund, *refundAmount)
+		}
+		if *sandbox {
+			body = stack.InSandbox(body)
 		}
 		code, body, err := stack.Send(ctx, *url, sec, body)
 		cancel()

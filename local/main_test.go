@@ -139,9 +139,9 @@ func TestRunnerStartSendStop(t *testing.T) {
 		}
 		t.Skip("gcloud is not installed")
 	}
-	p := ports(t, 6)
+	p := ports(t, 7)
 	args := []string{"-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
-		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-fail-first", "1", "-compression", "20000"}
+		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-fail-first", "1", "-compression", "20000"}
 	for round := 1; round <= 2; round++ { // the second round shows it runs again at once
 		r := startRunner(t, childEnv(), args...)
 		r.expect(t, "ready", 90*time.Second)
@@ -153,6 +153,23 @@ func TestRunnerStartSendStop(t *testing.T) {
 		r.expect(t, "received  runner-", 10*time.Second)
 		r.expect(t, "attempt 1 runner-", 10*time.Second)
 		r.expect(t, "delivered runner-", 10*time.Second)
+		if round == 1 {
+			// Both sandbox routes: demo-a's staging server, and demo-b, which has none.
+			for _, extra := range [][]string{{"-sandbox"}, {"-sandbox", "-app", "demo-game-b"}} {
+				send := exec.Command(bin, append([]string{"send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]), "-order", "runner-sb-" + fmt.Sprint(len(extra))}, extra...)...)
+				send.Env = childEnv()
+				if out, err := send.CombinedOutput(); err != nil || !strings.Contains(string(out), "-> 200") {
+					t.Fatalf("send %v: %v\n%s", extra, err, out)
+				}
+			}
+			r.expect(t, "delivered runner-sb-1 [sandbox] at attempt 1", 10*time.Second)
+			if !strings.Contains(r.all.String(), "received  runner-sb-3 [sandbox]") { // its line may come first
+				r.expect(t, "received  runner-sb-3 [sandbox]", 10*time.Second)
+			}
+			if !strings.Contains(r.all.String(), "not relayed (no sandbox endpoint)") {
+				t.Errorf("the runner does not say demo-b's sandbox payment is not relayed:\n%s", r.all.String())
+			}
+		}
 		if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}

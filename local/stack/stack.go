@@ -557,8 +557,13 @@ func SampleBodyFor(app, order, amount, currency string) []byte {
 
 // SandboxBody is SampleBodyFor marked as a sandbox payment (the generic format's environment).
 func SandboxBody(app, order, amount, currency string) []byte {
-	b := SampleBodyFor(app, order, amount, currency)
-	return append(b[:len(b)-1], `,"environment":"sandbox"}`...)
+	return InSandbox(SampleBodyFor(app, order, amount, currency))
+}
+
+// InSandbox marks a generic-format body (a payment or a refund) as sandbox.
+func InSandbox(body []byte) []byte {
+	b := bytes.TrimSuffix(bytes.TrimSpace(body), []byte("}"))
+	return append(b[:len(b):len(b)], `,"environment":"sandbox"}`...)
 }
 
 // SampleRefundedAt is the refunded_at of sample refunds: fixed, like SamplePaidAt.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
 
 	"github.com/payrelay/payrelay/functions/relay"
@@ -162,14 +163,7 @@ func TestShardsSpreadAGameOverItsQueues(t *testing.T) {
 	defer c.Close()
 	total := 0
 	for _, name := range farm {
-		it := c.ListTasks(ctx, &cloudtaskspb.ListTasksRequest{Parent: name})
-		k := 0
-		for {
-			if _, err := it.Next(); err != nil {
-				break
-			}
-			k++
-		}
+		k := countTasks(ctx, c, name)
 		total += k
 		// 400 notifications over 4 queues: each gets its share, give or take.
 		if k < n/4/2 || k > n/4*2 {
@@ -226,16 +220,20 @@ func TestSandboxTasksTakeOnlySandboxQueues(t *testing.T) {
 	}
 	defer c.Close()
 	for name, want := range map[string]int{prod: 0, sandbox: 20, other: 0} {
-		it := c.ListTasks(ctx, &cloudtaskspb.ListTasksRequest{Parent: name})
-		k := 0
-		for {
-			if _, err := it.Next(); err != nil {
-				break
-			}
-			k++
-		}
-		if k != want {
+		if k := countTasks(ctx, c, name); k != want {
 			t.Errorf("queue %s holds %d tasks, want %d", name, k, want)
 		}
+	}
+}
+
+// countTasks is how many tasks queue holds.
+func countTasks(ctx context.Context, c *cloudtasks.Client, queue string) int {
+	it := c.ListTasks(ctx, &cloudtaskspb.ListTasksRequest{Parent: queue})
+	k := 0
+	for {
+		if _, err := it.Next(); err != nil {
+			return k
+		}
+		k++
 	}
 }

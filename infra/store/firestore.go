@@ -150,6 +150,7 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 	d := toDoc(p)
 	s.counter.write()
 	wr, err := s.coll.Doc(p.ID).Update(ctx, []firestore.Update{
+		{Path: "environment", Value: d.Environment},
 		{Path: "transaction_id", Value: d.TransactionID},
 		{Path: "paid_at", Value: d.PaidAt},
 		{Path: "app_id", Value: d.AppID},
@@ -171,7 +172,11 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 
 // paymentDoc is a payment as stored: snake_case fields an operator can read in the console.
 type paymentDoc struct {
-	Provider      string            `firestore:"provider"`
+	Provider string `firestore:"provider"`
+	// Environment is "production" or "sandbox". A document stored before payrelay knew
+	// environments has none and is read as production: payrelay posted every payment to the
+	// production endpoint then, and its id is the production id. Update writes the field, so
+	// such a document gains it the next time it changes.
 	Environment   string            `firestore:"environment"`
 	Merchant      string            `firestore:"merchant"`
 	OrderID       string            `firestore:"order_id"`
@@ -258,6 +263,15 @@ type attemptDoc struct {
 	Generation int        `firestore:"generation"`
 }
 
+// storedEnvironment reads a document's environment: production for one stored before
+// environments existed (see paymentDoc.Environment).
+func storedEnvironment(s string) relay.Environment {
+	if s == "" {
+		return relay.EnvProduction
+	}
+	return relay.Environment(s)
+}
+
 // utf8 makes s storable: Firestore strings must be valid UTF-8, and game servers answer bytes.
 func utf8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
@@ -313,7 +327,7 @@ func toDoc(p *relay.Payment) *paymentDoc {
 
 func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	p := &relay.Payment{
-		ID: id, Provider: d.Provider, Environment: relay.Environment(d.Environment), Merchant: d.Merchant, OrderID: d.OrderID, TransactionID: d.TransactionID,
+		ID: id, Provider: d.Provider, Environment: storedEnvironment(d.Environment), Merchant: d.Merchant, OrderID: d.OrderID, TransactionID: d.TransactionID,
 		AmountMinor: d.AmountMinor, Currency: d.Currency, AppID: d.AppID, Metadata: d.Metadata, Game: d.Game,
 		RefundedMinor: d.RefundedMinor, ReceivedAt: d.ReceivedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}

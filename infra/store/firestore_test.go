@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/firestore"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
@@ -169,5 +170,63 @@ func TestConcurrentClaimsHaveOneWinner(t *testing.T) {
 	wg.Wait()
 	if wins.Load() != 1 || conflicts.Load() != 7 {
 		t.Errorf("%d claims won and %d conflicted, want 1 and 7", wins.Load(), conflicts.Load())
+	}
+}
+
+// A document stored before payrelay knew environments (no environment field) is read as
+// production, as payrelay treated it then, and gains the field on its next write; lists
+// filter by environment.
+func TestEnvironmentOfStoredPayments(t *testing.T) {
+	t.Parallel()
+	emulator.FirestoreForTest(t)
+	ctx := context.Background()
+	coll := emulator.UniqueName(t, "payments")
+	s, err := store.NewFirestore(ctx, "payrelay-test", "", coll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	raw, err := firestore.NewClient(ctx, "payrelay-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	old := payment("env-old")
+	if _, _, _, err := s.Create(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	// As an older payrelay wrote it: no environment field.
+	if _, err := raw.Collection(coll).Doc(old.ID).Update(ctx, []firestore.Update{{Path: "environment", Value: firestore.Delete}}); err != nil {
+		t.Fatal(err)
+	}
+	got, v, err := s.Get(ctx, old.ID)
+	if err != nil || got.Environment != relay.EnvProduction {
+		t.Fatalf("an old document reads as %q, %v; want production", got.Environment, err)
+	}
+	if _, err := s.Update(ctx, got, v); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := raw.Collection(coll).Doc(old.ID).Get(ctx)
+	if err != nil || snap.Data()["environment"] != "production" {
+		t.Fatalf("after a write the document's environment is %v, %v", snap.Data()["environment"], err)
+	}
+	sb := payment("env-sandbox")
+	sb.Environment = relay.EnvSandbox
+	sb.ID = relay.PaymentID(relay.EnvSandbox, "generic", "game-1", "env-sandbox")
+	if _, _, _, err := s.Create(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+	for env, want := range map[relay.Environment][]string{relay.EnvSandbox: {sb.ID}, relay.EnvProduction: {old.ID}} {
+		ps, _, err := s.List(ctx, relay.Filter{State: relay.StatePending, Environment: env}, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, p := range ps {
+			ids = append(ids, p.ID)
+		}
+		if diff := cmp.Diff(want, ids); diff != "" {
+			t.Errorf("pending %s payments (-want +got):\n%s", env, diff)
+		}
 	}
 }

@@ -165,7 +165,7 @@ func (s *Service) operate(ctx context.Context, paymentID, key string, f func(*Pa
 		if _, err = s.write(ctx, p, v); err == nil {
 			return OperationResult{Payment: p}, nil
 		}
-		if !errors.Is(err, ErrVersionConflict) || try == maxIngestTries {
+		if !s.retryConflict(ctx, err, try) {
 			return OperationResult{}, fmt.Errorf("record operation: %w", err)
 		}
 	}

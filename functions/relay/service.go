@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -173,6 +174,8 @@ func DefaultBackoff() retry.Backoff {
 // Service relays payment results: Ingest stores and enqueues, Deliver walks the ladder.
 type Service struct {
 	cfg Config
+	// conflicts counts writes re-applied after a version conflict (ConflictsRetried).
+	conflicts atomic.Int64
 }
 
 // NewService checks its dependencies and returns a Service.

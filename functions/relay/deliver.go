@@ -163,6 +163,11 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 	lease := *n.Lease
 	num, gen := n.Attempt, n.Generation
 	start := s.cfg.Clock.Now()
+	// The attempt owns its deadline: the POST runs with the game's own timeout (the notifier's)
+	// and is not cut short when the dispatcher hangs up (Cloud Tasks' deadline, a restarted
+	// emulator), so what the game server answered is what gets recorded. The lease, longer than
+	// any game's timeout, keeps every other delivery off this attempt meanwhile.
+	ctx = context.WithoutCancel(ctx)
 	r := s.cfg.Notifier.Notify(ctx, p, n, num)
 	end := s.cfg.Clock.Now()
 	rec := AttemptRecord{
@@ -216,13 +221,11 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 		}
 		return nil
 	}
-	// The POST happened: from here on, finish even if the caller goes away (Cloud Tasks cut the
-	// request at its deadline), each call still bounded by OpTimeout. A lost record means a
-	// second POST once the lease expires, so the record is retried for as long as the lease
-	// holds. The write is conditioned on the version read; if the payment changed meanwhile
-	// (Ingest added a refund), the result is applied again to a fresh read, as long as the
-	// lease there is still ours.
-	ctx = context.WithoutCancel(ctx)
+	// The POST happened: finish even though the caller may have gone away, each call still
+	// bounded by OpTimeout. A lost record means a second POST once the lease expires, so the
+	// record is retried for as long as the lease holds. The write is conditioned on the version
+	// read; if the payment changed meanwhile (Ingest added a refund), the result is applied
+	// again to a fresh read, as long as the lease there is still ours.
 	cur, fresh := p, false
 	err := retry.Do(ctx, recordBackoff(lease.Until.Sub(s.cfg.Clock.Now())), func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)

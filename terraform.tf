@@ -300,10 +300,13 @@ data "google_project" "this" {
 # Firestore and the queue
 
 # Every composite index the store's queries use (infra/store.Indexes; a Go test checks the two
-# lists agree): operators' lists filter on a tag and, optionally, environment, game and
-# provider, newest first. The sweeper's query on due_at runs on Firestore's automatic single-field index.
+# lists agree): the sweeper reads each game's overdue payments in turn; operators' lists filter
+# on a tag and, optionally, environment, game and provider, newest first. The sweeper's last
+# query, on due_at alone, runs on Firestore's automatic single-field index.
 locals {
   firestore_indexes = [
+    # The sweeper's pages: one game's overdue payments, oldest due first.
+    [{ path = "game", order = "ASCENDING" }, { path = "due_at", order = "ASCENDING" }],
     [{ path = "tags", array_config = "CONTAINS" }, { path = "received_at", order = "DESCENDING" }],
     [{ path = "tags", array_config = "CONTAINS" }, { path = "provider", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
     [{ path = "tags", array_config = "CONTAINS" }, { path = "game", order = "ASCENDING" }, { path = "received_at", order = "DESCENDING" }],
@@ -826,6 +829,8 @@ locals {
     healed             = { metric = "healed", title = "payrelay: the sweeper healed lost tasks", doc = "A task was lost (queue purged, enqueue failed) or a delivery died; the sweeper enqueued it again. Check the queues and the logs (event=healed) for the cause." }
     reconcile_failed   = { metric = "reconcile_failed", title = "payrelay: a reconciliation could not run", doc = "An account's daily reconciliation failed (event=reconcile_failed, reason_class: not_ready, refused, unavailable); Cloud Scheduler retries for about 3 hours. refused: check the account's keys in PROVIDER_CONFIG; when fixed, run it from the dashboard's Reconciliation page." }
     reconcile_findings = { metric = "reconcile_findings", title = "payrelay: reconciliation found payrelay out of step with a bill", doc = "The provider's bill and payrelay disagree (event=reconcile_finding, kind). missing_payment and missing_refund were recovered and relayed; conflict, unrelayable and not_in_bill need an operator: open the day's report in the dashboard (Reconciliation) and compare with the provider's console." }
+    heal_stuck         = { metric = "heal_stuck", title = "payrelay: the sweeper keeps failing to enqueue a notification", doc = "The sweeper failed 3 times or more in a row to enqueue a notification again (event=heal_stuck names it and the error); it backs off and the other notifications are healed meanwhile. Check the game's queue (paused? rate limits? IAM?) and the error; the sweeper retries on its own once it can." }
+    orphaned           = { metric = "orphaned", title = "payrelay: a notification was orphaned (its game or queue is gone)", doc = "A notification's game, its endpoint for the payment's environment, or its queue is no longer there (event=orphaned names it): nothing was posted. Restore the game in GAMES (or its queue), then replay the orphaned notifications from the dashboard (state orphaned) or with a bulk replay." }
     env_mismatch       = { metric = "environment_mismatch", title = "payrelay: a notification of an environment its app is not configured for", doc = "A provider sent a notification for an app configured for the other environment (e.g. an App Store Sandbox notification for a bundle whose PROVIDER_CONFIG environments are production only, or a live Stripe event for a test-only account). It was acknowledged and stored, not relayed (event=environment_mismatch names the app). Fix the app's environments in PROVIDER_CONFIG, then replay it from the dashboard (state not_relayed)." }
     startup_failure    = { metric = "startup_failures", title = "payrelay: a function refused to start", doc = "A revision's configuration is invalid; the log line (event=startup_failed) names every problem. Fix GAMES, the secrets or PROVIDER_CONFIG and deploy again." }
   }

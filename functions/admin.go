@@ -344,17 +344,39 @@ func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
 		h.Logger.WarnContext(ctx, "sweeper healed a notification", "event", "healed", "game", hl.Game, "environment", string(hl.Environment), "payment_id", hl.PaymentID,
 			"notification_id", relay.NotificationID(hl.PaymentID, hl.Key), "generation", hl.Generation, "attempt", hl.Attempt, "why", hl.Why)
 	}
+	for _, hl := range res.Failed {
+		attrs := []any{"game", hl.Game, "environment", string(hl.Environment), "payment_id", hl.PaymentID,
+			"notification_id", relay.NotificationID(hl.PaymentID, hl.Key), "failures", hl.Failure.Failures, "error", hl.Failure.Error,
+			"next_try_at", hl.Failure.After.UTC().Format(time.RFC3339)}
+		if hl.Stuck {
+			// The walk keeps failing on this one: an alert names it (heal_stuck).
+			h.Logger.ErrorContext(ctx, "sweeper keeps failing to enqueue a notification; it is skipped until its backoff ends", append(attrs, "event", "heal_stuck")...)
+		} else {
+			h.Logger.WarnContext(ctx, "sweeper failed to enqueue a notification; it is skipped until its backoff ends", append(attrs, "event", "heal_failed")...)
+		}
+	}
+	for _, hl := range res.Orphaned {
+		h.Logger.ErrorContext(ctx, "sweeper orphaned a notification: its game or queue is gone", "event", "orphaned", "game", hl.Game,
+			"environment", string(hl.Environment), "payment_id", hl.PaymentID, "notification_id", relay.NotificationID(hl.PaymentID, hl.Key), "reason", hl.Why)
+	}
+	for _, e := range res.ReadErrors {
+		h.Logger.ErrorContext(ctx, "sweep could not read a page; the other games' went on", "error", e.Error())
+	}
 	if err != nil {
 		h.Logger.ErrorContext(ctx, "sweep failed", "error", err.Error(), "healed", len(res.Healed))
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "sweep failed", Reason: "retry"})
 		return
 	}
-	h.Logger.InfoContext(ctx, "sweep done", "event", "sweep", "scanned", res.Scanned, "healed", len(res.Healed),
-		"oldest_overdue_seconds", res.OldestOverdue.Seconds())
+	h.Logger.InfoContext(ctx, "sweep done", "event", "sweep", "scanned", res.Scanned, "healed", len(res.Healed), "failed", len(res.Failed),
+		"orphaned", len(res.Orphaned), "left_games", res.Left, "oldest_overdue_seconds", res.OldestOverdue.Seconds())
 	writeJSON(w, http.StatusOK, struct {
-		Scanned int `json:"scanned"`
-		Healed  int `json:"healed"`
-	}{res.Scanned, len(res.Healed)})
+		Scanned  int `json:"scanned"`
+		Healed   int `json:"healed"`
+		Failed   int `json:"failed"`
+		Orphaned int `json:"orphaned"`
+		// LeftGames are the games whose walk the time budget cut short (the next sweep goes on).
+		LeftGames int `json:"left_games"`
+	}{res.Scanned, len(res.Healed), len(res.Failed), len(res.Orphaned), res.Left})
 }
 
 // adminStartJob starts a bulk replay of the notifications a filter selects:

@@ -281,6 +281,8 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 		attrs = append(attrs, "released", relay.NotificationID(msg.PaymentID, res.Released))
 	}
 	switch res.Outcome {
+	case relay.OutcomeOrphaned:
+		log.ErrorContext(ctx, "delivery orphaned: the notification's game or endpoint is no longer configured; nothing posted", append(attrs, "event", "orphaned")...)
 	case relay.OutcomeRejected, relay.OutcomeFailed:
 		log.ErrorContext(ctx, "delivery "+string(res.Outcome), attrs...)
 	case relay.OutcomeBusy, relay.OutcomeRetryScheduled:
@@ -309,7 +311,7 @@ func (h *Handler) jobStep(w http.ResponseWriter, r *http.Request, log *slog.Logg
 		log.ErrorContext(ctx, "job step failed; Cloud Tasks will run it again", "error", err.Error())
 		writeJSON(w, http.StatusServiceUnavailable, deliverAnswer{Outcome: "error", Reason: "temporarily unavailable"})
 	default:
-		log.InfoContext(ctx, "job step done", "state", string(j.State), "replayed", j.Replayed, "skipped", j.Skipped, "refused", j.Refused)
+		log.InfoContext(ctx, "job step done", "state", string(j.State), "replayed", j.Replayed, "skipped", j.Skipped, "refused", j.Refused, "failed", j.Failed)
 		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(j.State)})
 	}
 }

@@ -83,12 +83,30 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	// A lost task the sweeper heals: order-1004 stored, its task never delivered, the clock
 	// moved past the margin.
 	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1004", 1), testNow))
-	h.Clock.(interface{ Advance(time.Duration) }).Advance(5 * time.Minute)
-	w := httptest.NewRecorder()
-	h.Sweep(w, httptest.NewRequest(http.MethodPost, "/", nil))
-	if w.Code != http.StatusOK {
-		t.Fatalf("sweep = %d %s", w.Code, w.Body)
+	// order-1005's queue refuses every enqueue (stuck after 3 sweeps), order-1006's is gone
+	// (orphaned).
+	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1005", 1), testNow))
+	serve(h.Ingest, signed(strings.Replace(validBody, "order-1001", "order-1006", 1), testNow))
+	stuck, gone := relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1005"), relay.PaymentID(relay.EnvProduction, "generic", "game-1", "order-1006")
+	f.queue.Fail = func(task relay.Task) error {
+		switch {
+		case task.Sweep == "":
+		case task.PaymentID == stuck:
+			return errors.New("cloudtasks.CreateTask: PermissionDenied")
+		case task.PaymentID == gone:
+			return fmt.Errorf("cloudtasks.CreateTask: %w", relay.ErrNoQueue)
+		}
+		return nil
 	}
+	for range 3 {
+		h.Clock.(interface{ Advance(time.Duration) }).Advance(time.Hour)
+		w := httptest.NewRecorder()
+		h.Sweep(w, httptest.NewRequest(http.MethodPost, "/", nil))
+		if w.Code != http.StatusOK {
+			t.Fatalf("sweep = %d %s", w.Code, w.Body)
+		}
+	}
+	f.queue.Fail = nil
 	// A reconciliation finding a payment missing, and one that cannot run.
 	at := testNow.Add(-time.Hour)
 	day := relay.BillDay(at)
@@ -105,9 +123,10 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Providers["stripe"] = st
-	ev := providertest.StripeTestEvent("checkout.session.completed", providertest.StripeSession("order-test-1", "pi_test_1", 500, "USD", "paid"), testNow)
+	now := h.Clock.Now()
+	ev := providertest.StripeTestEvent("checkout.session.completed", providertest.StripeSession("order-test-1", "pi_test_1", 500, "USD", "paid"), now)
 	sreq := httptest.NewRequest(http.MethodPost, "/Ingest?provider=stripe", bytes.NewReader(ev))
-	sreq.Header = providertest.SignStripe(ev, testNow, "whsec_metrics")
+	sreq.Header = providertest.SignStripe(ev, now, "whsec_metrics")
 	if code, _ := serve(h.Ingest, sreq); code != http.StatusOK {
 		t.Fatalf("a mismatched Stripe event answered %d, want 200 (acknowledged, stored not relayed)", code)
 	}
@@ -159,7 +178,8 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 		return -1
 	}
 	for name, want := range map[string]int{"notifications_failed": 1, "notifications_retried": 7, "notifications_delivered": 1,
-		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 1, "startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1} {
+		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 3, // order-1004, by each of the 3 sweeps (its task is never delivered here)
+		"startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1, "heal_failures": 2, "heal_stuck": 1, "orphaned": 1} {
 		if got := count(name); got != want {
 			t.Errorf("%s counts %d entries, want %d", name, got, want)
 		}

@@ -85,6 +85,20 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			return res, err
 		}
 		now := s.cfg.Clock.Now()
+		if !s.cfg.Routes.Has(p.Game, p.Environment) {
+			// Its game (or the game's endpoint for this environment) left the configuration
+			// since the task was made: nothing is posted; the notification waits, orphaned, for
+			// an operator to replay it once the game is back.
+			n.State, n.Reason, n.Lease, n.NextAttemptAt = StateOrphaned, orphanReason(p), nil, time.Time{}
+			p.UpdatedAt = now
+			if _, err := s.update(ctx, p, v); errors.Is(err, ErrVersionConflict) && try < maxClaimTries {
+				continue
+			} else if err != nil {
+				return DeliverResult{}, fmt.Errorf("record orphaned: %w", err)
+			}
+			res.Outcome, res.Reason = OutcomeOrphaned, n.Reason
+			return res, nil
+		}
 		if n.State == StateDelivering && n.Lease != nil {
 			// The lease expired: a delivery died between claiming and recording. Its POST may
 			// or may not have reached the game server; say so in the history.
@@ -94,6 +108,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			})
 		}
 		n.State = StateDelivering
+		n.Heal = nil // under way again: whatever kept the sweeper from enqueueing it is past
 		n.Lease = &Lease{Attempt: m.Attempt, Owner: d.String() + "/" + token(), ClaimedAt: now, Until: now.Add(s.cfg.Lease)}
 		p.UpdatedAt = now
 		v, err = s.update(ctx, p, v)
@@ -132,7 +147,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, gen, 
 			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the one it released is enqueued", Released: next.Key}, false, nil
 		}
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is delivered"}, false, nil
-	case n.State == StateFailed, n.State == StateCancelled, n.State == StateNotRelayed:
+	case n.State == StateFailed, n.State == StateCancelled, n.State == StateNotRelayed, n.State == StateOrphaned:
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is " + string(n.State)}, false, nil
 	case n.State == StateHeld:
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is held behind an earlier one of its payment"}, false, nil
@@ -301,6 +316,10 @@ func (p *Payment) Clone() *Payment {
 		if n.Refund != nil {
 			r := *n.Refund
 			n.Refund = &r
+		}
+		if n.Heal != nil {
+			h := *n.Heal
+			n.Heal = &h
 		}
 	}
 	return &c

@@ -160,20 +160,28 @@ func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
 	return res, err
 }
 
-// notRelayed says why a notification joining payment p must not be posted, or "" when it may:
-// the provider's app is configured for the other environment (mismatch), or the game has no
-// endpoint for the payment's environment. Invariant 11 starts here: a notification no
-// endpoint of its own environment can take is never made pending.
-func (s *Service) notRelayed(p *Payment, mismatch string) string {
+// notRelayed says why a notification joining payment p must not be posted, or the zero stop
+// when it may: the provider's app is configured for the other environment (mismatch), the
+// game has no sandbox endpoint (not relayed), or the game is no longer configured at all (a
+// refund of a payment of a removed game: orphaned). Invariant 11 starts here: a notification
+// no endpoint of its own environment can take is never made pending.
+func (s *Service) notRelayed(p *Payment, mismatch string) stop {
 	switch {
 	case mismatch != "":
-		return "not relayed (environment mismatch): " + mismatch
+		return stop{StateNotRelayed, "not relayed (environment mismatch): " + mismatch}
+	case !s.cfg.Routes.Known(p.Game):
+		return stop{StateOrphaned, orphanReason(p)}
 	case !s.cfg.Routes.Has(p.Game, p.Environment) && p.Environment == EnvSandbox:
-		return NoSandboxEndpoint
+		return stop{StateNotRelayed, NoSandboxEndpoint}
 	case !s.cfg.Routes.Has(p.Game, p.Environment):
-		return fmt.Sprintf("not relayed: game %q has no %s endpoint configured", p.Game, p.Environment)
+		return stop{StateNotRelayed, fmt.Sprintf("not relayed: game %q has no %s endpoint configured", p.Game, p.Environment)}
 	}
-	return ""
+	return stop{}
+}
+
+// orphanReason says why p's notifications cannot go out now that the configuration changed.
+func orphanReason(p *Payment) string {
+	return fmt.Sprintf("orphaned: game %q has no %s endpoint in the configuration (GAMES); replay it once it has", p.Game, p.Environment)
 }
 
 // ingestPaid creates the payment with its payment.succeeded notification: one write in the
@@ -351,7 +359,7 @@ func (s *Service) ingestNote(ctx context.Context, in Payment, note Note) (Ingest
 // is under way and needs nothing.
 func (s *Service) finishIngest(ctx context.Context, p *Payment, n *Notification, dup bool) (IngestResult, error) {
 	res := IngestResult{PaymentID: p.ID, NotificationID: NotificationID(p.ID, n.Key), Duplicate: dup, Stored: true, State: n.State}
-	if n.State == StateNotRelayed {
+	if n.State == StateNotRelayed || n.State == StateOrphaned {
 		res.NotRelayed = n.Reason
 	}
 	if n.untouched() {

@@ -27,7 +27,12 @@ type Job struct {
 	// counted; its replays stand in the notifications' histories under the job's id.
 	Replayed  int
 	Skipped   int // already replayed by this job (a step run again after an interruption)
-	Refused   int // no longer replayable when the job reached them
+	Refused   int // no longer replayable when the job reached them (or gone)
+	// Failed counts the notifications whose replay failed for a reason of their own (not an
+	// unavailable store or queue, which makes the step run again): each is recorded in
+	// Failures (the first MaxJobFailures) and the job went on.
+	Failed    int
+	Failures  []string
 	Error     string
 	CreatedAt time.Time
 	UpdatedAt time.Time
@@ -54,6 +59,9 @@ type JobStore interface {
 type JobQueue interface {
 	EnqueueJob(ctx context.Context, jobID string, step int) error
 }
+
+// MaxJobFailures bounds the failures a job lists (Failed counts them all).
+const MaxJobFailures = 20
 
 // ErrNoJobs: the service was built without a job store and queue (OPS_QUEUE unset).
 var ErrNoJobs = errors.New("relay: bulk replay is not configured (OPS_QUEUE)")
@@ -135,10 +143,18 @@ func (s *Service) RunJobStep(ctx context.Context, jobID string, step int) (*Job,
 		res, err := s.Replay(ctx, it.Payment.ID, it.Notification.Key, false, op)
 		var stateErr *StateError
 		switch {
-		case errors.As(err, &stateErr):
-			j.Refused++ // replayed or changed since the page was read
-		case err != nil && res.Payment == nil:
+		case errors.As(err, &stateErr), errors.Is(err, ErrNotFound):
+			j.Refused++ // replayed, changed or deleted since the page was read
+		case err != nil && res.Payment == nil && Retryable(err):
+			// The store is unavailable: no item can progress; the step runs again.
 			return j, fmt.Errorf("replay %s: %w", NotificationID(it.Payment.ID, it.Notification.Key), err)
+		case err != nil && res.Payment == nil:
+			// This item's own failure (a write conflict that persisted, a document that no
+			// longer decodes): recorded, and the job goes on (invariant 12).
+			j.Failed++
+			if len(j.Failures) < MaxJobFailures {
+				j.Failures = append(j.Failures, fmt.Sprintf("%s: %.200v", NotificationID(it.Payment.ID, it.Notification.Key), err))
+			}
 		case res.Skipped:
 			j.Skipped++
 		default:

@@ -50,15 +50,21 @@ const (
 	// Nothing moves it but an operator's replay, accepted once the game has an endpoint for
 	// the payment's environment; the notifications behind it are not relayed either.
 	StateNotRelayed State = "not_relayed"
+	// StateOrphaned: it was under way, but its game (or the game's endpoint for the payment's
+	// environment, or its queue) is no longer there: the sweeper moves an overdue notification
+	// here when it finds it so, Deliver when a task of it arrives. Shown and alerted; nothing
+	// moves it but an operator's replay, accepted once the game exists again. It blocks nothing
+	// else: the sweeper's query no longer sees it.
+	StateOrphaned State = "orphaned"
 )
 
 // Terminal reports whether no further attempt will be made.
 func (s State) Terminal() bool {
-	return s == StateDelivered || s == StateFailed || s == StateCancelled || s == StateNotRelayed
+	return s == StateDelivered || s == StateFailed || s == StateCancelled || s == StateNotRelayed || s == StateOrphaned
 }
 
 // States lists every state, in the order of the lifecycle.
-var States = []State{StateHeld, StatePending, StateDelivering, StateDelivered, StateFailed, StateCancelled, StateNotRelayed}
+var States = []State{StateHeld, StatePending, StateDelivering, StateDelivered, StateFailed, StateCancelled, StateNotRelayed, StateOrphaned}
 
 // Notification is one message to the game server about a payment, with its own ladder, lease
 // and history.
@@ -85,6 +91,30 @@ type Notification struct {
 	Actions []Action
 	// Via says how payrelay learnt of what it tells: ViaNotify, ViaQuery or ViaReconcile.
 	Via string
+	// Heal is the sweeper's record of failing to enqueue this notification again, nil when it
+	// has not failed (or the attempt was claimed since): the sweeper skips it until Heal.After.
+	Heal *HealFailure
+}
+
+// HealFailure is what failed when the sweeper last tried to enqueue a notification again,
+// when, how often in a row, and when the notification is due again (After): the sweeper takes
+// it SweepMargin after that, as it takes any due notification.
+type HealFailure struct {
+	Failures int
+	Error    string
+	At       time.Time
+	After    time.Time
+}
+
+// HealStuckAfter is how many failures in a row make a notification stuck: the sweeper then
+// raises an alert naming it at every failure.
+const HealStuckAfter = 3
+
+// healBackoff is how much later a notification the sweeper failed to enqueue is due again,
+// after its failures-th failure in a row: 1 minute, doubling, at most 30 minutes (plus the
+// sweep margin before the sweeper takes it).
+func healBackoff(failures int) time.Duration {
+	return min(time.Minute<<min(failures-1, 10), 30*time.Minute)
 }
 
 // How payrelay learnt of a payment or refund (Notification.Via).
@@ -213,14 +243,21 @@ func (p *Payment) blocked() bool {
 	return false
 }
 
-// appendNotification adds a notification at the end of the causal chain: not relayed when
-// notRelayed gives a reason (no endpoint may receive it), else pending and due at due if
-// everything before it is delivered, held otherwise. It returns the new notification.
-func (p *Payment) appendNotification(key string, typ Type, r *Refund, via, notRelayed string, now, due time.Time) *Notification {
+// stop is why a notification joining a payment must not go out: the state it is stored in
+// (StateNotRelayed, StateOrphaned) and the reason; the zero stop lets it go.
+type stop struct {
+	state  State
+	reason string
+}
+
+// appendNotification adds a notification at the end of the causal chain: in the stop's state
+// when it has one (no endpoint may receive it), else pending and due at due if everything
+// before it is delivered, held otherwise. It returns the new notification.
+func (p *Payment) appendNotification(key string, typ Type, r *Refund, via string, st stop, now, due time.Time) *Notification {
 	n := Notification{Key: key, Type: typ, Refund: r, Via: via, Attempt: 1, CreatedAt: now, State: StatePending, NextAttemptAt: due}
 	switch {
-	case notRelayed != "":
-		n.State, n.Reason = StateNotRelayed, notRelayed
+	case st.state != "":
+		n.State, n.Reason = st.state, st.reason
 		n.NextAttemptAt = time.Time{}
 	case p.blocked():
 		n.State = StateHeld

@@ -14,6 +14,10 @@ type Finder interface {
 	// Overdue returns payments with a pending notification due, or a delivering one whose
 	// lease ends, at or before before: the oldest first, at most limit.
 	Overdue(ctx context.Context, before time.Time, limit int) ([]*Payment, error)
+	// OverdueOf is Overdue for one game's payments, a page at a time: after cursor (from the
+	// previous page; "" for the first), at most limit, and the next page's cursor ("" when
+	// there is none).
+	OverdueOf(ctx context.Context, game string, before time.Time, cursor string, limit int) ([]*Payment, string, error)
 	// List returns payments with a notification matching f, newest received first, at most
 	// limit, after the payment id cursor (from the previous page; "" for the first), and the
 	// cursor of the next page ("" when there is none).
@@ -86,7 +90,7 @@ func (s *Service) Replay(ctx context.Context, paymentID, key string, force bool,
 	res, err := s.operate(ctx, paymentID, key, func(p *Payment, nt *Notification, now time.Time) (bool, error) {
 		forced := nt.State == StateDelivered
 		switch {
-		case nt.State == StateFailed, nt.State == StateCancelled, nt.State == StateNotRelayed, nt.State == StateDelivered && force:
+		case nt.State == StateFailed, nt.State == StateCancelled, nt.State == StateNotRelayed, nt.State == StateOrphaned, nt.State == StateDelivered && force:
 		default:
 			return false, &StateError{Op: "replay", State: nt.State}
 		}
@@ -103,7 +107,7 @@ func (s *Service) Replay(ctx context.Context, paymentID, key string, force bool,
 		}
 		nt.Generation++
 		nt.Attempt = 1
-		nt.Lease = nil
+		nt.Lease, nt.Heal = nil, nil
 		nt.Reason = ""
 		nt.State, nt.NextAttemptAt = StatePending, now
 		if p.blockedBefore(nt.Key) {
@@ -220,14 +224,15 @@ func (s *Service) List(ctx context.Context, f Filter, cursor string, limit int) 
 // Overdue lists the notifications the sweeper would heal now: pending past SweepMargin, or
 // delivering with a lease expired that long ago; the oldest first.
 func (s *Service) Overdue(ctx context.Context, limit int) ([]Listed, error) {
-	ps, cutoff, err := s.findOverdue(ctx, s.cfg.Clock.Now(), limit)
+	now := s.cfg.Clock.Now()
+	ps, cutoff, err := s.findOverdue(ctx, now, limit)
 	if err != nil {
 		return nil, err
 	}
 	var out []Listed
 	for _, p := range ps {
 		for i := range p.Notifications {
-			if _, what := overdue(&p.Notifications[i], cutoff); what != "" {
+			if _, what := overdue(&p.Notifications[i], cutoff, now); what != "" {
 				out = append(out, Listed{Payment: p, Notification: &p.Notifications[i]})
 			}
 		}
@@ -255,8 +260,13 @@ func (s *Service) findOverdue(ctx context.Context, now time.Time, limit int) ([]
 }
 
 // overdue says whether n needs the sweeper at cutoff: "pending, due" since its attempt's time,
-// or "delivering, lease expired" since its lease's end; "" if it does not.
-func overdue(n *Notification, cutoff time.Time) (since time.Time, what string) {
+// or "delivering, lease expired" since its lease's end; "" if it does not, or if the sweeper
+// failed to enqueue it and backs off: it is due again at Heal.After and, like any due
+// notification, swept once that is past the cutoff (the store's query reads due_at the same way).
+func overdue(n *Notification, cutoff, now time.Time) (since time.Time, what string) {
+	if n.Heal != nil && n.Heal.After.After(cutoff) {
+		return time.Time{}, ""
+	}
 	switch {
 	case n.State == StatePending && !n.NextAttemptAt.After(cutoff):
 		return n.NextAttemptAt, "pending, due"
@@ -266,7 +276,7 @@ func overdue(n *Notification, cutoff time.Time) (since time.Time, what string) {
 	return time.Time{}, ""
 }
 
-// Healed is one notification the sweeper enqueued again.
+// Healed is one notification the sweeper enqueued again, or failed to, or orphaned.
 type Healed struct {
 	PaymentID, Key string
 	Game           string
@@ -274,51 +284,180 @@ type Healed struct {
 	Generation     int
 	Attempt        int
 	Why            string
+	// Failure, for one the sweeper failed to enqueue: what failed, how often in a row, when it
+	// tries next; Stuck once it failed HealStuckAfter times in a row (an alert names it).
+	Failure *HealFailure
+	Stuck   bool
 }
 
 // SweepResult is what one sweep did.
 type SweepResult struct {
 	Scanned int
 	Healed  []Healed
+	// Failed are the notifications the sweep could not enqueue: each recorded on its
+	// notification and backed off; the walk went on.
+	Failed []Healed
+	// Orphaned are the notifications whose game (or queue) is gone, moved out of the walk.
+	Orphaned []Healed
+	// Left counts the games whose walk the time budget cut short: the next sweep goes on.
+	Left int
+	// ReadErrors are the queries that failed (a game's page): the others went on.
+	ReadErrors []error
 	// OldestOverdue is how long the oldest notification healed had been due; 0 if none.
 	OldestOverdue time.Duration
 }
 
-// SweepLimit bounds the payments one sweep looks at; the next sweep takes the rest.
-const SweepLimit = 500
+// SweepPage is how many payments the sweep reads from one game at a time; SweepLimit bounds
+// the last page, which looks at every game at once for payments of games no longer
+// configured.
+const (
+	SweepPage  = 100
+	SweepLimit = 500
+)
 
 // Sweep finds notifications whose task was lost (pending, due more than SweepMargin ago) or
 // whose delivery died (delivering, lease expired more than SweepMargin ago) and enqueues their
 // attempt again under a fresh task name. A task that was only late, not lost, then meets a
-// duplicate: Deliver's claim lets one of them through. It writes nothing.
+// duplicate: Deliver's claim lets one of them through.
+//
+// One bad item never blocks the rest (invariant 12): the sweep takes each game's overdue
+// payments in turn, a page at a time, so a game with thousands overdue cannot starve another
+// with one; an item that fails to enqueue is recorded on its notification (what, when, how
+// often) and skipped until its own backoff ends, and the walk goes on; an item whose game or
+// queue is gone is orphaned, out of the walk. It stops at the time budget and says what it
+// left. It writes only to record a failure or an orphan. It returns an error only when it
+// could read nothing at all.
 func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
-	now := s.cfg.Clock.Now()
-	ps, cutoff, err := s.findOverdue(ctx, now, SweepLimit)
-	if err != nil {
-		return SweepResult{}, err
+	if s.cfg.Finder == nil {
+		return SweepResult{}, ErrNoFinder
 	}
+	now := s.cfg.Clock.Now()
+	cutoff := now.Add(-s.cfg.SweepMargin)
+	deadline := now.Add(s.cfg.SweepBudget)
 	// One fresh name per sweep round: a second sweeper run in the same minute is deduplicated.
 	round := strconv.FormatInt(now.Unix()/60, 10)
-	res := SweepResult{Scanned: len(ps)}
-	for _, p := range ps {
-		for i := range p.Notifications {
-			n := &p.Notifications[i]
-			since, what := overdue(n, cutoff)
-			if what == "" {
+	var res SweepResult
+	seen := map[string]bool{}
+	var readErrs []error
+	walk := func(ps []*Payment, only func(*Payment) bool) {
+		for _, p := range ps {
+			if seen[p.ID] || only != nil && !only(p) {
 				continue
 			}
-			age := now.Sub(since)
-			why := fmt.Sprintf("%s %s ago", what, age.Round(time.Second))
-			res.OldestOverdue = max(res.OldestOverdue, age)
-			t := p.task(n, n.Attempt, now)
-			t.Sweep = round
-			if err := s.enqueue(ctx, t); err != nil {
-				return res, fmt.Errorf("enqueue %s: %w", t.Name(), err)
-			}
-			res.Healed = append(res.Healed, Healed{PaymentID: p.ID, Key: n.Key, Game: p.Game, Environment: p.Environment, Generation: n.Generation, Attempt: n.Attempt, Why: why})
+			seen[p.ID] = true
+			res.Scanned++
+			s.sweepPayment(ctx, p, cutoff, now, round, &res)
 		}
 	}
+	// Each game in turn, a page at a time, while the budget lasts.
+	games := s.cfg.Routes.Games()
+	cursors := map[string]string{}
+	for active := games; len(active) > 0; {
+		var more []string
+		for _, g := range active {
+			if s.cfg.Clock.Now().After(deadline) {
+				res.Left++
+				continue
+			}
+			var ps []*Payment
+			var next string
+			err := s.withRetry(ctx, func(ctx context.Context) error {
+				var err error
+				ps, next, err = s.cfg.Finder.OverdueOf(ctx, g, cutoff, cursors[g], SweepPage)
+				return err
+			})
+			if err != nil {
+				readErrs = append(readErrs, fmt.Errorf("overdue of %s: %w", g, err))
+				continue
+			}
+			walk(ps, nil)
+			if next != "" {
+				cursors[g] = next
+				more = append(more, g)
+			}
+		}
+		active = more
+	}
+	// Then the payments of games the configuration no longer has (every game's, when Routes
+	// name none): the per-game pages cannot find them.
+	ps, _, err := s.findOverdue(ctx, now, SweepLimit)
+	if err != nil {
+		readErrs = append(readErrs, err)
+	} else {
+		walk(ps, func(p *Payment) bool { return len(games) == 0 || !s.cfg.Routes.Known(p.Game) })
+	}
+	res.ReadErrors = readErrs
+	if len(readErrs) > len(games) { // every query failed: the store is down
+		return res, errors.Join(readErrs...)
+	}
 	return res, nil
+}
+
+// sweepPayment heals p's overdue notifications: enqueued again, or recorded as failing and
+// backed off, or orphaned when its game or queue is gone.
+func (s *Service) sweepPayment(ctx context.Context, p *Payment, cutoff, now time.Time, round string, res *SweepResult) {
+	for i := range p.Notifications {
+		n := &p.Notifications[i]
+		since, what := overdue(n, cutoff, now)
+		if what == "" {
+			continue
+		}
+		age := now.Sub(since)
+		h := Healed{PaymentID: p.ID, Key: n.Key, Game: p.Game, Environment: p.Environment, Generation: n.Generation, Attempt: n.Attempt,
+			Why: fmt.Sprintf("%s %s ago", what, age.Round(time.Second))}
+		if !s.cfg.Routes.Has(p.Game, p.Environment) {
+			h.Why = orphanReason(p)
+			s.sweepRecord(ctx, p.ID, n.Key, func(n *Notification) {
+				n.State, n.Reason, n.Lease, n.Heal, n.NextAttemptAt = StateOrphaned, orphanReason(p), nil, nil, time.Time{}
+			})
+			res.Orphaned = append(res.Orphaned, h)
+			continue
+		}
+		t := p.task(n, n.Attempt, now)
+		t.Sweep = round
+		err := s.enqueue(ctx, t)
+		switch {
+		case err == nil:
+			res.OldestOverdue = max(res.OldestOverdue, age)
+			res.Healed = append(res.Healed, h)
+		case errors.Is(err, ErrNoQueue):
+			h.Why = fmt.Sprintf("orphaned: its queue is gone (%v); replay it once the game's queue exists", err)
+			s.sweepRecord(ctx, p.ID, n.Key, func(n *Notification) {
+				n.State, n.Reason, n.Lease, n.Heal, n.NextAttemptAt = StateOrphaned, h.Why, nil, nil, time.Time{}
+			})
+			res.Orphaned = append(res.Orphaned, h)
+		default:
+			f := HealFailure{Failures: 1, Error: fmt.Sprintf("enqueue %s: %.300v", t.Name(), err), At: now}
+			if n.Heal != nil {
+				f.Failures = n.Heal.Failures + 1
+			}
+			f.After = now.Add(healBackoff(f.Failures))
+			s.sweepRecord(ctx, p.ID, n.Key, func(n *Notification) { n.Heal = &f })
+			h.Failure, h.Stuck = &f, f.Failures >= HealStuckAfter
+			res.Failed = append(res.Failed, h)
+		}
+	}
+}
+
+// sweepRecord applies f to notification key of a payment as it is now stored, if it is still
+// overdue in the same way (not claimed meanwhile). A record that cannot be written is left:
+// the next sweep finds the notification again.
+func (s *Service) sweepRecord(ctx context.Context, paymentID, key string, f func(*Notification)) {
+	for try := 1; ; try++ {
+		p, v, err := s.getRetry(ctx, paymentID)
+		if err != nil {
+			return
+		}
+		n := p.Notification(key)
+		if n == nil || (n.State != StatePending && n.State != StateDelivering) {
+			return
+		}
+		f(n)
+		p.UpdatedAt = s.cfg.Clock.Now()
+		if _, err = s.write(ctx, p, v); err == nil || !s.retryConflict(ctx, err, try) {
+			return
+		}
+	}
 }
 
 // DueAt is when the payment next needs Deliver: the earliest pending notification's due time
@@ -335,6 +474,9 @@ func (p *Payment) DueAt() time.Time {
 			t = n.Lease.Until
 		default:
 			continue
+		}
+		if n.Heal != nil && n.Heal.After.After(t) {
+			t = n.Heal.After // the sweeper backs off a notification it failed to enqueue
 		}
 		if due.IsZero() || t.Before(due) {
 			due = t

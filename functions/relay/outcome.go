@@ -21,6 +21,9 @@ var (
 	ErrTaskExists = errors.New("task already exists")
 	// ErrFactsDiffer: a callback for a stored order carries other facts (another amount, say).
 	ErrFactsDiffer = errors.New("payment differs from the stored one for the same order")
+	// ErrNoQueue: the task's queue does not exist (deleted, renamed, or its game or sandbox no
+	// longer configured). Not retryable: the notification is orphaned until it exists again.
+	ErrNoQueue = errors.New("no such queue")
 )
 
 // Retryable reports whether err is worth retrying: a dependency was unavailable.
@@ -47,6 +50,9 @@ const (
 	OutcomeRejected Outcome = "rejected"
 	// OutcomeBusy: another delivery holds a live lease on this attempt.
 	OutcomeBusy Outcome = "busy"
+	// OutcomeOrphaned: the notification's game (or its endpoint for the payment's
+	// environment) is no longer configured; it was moved to StateOrphaned, nothing posted.
+	OutcomeOrphaned Outcome = "orphaned"
 )
 
 // Class is the one classification of invariant 4, which the handler maps to a status code.

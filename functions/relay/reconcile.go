@@ -295,8 +295,13 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", err.Error()
 		case errors.As(err, &fe):
 			f.Kind, f.Action, f.Reason = FindingUnrelayable, "reported", fe.Error()
-		case err != nil:
+		case err != nil && Retryable(err):
+			// The store or the queue is unavailable: the run is repeated (Cloud Scheduler).
 			return nil, fmt.Errorf("ingest order %s: %w", q.OrderID, err)
+		case err != nil:
+			// This order's own failure (its game's queue is gone, a conflict that persisted):
+			// reported, and the run goes on with the bill's other lines (invariant 12).
+			f.Action, f.Reason = "failed", fmt.Sprintf("%.300v", err)
 		case res.Duplicate: // stored meanwhile by its own notification
 			rep.Matched++
 			continue

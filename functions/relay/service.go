@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -133,6 +134,9 @@ type Config struct {
 	// SweepMargin is how overdue a notification must be before the sweeper enqueues it again
 	// (default 2m): well past a task's normal dispatch and Cloud Tasks' retries of a 5xx.
 	SweepMargin time.Duration
+	// SweepBudget bounds one sweep's walk (default 40s, inside the function's timeout and
+	// before the next minute's sweep); what it leaves, the next sweep takes.
+	SweepBudget time.Duration
 	// Jobs and JobQueue run bulk replays; optional (without them a bulk replay is refused).
 	Jobs     JobStore
 	JobQueue JobQueue
@@ -157,6 +161,20 @@ func (r Routes) Has(game string, env Environment) bool {
 		return env == EnvProduction
 	}
 	return slices.Contains(r[game], env)
+}
+
+// Known reports whether game is configured at all (nil Routes know every game).
+func (r Routes) Known(game string) bool {
+	if r == nil {
+		return true
+	}
+	_, ok := r[game]
+	return ok
+}
+
+// Games lists the configured games, sorted (none for nil Routes).
+func (r Routes) Games() []string {
+	return slices.Sorted(maps.Keys(r))
 }
 
 // NoSandboxEndpoint is the reason a sandbox notification of a game without a sandbox endpoint
@@ -206,6 +224,9 @@ func NewService(cfg Config) (*Service, error) {
 	}
 	if cfg.SweepMargin <= 0 {
 		cfg.SweepMargin = 2 * time.Minute
+	}
+	if cfg.SweepBudget <= 0 {
+		cfg.SweepBudget = 40 * time.Second
 	}
 	if cfg.ReplayRate <= 0 {
 		cfg.ReplayRate = 20

@@ -125,7 +125,7 @@ func (q *CloudTasks) Enqueue(ctx context.Context, t relay.Task) error {
 		queues = q.opts.SandboxQueues[t.Game]
 	}
 	if len(queues) == 0 {
-		return fmt.Errorf("queue: game %q has no %s queue (GAMES)", t.Game, t.Environment)
+		return fmt.Errorf("queue: game %q has no %s queue (GAMES): %w", t.Game, t.Environment, relay.ErrNoQueue)
 	}
 	queue := Shard(queues, relay.NotificationID(t.PaymentID, t.Key))
 	return q.create(ctx, queue, t.Name(), t.At, relay.TaskMessage{PaymentID: t.PaymentID, Notification: t.Key, Generation: t.Generation, Attempt: t.Attempt})
@@ -175,6 +175,9 @@ func classify(err error) error {
 	switch status.Code(err) {
 	case codes.AlreadyExists:
 		return fmt.Errorf("cloudtasks.CreateTask: %w", relay.ErrTaskExists)
+	case codes.NotFound:
+		// CreateTask answers NotFound for its parent: the queue was deleted (or never made).
+		return fmt.Errorf("cloudtasks.CreateTask: %w: %w", relay.ErrNoQueue, err)
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted, codes.Internal, codes.Unknown:
 		return fmt.Errorf("cloudtasks.CreateTask: %w: %w", relay.ErrUnavailable, err)
 	}

@@ -173,8 +173,15 @@ func TestShardsSpreadAGameOverItsQueues(t *testing.T) {
 	if total != n {
 		t.Errorf("the farm queues hold %d tasks, want %d", total, n)
 	}
-	if err := q.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "ghost", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); err == nil || relay.Retryable(err) {
-		t.Errorf("Enqueue for a game with no queue = %v, want a permanent error", err)
+	if err := q.Enqueue(ctx, relay.Task{PaymentID: "x", Game: "ghost", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !errors.Is(err, relay.ErrNoQueue) || relay.Retryable(err) {
+		t.Errorf("Enqueue for a game with no queue = %v, want ErrNoQueue, not retryable", err)
+	}
+	// A queue deleted under a configured game: Cloud Tasks' NotFound is ErrNoQueue too.
+	if _, err := srv.DeleteQueue(ctx, &cloudtaskspb.DeleteQueueRequest{Name: "projects/p/locations/l/queues/sword-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(ctx, relay.Task{PaymentID: "s2", Game: "sword", Environment: relay.EnvProduction, Key: relay.KeyPaid, Attempt: 1, At: time.Now()}); !errors.Is(err, relay.ErrNoQueue) || relay.Retryable(err) {
+		t.Errorf("Enqueue on a deleted queue = %v, want ErrNoQueue, not retryable", err)
 	}
 }
 

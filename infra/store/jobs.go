@@ -19,6 +19,7 @@ type jobDoc struct {
 	FType     string    `firestore:"filter_type"`
 	FGame     string    `firestore:"filter_game"`
 	FProvider string    `firestore:"filter_provider"`
+	FEnv      string    `firestore:"filter_environment"`
 	FFrom     time.Time `firestore:"filter_from"`
 	FTo       time.Time `firestore:"filter_to"`
 	By        string    `firestore:"by"`
@@ -28,6 +29,8 @@ type jobDoc struct {
 	Replayed  int       `firestore:"replayed"`
 	Skipped   int       `firestore:"skipped"`
 	Refused   int       `firestore:"refused"`
+	Failed    int       `firestore:"failed"`
+	Failures  []string  `firestore:"failures"`
 	Error     string    `firestore:"error"`
 	CreatedAt time.Time `firestore:"created_at"`
 	UpdatedAt time.Time `firestore:"updated_at"`
@@ -37,8 +40,9 @@ func (s *Firestore) jobs() *firestore.CollectionRef { return s.client.Collection
 
 func toJobDoc(j *relay.Job) *jobDoc {
 	return &jobDoc{State: string(j.State), FState: string(j.Filter.State), FType: string(j.Filter.Type), FGame: j.Filter.Game,
-		FProvider: j.Filter.Provider, FFrom: j.Filter.From, FTo: j.Filter.To, By: utf8(j.By), Reason: utf8(j.Reason), Step: j.Step,
-		Cursor: j.Cursor, Replayed: j.Replayed, Skipped: j.Skipped, Refused: j.Refused, Error: utf8(j.Error), CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
+		FProvider: j.Filter.Provider, FEnv: string(j.Filter.Environment), FFrom: j.Filter.From, FTo: j.Filter.To, By: utf8(j.By), Reason: utf8(j.Reason), Step: j.Step,
+		Cursor: j.Cursor, Replayed: j.Replayed, Skipped: j.Skipped, Refused: j.Refused, Failed: j.Failed, Failures: j.Failures,
+		Error: utf8(j.Error), CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt}
 }
 
 // CreateJob implements relay.JobStore.
@@ -62,8 +66,9 @@ func (s *Firestore) GetJob(ctx context.Context, id string) (*relay.Job, relay.Ve
 		return nil, 0, fmt.Errorf("firestore.DataTo job %s: %w", id, err)
 	}
 	j := &relay.Job{ID: id, State: relay.JobState(d.State), By: d.By, Reason: d.Reason, Step: d.Step, Cursor: d.Cursor,
-		Replayed: d.Replayed, Skipped: d.Skipped, Refused: d.Refused, Error: d.Error, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
-		Filter: relay.Filter{State: relay.State(d.FState), Type: relay.Type(d.FType), Game: d.FGame, Provider: d.FProvider}}
+		Replayed: d.Replayed, Skipped: d.Skipped, Refused: d.Refused, Failed: d.Failed, Failures: d.Failures, Error: d.Error,
+		CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+		Filter: relay.Filter{State: relay.State(d.FState), Type: relay.Type(d.FType), Game: d.FGame, Provider: d.FProvider, Environment: relay.Environment(d.FEnv)}}
 	if !d.FFrom.IsZero() {
 		j.Filter.From = d.FFrom.UTC()
 	}
@@ -80,6 +85,7 @@ func (s *Firestore) UpdateJob(ctx context.Context, j *relay.Job, v relay.Version
 	wr, err := s.jobs().Doc(j.ID).Update(ctx, []firestore.Update{
 		{Path: "state", Value: d.State}, {Path: "step", Value: d.Step}, {Path: "cursor", Value: d.Cursor},
 		{Path: "replayed", Value: d.Replayed}, {Path: "skipped", Value: d.Skipped}, {Path: "refused", Value: d.Refused},
+		{Path: "failed", Value: d.Failed}, {Path: "failures", Value: d.Failures},
 		{Path: "error", Value: d.Error}, {Path: "updated_at", Value: d.UpdatedAt},
 	}, firestore.LastUpdateTime(time.Unix(0, int64(v))))
 	if err != nil {

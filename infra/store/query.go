@@ -23,10 +23,10 @@ type IndexField struct {
 type Index []IndexField
 
 // Indexes lists every composite index the store's queries use, derived from the same
-// function that builds them (listQuery); the sweeper's query (due_at alone) runs on
-// Firestore's automatic single-field index.
+// functions that build them (listQuery, overdueIndex); the sweeper's last query (due_at alone)
+// runs on Firestore's automatic single-field index.
 func Indexes() []Index {
-	var out []Index
+	out := []Index{overdueIndex()}
 	for _, env := range []bool{false, true} {
 		for _, game := range []bool{false, true} {
 			for _, provider := range []bool{false, true} {
@@ -101,6 +101,35 @@ func (s *Firestore) List(ctx context.Context, f relay.Filter, cursor string, lim
 	}
 	last := ps[len(ps)-1]
 	return ps, fmt.Sprintf("%d_%s", last.ReceivedAt.UnixNano(), last.ID), nil
+}
+
+// overdueIndex is the index of a game's overdue payments, oldest due first: the sweeper's
+// per-game pages.
+func overdueIndex() Index {
+	return Index{{Path: "game", Order: "ASCENDING"}, {Path: "due_at", Order: "ASCENDING"}}
+}
+
+// OverdueOf implements relay.Finder. The cursor is the last payment's due time and id.
+func (s *Firestore) OverdueOf(ctx context.Context, game string, before time.Time, cursor string, limit int) ([]*relay.Payment, string, error) {
+	q := s.coll.Where("game", "==", game).Where("due_at", "<=", before).OrderBy("due_at", firestore.Asc).OrderBy(firestore.DocumentID, firestore.Asc)
+	if cursor != "" {
+		nanos, id, ok := strings.Cut(cursor, "_")
+		n, err := strconv.ParseInt(nanos, 10, 64)
+		if !ok || err != nil || id == "" {
+			return nil, "", fmt.Errorf("store: malformed cursor %q", cursor)
+		}
+		q = q.StartAfter(time.Unix(0, n).UTC(), id)
+	}
+	docs, err := q.Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, "", classify("firestore.OverdueOf", err)
+	}
+	ps, err := s.decode(docs)
+	if err != nil || len(ps) < limit {
+		return ps, "", err
+	}
+	last := ps[len(ps)-1]
+	return ps, fmt.Sprintf("%d_%s", last.DueAt().UnixNano(), last.ID), nil
 }
 
 // Overdue implements relay.Finder.

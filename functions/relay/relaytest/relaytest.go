@@ -234,6 +234,41 @@ func (s *Store) Overdue(_ context.Context, before time.Time, limit int) ([]*rela
 	return out[:min(len(out), limit)], nil
 }
 
+// OverdueOf implements relay.Finder over one game's payments in memory, oldest due first (then
+// by id); the cursor is the last payment's id.
+func (s *Store) OverdueOf(_ context.Context, game string, before time.Time, cursor string, limit int) ([]*relay.Payment, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("overdue " + game); err != nil {
+		return nil, "", err
+	}
+	var all []*relay.Payment
+	for _, p := range s.payments {
+		if due := p.DueAt(); p.Game == game && !due.IsZero() && !due.After(before) {
+			all = append(all, clone(p))
+		}
+	}
+	slices.SortFunc(all, func(a, b *relay.Payment) int {
+		if c := a.DueAt().Compare(b.DueAt()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	if cursor != "" {
+		due, id, _ := strings.Cut(cursor, "|")
+		t, _ := time.Parse(time.RFC3339Nano, due)
+		all = slices.DeleteFunc(all, func(p *relay.Payment) bool {
+			c := p.DueAt().Compare(t)
+			return c < 0 || c == 0 && p.ID <= id
+		})
+	}
+	if len(all) <= limit {
+		return all, "", nil
+	}
+	last := all[limit-1]
+	return all[:limit], last.DueAt().Format(time.RFC3339Nano) + "|" + last.ID, nil
+}
+
 // List implements relay.Finder over the payments in memory, newest received first; the
 // cursor is the last payment's id.
 func (s *Store) List(_ context.Context, f relay.Filter, cursor string, limit int) ([]*relay.Payment, string, error) {

@@ -215,8 +215,8 @@ run "wiring" {
     error_message = "only the scheduler's identity may invoke Sweep"
   }
   assert {
-    condition     = length(google_firestore_index.payments) == 8 && alltrue([for i in google_firestore_index.payments : i.collection == "payments" && i.fields[0].field_path == "tags" && i.fields[0].array_config == "CONTAINS" && i.fields[length(i.fields) - 1].field_path == "received_at" && i.fields[length(i.fields) - 1].order == "DESCENDING"])
-    error_message = "the operators' list queries need their 8 composite indexes on payments"
+    condition     = length(google_firestore_index.payments) == 9 && alltrue([for k, i in google_firestore_index.payments : i.collection == "payments" && i.fields[0].field_path == "tags" && i.fields[0].array_config == "CONTAINS" && i.fields[length(i.fields) - 1].field_path == "received_at" && i.fields[length(i.fields) - 1].order == "DESCENDING" if k != "game,due_at"]) && google_firestore_index.payments["game,due_at"].fields[1].order == "ASCENDING"
+    error_message = "the operators' list queries need their 8 composite indexes on payments, and the sweeper its per-game one"
   }
   assert {
     condition     = google_firestore_database.payments.type == "FIRESTORE_NATIVE"
@@ -290,7 +290,7 @@ run "alerts_with_a_channel" {
     notification_channels = ["projects/studio-prod/notificationChannels/123"]
   }
   assert {
-    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "env_mismatch", "healed", "ingest_5xx", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
     error_message = "each concern must get its alert once a channel is given"
   }
   assert {

@@ -25,9 +25,9 @@ type Job struct {
 	Cursor string // where the next step's page starts
 	// Counts of the steps recorded. A step interrupted before it recorded its progress is not
 	// counted; its replays stand in the notifications' histories under the job's id.
-	Replayed  int
-	Skipped   int // already replayed by this job (a step run again after an interruption)
-	Refused   int // no longer replayable when the job reached them (or gone)
+	Replayed int
+	Skipped  int // already replayed by this job (a step run again after an interruption)
+	Refused  int // no longer replayable when the job reached them (or gone)
 	// Failed counts the notifications whose replay failed for a reason of their own (not an
 	// unavailable store or queue, which makes the step run again): each is recorded in
 	// Failures (the first MaxJobFailures) and the job went on.

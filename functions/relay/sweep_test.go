@@ -106,8 +106,10 @@ func TestSweepIsFairAcrossGames(t *testing.T) {
 	store, queue, clock := relaytest.NewStore(), relaytest.NewQueue(), relaytest.NewClock(t0)
 	finder := &budgetFinder{Store: store, clock: clock, pages: map[string]int{}}
 	svc, err := relay.NewService(relay.Config{Store: store, Finder: finder, Queue: queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute,
-		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult { return relay.NotifyResult{} }),
-		Routes:   relay.Routes{"big": {relay.EnvProduction}, "small": {relay.EnvProduction}}, SweepBudget: 10 * time.Second})
+		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
+			return relay.NotifyResult{}
+		}),
+		Routes: relay.Routes{"big": {relay.EnvProduction}, "small": {relay.EnvProduction}}, SweepBudget: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -440,6 +440,25 @@ resource "google_cloud_tasks_queue_iam_member" "runtime_enqueue" {
   member   = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# Looking each queue up as a function starts (functions.CheckQueues: a queue deleted by mistake
+# stops the deploy, named) needs cloudtasks.queues.get, which roles/cloudtasks.enqueuer lacks
+# and roles/cloudtasks.viewer would widen to reading every task: a role of that one
+# permission, granted queue by queue.
+resource "google_project_iam_custom_role" "queue_getter" {
+  role_id     = "${replace(var.name, "-", "_")}_queue_getter"
+  title       = "payrelay: look a queue up"
+  description = "Only cloudtasks.queues.get: payrelay's functions check at start that their queues exist."
+  permissions = ["cloudtasks.queues.get"]
+}
+
+resource "google_cloud_tasks_queue_iam_member" "runtime_get" {
+  for_each = merge({ for k, q in google_cloud_tasks_queue.game : k => q.name }, { ops = google_cloud_tasks_queue.ops.name })
+  name     = each.value
+  location = var.region
+  role     = google_project_iam_custom_role.queue_getter.name
+  member   = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # CreateTask with an OIDC token for the invoker account requires actAs on that account.
 resource "google_service_account_iam_member" "runtime_acts_as_invoker" {
   service_account_id = google_service_account.invoker.name

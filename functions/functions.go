@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,8 +45,15 @@ func init() {
 	// fails with the reasons in Cloud Logging, instead of a healthy-looking deployment that
 	// refuses money when it arrives. Tests and local runs call CheckConfig themselves.
 	if config.Deployed(envconfig.OsLookuper()) {
-		if _, err := CheckConfig(context.Background(), envconfig.OsLookuper()); err != nil {
-			logStartupFailure(logging.New(os.Stdout, "info"), err)
+		log := logging.New(os.Stdout, "info")
+		cfg, err := CheckConfig(context.Background(), envconfig.OsLookuper())
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			err = CheckQueues(ctx, cfg, log)
+			cancel()
+		}
+		if err != nil {
+			logStartupFailure(log, err)
 			os.Exit(1)
 		}
 	}
@@ -70,6 +78,36 @@ func CheckConfig(ctx context.Context, l envconfig.Lookuper) (*config.Config, err
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return cfg, nil
+}
+
+// CheckQueues looks up, in Cloud Tasks (or its emulator), every queue cfg enqueues on: a
+// missing one (deleted or renamed by mistake, or the runtime account without the right to
+// see it) is a configuration error that names it, found as the process starts. Cloud Tasks
+// unreachable is transient: logged, and the start goes on (Ingest answers 5xx meanwhile, and
+// providers retry).
+func CheckQueues(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	q, err := newQueue(ctx, cfg, Options{})
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer q.Close()
+	missing, err := q.CheckQueues(ctx)
+	if len(missing) > 0 {
+		return fmt.Errorf("config: Cloud Tasks has no queue %s: create it (terraform apply) or fix GAMES / OPS_QUEUE", strings.Join(missing, ", "))
+	}
+	if err != nil {
+		log.WarnContext(ctx, "could not look up the queues at start; going on", "error", err.Error())
+	}
+	return nil
+}
+
+// newQueue connects the queue adapter cfg describes.
+func newQueue(ctx context.Context, cfg *config.Config, opts Options) (*queue.CloudTasks, error) {
+	return queue.NewCloudTasks(ctx, queue.Options{
+		Queues: cfg.Games.Queues(), SandboxQueues: cfg.Games.SandboxQueues(), DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
+		Audience: cfg.Audience(), DispatchDeadline: dispatchDeadline(cfg.DeliverLease), EmulatorHost: cfg.CloudTasksEmulatorHost,
+		OnCreate: opts.OnCreate, OpsQueue: cfg.OpsQueue,
+	})
 }
 
 // The process-wide handler, built from the environment on first use. A failed build is
@@ -170,11 +208,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		return nil, nil, err
 	}
 	st.WithCounter(opts.Counter)
-	q, err := queue.NewCloudTasks(ctx, queue.Options{
-		Queues: cfg.Games.Queues(), SandboxQueues: cfg.Games.SandboxQueues(), DeliverURL: cfg.DeliverURL, ServiceAccount: cfg.InvokerServiceAccount,
-		Audience: cfg.Audience(), DispatchDeadline: dispatchDeadline(cfg.DeliverLease), EmulatorHost: cfg.CloudTasksEmulatorHost,
-		OnCreate: opts.OnCreate, OpsQueue: cfg.OpsQueue,
-	})
+	q, err := newQueue(ctx, cfg, opts)
 	if err != nil {
 		st.Close()
 		return nil, nil, err

@@ -1,10 +1,17 @@
 package functions
 
 import (
+	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/payrelay/payrelay/local/tasksemu"
 )
 
 // Before the process can serve (here its environment is incomplete, as a transient failure
@@ -41,5 +48,45 @@ func TestProcessHandlerRetriesAFailedBuild(t *testing.T) {
 	mu.Unlock()
 	if !built {
 		t.Error("the handler was not kept once built")
+	}
+}
+
+// A configured queue Cloud Tasks does not have (deleted or renamed by mistake) stops the start
+// with its name, all of them at once; the queues that exist pass.
+func TestCheckQueuesNamesAMissingQueue(t *testing.T) {
+	t.Parallel()
+	const have, sandbox, gone, ops = "projects/p/locations/l/queues/sword-0", "projects/p/locations/l/queues/sword-s0",
+		"projects/p/locations/l/queues/farm-0", "projects/p/locations/l/queues/ops-0"
+	srv, err := tasksemu.New(tasksemu.Options{Queues: []string{have, sandbox, ops}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := srv.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	secret := "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	env := map[string]string{
+		"PROJECT_ID": "p", "DELIVER_URL": "http://127.0.0.1:1/Deliver", "CLOUD_TASKS_EMULATOR_HOST": addr, "INGEST_SECRETS": secret, "OPS_QUEUE": ops,
+		"GAMES": `[{"name":"sword","url":"http://127.0.0.1:1/p","queues":["` + have + `"],"sandbox":{"url":"http://127.0.0.1:2/p","queues":["` + sandbox + `"]}},
+		           {"name":"farm","url":"http://127.0.0.1:1/f","queues":["` + gone + `"]}]`,
+		"GAME_SECRETS_SWORD": secret, "GAME_SECRETS_FARM": secret, "PROVIDER_CONFIG": `{}`,
+		"GAME_SANDBOX_SECRETS_SWORD": "whsec_c2FuZGJveC1zYW5kYm94LXNhbmRib3gtc2FuZGJveCE=",
+	}
+	cfg, err := CheckConfig(context.Background(), envconfig.MapLookuper(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = CheckQueues(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), gone) || strings.Contains(err.Error(), have) || strings.Contains(err.Error(), sandbox) {
+		t.Fatalf("CheckQueues = %v; want an error naming %s alone", err, gone)
+	}
+	// Restored: the start goes on.
+	if _, err := srv.CreateQueue(context.Background(), &cloudtaskspb.CreateQueueRequest{Parent: "projects/p/locations/l", Queue: &cloudtaskspb.Queue{Name: gone}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckQueues(context.Background(), cfg, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("with every queue there: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"time"
 
 	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
@@ -99,6 +100,38 @@ func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
 		return nil, fmt.Errorf("cloudtasks.NewClient: %w", err)
 	}
 	return &CloudTasks{client: c, opts: opts}, nil
+}
+
+// CheckQueues looks up every queue the relay enqueues on (each game's, each sandbox's, the
+// ops queue) and names each one Cloud Tasks does not have: a queue deleted or renamed by
+// mistake is found as the process starts, not at the first payment of its game. It reports
+// missing (NotFound, PermissionDenied: permanent) apart from err (the service unreachable:
+// transient, the caller decides).
+func (q *CloudTasks) CheckQueues(ctx context.Context) (missing []string, err error) {
+	var names []string
+	for _, m := range []map[string][]string{q.opts.Queues, q.opts.SandboxQueues} {
+		for _, qs := range m {
+			names = append(names, qs...)
+		}
+	}
+	if q.opts.OpsQueue != "" {
+		names = append(names, q.opts.OpsQueue)
+	}
+	slices.Sort(names)
+	var errs []error
+	for _, name := range slices.Compact(names) {
+		_, e := q.client.GetQueue(ctx, &cloudtaskspb.GetQueueRequest{Name: name})
+		switch status.Code(e) {
+		case codes.OK:
+		case codes.NotFound:
+			missing = append(missing, name+" (does not exist)")
+		case codes.PermissionDenied:
+			missing = append(missing, name+" (permission denied: the runtime account needs cloudtasks.queues.get on it)")
+		default:
+			errs = append(errs, fmt.Errorf("cloudtasks.GetQueue %s: %w", name, e))
+		}
+	}
+	return missing, errors.Join(errs...)
 }
 
 // Close releases the client.

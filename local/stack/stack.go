@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -415,7 +416,11 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	}
 	env.Games = append(env.Games, extra...)
 	// The same check a deployed function makes as it starts.
-	if _, err = functions.CheckConfig(ctx, envconfig.MapLookuper(env.Map())); err != nil {
+	cfg, err := functions.CheckConfig(ctx, envconfig.MapLookuper(env.Map()))
+	if err != nil {
+		return s, err
+	}
+	if err = functions.CheckQueues(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
 		return s, err
 	}
 	for k, v := range env.Map() {

@@ -137,6 +137,10 @@ run "wiring" {
     error_message = "the runtime account may enqueue on each game's queues, granted queue by queue"
   }
   assert {
+    condition     = google_project_iam_custom_role.queue_getter.permissions == toset(["cloudtasks.queues.get"]) && sort(keys(google_cloud_tasks_queue_iam_member.runtime_get)) == sort(concat(keys(google_cloud_tasks_queue.game), ["ops"])) && alltrue([for m in google_cloud_tasks_queue_iam_member.runtime_get : m.role == google_project_iam_custom_role.queue_getter.name && m.member == "serviceAccount:${google_service_account.runtime.email}"])
+    error_message = "the runtime account may look up each of its queues (the start's check), with a role of cloudtasks.queues.get alone, granted queue by queue"
+  }
+  assert {
     condition     = alltrue([for q in google_cloud_tasks_queue.game : q.retry_config[0].max_attempts == -1 && q.retry_config[0].max_retry_duration == "0s"])
     error_message = "a queue must never drop a task: unlimited attempts, no retry deadline"
   }

@@ -174,7 +174,7 @@ func TestReferenceHandlersAgainstRealDeliveries(t *testing.T) {
 
 	send := func(body []byte) {
 		t.Helper()
-		code, out, err := stack.Send(ctx, st.FunctionsURL+"/Ingest", stack.IngestSecret, body)
+		code, out, err := stack.SendAsProvider(ctx, st.FunctionsURL+"/Ingest", stack.IngestSecret, body)
 		if err != nil || code != http.StatusOK {
 			t.Fatalf("Ingest = %d %s %v", code, out, err)
 		}

@@ -106,7 +106,7 @@ func need(t *testing.T) {
 
 func ingest(t *testing.T, order string) string {
 	t.Helper()
-	code, body, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SampleBody(order, "6.48", "CNY"))
+	code, body, err := stack.SendAsProvider(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SampleBody(order, "6.48", "CNY"))
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("Ingest(%s) = %d %s %v", order, code, body, err)
 	}
@@ -222,7 +222,7 @@ func TestRepeatedCallbackGivesOneChain(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, _, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body)
+			code, _, err := stack.SendAsProvider(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body)
 			if err != nil {
 				t.Error(err)
 			}
@@ -238,7 +238,7 @@ func TestRepeatedCallbackGivesOneChain(t *testing.T) {
 	}
 	id := stack.SamplePaymentID("repeat-1")
 	waitTerminal(t, id, 20*time.Second)
-	if code, _, _ := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body); code != http.StatusOK {
+	if code, _, _ := stack.SendAsProvider(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, body); code != http.StatusOK {
 		t.Errorf("callback after delivery got %d", code)
 	}
 	time.Sleep(300 * time.Millisecond)

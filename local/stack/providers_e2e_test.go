@@ -76,20 +76,34 @@ func providerKeys() provider.Config {
 	}
 }
 
+// post sends a provider's notification to Ingest as the provider would: a 502, 503 or 504 (a
+// failure of ours, which a loaded machine's slow emulator can cause) is sent again, as every
+// provider retries, up to 8 times with a growing pause.
 func post(t *testing.T, query, contentType string, h http.Header, body []byte) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, st.FunctionsURL+"/Ingest?provider="+query, bytes.NewReader(body))
-	for k, v := range h {
-		req.Header[k] = v
+	pause := 100 * time.Millisecond
+	for try := 1; ; try++ {
+		req, _ := http.NewRequest(http.MethodPost, st.FunctionsURL+"/Ingest?provider="+query, bytes.NewReader(body))
+		for k, v := range h {
+			req.Header[k] = v
+		}
+		req.Header.Set("Content-Type", contentType)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			if try < 8 {
+				time.Sleep(pause)
+				pause = min(2*pause, 2*time.Second)
+				continue
+			}
+		}
+		return resp.StatusCode, string(b)
 	}
-	req.Header.Set("Content-Type", contentType)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 func payloadKeys(t *testing.T, p gamehttp.Payload) []string {

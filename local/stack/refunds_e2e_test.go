@@ -16,7 +16,7 @@ import (
 // refund sends a generic-format refund of the 6.48 CNY sample payment of order.
 func refund(t *testing.T, order, refundID, amount string) {
 	t.Helper()
-	code, body, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret,
+	code, body, err := stack.SendAsProvider(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret,
 		stack.SampleRefundBody(order, "6.48", "CNY", refundID, amount))
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("refund %s of %s = %d %s %v", refundID, order, code, body, err)

@@ -26,7 +26,7 @@ func TestSandboxOnTheDashboard(t *testing.T) {
 	exe := chromium(t)
 	order := fmt.Sprintf("browser-sbx-%d", time.Now().UnixNano())
 	for _, app := range []string{stack.SampleApp, stack.SampleAppB} {
-		code, body, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SandboxBody(app, order, "6.48", "CNY"))
+		code, body, err := stack.SendAsProvider(context.Background(), st.FunctionsURL+"/Ingest", stack.IngestSecret, stack.SandboxBody(app, order, "6.48", "CNY"))
 		if err != nil || code != http.StatusOK {
 			t.Fatalf("Ingest(%s) = %d %s %v", app, code, body, err)
 		}

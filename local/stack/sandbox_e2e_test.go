@@ -46,7 +46,7 @@ func sandboxCases() []sandboxCase {
 					body, secret = stack.SandboxBody(app, order, "6.48", "CNY"), stack.IngestSecret // the body's field
 				}
 			}
-			code, b, err := stack.Send(context.Background(), st.FunctionsURL+"/Ingest", secret, body)
+			code, b, err := stack.SendAsProvider(context.Background(), st.FunctionsURL+"/Ingest", secret, body)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -71,6 +71,8 @@ type harness struct {
 	fnPort, adminPort               int
 	fn                              *exec.Cmd
 	fnEnv                           []string
+	fnConf                          stack.FunctionEnv // what fnEnv was made from
+	queues                          []string          // the queues the Cloud Tasks emulator has
 	store                           *store.Firestore
 	tasks5xx, deliver2xx, dispatchN atomic.Int64
 
@@ -86,6 +88,9 @@ type summary struct {
 	Held                          int // refunds held behind a failed payment, as they must be
 	CausalViolations              int
 	Healed                        int // notifications the sweeper enqueued again after the purge
+	Orphaned                      int // notifications of a removed game or a deleted queue (scenario 10)
+	SweepsFailed                  int // sweeps that answered non-2xx (none may)
+	InFlightRecorded              int // attempts in flight when the dispatcher died, recorded with the game's answer
 	BulkReplayed                  int // failed notifications a bulk replay replayed across a kill
 	BulkReplayedTwice             int
 	ExtraPosts                    map[string]int
@@ -143,6 +148,8 @@ func setup() (*harness, error) {
 		return hs, err
 	}
 	hs.tasksDir = filepath.Join(dir, "tasks")
+	// GameA, and two games scenario 10 takes away (one from the configuration, one's queue).
+	hs.queues = []string{stack.QueueName(stack.GameA, 0), stack.OpsQueue, stack.QueueName(goneGame, 0), stack.QueueName(farmGame, 0)}
 	port, _ := emulator.FreePort()
 	hs.tasksAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	if err = hs.startTasks(false); err != nil {
@@ -166,18 +173,22 @@ func setup() (*harness, error) {
 	hs.fnLog = filepath.Join(dir, "fnserver.log")
 	hs.fnPort, _ = emulator.FreePort()
 	collection := fmt.Sprintf("fault-%d", time.Now().UnixNano())
-	hs.fnEnv = stack.FunctionEnv{
+	gameURL := "http://" + hs.gameProxy.Addr() + "/payments"
+	hs.fnConf = stack.FunctionEnv{
 		Port: hs.fnPort, FunctionsURL: fmt.Sprintf("http://127.0.0.1:%d", hs.fnPort),
-		Games: []stack.GameEnv{{Name: stack.GameA, URL: "http://" + hs.gameProxy.Addr() + "/payments",
-			Queues: []string{stack.QueueName(stack.GameA, 0)}, Timeout: deliverTimeout}},
+		Games: []stack.GameEnv{
+			{Name: stack.GameA, URL: gameURL, Queues: []string{stack.QueueName(stack.GameA, 0)}, Timeout: deliverTimeout},
+			{Name: goneGame, URL: gameURL, Queues: []string{stack.QueueName(goneGame, 0)}, Timeout: deliverTimeout},
+			{Name: farmGame, URL: gameURL, Queues: []string{stack.QueueName(farmGame, 0)}, Timeout: deliverTimeout},
+		},
 		TasksAddr: hs.tasksProxy.Addr(), FirestoreHost: hs.fsProxy.Addr(),
 		Collection: collection, Compression: compression, Lease: lease, LogLevel: "warn",
-		Providers: provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{stack.SampleApp: stack.GameA}}},
+		Providers: provider.Config{Generic: provider.GenericConfig{Apps: map[string]string{stack.SampleApp: stack.GameA, goneApp: goneGame, farmApp: farmGame}}},
 		// A step replays 100 notifications at 100/s: a kill lands inside one.
 		OpsQueue: stack.OpsQueue, ReplayRate: 100,
-	}.Environ()
+	}
 	hs.adminPort, _ = emulator.FreePort()
-	hs.fnEnv = append(hs.fnEnv, fmt.Sprintf("PAYRELAY_ADMIN_ADDR=127.0.0.1:%d", hs.adminPort))
+	hs.setFnEnv(hs.fnConf)
 	if err = hs.startFn(); err != nil {
 		return hs, err
 	}
@@ -185,8 +196,13 @@ func setup() (*harness, error) {
 	return hs, err
 }
 
+// setFnEnv makes conf the functions' environment at their next start.
+func (hs *harness) setFnEnv(conf stack.FunctionEnv) {
+	hs.fnEnv = append(conf.Environ(), fmt.Sprintf("PAYRELAY_ADMIN_ADDR=127.0.0.1:%d", hs.adminPort))
+}
+
 func (hs *harness) startTasks(duplicate bool) error {
-	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate, Queues: []string{stack.QueueName(stack.GameA, 0), stack.OpsQueue},
+	srv, err := tasksemu.New(tasksemu.Options{DataDir: hs.tasksDir, DuplicateDispatch: duplicate, Queues: hs.queues,
 		OnDispatch: func(d tasksemu.Dispatch) {
 			hs.dispatchN.Add(1)
 			if d.Status >= 500 {
@@ -196,7 +212,7 @@ func (hs *harness) startTasks(duplicate bool) error {
 	if err != nil {
 		return err
 	}
-	for _, q := range []string{stack.QueueName(stack.GameA, 0), stack.OpsQueue} {
+	for _, q := range hs.queues {
 		if _, err := srv.UpdateQueue(context.Background(), &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{
 			Name: q,
 			RetryConfig: &cloudtaskspb.RetryConfig{MaxAttempts: -1, MinBackoff: durationpb.New(50 * time.Millisecond),

@@ -152,6 +152,18 @@ func handler(ctx context.Context) (*Handler, error) {
 	return h, nil
 }
 
+// ConflictsRetried is how many payment writes the process's handler re-applied after a
+// version conflict (0 before it is built): the benchmark's figure.
+func ConflictsRetried() int64 {
+	mu.Lock()
+	h := current
+	mu.Unlock()
+	if h == nil {
+		return 0
+	}
+	return h.Service.ConflictsRetried()
+}
+
 // Drain drains the process's handler, if one was built (see Handler.Drain).
 func Drain(ctx context.Context) error {
 	mu.Lock()

@@ -66,6 +66,10 @@ func TestBenchSmall(t *testing.T) {
 	if fi, err := os.Stat(r.ProfilePath); err != nil || fi.Size() == 0 {
 		t.Errorf("no CPU profile at %q: %v", r.ProfilePath, err)
 	}
+	// The conflicts retried are counted over the run, beside the writes they are a share of.
+	if r.Writes == 0 || r.ConflictsRetried < 0 || !strings.Contains(out.String(), "write conflicts retried") {
+		t.Errorf("conflicts retried %d of %d writes, or not in the table", r.ConflictsRetried, r.Writes)
+	}
 	if !strings.Contains(out.String(), "targets:") {
 		t.Error("the table lacks the targets")
 	}

@@ -188,12 +188,16 @@ type Result struct {
 	Isolation    Isolation          `json:"isolation"`
 	CPUPer1000   float64            `json:"functions_cpu_seconds_per_1000"`
 	PeakRSSMB    float64            `json:"functions_peak_rss_mb"`
-	Sent         int                `json:"payments_sent"`
-	Terminal     map[string]int     `json:"payments_by_state"`
-	Lost         int                `json:"payments_lost"`
-	Targets      []Target           `json:"targets"`
-	Compression  int                `json:"ladder_compression"`
-	ProfilePath  string             `json:"profile,omitempty"`
+	// ConflictsRetried counts the payment writes re-applied after a version conflict over the
+	// whole run, out of Writes: races between Ingest, Deliver and operators, none a 5xx.
+	ConflictsRetried int64          `json:"conflicts_retried"`
+	Writes           int64          `json:"firestore_writes"`
+	Sent             int            `json:"payments_sent"`
+	Terminal         map[string]int `json:"payments_by_state"`
+	Lost             int            `json:"payments_lost"`
+	Targets          []Target       `json:"targets"`
+	Compression      int            `json:"ladder_compression"`
+	ProfilePath      string         `json:"profile,omitempty"`
 }
 
 type env struct {
@@ -788,9 +792,10 @@ func (e *env) ladderWorkload(ctx context.Context, r *Result) error {
 }
 
 type counters struct {
-	Reads  int64 `json:"firestore_reads"`
-	Writes int64 `json:"firestore_writes"`
-	Tasks  int64 `json:"tasks_created"`
+	Reads     int64 `json:"firestore_reads"`
+	Writes    int64 `json:"firestore_writes"`
+	Tasks     int64 `json:"tasks_created"`
+	Conflicts int64 `json:"conflicts_retried"`
 }
 
 func (e *env) counters() (counters, error) {
@@ -859,7 +864,7 @@ func (e *env) cost(ctx context.Context, r *Result) error {
 		time.Sleep(300 * time.Millisecond) // the last records land
 		after, err := e.counters()
 		cpu := e.cpuSeconds() - cpu0
-		return counters{after.Reads - before.Reads, after.Writes - before.Writes, after.Tasks - before.Tasks}, cpu, err
+		return counters{after.Reads - before.Reads, after.Writes - before.Writes, after.Tasks - before.Tasks, after.Conflicts - before.Conflicts}, cpu, err
 	}
 	first, cpu, err := measure("cost1", false)
 	if err != nil {
@@ -879,6 +884,9 @@ func (e *env) cost(ctx context.Context, r *Result) error {
 	r.CostRefund = Cost{float64(refund.Reads) / k, float64(refund.Writes) / k, float64(refund.Tasks) / k}
 	r.CPUPer1000 = cpu / k * 1000
 	r.PeakRSSMB = e.peakRSSMB()
+	if c, err := e.counters(); err == nil {
+		r.ConflictsRetried, r.Writes = c.Conflicts, c.Writes
+	}
 	return nil
 }
 
@@ -1011,6 +1019,7 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "cost per refund of a delivered payment, delivered first time: %.2f reads, %.2f writes, %.2f tasks\n",
 		r.CostRefund.Reads, r.CostRefund.Writes, r.CostRefund.Tasks)
 	fmt.Fprintf(w, "functions' process: %.2f CPU seconds per 1000 payments, peak RSS %.0f MB\n", r.CPUPer1000, r.PeakRSSMB)
+	fmt.Fprintf(w, "write conflicts retried (re-read and applied again, never a 5xx): %d, of %d Firestore writes\n", r.ConflictsRetried, r.Writes)
 	if len(r.CPUCores) > 0 {
 		fmt.Fprint(w, "CPU cores in use during ingest c=32 (of 2):")
 		for _, who := range slices.Sorted(maps.Keys(r.CPUCores)) {

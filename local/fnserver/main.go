@@ -29,6 +29,8 @@ type Counters struct {
 	FirestoreReads  int64 `json:"firestore_reads"`
 	FirestoreWrites int64 `json:"firestore_writes"`
 	TasksCreated    int64 `json:"tasks_created"`
+	// ConflictsRetried counts the payment writes re-applied after a version conflict.
+	ConflictsRetried int64 `json:"conflicts_retried"`
 }
 
 func main() {
@@ -60,7 +62,7 @@ func serveDebug(addr string) {
 	functions.Instrument(&store.Counter{Reads: func() { reads.Add(1) }, Writes: func() { writes.Add(1) }}, func() { creates.Add(1) })
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/counters", func(w http.ResponseWriter, _ *http.Request) {
-		json.NewEncoder(w).Encode(Counters{reads.Load(), writes.Load(), creates.Load()})
+		json.NewEncoder(w).Encode(Counters{reads.Load(), writes.Load(), creates.Load(), functions.ConflictsRetried()})
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

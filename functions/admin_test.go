@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/payrelay/payrelay/functions/relay"
 )
 
 // The dashboard renders a payment's timeline, and its forms are protected: a post without the
@@ -91,5 +93,35 @@ func TestOperatorFromIdentityToken(t *testing.T) {
 	}
 	if got := operator(httptest.NewRequest(http.MethodGet, "/", nil)); !strings.HasPrefix(got, "anonymous") {
 		t.Errorf("operator without a token = %q", got)
+	}
+}
+
+// An orphaned notification is listed on the overview, counted in its own column, and its page
+// offers the replay that brings it back once its game exists.
+func TestDashboardShowsOrphans(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.h.Games = []string{"game-1"}
+	if code, _ := serve(f.h.Ingest, signed(validBody, testNow)); code != http.StatusOK {
+		t.Fatal("ingest failed")
+	}
+	pid := paymentIDOf(t, f)
+	f.store.Mutate(pid, func(p *relay.Payment) {
+		p.Paid().State, p.Paid().Reason = relay.StateOrphaned, "orphaned: game \"game-1\" has no production endpoint in the configuration"
+	})
+	get := func(path string) string {
+		w := httptest.NewRecorder()
+		f.h.Admin(w, httptest.NewRequest(http.MethodGet, path, nil))
+		if w.Code != http.StatusOK {
+			t.Fatalf("GET %s = %d", path, w.Code)
+		}
+		return w.Body.String()
+	}
+	overview := get("/")
+	if !strings.Contains(overview, `id="orphaned"`) || !strings.Contains(overview, `<th>orphaned</th>`) || !strings.Contains(overview, "payments/"+pid) {
+		t.Errorf("the overview does not show the orphan:\n%s", overview)
+	}
+	if page := get("/payments/" + pid); !strings.Contains(page, `class="replay"`) || !strings.Contains(page, "no production endpoint") {
+		t.Errorf("the orphan's page offers no replay or hides the reason:\n%s", page)
 	}
 }

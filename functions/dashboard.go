@@ -130,7 +130,7 @@ type overviewData struct {
 	States                []relay.State
 	Games                 []gameCounts
 	Failed, Held, Overdue []relay.Listed
-	NotRelayed            []relay.Listed
+	NotRelayed, Orphaned  []relay.Listed
 	// Environment filters the page ("" for both); Environments are the choices.
 	Environment  relay.Environment
 	Environments []relay.Environment
@@ -152,7 +152,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled, relay.StateNotRelayed}, Limit: dashboardLimit,
+	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled, relay.StateNotRelayed, relay.StateOrphaned}, Limit: dashboardLimit,
 		CSRF: csrfToken(w, r), Queryable: h.queryable(), Environment: env, Environments: relay.Environments}
 	type route struct {
 		game string
@@ -179,6 +179,8 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 			d.Held = items
 		case relay.StateNotRelayed:
 			d.NotRelayed = items
+		case relay.StateOrphaned:
+			d.Orphaned = items
 		}
 	}
 	// A row per game and environment: production for every game, sandbox where the game has a
@@ -345,7 +347,7 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%d.%0*d %s", minor/div, exp, minor%div, currency)
 	},
 	"replayable": func(s relay.State) bool {
-		return s == relay.StateFailed || s == relay.StateCancelled || s == relay.StateNotRelayed
+		return s == relay.StateFailed || s == relay.StateCancelled || s == relay.StateNotRelayed || s == relay.StateOrphaned
 	},
 	"cancellable": func(s relay.State) bool { return s == relay.StatePending || s == relay.StateHeld },
 	"path":        url.PathEscape,
@@ -355,7 +357,7 @@ const style = `<style>
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;font-size:13px}th{background:#f4f4f4}
-.failed{color:#c0392b;font-weight:600}.held{color:#8e44ad}.delivered{color:#27ae60}.pending{color:#2c3e50}.cancelled{color:#7f8c8d}.not_relayed{color:#b9770e}
+.failed{color:#c0392b;font-weight:600}.held{color:#8e44ad}.delivered{color:#27ae60}.pending{color:#2c3e50}.cancelled{color:#7f8c8d}.not_relayed{color:#b9770e}.orphaned{color:#c0392b}
 .sandbox{background:#fff4d6;color:#7a5200;border:1px solid #e0b84d;border-radius:3px;padding:0 4px;font-size:11px;font-weight:600;text-transform:uppercase}
 tr.env-sandbox td{background:#fffaf0}
 form{display:inline-block;margin:4px 8px 4px 0}input[type=text]{width:220px}code{font-size:12px}
@@ -370,6 +372,7 @@ var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!
 <table id="counts"><tr><th>game</th><th>environment</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
 {{range $g := .Games}}<tr class="env-{{$g.Environment}}" data-game="{{$g.Game}}" data-environment="{{$g.Environment}}"><td>{{$g.Game}}</td><td>{{template "env" $g.Environment}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>
 <h2>Failed ({{len .Failed}})</h2>{{template "list" .Failed}}
+{{if .Orphaned}}<h2 class="failed" id="orphaned">Orphaned ({{len .Orphaned}}): their game, its endpoint or its queue is gone; nothing was posted. Restore it, then replay</h2>{{template "list" .Orphaned}}{{end}}
 <h2>Not relayed ({{len .NotRelayed}}): stored, never posted (no endpoint for their environment, or an app configured for the other); replay once it has one</h2>{{template "list" .NotRelayed}}
 <h2>Overdue ({{len .Overdue}}): pending past their time or holding an expired lease; the sweeper heals them</h2>{{template "list" .Overdue}}
 <h2>Held ({{len .Held}}): refunds waiting behind their payment</h2>{{template "list" .Held}}

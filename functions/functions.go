@@ -48,7 +48,8 @@ func init() {
 		log := logging.New(os.Stdout, "info")
 		cfg, err := CheckConfig(context.Background(), envconfig.OsLookuper())
 		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			// Bounded: Cloud Tasks unreachable is transient, and must not hold the start.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err = CheckQueues(ctx, cfg, log)
 			cancel()
 		}

@@ -118,7 +118,6 @@ func (q *CloudTasks) CheckQueues(ctx context.Context) (missing []string, err err
 		names = append(names, q.opts.OpsQueue)
 	}
 	slices.Sort(names)
-	var errs []error
 	for _, name := range slices.Compact(names) {
 		_, e := q.client.GetQueue(ctx, &cloudtaskspb.GetQueueRequest{Name: name})
 		switch status.Code(e) {
@@ -128,10 +127,12 @@ func (q *CloudTasks) CheckQueues(ctx context.Context) (missing []string, err err
 		case codes.PermissionDenied:
 			missing = append(missing, name+" (permission denied: the runtime account needs cloudtasks.queues.get on it)")
 		default:
-			errs = append(errs, fmt.Errorf("cloudtasks.GetQueue %s: %w", name, e))
+			// The service is unreachable (or the check's time is up): the other lookups would
+			// wait the same, and a start must not.
+			return missing, fmt.Errorf("cloudtasks.GetQueue %s: %w", name, e)
 		}
 	}
-	return missing, errors.Join(errs...)
+	return missing, nil
 }
 
 // Close releases the client.

@@ -66,9 +66,13 @@ variable "games" {
   description = <<-EOT
     The studio's games, by name: where each one's notifications go and the Cloud Tasks queues
     they go through. Each game gets its own queue(s), so one game's failing or hanging server can
-    only use its own dispatch capacity. A game may spread over `shards` queues (Cloud Tasks
-    dispatches at most 500 tasks/s from one queue). Signing secrets are not here: each game's go
-    in the Secret Manager secret <name>-game-<game>-secrets (README, "Deploy").
+    only use its own dispatch capacity. A queue dispatches at most 500 tasks/s (Cloud Tasks'
+    per-queue maximum, the default here, so a launch burst drains at full speed); what protects
+    the game server is max_concurrent_dispatches (100 requests in flight at most) and its own
+    429 Retry-After, which payrelay honours. peak_per_second, the game's expected peak of
+    payments per second, sizes it: ceil(peak / 500) shards (set shards to override). Signing
+    secrets are not here: each game's go in the Secret Manager secret <name>-game-<game>-secrets
+    (README, "Deploy").
 
     `sandbox`, optional, is the game's sandbox endpoint (a staging server): its own URL, its own
     queue(s) named <name>-<game>-s<k>, and its own signing secrets in <name>-sandbox-<game>-secrets
@@ -79,8 +83,9 @@ variable "games" {
     url                       = string
     timeout                   = optional(string, "10s")
     allow_private             = optional(bool, false)
-    shards                    = optional(number, 1)
-    max_dispatches_per_second = optional(number, 50)
+    peak_per_second           = optional(number, 500)
+    shards                    = optional(number) # default ceil(peak_per_second / 500)
+    max_dispatches_per_second = optional(number, 500)
     max_concurrent_dispatches = optional(number, 100)
     # Identities of the game's own servers allowed to query its orders (补单) through the Query
     # function: service accounts only (the function checks the email Cloud Run verified).
@@ -90,7 +95,7 @@ variable "games" {
       timeout                   = optional(string, "10s")
       allow_private             = optional(bool, false)
       shards                    = optional(number, 1)
-      max_dispatches_per_second = optional(number, 50)
+      max_dispatches_per_second = optional(number, 500)
       max_concurrent_dispatches = optional(number, 100)
     }))
   }))
@@ -111,8 +116,12 @@ variable "games" {
     error_message = "each game's timeout must be at most 10s, e.g. 10s or 2500ms."
   }
   validation {
-    condition     = alltrue([for g, c in var.games : c.shards >= 1 && c.shards <= 16 && floor(c.shards) == c.shards])
+    condition     = alltrue([for g, c in var.games : c.shards == null ? true : c.shards >= 1 && c.shards <= 16 && floor(c.shards) == c.shards])
     error_message = "each game's shards must be a whole number from 1 to 16."
+  }
+  validation {
+    condition     = alltrue([for g, c in var.games : c.peak_per_second > 0 && c.peak_per_second <= 8000])
+    error_message = "each game's peak_per_second must be in (0, 8000] (16 queues of 500/s)."
   }
   validation {
     condition     = alltrue(flatten([for g, c in var.games : [for m in c.query_callers : can(regex("^serviceAccount:[^\\s@]+@[^\\s@]+$", m))]]))
@@ -342,12 +351,14 @@ resource "google_firestore_database" "payments" {
 }
 
 locals {
+  # Each game's shard count: as set, or what its expected peak needs at 500 dispatches/s a queue.
+  game_shards = { for g, c in var.games : g => c.shards != null ? c.shards : max(1, ceil(c.peak_per_second / 500)) }
   # One entry per queue: each game's shards, named <name>-<game>-<k>, and its sandbox's,
   # <name>-<game>-s<k>. The last segment (digits, or s and digits) keeps the two apart for any
   # game names: game "a"'s sandbox a-s0 is never game "a-s0"'s production queue a-s0-0.
   game_queues = merge(
     merge([for g, c in var.games : {
-      for k in range(c.shards) : "${g}-${k}" => { game = g, environment = "production", config = c }
+      for k in range(local.game_shards[g]) : "${g}-${k}" => { game = g, environment = "production", config = c }
     }]...),
     merge([for g, c in var.games : c.sandbox == null ? {} : {
       for k in range(c.sandbox.shards) : "${g}-s${k}" => { game = g, environment = "sandbox", config = c.sandbox }
@@ -525,7 +536,7 @@ locals {
 
   # Each game's queue paths, projects/P/locations/L/queues/Q.
   queue_paths = { for g, c in var.games : g => [
-    for k in range(c.shards) : "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.game["${g}-${k}"].name}"
+    for k in range(local.game_shards[g]) : "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.game["${g}-${k}"].name}"
   ] }
   sandbox_queue_paths = { for g, c in var.games : g => [
     for k in range(c.sandbox.shards) : "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.game["${g}-s${k}"].name}"

@@ -22,7 +22,8 @@ import (
 	"github.com/payrelay/payrelay/local/tasksemu"
 )
 
-// e2eQueue is the baseline's own queue, at Cloud Tasks' default rates like payrelay's.
+// e2eQueue is the baseline's own queue, at terraform's defaults for a game's queue like
+// payrelay's (defaultRate, defaultConcurrent).
 var e2eQueue = stack.QueueName("e2e-baseline", 0)
 
 // rawGameServer answers every POST 200 at once and records when each id arrived.

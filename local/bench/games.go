@@ -60,8 +60,16 @@ func (e *env) isoGames() (a, b benchGame) {
 }
 
 // games are the bench's games: the main one, the sharded ones, the isolation pair.
+// A game's queue as terraform.tf makes it by default: Cloud Tasks' per-queue maximum rate, the
+// game server guarded by the requests in flight. The end-to-end workload (a launch burst with
+// -e2e-payments 20000) runs payrelay's queue and the minimal baseline's at these.
+const (
+	defaultRate       = 500
+	defaultConcurrent = 100
+)
+
 func (e *env) games() []benchGame {
-	gs := []benchGame{{name: stack.GameA, app: stack.SampleApp, shards: 1, rate: 500, concurrent: 1000, timeout: 10 * time.Second}}
+	gs := []benchGame{{name: stack.GameA, app: stack.SampleApp, shards: 1, rate: defaultRate, concurrent: defaultConcurrent, timeout: 10 * time.Second}}
 	for _, k := range shardCounts {
 		gs = append(gs, shardGame(k))
 	}

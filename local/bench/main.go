@@ -87,7 +87,7 @@ func main() {
 	flag.IntVar(&o.IsolationPayments, "isolation-payments", 300, "isolation workload: payments to the healthy game per run")
 	flag.IntVar(&o.IsolationRate, "isolation-rate", 100, "isolation workload: offered payments per second to the healthy game")
 	flag.DurationVar(&o.IsolationTimeout, "isolation-timeout", 10*time.Second, "isolation workload: the games' timeout (the hanging game answers 1s later)")
-	flag.IntVar(&o.E2EPayments, "e2e-payments", 1000, "end-to-end workload: payments through the minimal baseline and through payrelay")
+	flag.IntVar(&o.E2EPayments, "e2e-payments", 1000, "end-to-end workload: payments through the minimal baseline and through payrelay, both queues at terraform's defaults (a launch burst: 20000)")
 	only := flag.String("only", "", "run only these workloads, comma-separated: baseline, ingest, e2e, sharding, isolation, ladder, cost")
 	flag.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
 	flag.StringVar(&o.ProfileDir, "profile", "", "write a CPU profile of the functions' process during Ingest at concurrency 32 here")
@@ -296,6 +296,10 @@ func (e *env) start(ctx context.Context) error {
 		e.mu.Unlock()
 	}})
 	if err != nil {
+		return err
+	}
+	if _, err := e.tasks.UpdateQueue(ctx, &cloudtaskspb.UpdateQueueRequest{Queue: &cloudtaskspb.Queue{Name: e2eQueue,
+		RateLimits: &cloudtaskspb.RateLimits{MaxDispatchesPerSecond: defaultRate, MaxConcurrentDispatches: defaultConcurrent}}}); err != nil {
 		return err
 	}
 	for _, g := range games {

@@ -78,12 +78,12 @@ run "wiring" {
     error_message = "every game must get its queue, one per shard, and a game with a sandbox its sandbox queue"
   }
   assert {
-    condition     = google_cloud_tasks_queue.game["sword-s0"].rate_limits[0].max_dispatches_per_second == 50 && google_cloud_tasks_queue.game["sword-s0"].retry_config[0].max_attempts == -1 && google_cloud_tasks_queue_iam_member.runtime_enqueue["sword-s0"].name == "payrelay-sword-s0"
+    condition     = google_cloud_tasks_queue.game["sword-s0"].rate_limits[0].max_dispatches_per_second == 500 && google_cloud_tasks_queue.game["sword-s0"].retry_config[0].max_attempts == -1 && google_cloud_tasks_queue_iam_member.runtime_enqueue["sword-s0"].name == "payrelay-sword-s0"
     error_message = "a sandbox queue gets its own rate limits and retry policy, and the runtime may enqueue on it"
   }
   assert {
-    condition     = google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_dispatches_per_second == 20 && google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_concurrent_dispatches == 10 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_dispatches_per_second == 50 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_concurrent_dispatches == 100
-    error_message = "each game's queues must carry its own rate limits (defaults 50/s and 100 concurrent)"
+    condition     = google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_dispatches_per_second == 20 && google_cloud_tasks_queue.game["farm-valley-1"].rate_limits[0].max_concurrent_dispatches == 10 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_dispatches_per_second == 500 && google_cloud_tasks_queue.game["sword-0"].rate_limits[0].max_concurrent_dispatches == 100
+    error_message = "each game's queues must carry its own rate limits (defaults: Cloud Tasks' 500/s a queue, the game server guarded by 100 concurrent)"
   }
   assert {
     condition = jsondecode(google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["GAMES"]) == [
@@ -357,6 +357,28 @@ run "refuses_a_plain_http_sandbox" {
   command = plan
   variables {
     games = { sword = { url = "https://sword.example.com/payrelay", sandbox = { url = "http://staging.sword.example.com/payrelay" } } }
+  }
+  expect_failures = [var.games]
+}
+
+run "a_games_peak_sizes_its_shards" {
+  command = apply
+  variables {
+    games = {
+      sword = { url = "https://sword.example.com/payrelay", peak_per_second = 1200 }
+      farm  = { url = "https://farm.example.com/payrelay", peak_per_second = 1200, shards = 1 }
+    }
+  }
+  assert {
+    condition     = sort([for q in google_cloud_tasks_queue.game : q.name]) == sort(["payrelay-farm-0", "payrelay-sword-0", "payrelay-sword-1", "payrelay-sword-2"]) && alltrue([for q in google_cloud_tasks_queue.game : q.rate_limits[0].max_dispatches_per_second == 500])
+    error_message = "a peak of 1200 payments/s needs ceil(1200/500) = 3 queues at 500/s each, unless shards says otherwise"
+  }
+}
+
+run "refuses_a_peak_beyond_16_queues" {
+  command = plan
+  variables {
+    games = { sword = { url = "https://sword.example.com/payrelay", peak_per_second = 9000 } }
   }
   expect_failures = [var.games]
 }

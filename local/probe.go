@@ -45,14 +45,29 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	// Every flag's problem, each in words, all at once.
+	var bad []string
+	if *target == "" {
+		bad = append(bad, "-url is required: the game server's payrelay endpoint, e.g. https://game.example.com/payrelay")
+	}
 	sec, err := webhook.ParseSecret(*secret)
-	if *target == "" || err != nil {
-		fmt.Fprintln(stderr, "payrelay local probe: -url and -secret (whsec_<base64>) are required")
-		return 2
+	switch {
+	case *secret == "":
+		bad = append(bad, "-secret is required: the game's signing secret, whsec_<base64> (the same the game server verifies with)")
+	case err != nil:
+		bad = append(bad, fmt.Sprintf("-secret %.12q...: not a signing secret (%v); want whsec_<base64>", *secret, err))
+	}
+	if *timeout <= 0 || *timeout > gamehttp.MaxTimeout {
+		bad = append(bad, fmt.Sprintf("-timeout %s: want more than 0 and at most %s (payrelay waits at most that long)", *timeout, gamehttp.MaxTimeout))
 	}
 	env, err := relay.ParseEnvironment(*envName)
 	if err != nil {
-		fmt.Fprintln(stderr, "payrelay local probe: -environment", err)
+		bad = append(bad, "-environment "+err.Error())
+	}
+	if len(bad) > 0 {
+		for _, b := range bad {
+			fmt.Fprintln(stderr, "payrelay local probe:", b)
+		}
 		return 2
 	}
 	if err := probeTarget(*target); err != nil {
@@ -60,7 +75,8 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fmt.Fprintf(stdout, "probing %s with TEST notifications (orders probe-*, not real payments)\n\n", *target)
-	client := &http.Client{Timeout: *timeout + 5*time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	// Each case gets -timeout, as each attempt gets the game's timeout from payrelay.
+	client := &http.Client{Timeout: *timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	pay := &relay.Payment{ID: "probe-pay-" + stamp, Provider: "generic", Environment: env, Merchant: "probe", OrderID: "probe-" + stamp, TransactionID: "probe-txn-" + stamp,
 		AmountMinor: 648, Currency: "CNY", PaidAt: time.Now().UTC().Truncate(time.Second), AppID: "probe", Game: "probe"}
@@ -131,7 +147,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		switch {
 		case err != nil:
 			c.result = "no answer"
-			c.why = err.Error()
+			c.why = inWords(err, *timeout)
 		case took > *timeout:
 			c.result = strconv.Itoa(code)
 			c.why = fmt.Sprintf("slower than payrelay's %s timeout: payrelay counts it failed", *timeout)
@@ -152,6 +168,22 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "\nverdict: PASS (all %d cases)\n", len(cases))
 	return 0
+}
+
+// inWords says why a case got no answer, as a person would: what payrelay's attempt would
+// record (its error class), not a Go error.
+func inWords(err error, timeout time.Duration) string {
+	switch gamehttp.Classify(err) {
+	case relay.ErrorTimeout:
+		return fmt.Sprintf("timed out: no answer within %s; payrelay counts the attempt failed", timeout)
+	case relay.ErrorConnect:
+		return "connection refused or unreachable: nothing listens at that address and port"
+	case relay.ErrorDNS:
+		return "the host name does not resolve (DNS)"
+	case relay.ErrorTLS:
+		return "the TLS handshake failed: the server's certificate is not valid for this host, or not trusted"
+	}
+	return "the connection broke before an answer (reset or closed)"
 }
 
 // probeTarget refuses a URL the probe must not send to: not http(s), or a host that is (or

@@ -194,3 +194,35 @@ func TestProbeNamesEachFailure(t *testing.T) {
 		t.Errorf("link-local target: exit %d\n%s", code, out)
 	}
 }
+
+// The probe's flags are checked all at once, each problem in words; a hung server is given
+// -timeout per case, and every failure is said in words, never as a Go error.
+func TestProbeFlagsAndTimeouts(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(bin, "probe", "-secret", "notasecret", "-timeout", "30s")
+	out, _ := cmd.CombinedOutput()
+	for _, want := range []string{"-url is required", `-secret "notasecret"...: not a signing secret`, "-timeout 30s: want more than 0 and at most 10s"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("bad flags: the probe does not say %q:\n%s", want, out)
+		}
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 2 {
+		t.Errorf("bad flags: exit %d, want 2", code)
+	}
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release // never answers while the probe runs
+	}))
+	defer hung.Close()
+	defer close(release) // before Close, which waits for the handlers
+	code, out2 := runProbe(t, hung.URL, "-timeout", "300ms")
+	if code != 1 || !strings.Contains(out2, "timed out: no answer within 300ms") || strings.Contains(out2, "Client.Timeout") || strings.Contains(out2, "context deadline") {
+		t.Errorf("a hung server: exit %d, want each case failed in words:\n%s", code, out2)
+	}
+	closed := httptest.NewServer(http.NotFoundHandler())
+	url := closed.URL
+	closed.Close()
+	if code, out3 := runProbe(t, url); code != 1 || !strings.Contains(out3, "connection refused or unreachable") {
+		t.Errorf("nothing listening: exit %d:\n%s", code, out3)
+	}
+}

@@ -42,6 +42,10 @@ type AppleApp struct {
 	// StoreKit testing), or both. App Store Connect sends each environment to its own URL; both
 	// may point at the same Ingest.
 	Environments []string `json:"environments,omitempty"`
+	// AllowSandbox is the former switch, which sent sandbox notifications to the game's
+	// production endpoint. It is refused, naming its replacement, so that a configuration
+	// written for it does not silently change meaning.
+	AllowSandbox *bool `json:"allow_sandbox,omitempty"`
 }
 
 // Apple verifies App Store Server Notifications V2: a JWS signed ES256 by a certificate chained
@@ -73,6 +77,9 @@ func NewApple(apps []AppleApp, root *x509.Certificate) (*Apple, error) {
 	for i, app := range apps {
 		if app.BundleID == "" || !relay.GamePattern.MatchString(app.Game) {
 			return nil, fmt.Errorf("PROVIDER_CONFIG apple[%d]: bundle_id and game are required", i)
+		}
+		if app.AllowSandbox != nil {
+			return nil, fmt.Errorf("PROVIDER_CONFIG apple[%d] (%s): allow_sandbox is replaced by \"environments\": [\"production\", \"sandbox\"], and sandbox notifications now go to the game's sandbox endpoint (GAMES sandbox), never to production", i, app.BundleID)
 		}
 		if app.AppAppleID <= 0 {
 			return nil, fmt.Errorf("PROVIDER_CONFIG apple[%d] (%s): app_apple_id is required (production notifications carry it)", i, app.BundleID)

@@ -152,6 +152,14 @@ func TestAppleRefusals(t *testing.T) {
 	if _, err := provider.NewApple([]provider.AppleApp{{BundleID: bundle, AppAppleID: appleID, Game: "sword", Environments: []string{"staging"}}}, good.Root); err == nil {
 		t.Error("environments [staging] accepted")
 	}
+	// The former allow_sandbox is refused by name, with its replacement.
+	cfg, err := provider.ParseConfig(`{"apple":[{"bundle_id":"` + bundle + `","app_apple_id":1,"game":"sword","allow_sandbox":true}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate([]string{"sword"}); err == nil || !strings.Contains(err.Error(), `allow_sandbox is replaced by "environments"`) {
+		t.Errorf("a configuration with allow_sandbox: %v", err)
+	}
 }
 
 const (

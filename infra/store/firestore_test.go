@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,5 +229,50 @@ func TestEnvironmentOfStoredPayments(t *testing.T) {
 		if diff := cmp.Diff(want, ids); diff != "" {
 			t.Errorf("pending %s payments (-want +got):\n%s", env, diff)
 		}
+	}
+}
+
+// The sweeper's per-game pages on the emulator: one game's overdue payments only, oldest due
+// first, a page at a time, none twice, none of another game's or not yet due.
+func TestOverdueOfPagesOneGame(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	base := time.Now().UTC().Truncate(time.Microsecond).Add(-time.Hour)
+	var want []string
+	for i, c := range []struct {
+		game string
+		due  time.Duration
+	}{{"sword", 3 * time.Minute}, {"farm", time.Minute}, {"sword", time.Minute}, {"sword", 2 * time.Minute}, {"sword", 2 * time.Hour}} {
+		p := payment(fmt.Sprintf("od-%d", i))
+		p.Game = c.game
+		p.Paid().NextAttemptAt = base.Add(c.due)
+		if _, _, _, err := s.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if c.game == "sword" && c.due < time.Hour {
+			want = append(want, p.ID)
+		}
+	}
+	// Oldest due first: od-2 (1m), od-3 (2m), od-0 (3m).
+	want = []string{want[1], want[2], want[0]}
+	var got []string
+	cursor, pages := "", 0
+	for {
+		ps, next, err := s.OverdueOf(ctx, "sword", base.Add(30*time.Minute), cursor, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, p := range ps {
+			got = append(got, p.ID)
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if diff := cmp.Diff(want, got); diff != "" || pages != 2 {
+		t.Errorf("sword's overdue in %d pages (-want +got):\n%s", pages, diff)
 	}
 }

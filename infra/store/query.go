@@ -82,25 +82,7 @@ func (s *Firestore) listQuery(f relay.Filter) firestore.Query {
 
 // List implements relay.Finder. The cursor is the last payment's received time and id.
 func (s *Firestore) List(ctx context.Context, f relay.Filter, cursor string, limit int) ([]*relay.Payment, string, error) {
-	q := s.listQuery(f)
-	if cursor != "" {
-		nanos, id, ok := strings.Cut(cursor, "_")
-		n, err := strconv.ParseInt(nanos, 10, 64)
-		if !ok || err != nil || id == "" {
-			return nil, "", fmt.Errorf("store: malformed cursor %q", cursor)
-		}
-		q = q.StartAfter(time.Unix(0, n).UTC(), id)
-	}
-	docs, err := q.Limit(limit).Documents(ctx).GetAll()
-	if err != nil {
-		return nil, "", classify("firestore.List", err)
-	}
-	ps, err := s.decode(docs)
-	if err != nil || len(ps) < limit {
-		return ps, "", err
-	}
-	last := ps[len(ps)-1]
-	return ps, fmt.Sprintf("%d_%s", last.ReceivedAt.UnixNano(), last.ID), nil
+	return s.page(ctx, "firestore.List", s.listQuery(f), cursor, limit, func(p *relay.Payment) time.Time { return p.ReceivedAt })
 }
 
 // overdueIndex is the index of a game's overdue payments, oldest due first: the sweeper's
@@ -112,6 +94,13 @@ func overdueIndex() Index {
 // OverdueOf implements relay.Finder. The cursor is the last payment's due time and id.
 func (s *Firestore) OverdueOf(ctx context.Context, game string, before time.Time, cursor string, limit int) ([]*relay.Payment, string, error) {
 	q := s.coll.Where("game", "==", game).Where("due_at", "<=", before).OrderBy("due_at", firestore.Asc).OrderBy(firestore.DocumentID, firestore.Asc)
+	return s.page(ctx, "firestore.OverdueOf", q, cursor, limit, (*relay.Payment).DueAt)
+}
+
+// page runs q, ordered by a time field and then the document id, a page at a time: after the
+// cursor "<unix nanos>_<id>" of the previous page's last payment, at most limit; the next
+// cursor is made of the last payment's key (the ordering time) and id, "" after the last page.
+func (s *Firestore) page(ctx context.Context, op string, q firestore.Query, cursor string, limit int, key func(*relay.Payment) time.Time) ([]*relay.Payment, string, error) {
 	if cursor != "" {
 		nanos, id, ok := strings.Cut(cursor, "_")
 		n, err := strconv.ParseInt(nanos, 10, 64)
@@ -122,14 +111,14 @@ func (s *Firestore) OverdueOf(ctx context.Context, game string, before time.Time
 	}
 	docs, err := q.Limit(limit).Documents(ctx).GetAll()
 	if err != nil {
-		return nil, "", classify("firestore.OverdueOf", err)
+		return nil, "", classify(op, err)
 	}
 	ps, err := s.decode(docs)
 	if err != nil || len(ps) < limit {
 		return ps, "", err
 	}
 	last := ps[len(ps)-1]
-	return ps, fmt.Sprintf("%d_%s", last.DueAt().UnixNano(), last.ID), nil
+	return ps, fmt.Sprintf("%d_%s", key(last).UnixNano(), last.ID), nil
 }
 
 // Overdue implements relay.Finder.

@@ -73,10 +73,10 @@ func CheckConfig(ctx context.Context, l envconfig.Lookuper) (*config.Config, err
 		return nil, err
 	}
 	if _, err := provider.New(cfg.ProviderConfig.Config, cfg.Ingest()); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, &config.Error{Err: err}
 	}
 	if _, err := cfg.EffectiveLadder(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, &config.Error{Err: err}
 	}
 	return cfg, nil
 }
@@ -94,7 +94,7 @@ func CheckQueues(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 	defer q.Close()
 	missing, err := q.CheckQueues(ctx)
 	if len(missing) > 0 {
-		return fmt.Errorf("config: Cloud Tasks has no queue %s: create it (terraform apply) or fix GAMES / OPS_QUEUE", strings.Join(missing, ", "))
+		return &config.Error{Err: fmt.Errorf("Cloud Tasks has no queue %s: create it (terraform apply) or fix GAMES / OPS_QUEUE", strings.Join(missing, ", "))}
 	}
 	if err != nil {
 		log.WarnContext(ctx, "could not look up the queues at start; going on", "error", err.Error())
@@ -247,19 +247,35 @@ func dispatchDeadline(lease time.Duration) time.Duration {
 	return min(max(lease, 15*time.Second), 30*time.Minute)
 }
 
+// unready says, in the log, why the process cannot serve, and returns the status to answer: an
+// invalid configuration is permanent (500; logged as startup_failed, so its alert fires, in
+// words that say it stays so until it is fixed and deployed again); anything else, a
+// dependency unreachable while building, is transient (503; the next request builds again).
+// The reason goes to the log only: it may name configuration.
+func unready(err error) int {
+	log := logging.New(os.Stdout, "info")
+	var cfgErr *config.Error
+	if errors.As(err, &cfgErr) {
+		log.Error("payrelay cannot serve: its configuration is invalid, and stays so until it is fixed and deployed again (a permanent error, not retried)",
+			"event", "startup_failed", "error", err.Error())
+		return http.StatusInternalServerError
+	}
+	log.Error("payrelay cannot serve yet (a transient failure); it builds again on the next request", "error", err.Error())
+	return http.StatusServiceUnavailable
+}
+
 func notConfigured(w http.ResponseWriter, err error) {
-	// The reason goes to the log, not to the caller: it may name configuration.
-	logging.New(os.Stdout, "info").Error("payrelay cannot serve yet; will retry on the next request", "error", err.Error())
-	writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "payrelay is not ready", Reason: "retry later"})
+	code := unready(err)
+	writeJSON(w, code, errorBody{Error: "payrelay is not ready", Reason: http.StatusText(code)})
 }
 
 // Ingest is the Ingest function: providers' payment notifications.
 func Ingest(w http.ResponseWriter, r *http.Request) {
 	h, err := handler(context.WithoutCancel(r.Context()))
 	if err != nil {
-		// A failure of ours, in the provider's own failure shape, so the provider retries.
-		logging.New(os.Stdout, "info").Error("payrelay cannot serve yet; will retry on the next request", "error", err.Error())
-		provider.RefuseUnready(w, r.URL.Query().Get("provider"))
+		// A failure of ours, in the provider's own failure shape, so the provider retries (and,
+		// once the configuration is fixed, its retry is served).
+		provider.RefuseUnready(w, r.URL.Query().Get("provider"), unready(err))
 		return
 	}
 	h.Ingest(w, r)

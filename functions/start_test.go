@@ -14,9 +14,9 @@ import (
 	"github.com/payrelay/payrelay/local/tasksemu"
 )
 
-// Before the process can serve (here its environment is incomplete, as a transient failure
-// would leave it), Ingest answers each provider in its own failure shape with 503 and keeps
-// no half-built handler: the next request builds again, and serves once it can.
+// Before the process can serve (here its environment is incomplete: an invalid configuration,
+// permanent until fixed), Ingest answers each provider in its own failure shape with 500, and
+// keeps no half-built handler: the next request builds again, and serves once it can.
 func TestProcessHandlerRetriesAFailedBuild(t *testing.T) {
 	for _, k := range []string{"PROJECT_ID", "GAMES", "INGEST_SECRETS", "DELIVER_URL", "PROVIDER_CONFIG", "GAME_SECRETS_SWORD",
 		"CLOUD_TASKS_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "TASKS_INVOKER_SA"} {
@@ -25,8 +25,8 @@ func TestProcessHandlerRetriesAFailedBuild(t *testing.T) {
 	for name, want := range map[string]string{"alipay": "failure", "wechatpay": `"code":"FAIL"`, "": `"error"`} {
 		w := httptest.NewRecorder()
 		Ingest(w, httptest.NewRequest(http.MethodPost, "/Ingest?provider="+name, strings.NewReader("x")))
-		if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), want) {
-			t.Errorf("%q before the build: %d %q, want 503 with %s", name, w.Code, w.Body.String(), want)
+		if w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), want) {
+			t.Errorf("%q before the build: %d %q, want 500 (permanent until fixed) with %s", name, w.Code, w.Body.String(), want)
 		}
 	}
 	t.Setenv("PROJECT_ID", "studio-prod")

@@ -361,11 +361,12 @@ func mismatch(what string, env relay.Environment, allowed []relay.Environment) s
 	return fmt.Sprintf("a %s notification for %s, which PROVIDER_CONFIG configures for %s only (environments)", env, what, allowed[0])
 }
 
-// RefuseUnready answers a notification that arrived before payrelay could serve (a transient
-// failure of ours) in the shape of the provider the notify URL names, with 503 so it retries:
-// Alipay's "failure", WeChat Pay's {"code":"FAIL"}, the generic format's JSON error.
-func RefuseUnready(w http.ResponseWriter, name string) {
-	r := &Refusal{Code: http.StatusServiceUnavailable, Reason: "payrelay is not ready; retry later"}
+// RefuseUnready answers a notification that arrived before payrelay could serve (a failure of
+// ours: code 503 when transient, 500 when its configuration is invalid) in the shape of the
+// provider the notify URL names, so it retries: Alipay's "failure", WeChat Pay's
+// {"code":"FAIL"}, the generic format's JSON error.
+func RefuseUnready(w http.ResponseWriter, name string, code int) {
+	r := &Refusal{Code: code, Reason: "payrelay is not ready; retry later"}
 	switch name {
 	case "alipay":
 		(*Alipay)(nil).Refuse(w, r)

@@ -107,10 +107,12 @@ func TestConfigValidateNamesEveryProblem(t *testing.T) {
 func TestRefuseUnreadyInEachProvidersShape(t *testing.T) {
 	t.Parallel()
 	for name, want := range map[string]string{"alipay": "failure", "wechatpay": `"code":"FAIL"`, "generic": `"error"`, "": `"error"`} {
-		w := httptest.NewRecorder()
-		provider.RefuseUnready(w, name)
-		if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), want) {
-			t.Errorf("%q: %d %q, want 503 with %s", name, w.Code, w.Body.String(), want)
+		for _, code := range []int{http.StatusServiceUnavailable, http.StatusInternalServerError} {
+			w := httptest.NewRecorder()
+			provider.RefuseUnready(w, name, code)
+			if w.Code != code || !strings.Contains(w.Body.String(), want) {
+				t.Errorf("%q: %d %q, want %d with %s", name, w.Code, w.Body.String(), code, want)
+			}
 		}
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -235,20 +237,68 @@ func (l *Ladder) EnvDecode(v string) error {
 
 var queueRE = regexp.MustCompile(`^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+$`)
 
+// Error is an invalid configuration: permanent, until someone fixes it and deploys again (as
+// opposed to a dependency that is unreachable for now).
+type Error struct{ Err error }
+
+func (e *Error) Error() string { return "config: " + e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// parsers check the values that envconfig would otherwise stop at, one decode error hiding
+// every other problem: Load parses them first, reports each that does not parse, and hands
+// envconfig the rest.
+var parsers = map[string]func(string) error{
+	"GAMES":                  func(v string) error { var g Games; return g.EnvDecode(v) },
+	"PROVIDER_CONFIG":        func(v string) error { var p ProviderConfig; return p.EnvDecode(v) },
+	"INGEST_SECRETS":         func(v string) error { var s Secrets; return s.EnvDecode(v) },
+	"INGEST_SANDBOX_SECRETS": func(v string) error { var s Secrets; return s.EnvDecode(v) },
+	"QUERY_CALLERS":          func(v string) error { var q QueryCallers; return q.EnvDecode(v) },
+	"LADDER":                 func(v string) error { var l Ladder; return l.EnvDecode(v) },
+	"LADDER_COMPRESSION":     func(v string) error { _, err := strconv.Atoi(v); return err },
+	"REPLAY_RATE":            func(v string) error { _, err := strconv.ParseFloat(v, 64); return err },
+	"SWEEP_MARGIN":           func(v string) error { _, err := time.ParseDuration(v); return err },
+	"DELIVER_LEASE":          func(v string) error { _, err := time.ParseDuration(v); return err },
+}
+
+// parsed is a lookuper that hides the values that did not parse (Load reports them itself).
+type parsed struct {
+	l   envconfig.Lookuper
+	bad map[string]bool
+}
+
+func (p parsed) Lookup(key string) (string, bool) {
+	if p.bad[key] {
+		return "", false
+	}
+	return p.l.Lookup(key)
+}
+
 // Load reads the configuration through l and checks every value, reporting all that are
-// missing or invalid at once.
+// missing or invalid at once, as an *Error.
 func Load(ctx context.Context, l envconfig.Lookuper) (*Config, error) {
 	var c Config
-	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: l}); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+	var errs []error
+	lk := parsed{l: l, bad: map[string]bool{}}
+	for _, name := range slices.Sorted(maps.Keys(parsers)) {
+		if v, ok := l.Lookup(name); ok && v != "" {
+			if err := parsers[name](v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				lk.bad[name] = true
+			}
+		}
+	}
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lk}); err != nil {
+		return nil, &Error{errors.Join(append(errs, err)...)}
 	}
 	if c.Ladder.Attempts() == 0 {
 		if err := c.Ladder.EnvDecode(""); err != nil {
 			return nil, err
 		}
 	}
-	errs := c.loadGames(l)
-	if err := c.validate(errs); err != nil {
+	if !lk.bad["GAMES"] {
+		errs = append(errs, c.loadGames(l)...)
+	}
+	if err := c.validate(errs, lk.bad); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -300,7 +350,7 @@ func (c *Config) loadGames(l envconfig.Lookuper) []error {
 	return errs
 }
 
-func (c *Config) validate(errs []error) error {
+func (c *Config) validate(errs []error, bad map[string]bool) error {
 	need := func(name, v string) {
 		if strings.TrimSpace(v) == "" {
 			errs = append(errs, fmt.Errorf("%s is required", name))
@@ -311,7 +361,7 @@ func (c *Config) validate(errs []error) error {
 	if err := checkURL("DELIVER_URL", c.DeliverURL); err != nil {
 		errs = append(errs, err)
 	}
-	if len(c.IngestSecrets) == 0 {
+	if len(c.IngestSecrets) == 0 && !bad["INGEST_SECRETS"] {
 		errs = append(errs, errors.New("INGEST_SECRETS is required (one or more whsec_<base64>, comma-separated)"))
 	}
 	if c.InvokerServiceAccount == "" && c.CloudTasksEmulatorHost == "" {
@@ -320,7 +370,7 @@ func (c *Config) validate(errs []error) error {
 	if c.LadderCompression < 1 {
 		errs = append(errs, fmt.Errorf("LADDER_COMPRESSION %d: want 1 (real time) or more", c.LadderCompression))
 	}
-	if longest := c.LongestTimeout(); c.DeliverLease < longest+5*time.Second || c.DeliverLease > 30*time.Minute {
+	if longest := c.LongestTimeout(); !bad["DELIVER_LEASE"] && (c.DeliverLease < longest+5*time.Second || c.DeliverLease > 30*time.Minute) {
 		errs = append(errs, fmt.Errorf("DELIVER_LEASE %s: want at least the longest game timeout (%s) + 5s, so a live delivery is never taken over, and at most 30m", c.DeliverLease, longest))
 	}
 	if c.OpsQueue != "" && !queueRE.MatchString(c.OpsQueue) {
@@ -338,7 +388,7 @@ func (c *Config) validate(errs []error) error {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("config: %w", errors.Join(errs...))
+		return &Error{errors.Join(errs...)}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -238,5 +239,32 @@ func TestGameSandboxSecretsVarCannotCollide(t *testing.T) {
 	// Game sword's sandbox and a game named sword-sandbox read different variables.
 	if GameSandboxSecretsVar("sword") == GameSecretsVar("sword-sandbox") {
 		t.Fatal("a game's sandbox secrets share a variable with another game's")
+	}
+}
+
+// A value that does not even parse (GAMES' JSON cut short, a duration with no unit) is named
+// with every other problem, not instead of them; the error says it is the configuration's.
+func TestLoadNamesEveryProblemEvenWhenAValueDoesNotParse(t *testing.T) {
+	t.Parallel()
+	m := valid()
+	m["GAMES"] = `[{"name":"sword",`
+	m["PROVIDER_CONFIG"] = `{"alipay":`
+	m["DELIVER_LEASE"] = "60"
+	m["INGEST_SECRETS"] = "not-a-secret"
+	delete(m, "PROJECT_ID")
+	_, err := Load(context.Background(), envconfig.MapLookuper(m))
+	var cfgErr *Error
+	if !errors.As(err, &cfgErr) {
+		t.Fatalf("Load = %v, want a *config.Error", err)
+	}
+	for _, want := range []string{"GAMES is not a JSON list", "PROVIDER_CONFIG is not valid JSON", "DELIVER_LEASE: time: missing unit", "INGEST_SECRETS: secret 1", "PROJECT_ID is required"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not name %q:\n%v", want, err)
+		}
+	}
+	for _, noise := range []string{"GAMES is required", "INGEST_SECRETS is required", "DELIVER_LEASE 0s"} {
+		if strings.Contains(err.Error(), noise) {
+			t.Errorf("the error repeats a value it already named as unparsable (%q):\n%v", noise, err)
+		}
 	}
 }

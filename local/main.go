@@ -56,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return tasksEmulator(args[1:], stdout, stderr)
 		case "probe":
 			return probe(args[1:], stdout, stderr)
+		case "guard":
+			return guard(args[1:], stderr)
 		case "help", "-h", "--help":
 			usage(stderr)
 			fmt.Fprintln(stderr, "\nflags of go run ./local:")
@@ -134,7 +136,9 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 		logLevel = "info"
 	}
 	prog := &progress{w: stdout, start: time.Now()}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Ctrl-C, a kill, a closed terminal (SIGHUP) and a closed output pipe (`| head`: SIGPIPE,
+	// which would otherwise end the process at its next write) all stop the runner in order.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 	defer stop()
 	ctx = orphanContext(ctx)
 	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
@@ -147,7 +151,15 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "payrelay local:", err) // an ErrNotInstalled already says how to install
+		if errors.Is(err, stack.ErrPortInUse) {
+			fmt.Fprintln(stderr, "payrelay local: an emulator left by an earlier run may hold it; find it with `ss -ltnp | grep PORT` (or `pgrep -af cloud-firestore-emulator`) and end it with kill")
+		}
 		return 1
+	}
+	if pgid := s.FirestorePid(); pgid != 0 {
+		if err := guardEmulator(pgid); err != nil {
+			fmt.Fprintln(stderr, "payrelay local: could not start the emulator's guard (it is stopped on a normal exit all the same):", err)
+		}
 	}
 	firestoreNote := "started by this command; stopped on exit"
 	if e.FirestoreHost != "" {
@@ -176,6 +188,9 @@ ready
 		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port), s.AdminURL(), s.GameSandbox.URL, stack.SandboxQueueName(stack.GameA, 0))
 	<-ctx.Done()
 	stop()
+	// From here a closed output pipe must not end the process before it has stopped everything:
+	// writes to it fail quietly instead.
+	signal.Ignore(syscall.SIGPIPE)
 	fmt.Fprintln(stdout, "\npayrelay local: stopping: refusing new requests, letting deliveries in flight finish (at most 10 s)...")
 	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

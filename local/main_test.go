@@ -329,3 +329,75 @@ func TestHelpListsTheFlags(t *testing.T) {
 		}
 	}
 }
+
+// However the runner ends (a closed terminal's SIGHUP, a closed output pipe, a SIGKILL no
+// handler sees), nothing it started is left running or holding its ports: the first two stop
+// it in order, and for the third the emulator's guard ends the emulator.
+func TestRunnerLeavesNothingBehind(t *testing.T) {
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("gcloud is missing in CI: %v", err)
+		}
+		t.Skip("gcloud is not installed")
+	}
+	for _, ending := range []string{"SIGHUP", "closed pipe", "SIGKILL"} {
+		t.Run(ending, func(t *testing.T) {
+			p := ports(t, 7)
+			cmd := exec.Command(bin, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
+				"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-compression", "20000")
+			cmd.Env = childEnv()
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stdout, cmd.Stderr = pw, pw
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			pw.Close()
+			t.Cleanup(func() {
+				if cmd.ProcessState == nil {
+					cmd.Process.Kill()
+					cmd.Wait()
+				}
+			})
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() && !strings.Contains(sc.Text(), "ready") {
+			}
+			switch ending {
+			case "SIGHUP":
+				cmd.Process.Signal(syscall.SIGHUP)
+			case "closed pipe":
+				// `go run ./local | head` exits: the runner's next line meets a closed pipe.
+				pr.Close()
+				send := exec.Command(bin, "send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]))
+				send.Env = childEnv()
+				send.Run()
+			case "SIGKILL":
+				cmd.Process.Kill()
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s: the runner still runs after 30 s", ending)
+			}
+			pr.Close()
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				busy := firestoreProcesses(t, p[3])
+				for _, port := range p {
+					if listening(port) {
+						busy++
+					}
+				}
+				if busy == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %d emulator processes or ports left after 30 s", ending, busy)
+				}
+			}
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"sync"
 	"time"
 
 	cloudtasks "cloud.google.com/go/cloudtasks/apiv2"
@@ -105,8 +106,9 @@ func NewCloudTasks(ctx context.Context, opts Options) (*CloudTasks, error) {
 // CheckQueues looks up every queue the relay enqueues on (each game's, each sandbox's, the
 // ops queue) and names each one Cloud Tasks does not have: a queue deleted or renamed by
 // mistake is found as the process starts, not at the first payment of its game. It reports
-// missing (NotFound, PermissionDenied: permanent) apart from err (the service unreachable:
-// transient, the caller decides).
+// missing (NotFound, PermissionDenied: permanent) apart from err (the service unreachable, or
+// ctx done: transient, the caller decides). The lookups run 8 at a time: this is on every
+// instance's cold start, Ingest's included.
 func (q *CloudTasks) CheckQueues(ctx context.Context) (missing []string, err error) {
 	var names []string
 	for _, m := range []map[string][]string{q.opts.Queues, q.opts.SandboxQueues} {
@@ -118,19 +120,39 @@ func (q *CloudTasks) CheckQueues(ctx context.Context) (missing []string, err err
 		names = append(names, q.opts.OpsQueue)
 	}
 	slices.Sort(names)
-	for _, name := range slices.Compact(names) {
-		_, e := q.client.GetQueue(ctx, &cloudtaskspb.GetQueueRequest{Name: name})
-		switch status.Code(e) {
-		case codes.OK:
-		case codes.NotFound:
-			missing = append(missing, name+" (does not exist)")
-		case codes.PermissionDenied:
-			missing = append(missing, name+" (permission denied: the runtime account needs cloudtasks.queues.get on it)")
-		default:
-			// The service is unreachable (or the check's time is up): the other lookups would
-			// wait the same, and a start must not.
-			return missing, fmt.Errorf("cloudtasks.GetQueue %s: %w", name, e)
-		}
+	names = slices.Compact(names)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var mu sync.Mutex
+	var transient []error
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 8)
+	for _, name := range names {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			_, e := q.client.GetQueue(ctx, &cloudtaskspb.GetQueueRequest{Name: name})
+			mu.Lock()
+			defer mu.Unlock()
+			switch status.Code(e) {
+			case codes.OK:
+			case codes.NotFound:
+				missing = append(missing, name+" (does not exist)")
+			case codes.PermissionDenied:
+				missing = append(missing, name+" (permission denied: the runtime account needs cloudtasks.queues.get on it)")
+			default:
+				// The service is unreachable (or the check's time is up): the other lookups
+				// would wait the same, and a start must not.
+				transient = append(transient, fmt.Errorf("cloudtasks.GetQueue %s: %w", name, e))
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(missing)
+	if len(transient) > 0 {
+		return missing, transient[0]
 	}
 	return missing, nil
 }

@@ -76,13 +76,11 @@ func providerKeys() provider.Config {
 	}
 }
 
-// post sends a provider's notification to Ingest as the provider would: a 502, 503 or 504 (a
-// failure of ours, which a loaded machine's slow emulator can cause) is sent again, as every
-// provider retries, up to 8 times with a growing pause.
+// post sends a provider's notification to Ingest as the provider would (stack.AsProvider:
+// our 502, 503 or 504, which a loaded machine's slow emulator can cause, is sent again).
 func post(t *testing.T, query, contentType string, h http.Header, body []byte) (int, string) {
 	t.Helper()
-	pause := 100 * time.Millisecond
-	for try := 1; ; try++ {
+	code, b, err := stack.AsProvider(context.Background(), func() (int, []byte, error) {
 		req, _ := http.NewRequest(http.MethodPost, st.FunctionsURL+"/Ingest?provider="+query, bytes.NewReader(body))
 		for k, v := range h {
 			req.Header[k] = v
@@ -90,20 +88,16 @@ func post(t *testing.T, query, contentType string, h http.Header, body []byte) (
 		req.Header.Set("Content-Type", contentType)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			t.Fatal(err)
+			return 0, nil, err
 		}
+		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		switch resp.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			if try < 8 {
-				time.Sleep(pause)
-				pause = min(2*pause, 2*time.Second)
-				continue
-			}
-		}
-		return resp.StatusCode, string(b)
+		return resp.StatusCode, b, nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return code, string(b)
 }
 
 func payloadKeys(t *testing.T, p gamehttp.Payload) []string {

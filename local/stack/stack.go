@@ -607,16 +607,21 @@ func Send(ctx context.Context, ingestURL string, secret webhook.Secret, body []b
 	return resp.StatusCode, out, err
 }
 
-// SendAsProvider is Send as providers send: an answer that says "a failure of ours, try again"
-// (502, 503, 504) is sent again after a growing pause (100 ms doubling, at most 2 s), up to 8
-// times within ctx, as every provider retries its notifications; the last answer is returned.
-// Tests that play a provider use it: on a loaded machine a slow emulator may make Ingest
-// answer 503 once, and a provider would simply retry. (500, a notification routed to no
-// game, is returned at once: tests check it.)
+// SendAsProvider is Send as providers send (AsProvider).
 func SendAsProvider(ctx context.Context, ingestURL string, secret webhook.Secret, body []byte) (int, []byte, error) {
+	return AsProvider(ctx, func() (int, []byte, error) { return Send(ctx, ingestURL, secret, body) })
+}
+
+// AsProvider calls send as providers send their notifications: an answer that says "a failure
+// of ours, try again" (502, 503, 504) is sent again after a growing pause (100 ms doubling, at
+// most 2 s), up to 8 times within ctx, as every provider retries; the last answer is
+// returned. Tests that play a provider use it: on a loaded machine a slow emulator may make
+// Ingest answer 503 once, and a provider would simply retry. (500, a notification routed to no
+// game or a configuration that is invalid, is returned at once: tests check it.)
+func AsProvider(ctx context.Context, send func() (int, []byte, error)) (int, []byte, error) {
 	pause := 100 * time.Millisecond
 	for try := 1; ; try++ {
-		code, out, err := Send(ctx, ingestURL, secret, body)
+		code, out, err := send()
 		if err != nil || try == 8 || code != http.StatusBadGateway && code != http.StatusServiceUnavailable && code != http.StatusGatewayTimeout {
 			return code, out, err
 		}

@@ -125,6 +125,23 @@ func listening(port int) bool {
 	return err == nil
 }
 
+// leftBehind waits, up to within, until no Firestore emulator process of firestorePort runs
+// and none of ports listens, and returns how many still do (0: nothing left behind).
+func leftBehind(t *testing.T, ports []int, firestorePort int, within time.Duration) int {
+	t.Helper()
+	for deadline := time.Now().Add(within); ; time.Sleep(200 * time.Millisecond) {
+		busy := firestoreProcesses(t, firestorePort)
+		for _, port := range ports {
+			if listening(port) {
+				busy++
+			}
+		}
+		if busy == 0 || time.Now().After(deadline) {
+			return busy
+		}
+	}
+}
+
 // firestoreProcesses counts processes whose command line names the emulator's port.
 func firestoreProcesses(t *testing.T, port int) int {
 	t.Helper()
@@ -275,8 +292,8 @@ func TestRunnerStopsWhenItsParentDies(t *testing.T) {
 		}
 		t.Skip("gcloud is not installed")
 	}
-	p := ports(t, 6)
-	args := fmt.Sprintf("-port %d -tasks-port %d -game-port %d -firestore-port %d -game-b-port %d -admin-port %d", p[0], p[1], p[2], p[3], p[4], p[5])
+	p := ports(t, 7)
+	args := fmt.Sprintf("-port %d -tasks-port %d -game-port %d -firestore-port %d -game-b-port %d -admin-port %d -sandbox-port %d", p[0], p[1], p[2], p[3], p[4], p[5], p[6])
 	// The shell waits for the runner (": " after it keeps the shell from exec'ing it).
 	sh := exec.Command("sh", "-c", bin+" "+args+"; :")
 	sh.Env = childEnv()
@@ -301,16 +318,8 @@ func TestRunnerStopsWhenItsParentDies(t *testing.T) {
 	time.Sleep(time.Second) // let it finish starting
 	sh.Process.Kill()
 	sh.Wait()
-	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		busy := firestoreProcesses(t, p[3])
-		for _, port := range p {
-			if listening(port) {
-				busy++
-			}
-		}
-		if busy == 0 {
-			return
-		}
+	if leftBehind(t, p, p[3], 30*time.Second) == 0 {
+		return
 	}
 	t.Errorf("30 s after its parent was killed, the runner or its emulator still runs (%d Firestore processes; ports %v)\n%s", firestoreProcesses(t, p[3]), p, logs())
 	exec.Command("pkill", "-f", fmt.Sprintf("%s %s", bin, args)).Run()
@@ -384,19 +393,8 @@ func TestRunnerLeavesNothingBehind(t *testing.T) {
 				t.Fatalf("%s: the runner still runs after 30 s", ending)
 			}
 			pr.Close()
-			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-				busy := firestoreProcesses(t, p[3])
-				for _, port := range p {
-					if listening(port) {
-						busy++
-					}
-				}
-				if busy == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: %d emulator processes or ports left after 30 s", ending, busy)
-				}
+			if busy := leftBehind(t, p, p[3], 30*time.Second); busy != 0 {
+				t.Fatalf("%s: %d emulator processes or ports left after 30 s", ending, busy)
 			}
 		})
 	}

@@ -149,12 +149,18 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	result, err := prov.Parse(r.Header, body, h.Clock.Now())
 	if err != nil {
 		refusal := provider.AsRefusal(err)
-		if refusal.Unrouted {
+		switch {
+		case refusal.Inexact:
+			// Verified, and its amount cannot be stated exactly in ISO minor units: refused
+			// (never rounded) and alerted; the provider retries until an operator acts.
+			log.ErrorContext(ctx, "ingest refused: the amount does not convert exactly to the currency's ISO 4217 minor unit", "event", "ingest_refused",
+				"reason_class", reasonClass(refusal), "status", refusal.Code, "reason", refusal.Reason)
+		case refusal.Unrouted:
 			// Verified and real, but our configuration routes its app to no game: nothing is
 			// stored, and the provider retries until the configuration is fixed.
 			log.ErrorContext(ctx, "ingest refused: the notification's app maps to no game; fix PROVIDER_CONFIG", "event", "ingest_refused",
 				"reason_class", reasonClass(refusal), "status", refusal.Code, "reason", refusal.Reason)
-		} else {
+		default:
 			log.WarnContext(ctx, "ingest refused", "event", "ingest_refused", "reason_class", reasonClass(refusal),
 				"status", refusal.Code, "reason", refusal.Reason, "field", refusal.Field, "body_bytes", len(body))
 		}
@@ -321,6 +327,8 @@ func reasonClass(r *provider.Refusal) string {
 	switch {
 	case r.Unrouted:
 		return "unrouted"
+	case r.Inexact:
+		return "inexact_amount"
 	case r.Code == http.StatusUnauthorized:
 		return "signature"
 	case r.Code == http.StatusForbidden:

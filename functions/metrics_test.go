@@ -130,6 +130,13 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	if code, _ := serve(h.Ingest, sreq); code != http.StatusOK {
 		t.Fatalf("a mismatched Stripe event answered %d, want 200 (acknowledged, stored not relayed)", code)
 	}
+	// A Stripe ISK amount that is not whole krónur: refused, never rounded, alerted.
+	isk := providertest.StripeEvent("checkout.session.completed", providertest.StripeSession("order-isk-1", "pi_isk_1", 50050, "isk", "paid"), now)
+	ireq := httptest.NewRequest(http.MethodPost, "/Ingest?provider=stripe", bytes.NewReader(isk))
+	ireq.Header = providertest.SignStripe(isk, now, "whsec_metrics")
+	if code, body := serve(h.Ingest, ireq); code != http.StatusUnprocessableEntity {
+		t.Fatalf("an ISK amount of 500.50 answered %d %s, want 422", code, body)
+	}
 	// A process refusing to start.
 	logStartupFailure(logging.New(&out, "info"), errors.New("config: GAMES is required"))
 
@@ -179,7 +186,7 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	}
 	for name, want := range map[string]int{"notifications_failed": 1, "notifications_retried": 7, "notifications_delivered": 1,
 		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 3, // order-1004, by each of the 3 sweeps (its task is never delivered here)
-		"startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1, "heal_failures": 2, "heal_stuck": 1, "orphaned": 1} {
+		"startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1, "heal_failures": 2, "heal_stuck": 1, "orphaned": 1, "amounts_refused": 1} {
 		if got := count(name); got != want {
 			t.Errorf("%s counts %d entries, want %d", name, got, want)
 		}

@@ -185,7 +185,7 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 		pay.TransactionID = tx.TransactionID
 	}
 	pay.Currency = tx.Currency
-	amount, err := appleAmount(tx.Price, tx.Currency)
+	amount, err := relay.FromMilli(tx.Price, tx.Currency)
 	if err != nil {
 		return relay.Result{}, asRefusal(err)
 	}
@@ -208,25 +208,6 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 		return relay.Result{}, asRefusal(err)
 	}
 	return r, nil
-}
-
-// appleAmount converts Apple's price in milliunits to the currency's minor units, exactly.
-func appleAmount(milli int64, currency string) (int64, error) {
-	exp, ok := relay.CurrencyExponent(currency)
-	if !ok {
-		return 0, &relay.FieldError{Field: "currency", Reason: fmt.Sprintf("%q is not an ISO 4217 currency code", currency)}
-	}
-	if exp > 3 || milli <= 0 {
-		return 0, &relay.FieldError{Field: "amount", Reason: "price must be positive"}
-	}
-	div := int64(1)
-	for range 3 - exp {
-		div *= 10
-	}
-	if milli%div != 0 {
-		return 0, &relay.FieldError{Field: "amount", Reason: fmt.Sprintf("price %d milliunits is not a whole number of %s's minor unit", milli, currency)}
-	}
-	return milli / div, nil
 }
 
 // verifyJWS checks a compact JWS as Apple's libraries do: alg ES256; an x5c chain of exactly

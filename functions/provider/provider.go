@@ -44,6 +44,9 @@ type Refusal struct {
 	// Unrouted: a verified notification of an app mapped to no game. It is a failure of our
 	// configuration, answered 500 so the provider retries until it is fixed, logged at ERROR.
 	Unrouted bool
+	// Inexact: a verified notification whose amount does not convert exactly to ISO minor
+	// units (relay.InexactAmount): refused 422, logged at ERROR and alerted, never rounded.
+	Inexact bool
 }
 
 // unrouted refuses a verified notification whose app maps to no game.
@@ -62,6 +65,10 @@ func asRefusal(err error) *Refusal {
 	var r *Refusal
 	if errors.As(err, &r) {
 		return r
+	}
+	var inexact *relay.InexactAmount
+	if errors.As(err, &inexact) {
+		return &Refusal{Code: http.StatusUnprocessableEntity, Reason: inexact.Error(), Field: "amount", Inexact: true}
 	}
 	var fe *relay.FieldError
 	if errors.As(err, &fe) {

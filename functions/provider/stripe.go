@@ -240,7 +240,10 @@ func (s *Stripe) Parse(h http.Header, body []byte, now time.Time) (relay.Result,
 		if acct.OrderKey != "client_reference_id" {
 			pay.OrderID = cs.Metadata[acct.OrderKey]
 		}
-		pay.TransactionID, pay.AmountMinor, pay.Currency = cs.PaymentIntent, cs.AmountTotal, strings.ToUpper(cs.Currency)
+		pay.TransactionID, pay.Currency = cs.PaymentIntent, strings.ToUpper(cs.Currency)
+		if pay.AmountMinor, err = relay.FromStripe(cs.AmountTotal, cs.Currency); err != nil {
+			return relay.Result{}, asRefusal(err)
+		}
 		pay.PaidAt = time.Unix(ev.Created, 0).UTC()
 		if cs.PaymentStatus != "paid" {
 			return relay.Result{Payment: pay, Note: &relay.Note{Kind: "checkout.session.completed." + fmt.Sprintf("%.20s", cs.PaymentStatus),
@@ -257,7 +260,10 @@ func (s *Stripe) Parse(h http.Header, body []byte, now time.Time) (relay.Result,
 			return relay.Result{}, refuse(http.StatusBadRequest, "malformed charge: %v", err)
 		}
 		pay.OrderID = orderOf(ch.Metadata, ch.PaymentIntent)
-		pay.TransactionID, pay.AmountMinor, pay.Currency = ch.PaymentIntent, ch.Amount, strings.ToUpper(ch.Currency)
+		pay.TransactionID, pay.Currency = ch.PaymentIntent, strings.ToUpper(ch.Currency)
+		if pay.AmountMinor, err = relay.FromStripe(ch.Amount, ch.Currency); err != nil {
+			return relay.Result{}, asRefusal(err)
+		}
 		if len(ch.Refunds.Data) == 0 {
 			// The charge does not list its refunds (API versions since 2022-11-15): this refund
 			// cannot be told apart from the others here, so its refund.created or refund.updated

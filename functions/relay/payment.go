@@ -9,9 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
-	"math/big"
 	"regexp"
-	"strings"
 	"time"
 )
 
@@ -153,7 +151,7 @@ func (p *Payment) Validate() error {
 	if _, err := ParseEnvironment(string(p.Environment)); err != nil {
 		return err
 	}
-	if _, ok := currencyExponent[p.Currency]; !ok {
+	if _, ok := isoExponent[p.Currency]; !ok {
 		return &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", p.Currency)}
 	}
 	if p.AmountMinor <= 0 {
@@ -199,70 +197,3 @@ func (p *Payment) Matches(q *Payment) bool {
 	}
 	return p.SameFacts(q)
 }
-
-// ParseAmount converts a decimal string in major units ("19.99") to minor units of currency,
-// exactly: no floating point, and no more decimals than the currency's minor unit has.
-func ParseAmount(s, currency string) (int64, error) {
-	exp, ok := currencyExponent[currency]
-	if !ok {
-		return 0, &FieldError{"currency", fmt.Sprintf("%q is not an ISO 4217 currency code", currency)}
-	}
-	if s == "" || len(s) > 24 {
-		return 0, &FieldError{"amount", "want a decimal string such as \"19.99\""}
-	}
-	whole, frac, hasDot := strings.Cut(s, ".")
-	if whole == "" || !allDigits(whole) || (hasDot && (frac == "" || !allDigits(frac))) {
-		return 0, &FieldError{"amount", fmt.Sprintf("%q is not a plain decimal number", s)}
-	}
-	if len(frac) > exp {
-		return 0, &FieldError{"amount", fmt.Sprintf("%q has more decimals than %s's minor unit (%d)", s, currency, exp)}
-	}
-	frac += strings.Repeat("0", exp-len(frac))
-	n, ok := new(big.Int).SetString(whole+frac, 10)
-	if !ok || !n.IsInt64() {
-		return 0, &FieldError{"amount", fmt.Sprintf("%q is out of range", s)}
-	}
-	if n.Sign() <= 0 {
-		return 0, &FieldError{"amount", "must be positive"}
-	}
-	return n.Int64(), nil
-}
-
-func allDigits(s string) bool {
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// CurrencyExponent is the number of decimals of currency's minor unit, and whether the code is
-// a known ISO 4217 currency.
-func CurrencyExponent(currency string) (int, bool) {
-	e, ok := currencyExponent[currency]
-	return e, ok
-}
-
-// currencyExponent lists the active ISO 4217 codes with their minor unit.
-var currencyExponent = func() map[string]int {
-	m := map[string]int{}
-	two := "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BRL BSD BTN BWP BYN BZD " +
-		"CAD CDF CHF CNY COP CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD " +
-		"GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR ISK JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL " +
-		"MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK " +
-		"PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB " +
-		"TJS TMT TOP TRY TTD TWD TZS UAH USD UYU UZS VES WST XCD YER ZAR ZMW ZWG"
-	zero := "BIF CLP DJF GNF JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF"
-	three := "BHD IQD JOD KWD LYD OMR TND"
-	for _, c := range strings.Fields(two) {
-		m[c] = 2
-	}
-	for _, c := range strings.Fields(zero) {
-		m[c] = 0
-	}
-	for _, c := range strings.Fields(three) {
-		m[c] = 3
-	}
-	return m
-}()

@@ -48,18 +48,23 @@ type Payload struct {
 
 // Data is a notification's content: the payment's facts, and for a refund the refund.
 type Data struct {
-	NotificationID string     `json:"notification_id"` // also webhook-id: deduplicate by it
-	Attempt        int        `json:"attempt"`
-	PaymentID      string     `json:"payment_id"`
-	Provider       string     `json:"provider"`
-	MerchantID     string     `json:"merchant_id"`
-	OrderID        string     `json:"order_id"`
-	TransactionID  string     `json:"transaction_id"`
-	AmountMinor    int64      `json:"amount_minor"`
-	Currency       string     `json:"currency"`
-	PaidAt         *time.Time `json:"paid_at,omitempty"` // absent when only a refund told us of the payment and did not say
-	AppID          string     `json:"app_id"`
-	Game           string     `json:"game"`
+	NotificationID string `json:"notification_id"` // also webhook-id: deduplicate by it
+	Attempt        int    `json:"attempt"`
+	PaymentID      string `json:"payment_id"`
+	Provider       string `json:"provider"`
+	MerchantID     string `json:"merchant_id"`
+	OrderID        string `json:"order_id"`
+	TransactionID  string `json:"transaction_id"`
+	// AmountMinor is in the currency's ISO 4217 minor unit (cents, yen, fils: whatever the
+	// provider's own representation), and Amount the same value as a decimal string in major
+	// units with exactly the currency's decimals ("6.48", "500", "1.250"): read either, never
+	// a float.
+	AmountMinor int64      `json:"amount_minor"`
+	Amount      string     `json:"amount"`
+	Currency    string     `json:"currency"`
+	PaidAt      *time.Time `json:"paid_at,omitempty"` // absent when only a refund told us of the payment and did not say
+	AppID       string     `json:"app_id"`
+	Game        string     `json:"game"`
 	// Environment is "production" or "sandbox": a game server refuses a notification of the
 	// environment it does not serve (local/gamekit's handlers do).
 	Environment string            `json:"environment"`
@@ -75,6 +80,7 @@ type RefundData struct {
 	RefundID           string    `json:"refund_id"`
 	MerchantRefundNo   string    `json:"merchant_refund_no,omitempty"`
 	AmountMinor        int64     `json:"amount_minor"`
+	Amount             string    `json:"amount"`
 	RefundedTotalMinor int64     `json:"refunded_total_minor"`
 	FullyRefunded      bool      `json:"fully_refunded"`
 	RefundedAt         time.Time `json:"refunded_at"`
@@ -85,7 +91,7 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 	pl := Payload{Type: string(n.Type), Timestamp: p.PaidAt, Data: Data{
 		NotificationID: relay.NotificationID(p.ID, n.Key), Attempt: attempt, PaymentID: p.ID, Provider: p.Provider,
 		MerchantID: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID, AmountMinor: p.AmountMinor,
-		Currency: p.Currency, AppID: p.AppID, Game: p.Game, Environment: string(p.Environment), Metadata: p.Metadata,
+		Amount: relay.FormatAmount(p.AmountMinor, p.Currency), Currency: p.Currency, AppID: p.AppID, Game: p.Game, Environment: string(p.Environment), Metadata: p.Metadata,
 	}}
 	if !p.PaidAt.IsZero() {
 		t := p.PaidAt
@@ -95,7 +101,7 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 	if r := n.Refund; r != nil {
 		pl.Timestamp = r.RefundedAt
 		pl.Data.Refund = &RefundData{
-			RefundID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor,
+			RefundID: r.ID, MerchantRefundNo: r.MerchantRefundNo, AmountMinor: r.AmountMinor, Amount: relay.FormatAmount(r.AmountMinor, p.Currency),
 			RefundedTotalMinor: r.CumulativeMinor, FullyRefunded: r.CumulativeMinor >= p.AmountMinor, RefundedAt: r.RefundedAt,
 		}
 	}

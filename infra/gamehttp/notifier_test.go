@@ -147,11 +147,11 @@ func TestPayloads(t *testing.T) {
 	}{
 		{p.Paid(), `{"type":"payment.succeeded","timestamp":"2026-11-24T01:02:03Z","data":{"notification_id":"pid1-paid","attempt":1,` +
 			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
-			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","environment":"production","metadata":{"sku":"gems_60"},"payment_notified":true}}`},
+			`"amount":"19.99","currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","environment":"production","metadata":{"sku":"gems_60"},"payment_notified":true}}`},
 		{&p.Notifications[1], `{"type":"payment.refunded","timestamp":"2026-11-24T02:02:03Z","data":{"notification_id":"pid1-` + relay.RefundKey("r1") + `","attempt":1,` +
 			`"payment_id":"pid1","provider":"generic","merchant_id":"game-1","order_id":"o1","transaction_id":"t1","amount_minor":1999,` +
-			`"currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","environment":"production","metadata":{"sku":"gems_60"},"payment_notified":true,` +
-			`"refund":{"refund_id":"r1","merchant_refund_no":"out-r1","amount_minor":1999,"refunded_total_minor":1999,"fully_refunded":true,"refunded_at":"2026-11-24T02:02:03Z"}}}`},
+			`"amount":"19.99","currency":"CNY","paid_at":"2026-11-24T01:02:03Z","app_id":"game-1","game":"sword","environment":"production","metadata":{"sku":"gems_60"},"payment_notified":true,` +
+			`"refund":{"refund_id":"r1","merchant_refund_no":"out-r1","amount_minor":1999,"amount":"19.99","refunded_total_minor":1999,"fully_refunded":true,"refunded_at":"2026-11-24T02:02:03Z"}}}`},
 	} {
 		b, err := json.Marshal(NewPayload(p, tc.n, 1))
 		if err != nil || string(b) != tc.want {

@@ -294,7 +294,7 @@ run "alerts_with_a_channel" {
     notification_channels = ["projects/studio-prod/notificationChannels/123"]
   }
   assert {
-    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["amount_refused", "conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
     error_message = "each concern must get its alert once a channel is given"
   }
   assert {

@@ -231,6 +231,12 @@ variable "reconcile_schedule" {
   default     = "0 10 * * *"
 }
 
+variable "recover_schedule" {
+  description = "Cron schedule of the recovery sweeps (Stripe's undelivered events, for Stripe accounts with api_keys), in UTC: a notification a provider failed to deliver is relayed within one period."
+  type        = string
+  default     = "23 * * * *"
+}
+
 variable "reconcile_time_zone" {
   description = "Time zone of reconcile_schedule (tz database name)."
   type        = string
@@ -597,6 +603,8 @@ locals {
     sweep     = { name = "${var.name}-sweep", entry_point = "Sweep", max_instances = 1, timeout = var.function_timeout_seconds, memory = var.function_memory }
     reconcile = { name = "${var.name}-reconcile", entry_point = "Reconcile", max_instances = 1, timeout = 540, memory = var.reconcile_memory }
     query     = { name = "${var.name}-query", entry_point = "Query", max_instances = 3, timeout = var.function_timeout_seconds, memory = var.function_memory }
+    # One sweep at a time: two would read and ingest the same events (harmless, but twice).
+    recover = { name = "${var.name}-recover", entry_point = "Recover", max_instances = 1, timeout = 540, memory = var.function_memory }
   }
 }
 
@@ -687,6 +695,14 @@ resource "google_cloud_run_service_iam_member" "reconcile_scheduler" {
   member   = "serviceAccount:${google_service_account.scheduler.email}"
 }
 
+# Recover is private: only the scheduler's identity may invoke it.
+resource "google_cloud_run_service_iam_member" "recover_scheduler" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["recover"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+
 # Query is private: only the game servers' identities listed in games.<game>.query_callers may
 # invoke it, and QUERY_CALLERS confines each to its own game's orders. It can replay or cancel
 # nothing (that is Admin's, the operators' only).
@@ -719,6 +735,31 @@ resource "google_cloud_scheduler_job" "reconcile" {
     oidc_token {
       service_account_email = google_service_account.scheduler.email
       audience              = google_cloudfunctions2_function.fn["reconcile"].service_config[0].uri
+    }
+  }
+  depends_on = [google_project_service.api]
+}
+
+# The recovery sweeps, hourly: what a provider failed to deliver (Stripe's undelivered events)
+# is asked of the provider and relayed. A run that fails answers 5xx; its cursor stays, so the
+# next one (or this job's retry) reads the same events again, idempotently.
+resource "google_cloud_scheduler_job" "recover" {
+  name             = "${var.name}-recover"
+  region           = var.region
+  schedule         = var.recover_schedule
+  time_zone        = "Etc/UTC"
+  attempt_deadline = "540s"
+  retry_config {
+    retry_count          = 2
+    min_backoff_duration = "300s"
+    max_backoff_duration = "900s"
+  }
+  http_target {
+    http_method = "POST"
+    uri         = google_cloudfunctions2_function.fn["recover"].service_config[0].uri
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = google_cloudfunctions2_function.fn["recover"].service_config[0].uri
     }
   }
   depends_on = [google_project_service.api]
@@ -863,6 +904,7 @@ locals {
     heal_stuck         = { metric = "heal_stuck", title = "payrelay: the sweeper keeps failing to enqueue a notification", doc = "The sweeper failed 3 times or more in a row to enqueue a notification again (event=heal_stuck names it and the error); it backs off and the other notifications are healed meanwhile. Check the game's queue (paused? rate limits? IAM?) and the error; the sweeper retries on its own once it can." }
     orphaned           = { metric = "orphaned", title = "payrelay: a notification was orphaned (its game or queue is gone)", doc = "A notification's game, its endpoint for the payment's environment, or its queue is no longer there (event=orphaned names it): nothing was posted. Restore the game in GAMES (or its queue), then replay the orphaned notifications from the dashboard (state orphaned) or with a bulk replay." }
     env_mismatch       = { metric = "environment_mismatch", title = "payrelay: a notification of an environment its app is not configured for", doc = "A provider sent a notification for an app configured for the other environment (e.g. an App Store Sandbox notification for a bundle whose PROVIDER_CONFIG environments are production only, or a live Stripe event for a test-only account). It was acknowledged and stored, not relayed (event=environment_mismatch names the app). Fix the app's environments in PROVIDER_CONFIG, then replay it from the dashboard (state not_relayed)." }
+    recover_failed     = { metric = "recover_failed", title = "payrelay: a recovery sweep could not read a provider's undelivered events", doc = "The hourly sweep of a Stripe account's undelivered events failed (event=recover_failed names the account and the error): a 401 means the account's restricted key in PROVIDER_CONFIG api_keys was revoked or lacks read access to events, charges, refunds, Checkout Sessions or invoices. Until it runs, a webhook Stripe failed to deliver is not recovered; each run reads from where the last good one ended." }
     startup_failure    = { metric = "startup_failures", title = "payrelay: a function refused to start", doc = "A revision's configuration is invalid; the log line (event=startup_failed) names every problem. Fix GAMES, the secrets or PROVIDER_CONFIG and deploy again." }
   }
 }

@@ -31,6 +31,7 @@ const (
 	SweepName     = "Sweep"
 	ReconcileName = "Reconcile"
 	QueryName     = "Query"
+	RecoverName   = "Recover"
 )
 
 func init() {
@@ -40,6 +41,7 @@ func init() {
 	functions.HTTP(SweepName, Sweep)
 	functions.HTTP(ReconcileName, Reconcile)
 	functions.HTTP(QueryName, Query)
+	functions.HTTP(RecoverName, Recover)
 	// Deployed (Cloud Run sets K_SERVICE), the whole configuration is checked as the process
 	// starts: a permanent error stops it, so the revision never becomes ready and the deploy
 	// fails with the reasons in Cloud Logging, instead of a healthy-looking deployment that
@@ -230,7 +232,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 	svc, err := relay.NewService(relay.Config{
 		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
-		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st, Routes: cfg.Games.Routes(),
+		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st, Cursors: st, Routes: cfg.Games.Routes(),
 	})
 	if err != nil {
 		closeAll()
@@ -310,6 +312,16 @@ func Reconcile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.Reconcile(w, r)
+}
+
+// Recover runs the recovery sweeps (Stripe's undelivered events), called by Cloud Scheduler.
+func Recover(w http.ResponseWriter, r *http.Request) {
+	h, err := handler(context.WithoutCancel(r.Context()))
+	if err != nil {
+		notConfigured(w, fmt.Errorf("recover: %w", err))
+		return
+	}
+	h.Recover(w, r)
 }
 
 // Query is the game servers' order query (补单), private to their identities.

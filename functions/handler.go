@@ -167,6 +167,35 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 		prov.Refuse(w, refusal)
 		return
 	}
+	results := []relay.Result{result}
+	if c, ok := prov.(provider.Completer); ok {
+		if results, err = c.Complete(ctx, body, result); err != nil {
+			if refusal := provider.AsRefusal(err); refusal.Inexact {
+				log.ErrorContext(ctx, "ingest refused: the amount does not convert exactly to the currency's ISO 4217 minor unit", "event", "ingest_refused",
+					"reason_class", reasonClass(refusal), "status", refusal.Code, "reason", refusal.Reason)
+				prov.Refuse(w, refusal)
+				return
+			}
+			log.ErrorContext(ctx, "ingest failed: the provider's API did not complete the notification; the provider will retry", "event", "ingest_failed",
+				"order_id", result.Payment.OrderID, "error", err.Error())
+			prov.Refuse(w, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"})
+			return
+		}
+	}
+	var res relay.IngestResult
+	for _, result := range results {
+		var refusal *provider.Refusal
+		if res, refusal = h.ingest(ctx, log, result); refusal != nil {
+			prov.Refuse(w, refusal)
+			return
+		}
+	}
+	prov.Ack(w, res)
+}
+
+// ingest stores one verified result and logs what it came to; a refusal (a conflict, an
+// invalid field, a failure of ours) is for the caller to answer.
+func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Result) (relay.IngestResult, *provider.Refusal) {
 	p := result.Payment
 	log = log.With("order_id", p.OrderID, "merchant", p.Merchant, "game", p.Game, "environment", string(p.Environment))
 	if result.Refund != nil {
@@ -179,23 +208,23 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, relay.ErrFactsDiffer):
 		log.ErrorContext(ctx, "ingest refused: callback contradicts what is stored for the same order", "event", "conflict",
 			"payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())
-		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment or refund for this order is stored with other facts (amount, currency, ...)"})
-		return
+		return res, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment or refund for this order is stored with other facts (amount, currency, ...)"}
 	case errors.As(err, &over):
 		log.ErrorContext(ctx, "ingest refused: refund exceeds what remains refundable", "event", "conflict",
 			"payment_id", res.PaymentID, "paid_minor", over.Paid, "refunded_minor", over.AlreadyRefunded, "refund_minor", over.Asked)
-		prov.Refuse(w, &provider.Refusal{Code: http.StatusConflict, Reason: over.Error()})
-		return
+		return res, &provider.Refusal{Code: http.StatusConflict, Reason: over.Error()}
 	case errors.As(err, &fieldErr):
 		log.WarnContext(ctx, "ingest refused", "event", "ingest_refused", "reason_class", "invalid",
 			"status", http.StatusUnprocessableEntity, "reason", fieldErr.Error(), "field", fieldErr.Field)
-		prov.Refuse(w, &provider.Refusal{Code: http.StatusUnprocessableEntity, Reason: fieldErr.Error(), Field: fieldErr.Field})
-		return
+		return res, &provider.Refusal{Code: http.StatusUnprocessableEntity, Reason: fieldErr.Error(), Field: fieldErr.Field}
 	case err != nil:
 		log.ErrorContext(ctx, "ingest failed; the provider will retry", "event", "ingest_failed", "payment_id", res.PaymentID,
 			"error", err.Error(), "retryable", relay.Retryable(err))
-		prov.Refuse(w, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"})
-		return
+		return res, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"}
+	}
+	via := result.Via
+	if via == "" {
+		via = relay.ViaNotify
 	}
 	switch {
 	case result.Type == "" && result.Note.Alert:
@@ -216,13 +245,13 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 				"reason", res.NotRelayed)
 		}
 		if !res.Duplicate {
-			log.InfoContext(ctx, "notification received", "event", "notification_received", "payment_id", res.PaymentID,
+			log.InfoContext(ctx, "notification received", "event", "notification_received", "via", via, "payment_id", res.PaymentID,
 				"notification_id", res.NotificationID, "type", string(result.Type), "state", string(res.State), "not_relayed", res.NotRelayed)
 		} else {
-			log.InfoContext(ctx, "notification repeated", "payment_id", res.PaymentID, "notification_id", res.NotificationID, "type", string(result.Type))
+			log.InfoContext(ctx, "notification repeated", "via", via, "payment_id", res.PaymentID, "notification_id", res.NotificationID, "type", string(result.Type))
 		}
 	}
-	prov.Ack(w, res)
+	return res, nil
 }
 
 type deliverAnswer struct {

@@ -32,6 +32,8 @@ type fixture struct {
 	queue *relaytest.Queue
 	posts int
 	fail  bool // the game server answers 500
+	// posted lists each notification POSTed to the game server, as "order/key".
+	posted []string
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -51,9 +53,10 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	clock := relaytest.NewClock(testNow)
 	svc, err := relay.NewService(relay.Config{
 		Store: f.store, Finder: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
-		Reports: relaytest.NewReports(), Days: f.store,
-		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
+		Reports: relaytest.NewReports(), Days: f.store, Cursors: relaytest.NewCursors(),
+		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, n *relay.Notification, _ int) relay.NotifyResult {
 			f.posts++
+			f.posted = append(f.posted, p.OrderID+"/"+n.Key)
 			if f.fail {
 				return relay.NotifyResult{StatusCode: 500, ErrorClass: relay.ErrorHTTP}
 			}

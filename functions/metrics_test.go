@@ -137,6 +137,18 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	if code, body := serve(h.Ingest, ireq); code != http.StatusUnprocessableEntity {
 		t.Fatalf("an ISK amount of 500.50 answered %d %s, want 422", code, body)
 	}
+	// A recovery sweep that cannot read Stripe's events (the key was revoked).
+	api := providertest.NewStripeAPI("rk_live_current")
+	defer api.Close()
+	revoked, err := provider.NewStripe([]provider.StripeAccount{{Account: "acct_1Metrics", Secrets: []string{"whsec_metrics"}, Game: "game-1",
+		APIKeys: map[string]string{"production": "rk_live_revoked"}, APIBase: api.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Providers["stripe"] = revoked
+	if code, _ := serve(h.Recover, httptest.NewRequest(http.MethodPost, "/", nil)); code != http.StatusServiceUnavailable {
+		t.Fatalf("a sweep with a revoked key answered %d, want 503", code)
+	}
 	// A process refusing to start.
 	logStartupFailure(logging.New(&out, "info"), errors.New("config: GAMES is required"))
 
@@ -186,7 +198,7 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	}
 	for name, want := range map[string]int{"notifications_failed": 1, "notifications_retried": 7, "notifications_delivered": 1,
 		"notifications_held": 1, "conflicts": 1, "ingest_5xx": 1, "healed": 3, // order-1004, by each of the 3 sweeps (its task is never delivered here)
-		"startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1, "heal_failures": 2, "heal_stuck": 1, "orphaned": 1, "amounts_refused": 1} {
+		"startup_failures": 1, "reconcile_findings": 1, "reconcile_failed": 1, "environment_mismatch": 1, "heal_failures": 2, "heal_stuck": 1, "orphaned": 1, "amounts_refused": 1, "recover_failed": 1} {
 		if got := count(name); got != want {
 			t.Errorf("%s counts %d entries, want %d", name, got, want)
 		}

@@ -251,6 +251,14 @@ func FuzzStripeParse(f *testing.F) {
 	b := providertest.StripeEvent("checkout.session.completed", providertest.StripeSession("web-1", "pi_1", 1999, "USD", "paid"), appleAt)
 	f.Add(providertest.SignStripe(b, appleAt, stripeSecret).Get(provider.HeaderStripeSignature), b)
 	f.Add("t=1,v1=00", []byte(`{}`))
+	for _, ev := range [][]byte{
+		providertest.StripeEventAt("evt_f1", "invoice.paid", providertest.StripeInvoice("in_1", "sub_1", "", 999, "usd", "subscription_cycle", map[string]string{"p": "1"}, appleAt, "2025-08-27.basil"), appleAt, "2025-08-27.basil", true),
+		providertest.StripeEventAt("evt_f2", "invoice.paid", providertest.StripeInvoice("in_2", "sub_1", "pi_2", 50000, "isk", "subscription_cycle", nil, appleAt, "2024-06-20"), appleAt, "2024-06-20", true),
+		providertest.StripeEventAt("evt_f3", "charge.refunded", providertest.StripeCharge("pi_1", "o-1", 1999, 500, "USD", "", appleAt), appleAt, "2023-10-16", true),
+		providertest.StripeEventAt("evt_f4", "charge.refund.updated", providertest.StripeRefund("re_1", "pi_1", "o-1", 500, "KWD", "succeeded", appleAt), appleAt, "2022-08-01", true),
+	} {
+		f.Add(providertest.SignStripe(ev, appleAt, stripeSecret).Get(provider.HeaderStripeSignature), ev)
+	}
 	f.Fuzz(func(t *testing.T, sig string, body []byte) {
 		h := http.Header{}
 		h.Set(provider.HeaderStripeSignature, sig)

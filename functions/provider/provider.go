@@ -5,6 +5,7 @@
 package provider
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -35,6 +36,18 @@ type Provider interface {
 	// Refuse answers a refusal, or a failure of ours (5xx), in the provider's error shape.
 	Refuse(w http.ResponseWriter, r *Refusal)
 }
+
+// Completer is a provider whose verified notification may point at facts it does not carry
+// (a Stripe charge.refunded that lists no refunds, a refund naming only its PaymentIntent).
+// Complete fetches them from the provider's API, after Parse verified body and before Ingest
+// stores anything or answers, and returns the results the notification stands for (r alone
+// when it needs nothing). An error is a failure of ours (5xx: the provider retries), or an
+// *relay.InexactAmount.
+type Completer interface {
+	Complete(ctx context.Context, body []byte, r relay.Result) ([]relay.Result, error)
+}
+
+var _ Completer = (*Stripe)(nil)
 
 // Refusal is a notification refused with an HTTP status and a reason for the logs.
 type Refusal struct {
@@ -324,13 +337,16 @@ var NotRelayed = map[string]map[string]string{
 		"RESCIND_CONSENT":           "a subscription event",
 	},
 	"stripe": {
-		"*":                                 "any event but checkout.session.completed (paid), checkout.session.async_payment_succeeded, charge.refunded listing its refund, refund.created and refund.updated (succeeded)",
+		"*":                                 "any event but checkout.session.completed (paid), checkout.session.async_payment_succeeded, invoice.paid of a subscription, charge.refunded, charge.refund.updated, refund.created and refund.updated (succeeded)",
 		"checkout.session.completed.unpaid": "a session completed whose asynchronous payment is not paid yet",
-		"charge.refunded":                   "a charge refunded that does not list its refunds: its refund's own event relays it",
-		"refund.pending":                    "a refund not completed yet (its refund.updated relays it once succeeded)",
-		"refund.requires_action":            "a refund waiting for the customer's action",
-		"refund.failed":                     "a refund that failed (the money did not go back); an operator must act",
-		"refund.canceled":                   "a refund cancelled",
+		"checkout.session.completed.subscription": "a subscription's Checkout Session: its first invoice's invoice.paid is the payment",
+		"invoice.paid.no_subscription":            "an invoice of no subscription (a one-off invoice)",
+		"invoice.paid.zero":                       "a subscription's invoice paid with no money (a trial, a 100% coupon)",
+		"charge.refunded":                         "a charge refunded that does not list its refunds, for an account without api_keys (its refunds' own events relay them; on API versions before 2024-10-28.acacia there are none: alerted)",
+		"refund.pending":                          "a refund not completed yet (its refund.updated relays it once succeeded)",
+		"refund.requires_action":                  "a refund waiting for the customer's action",
+		"refund.failed":                           "a refund that failed (the money did not go back); an operator must act",
+		"refund.canceled":                         "a refund cancelled",
 	},
 	// Any provider whose refunds carry a cumulative total (Alipay's refund_fee): a refund whose
 	// money a later refund, delivered first, already counted.

@@ -89,7 +89,8 @@ type Notification struct {
 	Generation int
 	// Actions are what operators did to the notification (replays, cancels), oldest first.
 	Actions []Action
-	// Via says how payrelay learnt of what it tells: ViaNotify, ViaQuery or ViaReconcile.
+	// Via says how payrelay learnt of what it tells: ViaNotify, ViaQuery, ViaReconcile or
+	// ViaRecovery.
 	Via string
 	// Heal is the sweeper's record of failing to enqueue this notification again, nil when it
 	// has not failed (or the attempt was claimed since): the sweeper skips it until Heal.After.

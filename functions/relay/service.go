@@ -145,6 +145,8 @@ type Config struct {
 	// Reports and Days run the daily reconciliation; optional (without them it is refused).
 	Reports ReportStore
 	Days    DayFinder
+	// Cursors keep the recovery sweeps' progress (Stripe's undelivered events); optional.
+	Cursors CursorStore
 	// Routes says which environments each game has an endpoint for; nil means every game has
 	// production only. A notification whose game has no endpoint for its payment's
 	// environment is stored not relayed.

@@ -355,7 +355,7 @@ func TestTerraformWiring(t *testing.T) {
 		}
 	}
 	slices.Sort(entries)
-	if want := []string{functions.AdminName, functions.DeliverName, functions.IngestName, functions.QueryName, functions.ReconcileName, functions.SweepName}; !slices.Equal(entries, want) {
+	if want := []string{functions.AdminName, functions.DeliverName, functions.IngestName, functions.QueryName, functions.ReconcileName, functions.RecoverName, functions.SweepName}; !slices.Equal(entries, want) {
 		t.Errorf("entry points %v, want the registered functions %v", entries, want)
 	}
 

@@ -438,3 +438,29 @@ func (s *Reports) ListReports(_ context.Context, limit int) ([]*relay.Report, er
 	})
 	return out[:min(len(out), limit)], nil
 }
+
+// Cursors keeps recovery sweeps' cursors in memory.
+type Cursors struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+var _ relay.CursorStore = (*Cursors)(nil)
+
+// NewCursors returns an empty cursor store.
+func NewCursors() *Cursors { return &Cursors{m: map[string]time.Time{}} }
+
+// GetCursor implements relay.CursorStore.
+func (c *Cursors) GetCursor(_ context.Context, id string) (time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[id], nil
+}
+
+// PutCursor implements relay.CursorStore.
+func (c *Cursors) PutCursor(_ context.Context, id string, t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[id] = t
+	return nil
+}

@@ -40,7 +40,7 @@ run "wiring" {
   command = apply
 
   assert {
-    condition     = google_cloudfunctions2_function.fn["ingest"].build_config[0].entry_point == "Ingest" && google_cloudfunctions2_function.fn["deliver"].build_config[0].entry_point == "Deliver" && google_cloudfunctions2_function.fn["admin"].build_config[0].entry_point == "Admin" && google_cloudfunctions2_function.fn["sweep"].build_config[0].entry_point == "Sweep" && google_cloudfunctions2_function.fn["reconcile"].build_config[0].entry_point == "Reconcile" && google_cloudfunctions2_function.fn["query"].build_config[0].entry_point == "Query"
+    condition     = google_cloudfunctions2_function.fn["ingest"].build_config[0].entry_point == "Ingest" && google_cloudfunctions2_function.fn["deliver"].build_config[0].entry_point == "Deliver" && google_cloudfunctions2_function.fn["admin"].build_config[0].entry_point == "Admin" && google_cloudfunctions2_function.fn["sweep"].build_config[0].entry_point == "Sweep" && google_cloudfunctions2_function.fn["reconcile"].build_config[0].entry_point == "Reconcile" && google_cloudfunctions2_function.fn["query"].build_config[0].entry_point == "Query" && google_cloudfunctions2_function.fn["recover"].build_config[0].entry_point == "Recover"
     error_message = "entry points must be the names registered with functions.HTTP: Ingest, Deliver, Admin, Sweep, Reconcile and Query"
   }
   assert {
@@ -215,6 +215,14 @@ run "wiring" {
     error_message = "QUERY_CALLERS must map each game server identity's email to its one game"
   }
   assert {
+    condition     = google_cloud_scheduler_job.recover.schedule == "23 * * * *" && google_cloud_scheduler_job.recover.http_target[0].uri == google_cloudfunctions2_function.fn["recover"].service_config[0].uri && google_cloud_scheduler_job.recover.http_target[0].oidc_token[0].service_account_email == google_service_account.scheduler.email && google_cloud_scheduler_job.recover.http_target[0].oidc_token[0].audience == google_cloudfunctions2_function.fn["recover"].service_config[0].uri && google_cloud_scheduler_job.recover.retry_config[0].retry_count > 0
+    error_message = "the recovery sweeps must run hourly, calling Recover as the scheduler's identity, retried when a run fails"
+  }
+  assert {
+    condition     = google_cloud_run_service_iam_member.recover_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.recover_scheduler.service == google_cloudfunctions2_function.fn["recover"].service_config[0].service && google_cloudfunctions2_function.fn["recover"].service_config[0].max_instance_count == 1 && google_cloudfunctions2_function.fn["recover"].service_config[0].timeout_seconds == 540
+    error_message = "only the scheduler's identity may invoke Recover, one instance at a time, with the longest timeout"
+  }
+  assert {
     condition     = google_cloud_run_service_iam_member.sweep_scheduler.member == "serviceAccount:${google_service_account.scheduler.email}" && google_cloud_run_service_iam_member.sweep_scheduler.service == google_cloudfunctions2_function.fn["sweep"].service_config[0].service
     error_message = "only the scheduler's identity may invoke Sweep"
   }
@@ -294,7 +302,7 @@ run "alerts_with_a_channel" {
     notification_channels = ["projects/studio-prod/notificationChannels/123"]
   }
   assert {
-    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["amount_refused", "conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["amount_refused", "conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "recover_failed", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
     error_message = "each concern must get its alert once a channel is given"
   }
   assert {

@@ -1,0 +1,145 @@
+package functions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/payrelay/payrelay/functions/provider"
+	"github.com/payrelay/payrelay/functions/relay"
+)
+
+// Recovery sweeps: what a provider failed to deliver, asked of the provider itself and fed
+// through Ingest's path (verified facts, Complete, Service.Ingest), so a notification lost on
+// the way is relayed within the sweep's period. Duplicates of what arrived cost one read.
+// Today: Stripe's undelivered events (Stripe's "Handle undelivered webhook events": list
+// events with delivery_success=false; Stripe keeps events 30 days).
+
+// RecoverTimeout bounds one run (the function's timeout in terraform is 540 s).
+const RecoverTimeout = 8 * time.Minute
+
+// StripeEventsKept is how far back Stripe's events can be listed; a sweep never asks for more.
+const StripeEventsKept = 30 * 24 * time.Hour
+
+// RecoverOverlap is how far before the last run's start a sweep reads again: an event created
+// just before a run whose delivery failed after the run listed it is read by the next.
+const RecoverOverlap = 10 * time.Minute
+
+// recoverRun is what one account's sweep came to.
+type recoverRun struct {
+	Provider    string    `json:"provider"`
+	Account     string    `json:"account"`
+	Environment string    `json:"environment"`
+	Since       time.Time `json:"since"`
+	Listed      int       `json:"listed"`
+	Recovered   int       `json:"recovered"` // stored now: its webhook never reached payrelay
+	Repeated    int       `json:"repeated"`  // already stored (a duplicate: nothing changed)
+	Refused     int       `json:"refused"`   // refused as Ingest would (logged with the reason)
+	Error       string    `json:"error,omitempty"`
+}
+
+// Recover runs the recovery sweeps, called by Cloud Scheduler (hourly by default; the
+// function is private to the scheduler's identity). It answers 200 when every account was
+// swept, 503 when any could not be (its cursor stays, so the next run reads the same events).
+func (h *Handler) Recover(w http.ResponseWriter, r *http.Request) {
+	if !h.enter(w) {
+		return
+	}
+	defer h.inflight.Done()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.context(r)), RecoverTimeout)
+	defer cancel()
+	if _, refusal := readBody(w, r, MaxAdminBody, ""); refusal != nil {
+		writeJSON(w, refusal.Code, errorBody{Error: http.StatusText(refusal.Code), Reason: refusal.Reason})
+		return
+	}
+	var runs []recoverRun
+	failed := 0
+	if st, ok := h.Providers["stripe"].(*provider.Stripe); ok {
+		for _, a := range st.EventAccounts() {
+			run := h.recoverStripe(ctx, st, a)
+			if run.Error != "" {
+				failed++
+			}
+			runs = append(runs, run)
+		}
+	}
+	code := http.StatusOK
+	if failed > 0 {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, struct {
+		Runs   []recoverRun `json:"runs"`
+		Failed int          `json:"failed"`
+	}{runs, failed})
+}
+
+// recoverStripe sweeps one Stripe account's undelivered events of one mode since its cursor.
+func (h *Handler) recoverStripe(ctx context.Context, st *provider.Stripe, a provider.StripeEventsAccount) recoverRun {
+	run := recoverRun{Provider: st.Name(), Account: a.Account, Environment: string(a.Environment)}
+	log := h.Logger.With("provider", st.Name(), "merchant", a.Account, "environment", string(a.Environment), "sweep", "stripe_events")
+	fail := func(err error) recoverRun {
+		run.Error = fmt.Sprintf("%.300v", err)
+		log.ErrorContext(ctx, "recovery sweep failed; the next run reads the same events again", "event", "recover_failed", "error", run.Error,
+			"listed", run.Listed, "recovered", run.Recovered)
+		return run
+	}
+	id := "stripe-events-" + a.Account + "-" + string(a.Environment)
+	start := h.Clock.Now()
+	cursor, err := h.Service.Cursor(ctx, id)
+	if err != nil {
+		return fail(err)
+	}
+	run.Since = start.Add(-StripeEventsKept)
+	if !cursor.IsZero() && cursor.Add(-RecoverOverlap).After(run.Since) {
+		run.Since = cursor.Add(-RecoverOverlap)
+	}
+	events, err := st.Undelivered(ctx, a.Account, a.Environment, run.Since)
+	if err != nil {
+		return fail(err)
+	}
+	run.Listed = len(events)
+	for _, body := range events {
+		result, err := st.ParseUndelivered(a.Account, body)
+		results := []relay.Result{result}
+		if err == nil {
+			results, err = st.Complete(ctx, body, result)
+		}
+		if err != nil {
+			refusal := provider.AsRefusal(err)
+			if refusal.Code >= 500 || errors.Is(err, context.DeadlineExceeded) {
+				return fail(err)
+			}
+			run.Refused++
+			level := log.WarnContext
+			if refusal.Inexact {
+				level = log.ErrorContext
+			}
+			level(ctx, "recovered event refused", "event", "ingest_refused", "reason_class", reasonClass(refusal), "status", refusal.Code,
+				"reason", refusal.Reason, "via", relay.ViaRecovery)
+			continue
+		}
+		for _, res := range results {
+			res.Via = relay.ViaRecovery
+			got, refusal := h.ingest(ctx, log, res)
+			switch {
+			case refusal != nil && refusal.Code >= 500:
+				return fail(errors.New(refusal.Reason))
+			case refusal != nil:
+				run.Refused++
+			case res.Type == "":
+			case got.Duplicate:
+				run.Repeated++
+			default:
+				run.Recovered++
+			}
+		}
+	}
+	if err := h.Service.SetCursor(ctx, id, start); err != nil {
+		return fail(err)
+	}
+	log.InfoContext(ctx, "recovery sweep done", "event", "recover", "since", run.Since.UTC().Format(time.RFC3339), "listed", run.Listed,
+		"recovered", run.Recovered, "repeated", run.Repeated, "refused", run.Refused)
+	return run
+}

@@ -140,7 +140,7 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 	}
 	for _, f := range rep.Findings {
 		attrs := []any{"event", "reconcile_finding", "kind", string(f.Kind), "order_id", f.OrderID, "payment_id", f.PaymentID,
-			"refund_id", f.RefundID, "bill_minor", f.BillMinor, "stored_minor", f.StoredMinor, "action", f.Action, "reason", f.Reason}
+			"refund_id", f.RefundID, "bill_minor", f.BillMinor, "settled_minor", f.SettledMinor, "stored_minor", f.StoredMinor, "action", f.Action, "reason", f.Reason}
 		switch f.Kind {
 		case relay.FindingConflict:
 			log.ErrorContext(ctx, "reconciliation: the provider's bill contradicts what is stored; not relayed", attrs...)
@@ -183,8 +183,11 @@ type findingView struct {
 	RefundID    string `json:"refund_id,omitempty"`
 	BillMinor   int64  `json:"bill_minor"`
 	StoredMinor int64  `json:"stored_minor"`
-	Action      string `json:"action"`
-	Reason      string `json:"reason,omitempty"`
+	// SettledMinor is a refund's settlement amount where the bill states one apart
+	// (WeChat Pay's 退款金额, less 免充值 coupons).
+	SettledMinor int64  `json:"settled_minor,omitempty"`
+	Action       string `json:"action"`
+	Reason       string `json:"reason,omitempty"`
 }
 
 func viewReport(r *relay.Report) *reportView {
@@ -195,7 +198,7 @@ func viewReport(r *relay.Report) *reportView {
 	}
 	for _, f := range r.Findings {
 		v.Findings = append(v.Findings, findingView{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID,
-			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, Action: f.Action, Reason: f.Reason})
+			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
 	}
 	return v
 }
@@ -348,6 +351,6 @@ var reportTemplate = template.Must(template.New("report").Funcs(funcs).Parse(`<!
 <h1>{{.R.Provider}} {{.R.Merchant}}, bill of {{.R.Day}}</h1>
 <p>{{.R.BillPayments}} payments and {{.R.BillRefunds}} refunds in the bill; {{.R.Matched}} matched what payrelay stored. Run {{.R.Runs}} time(s), last at {{ts .R.RanAt}} by {{.R.By}}.</p>
 <table id="report-counts"><tr>{{range .Kinds}}<th>{{.}}</th>{{end}}</tr><tr>{{range .Kinds}}<td>{{index $.R.Counts (print .)}}</td>{{end}}</tr></table>
-<table id="findings"><tr><th>finding</th><th>order</th><th>refund</th><th>bill (minor)</th><th>payrelay (minor)</th><th>action</th><th>why</th></tr>
-{{range .R.Findings}}<tr class="finding" data-kind="{{.Kind}}"><td>{{.Kind}}</td><td>{{if .PaymentID}}<a href="../payments/{{path .PaymentID}}">{{.OrderID}}</a>{{else}}{{.OrderID}}{{end}}</td><td>{{.RefundID}}</td><td>{{.BillMinor}}</td><td>{{.StoredMinor}}</td><td>{{.Action}}</td><td>{{.Reason}}</td></tr>{{end}}</table>
+<table id="findings"><tr><th>finding</th><th>order</th><th>refund</th><th>bill (minor)</th><th>settled (minor)</th><th>payrelay (minor)</th><th>action</th><th>why</th></tr>
+{{range .R.Findings}}<tr class="finding" data-kind="{{.Kind}}"><td>{{.Kind}}</td><td>{{if .PaymentID}}<a href="../payments/{{path .PaymentID}}">{{.OrderID}}</a>{{else}}{{.OrderID}}{{end}}</td><td>{{.RefundID}}</td><td>{{.BillMinor}}</td><td>{{if .SettledMinor}}{{.SettledMinor}}{{end}}</td><td>{{.StoredMinor}}</td><td>{{.Action}}</td><td>{{.Reason}}</td></tr>{{end}}</table>
 </body></html>`))

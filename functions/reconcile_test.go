@@ -186,3 +186,71 @@ func TestScheduledReconcile(t *testing.T) {
 		t.Errorf("an unknown account: %d %s", w.Code, w.Body)
 	}
 }
+
+// WeChat Pay's bill as WeChat writes it: a refund reduced by a 免充值 coupon states the
+// requested 申请退款金额 its notification carries (1.48) and the settlement 退款金额 (1.00); it
+// matches, and a refund the bill alone shows keeps its settlement amount on the report. The
+// same day in the early layout (总金额, no 申请退款金额) reconciles too.
+func TestWechatBillsAsWechatWritesThem(t *testing.T) {
+	t.Parallel()
+	f, gw, api := billFixture(t)
+	notify := func(event string, resource any) {
+		h, body := providertest.WechatNotify(platKey, wxSer, wxAPIv3, event, resource, testNow)
+		if w := record(f.h.Ingest, wechatReq(h, body)); w.Code != 204 {
+			t.Fatalf("%s answered %d %s", event, w.Code, w.Body)
+		}
+	}
+	notify("TRANSACTION.SUCCESS", providertest.WechatTransaction(wxMch, wxApp, "wx-c", 648))
+	notify("REFUND.SUCCESS", providertest.WechatRefund(wxMch, "wx-c", "5030001", 648, 148, "SUCCESS"))
+	day := "2026-11-24"
+	gw.SetBill(day, providertest.AlipayBillZip("2088102177846881", day, nil))
+	tx := "4200001234202611240000000001"
+	lines := []providertest.WechatBillLine{
+		{At: day + " 20:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-c", State: "SUCCESS", Total: "6.48"},
+		{At: day + " 21:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-c", State: "REFUND", Total: "6.48",
+			RefundID: "5030001", OutRefundNo: "out-5030001", Refund: "1.48", Settled: "1.00", RefundState: "SUCCESS"},
+		{At: day + " 22:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-c", State: "REFUND", Total: "6.48",
+			RefundID: "5030002", OutRefundNo: "out-5030002", Refund: "2.00", Settled: "1.50", RefundState: "SUCCESS"},
+	}
+	reconcile := func() *relay.Report {
+		t.Helper()
+		if code, out := serve(f.h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`))); code != 200 {
+			t.Fatalf("reconcile: %d %v", code, out)
+		}
+		rep, err := f.h.Service.Report(context.Background(), relay.ReportID("wechatpay", wxMch, day))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	api.SetBill(day, providertest.WechatBillText(lines))
+	rep := reconcile()
+	if rep.Matched != 2 || rep.Counts[relay.FindingConflict] != 0 || rep.Counts[relay.FindingMissingRefund] != 1 || len(rep.Findings) != 1 {
+		t.Fatalf("report %+v; want the payment and the coupon-reduced refund matched, the second refund recovered", rep)
+	}
+	if f0 := rep.Findings[0]; f0.RefundID != "5030002" || f0.BillMinor != 200 || f0.SettledMinor != 150 || f0.Action != "ingested" {
+		t.Errorf("finding %+v; want refund 5030002 of 200 (settled 150) ingested", f0)
+	}
+	p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, "wx-c"))
+	if n := p.RefundByID("5030002"); n == nil || n.Refund.AmountMinor != 200 || p.RefundedMinor != 348 {
+		t.Fatalf("stored refunds: %+v, total %d; want 148 + 200", n, p.RefundedMinor)
+	}
+	w := record(f.h.Admin, httptest.NewRequest(http.MethodGet, "/reconciliations/"+rep.ID, nil))
+	if !strings.Contains(w.Body.String(), "<th>settled (minor)</th>") || !strings.Contains(w.Body.String(), "<td>150</td>") {
+		t.Errorf("the report page does not show the settlement amount:\n%s", w.Body)
+	}
+	// The early layout of the same day: every row agrees (the refund the first run recovered
+	// is reported as such).
+	api.SetBill(day, providertest.WechatEarlyBillText(lines))
+	if rep := reconcile(); rep.Matched != 2 || rep.Counts[relay.FindingConflict] != 0 || len(rep.Findings) != 1 || rep.Findings[0].Action != "ingested by an earlier run" {
+		t.Fatalf("early layout: report %+v, want 2 matched and the recovered refund", rep)
+	}
+	// A row that cannot be read is a finding of its own; the rest of the day reconciles.
+	broken := providertest.WechatBillText(lines)
+	broken = []byte(strings.Replace(string(broken), day+" 22:00:00", "yesterday", 1))
+	api.SetBill(day, broken)
+	rep = reconcile()
+	if rep.Matched != 2 || rep.Counts[relay.FindingUnrelayable] != 1 || !strings.Contains(rep.Findings[0].Reason, "交易时间") {
+		t.Fatalf("a broken row: report %+v", rep)
+	}
+}

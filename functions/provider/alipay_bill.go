@@ -32,7 +32,7 @@ import (
 //     (BILL_NOT_EXIST, "there is no report for the day") is read as a day without trades.
 //   - The file (账单格式说明) is a zip holding two CSV files in GBK: <PID>_<yyyyMMdd>_业务明细.csv,
 //     the detail, and ..._业务明细(汇总).csv, the summary by day, which is not needed. The
-//     detail opens with '#' lines (the title, #账号：[PID], the dates, a dashed rule), then a
+//     detail opens with '#' lines (the title, the account, the dates, a dashed rule), then a
 //     header row, one row per trade or refund (values padded with tabs and spaces), a closing
 //     rule ("...业务明细列表结束..."), and summary lines "#交易合计：N笔，..." and "#退款合计：M笔，...".
 //     Columns are read by their header's name, not their position.
@@ -43,6 +43,10 @@ import (
 //     the refund's amount.
 //   - The bill covers the Alipay account (PID), which several apps may share: configure the
 //     account's seller_id on each of its apps, so that one bill reconciles them all together.
+//   - The account line, as Alipay writes it: #账号：[20881021778468810156], the 16-digit PID
+//     (2088...) followed by a four-digit suffix (the bill's sub-account; 0156 in the bills
+//     seen). A bare PID (the layout of older bills) is read too. The PID is checked against the
+//     app's seller_id when one is configured: a bill of another account is refused whole.
 
 // MaxBillSize bounds a downloaded bill (compressed) and MaxBillText what it may inflate to: 64
 // MiB is about 340,000 lines of an Alipay bill. Reading 100,000 lines (19 MiB) peaked at 147
@@ -69,8 +73,27 @@ type AlipayBillRow struct {
 
 // AlipayBill is an Alipay trade bill's detail, read.
 type AlipayBill struct {
-	Account string // #账号：[PID]
+	Account string // #账号：[...] as written
+	PID     string // its 2088... PID, without the suffix; "" when the line holds none
 	Rows    []AlipayBillRow
+}
+
+// alipayPID reads the PID of an account line's value: 2088 and 12 more digits, alone or
+// followed by Alipay's four-digit suffix.
+func alipayPID(account string) string {
+	if (len(account) == 16 || len(account) == 20) && strings.HasPrefix(account, "2088") && allDigits(account) {
+		return account[:16]
+	}
+	return ""
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 var (
@@ -101,6 +124,7 @@ func ParseAlipayBill(gbk []byte) (AlipayBill, error) {
 			switch {
 			case alipayAccount.MatchString(line):
 				bill.Account = alipayAccount.FindStringSubmatch(line)[1]
+				bill.PID = alipayPID(bill.Account)
 			case strings.Contains(line, "业务明细列表结束"):
 				ended = true
 			case alipayTradeTotal.MatchString(line):
@@ -299,6 +323,9 @@ func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error
 	if err == nil {
 		var parsed AlipayBill
 		if parsed, err = ParseAlipayBill(text); err == nil {
+			if app.SellerID != "" && parsed.PID != app.SellerID {
+				return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("alipay bill: the bill's account %.30q is not PID %s, app %s's seller_id: refused", parsed.Account, app.SellerID, appID)}
+			}
 			a.billResults(app, parsed, &bill)
 			return bill, nil
 		}

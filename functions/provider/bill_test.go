@@ -125,8 +125,16 @@ func TestReadAlipayBillZip(t *testing.T) {
 		t.Fatal(err)
 	}
 	bill, err := provider.ParseAlipayBill(text)
-	if err != nil || len(bill.Rows) != 1 || bill.Rows[0].AmountMinor != 648 || bill.Account != "2088102177846881" {
+	if err != nil || len(bill.Rows) != 1 || bill.Rows[0].AmountMinor != 648 || bill.Account != "20881021778468810156" || bill.PID != "2088102177846881" {
 		t.Fatalf("%+v %v", bill, err)
+	}
+	// The account line as Alipay writes it (PID and a four-digit suffix), and bare (older bills).
+	for line, pid := range map[string]string{"#账号：[20881021778468810156]": "2088102177846881", "#账号：[2088102177846881]": "2088102177846881",
+		"#账号:[20881021778468810156]": "2088102177846881", "#账号：[studio@example.com]": "", "#账号：[208810217784688101]": ""} {
+		b, err := provider.ParseAlipayBill(providertest.GBK(strings.Replace(alipayBillLiteral, "#账号：[20881021778468810156]", line, 1)))
+		if err != nil || b.PID != pid {
+			t.Errorf("%s: PID %q, %v; want %q", line, b.PID, err, pid)
+		}
 	}
 	if _, err := provider.ReadAlipayBillZip([]byte("PK not a zip"), provider.MaxBillText); err == nil {
 		t.Error("garbage read as a zip")
@@ -135,6 +143,14 @@ func TestReadAlipayBillZip(t *testing.T) {
 
 // A WeChat Pay bill as documented, by hand: header, backtick fields (a comma inside the
 // product name), CRLF, summary.
+// The early layout (总金额, 代金券或立减优惠金额, no 订单金额 nor 申请退款金额), as merchants who
+// never switched still download it.
+const wechatEarlyBillLiteral = "交易时间,公众账号ID,商户号,子商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,总金额,代金券或立减优惠金额,微信退款单号,商户退款单号,退款金额,代金券或立减优惠退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率\r\n" +
+	"`2026-11-24 20:00:00,`wxd678efh567hg6787,`1900000109,`0,`,`4200000001202611240000000001,`wx-0001,`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o,`JSAPI,`SUCCESS,`OTHERS,`CNY,`6.48,`0.00,`0,`0,`0.00,`0.00,`,`,`月卡,`,`0.04000,`0.60%\r\n" +
+	"`2026-11-24 21:00:00,`wxd678efh567hg6787,`1900000109,`0,`,`4200000001202611240000000001,`wx-0001,`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o,`JSAPI,`REFUND,`OTHERS,`CNY,`6.48,`0.00,`50300000012026112400000000001,`RF-0001,`1.48,`0.00,`ORIGINAL,`SUCCESS,`月卡,`,`-0.01000,`0.60%\r\n" +
+	"总交易单数,总交易额,总退款金额,总代金券或立减优惠退款金额,手续费总金额\r\n" +
+	"`2,`6.48,`1.48,`0.00,`0.03000\r\n"
+
 const wechatBillLiteral = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n" +
 	"`2026-11-24 20:00:00,`wxd678efh567hg6787,`1900000109,`0,`,`4200000001202611240000000001,`wx-0001,`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o,`JSAPI,`SUCCESS,`OTHERS,`CNY,`6.48,`0.00,`0,`0,`0.00,`0.00,`,`,`月卡, 648元,`,`0.04000,`0.60%,`6.48,`0.00,`\r\n" +
 	"`2026-11-24 21:00:00,`wxd678efh567hg6787,`1900000109,`0,`,`4200000001202611240000000001,`wx-0001,`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o,`JSAPI,`REFUND,`OTHERS,`CNY,`0.00,`0.00,`50300000012026112400000000001,`RF-0001,`1.48,`0.00,`ORIGINAL,`SUCCESS,`月卡, 648元,`,`-0.01000,`0.60%,`6.48,`1.48,`\r\n" +
@@ -147,23 +163,43 @@ func TestParseWechatBill(t *testing.T) {
 	cases := []struct {
 		name    string
 		text    string
+		layout  string
 		want    []provider.WechatBillRow
 		wantErr string
+		problem string // the second row cannot be placed, saying this; the day reads on
 	}{
-		{name: "documented layout", text: wechatBillLiteral, want: []provider.WechatBillRow{
+		{name: "documented layout", text: wechatBillLiteral, layout: "current", want: []provider.WechatBillRow{
 			{At: time.Date(2026, 11, 24, 20, 0, 0, 0, cst), AppID: "wxd678efh567hg6787", MchID: "1900000109", TransactionID: "4200000001202611240000000001",
-				OutTradeNo: "wx-0001", State: "SUCCESS", Currency: "CNY", TotalMinor: 648, RefundID: "0", OutRefundNo: "0"},
+				OutTradeNo: "wx-0001", State: "SUCCESS", Currency: "CNY", TotalMinor: 648, RefundID: "0", OutRefundNo: "0", Line: 2},
 			{At: time.Date(2026, 11, 24, 21, 0, 0, 0, cst), AppID: "wxd678efh567hg6787", MchID: "1900000109", TransactionID: "4200000001202611240000000001",
 				OutTradeNo: "wx-0001", State: "REFUND", Currency: "CNY", TotalMinor: 648, RefundID: "50300000012026112400000000001", OutRefundNo: "RF-0001",
-				RefundMinor: 148, RefundState: "SUCCESS"},
+				RefundMinor: 148, SettlementRefundMinor: 148, RefundState: "SUCCESS", Line: 3},
 		}},
-		{name: "an empty day", text: string(providertest.WechatBillText(nil))},
+		// A 免充值 coupon of 0.48 on the refund: 申请退款金额 1.48 (what the notification says),
+		// 退款金额 1.00 (the settlement).
+		{name: "a coupon-reduced refund", layout: "current", text: strings.Replace(wechatBillLiteral, "`RF-0001,`1.48,`0.00,`ORIGINAL", "`RF-0001,`1.00,`0.00,`ORIGINAL", 1), want: []provider.WechatBillRow{
+			{At: time.Date(2026, 11, 24, 20, 0, 0, 0, cst), AppID: "wxd678efh567hg6787", MchID: "1900000109", TransactionID: "4200000001202611240000000001",
+				OutTradeNo: "wx-0001", State: "SUCCESS", Currency: "CNY", TotalMinor: 648, RefundID: "0", OutRefundNo: "0", Line: 2},
+			{At: time.Date(2026, 11, 24, 21, 0, 0, 0, cst), AppID: "wxd678efh567hg6787", MchID: "1900000109", TransactionID: "4200000001202611240000000001",
+				OutTradeNo: "wx-0001", State: "REFUND", Currency: "CNY", TotalMinor: 648, RefundID: "50300000012026112400000000001", OutRefundNo: "RF-0001",
+				RefundMinor: 148, SettlementRefundMinor: 100, RefundState: "SUCCESS", Line: 3},
+		}},
+		{name: "the early layout", text: wechatEarlyBillLiteral, layout: "early", want: []provider.WechatBillRow{
+			{At: time.Date(2026, 11, 24, 20, 0, 0, 0, cst), AppID: "wxd678efh567hg6787", MchID: "1900000109", TransactionID: "4200000001202611240000000001",
+				OutTradeNo: "wx-0001", State: "SUCCESS", Currency: "CNY", TotalMinor: 648, RefundID: "0", OutRefundNo: "0", Line: 2},
+			{At: time.Date(2026, 11, 24, 21, 0, 0, 0, cst), AppID: "wxd678efh567hg6787", MchID: "1900000109", TransactionID: "4200000001202611240000000001",
+				OutTradeNo: "wx-0001", State: "REFUND", Currency: "CNY", TotalMinor: 648, RefundID: "50300000012026112400000000001", OutRefundNo: "RF-0001",
+				RefundMinor: 148, SettlementRefundMinor: 148, RefundState: "SUCCESS", Line: 3},
+		}},
+		{name: "an empty day", layout: "current", text: string(providertest.WechatBillText(nil))},
 		{name: "truncated before the summary", text: wechatBillLiteral[:strings.Index(wechatBillLiteral, "总交易单数")], wantErr: "truncated"},
 		{name: "a row lost", text: strings.Replace(wechatBillLiteral, "`2,`6.48", "`3,`6.48", 1), wantErr: "summary counts 3 rows"},
-		{name: "a row without backticks", text: strings.Replace(wechatBillLiteral, "`2026-11-24 21:00:00,`", "2026-11-24 21:00:00,", 1), wantErr: "backtick"},
 		{name: "a column missing", text: strings.Replace(wechatBillLiteral, "微信退款单号", "退款单号", 1), wantErr: "lacks column 微信退款单号"},
-		{name: "a bad amount", text: strings.Replace(wechatBillLiteral, "`1.48,`0.00,`ORIGINAL", "`1.485,`0.00,`ORIGINAL", 1), wantErr: "退款金额"},
+		{name: "neither 订单金额 nor 总金额", text: strings.Replace(wechatBillLiteral, ",订单金额,", ",金额,", 1), wantErr: "lacks column 订单金额"},
 		{name: "not UTF-8", text: string(providertest.GBK(wechatBillLiteral)), wantErr: "UTF-8"},
+		{name: "a row without backticks", text: strings.Replace(wechatBillLiteral, "`2026-11-24 21:00:00,`", "2026-11-24 21:00:00,", 1), problem: "backtick"},
+		{name: "a bad amount", text: strings.Replace(wechatBillLiteral, "`1.48,`", "`1.485,`", 1), problem: "退款金额"},
+		{name: "a bad time", text: strings.Replace(wechatBillLiteral, "2026-11-24 21:00:00", "2026/11/24 21:00", 1), problem: "交易时间"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -178,8 +214,14 @@ func TestParseWechatBill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(c.want, got.Rows); diff != "" {
-				t.Errorf("rows (-want +got):\n%s", diff)
+			if c.problem != "" {
+				if len(got.Rows) != 2 || got.Rows[0].Problem != "" || got.Rows[0].TotalMinor != 648 || !strings.Contains(got.Rows[1].Problem, c.problem) || got.Rows[1].Line != 3 {
+					t.Fatalf("rows %+v; want the first read and the second's problem saying %q", got.Rows, c.problem)
+				}
+				return
+			}
+			if diff := cmp.Diff(c.want, got.Rows); diff != "" || got.Layout != c.layout {
+				t.Errorf("layout %q (want %q), rows (-want +got):\n%s", got.Layout, c.layout, diff)
 			}
 		})
 	}
@@ -203,6 +245,7 @@ func FuzzParseAlipayBill(f *testing.F) {
 
 func FuzzParseWechatBill(f *testing.F) {
 	f.Add([]byte(wechatBillLiteral))
+	f.Add([]byte(wechatEarlyBillLiteral))
 	f.Add(providertest.WechatBillText(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		bill, err := provider.ParseWechatBill(b)
@@ -210,7 +253,10 @@ func FuzzParseWechatBill(f *testing.F) {
 			return
 		}
 		for _, r := range bill.Rows {
-			if r.TotalMinor < 0 || r.RefundMinor < 0 || r.At.IsZero() {
+			if r.Problem != "" {
+				continue
+			}
+			if r.TotalMinor < 0 || r.RefundMinor < 0 || r.SettlementRefundMinor < 0 || r.At.IsZero() {
 				t.Fatalf("a row read with a negative amount or no time: %+v", r)
 			}
 		}
@@ -251,6 +297,20 @@ func TestAlipayBillThroughTheGateway(t *testing.T) {
 	}
 	if _, refused := f.gw.Counts(); refused != 0 {
 		t.Errorf("the gateway refused %d of our requests", refused)
+	}
+	// The bill's PID is checked against the app's seller_id: the configured account's bill is
+	// read, another account's refused whole.
+	for seller, ok := range map[string]bool{"2088102177846881": true, "2088999999999999": false} {
+		a, err := provider.NewAlipay([]provider.AlipayApp{{AppID: providertest.AlipayAppID, PublicKey: providertest.PublicKeyPEM(f.alipayKey), SellerID: seller,
+			PrivateKey: providertest.PrivateKeyPEM(f.appKey), Gateway: f.gw.URL, Game: "sword"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = a.Bill(ctx, providertest.AlipayAppID, "2026-11-24")
+		var qe *provider.QueryError
+		if ok && err != nil || !ok && (!errors.As(err, &qe) || !strings.Contains(err.Error(), "seller_id")) {
+			t.Errorf("seller_id %s: %v; want accepted %v", seller, err, ok)
+		}
 	}
 	// An answer signed with another key is not believed.
 	other, _ := rsa.GenerateKey(rand.Reader, 2048)

@@ -39,8 +39,20 @@ import (
 //     field prefixed with a backtick (`) so that spreadsheets keep long numbers; then the
 //     summary header (总交易单数,...) and one summary row. Columns are read by their header's
 //     name. Amounts are in yuan. A refund row's 微信退款单号 is the refund_id its REFUND.SUCCESS
-//     notification carries, 退款金额 its amount; the bill is a snapshot, so a refund still
-//     PROCESSING when it was made is reported, not relayed.
+//     notification carries. Its amounts (交易账单 field definitions): 申请退款金额 is the refund
+//     the merchant asked for, which the notification's amount.refund states; 退款金额 is the
+//     settlement refund, 申请退款金额 less non-recharge (免充值) coupons. payrelay compares
+//     申请退款金额 and keeps 退款金额 on the report (RefundFacts.SettlementMinor): comparing
+//     退款金额 would report a false disagreement whenever a 免充值 coupon was used.
+//   - The early layout, still served to merchants who never switched: 总金额 where the current
+//     layout has 应结订单金额 and 订单金额, 代金券或立减优惠金额, 代金券或立减优惠退款金额, and no
+//     申请退款金额; its 退款金额 is the refund as requested (coupons refunded apart). Read by the
+//     same header lookup: 订单金额 else 总金额, 申请退款金额 else 退款金额.
+//   - The bill is a snapshot: a refund still PROCESSING when it was made is queried again until
+//     it settles (reconciliation's refund recovery). A row the reader cannot place (a time or
+//     amount that does not parse, a row without backticks) is reported as a finding of its
+//     own; the day's other rows are reconciled. Only the file's integrity (its header, its
+//     summary, the count of rows) fails a day.
 
 // WechatBillRow is one row of a WeChat Pay trade bill.
 type WechatBillRow struct {
@@ -51,26 +63,37 @@ type WechatBillRow struct {
 	OutTradeNo    string    // 商户订单号
 	State         string    // 交易状态: SUCCESS, REFUND, REVOKED, ...
 	Currency      string    // 货币种类
-	TotalMinor    int64     // 订单金额, fen
+	TotalMinor    int64     // 订单金额 (总金额 in the early layout), fen
 	RefundID      string    // 微信退款单号
 	OutRefundNo   string    // 商户退款单号
-	RefundMinor   int64     // 退款金额, fen
-	RefundState   string    // 退款状态
+	// RefundMinor is the refund as requested, which its notification states: 申请退款金额 (退款金额
+	// in the early layout), fen. SettlementRefundMinor is 退款金额: less 免充值 coupons.
+	RefundMinor           int64
+	SettlementRefundMinor int64
+	RefundState           string // 退款状态
+	// Line is the row's line in the file; Problem, when set, says why the row cannot be
+	// placed (its other fields are as far as they were read).
+	Line    int
+	Problem string
 }
 
 // WechatBill is a WeChat Pay trade bill, read.
 type WechatBill struct {
-	Rows []WechatBillRow
+	// Layout is "current" (订单金额, 申请退款金额) or "early" (总金额).
+	Layout string
+	Rows   []WechatBillRow
 }
 
-// ParseWechatBill reads a WeChat Pay trade bill (UTF-8 text, unpacked). The summary's
-// 总交易单数 must count the rows, so a truncated file is an error, not a short day.
+// ParseWechatBill reads a WeChat Pay trade bill (UTF-8 text, unpacked), of either layout. The
+// summary's 总交易单数 must count the rows, so a truncated file is an error, not a short day; a
+// row that cannot be placed is a row with its Problem, not an error.
 func ParseWechatBill(text []byte) (WechatBill, error) {
 	if !utf8.Valid(text) {
 		return WechatBill{}, errors.New("wechat pay bill: not UTF-8 text")
 	}
 	var bill WechatBill
 	var header, sumHeader map[string]int
+	var totalCol, refundCol string
 	total := -1
 	for n, line := range strings.Split(string(text), "\n") {
 		line = strings.TrimRight(line, "\r")
@@ -80,22 +103,30 @@ func ParseWechatBill(text []byte) (WechatBill, error) {
 		switch {
 		case header == nil:
 			header = columns(line)
-			for _, col := range []string{"交易时间", "公众账号ID", "商户号", "微信订单号", "商户订单号", "交易状态", "订单金额", "微信退款单号", "退款金额"} {
+			for _, col := range []string{"交易时间", "公众账号ID", "商户号", "微信订单号", "商户订单号", "交易状态", "微信退款单号", "退款金额"} {
 				if _, ok := header[col]; !ok {
 					return WechatBill{}, fmt.Errorf("wechat pay bill: the header lacks column %s", col)
 				}
+			}
+			bill.Layout, totalCol, refundCol = "current", "订单金额", "申请退款金额"
+			if _, ok := header["订单金额"]; !ok {
+				if _, early := header["总金额"]; !early {
+					return WechatBill{}, errors.New("wechat pay bill: the header lacks column 订单金额 (or the early layout's 总金额)")
+				}
+				bill.Layout, totalCol, refundCol = "early", "总金额", "退款金额"
+			}
+			if _, ok := header[refundCol]; !ok {
+				return WechatBill{}, fmt.Errorf("wechat pay bill: the header lacks column %s", refundCol)
 			}
 			continue
 		case strings.HasPrefix(line, "总交易单数"):
 			sumHeader = columns(line)
 			continue
-		case !strings.HasPrefix(line, "`"):
-			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: a row whose fields do not start with a backtick", n+1)
 		case total >= 0:
 			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: a row after the summary", n+1)
 		}
-		fields := backtickFields(line)
 		if sumHeader != nil {
+			fields := backtickFields(line)
 			i, ok := sumHeader["总交易单数"]
 			if !ok || i >= len(fields) {
 				return WechatBill{}, errors.New("wechat pay bill: the summary lacks 总交易单数")
@@ -106,28 +137,7 @@ func ParseWechatBill(text []byte) (WechatBill, error) {
 			}
 			continue
 		}
-		get := func(col string) string {
-			if i, ok := header[col]; ok && i < len(fields) {
-				return fields[i]
-			}
-			return ""
-		}
-		row := WechatBillRow{AppID: get("公众账号ID"), MchID: get("商户号"), TransactionID: get("微信订单号"), OutTradeNo: get("商户订单号"),
-			State: get("交易状态"), Currency: get("货币种类"), RefundID: get("微信退款单号"), OutRefundNo: get("商户退款单号"), RefundState: get("退款状态")}
-		if row.Currency == "" {
-			row.Currency = "CNY"
-		}
-		var err error
-		if row.At, err = time.ParseInLocation(time.DateTime, get("交易时间"), shanghai); err != nil {
-			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: 交易时间 %.30q is not yyyy-MM-dd HH:mm:ss", n+1, get("交易时间"))
-		}
-		if row.TotalMinor, err = billAmount(get("订单金额"), row.Currency); err != nil {
-			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: 订单金额: %w", n+1, err)
-		}
-		if row.RefundMinor, err = billAmount(get("退款金额"), row.Currency); err != nil {
-			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: 退款金额: %w", n+1, err)
-		}
-		bill.Rows = append(bill.Rows, row)
+		bill.Rows = append(bill.Rows, wechatBillRow(header, totalCol, refundCol, line, n+1))
 	}
 	switch {
 	case header == nil:
@@ -138,6 +148,42 @@ func ParseWechatBill(text []byte) (WechatBill, error) {
 		return WechatBill{}, fmt.Errorf("wechat pay bill: the summary counts %d rows, the bill holds %d", total, len(bill.Rows))
 	}
 	return bill, nil
+}
+
+// wechatBillRow reads one row by the header's columns; what does not parse is its Problem.
+func wechatBillRow(header map[string]int, totalCol, refundCol, line string, n int) WechatBillRow {
+	row := WechatBillRow{Line: n}
+	if !strings.HasPrefix(line, "`") {
+		row.Problem = "a row whose fields do not start with a backtick"
+		return row
+	}
+	fields := backtickFields(line)
+	get := func(col string) string {
+		if i, ok := header[col]; ok && i < len(fields) {
+			return fields[i]
+		}
+		return ""
+	}
+	row.AppID, row.MchID, row.TransactionID, row.OutTradeNo = get("公众账号ID"), get("商户号"), get("微信订单号"), get("商户订单号")
+	row.State, row.Currency, row.RefundID, row.OutRefundNo, row.RefundState = get("交易状态"), get("货币种类"), get("微信退款单号"), get("商户退款单号"), get("退款状态")
+	if row.Currency == "" {
+		row.Currency = "CNY"
+	}
+	var err error
+	if row.At, err = time.ParseInLocation(time.DateTime, get("交易时间"), shanghai); err != nil {
+		row.Problem = fmt.Sprintf("交易时间 %.30q is not yyyy-MM-dd HH:mm:ss", get("交易时间"))
+		return row
+	}
+	for _, a := range []struct {
+		col string
+		to  *int64
+	}{{totalCol, &row.TotalMinor}, {refundCol, &row.RefundMinor}, {"退款金额", &row.SettlementRefundMinor}} {
+		if *a.to, err = billAmount(get(a.col), row.Currency); err != nil {
+			row.Problem = fmt.Sprintf("%s: %v", a.col, err)
+			return row
+		}
+	}
+	return row
 }
 
 // columns maps a header row's names to their positions.
@@ -291,6 +337,12 @@ func gunzip(b []byte, limit int) ([]byte, error) {
 // notification would have been read; a row that cannot be is reported.
 func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *relay.Bill) {
 	for _, row := range parsed.Rows {
+		if row.Problem != "" {
+			billEntry(bill, relay.Result{}, row.OutTradeNo, 0)
+			f := &bill.Unreadable[len(bill.Unreadable)-1]
+			f.RefundID, f.Reason = row.RefundID, fmt.Sprintf("bill line %d cannot be read: %s; compare it with the merchant platform's bill", row.Line, row.Problem)
+			continue
+		}
 		pay := relay.Payment{Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: m.MchID, OrderID: row.OutTradeNo, TransactionID: row.TransactionID,
 			Currency: row.Currency, AppID: row.AppID}
 		r := relay.Result{Payment: pay}
@@ -310,6 +362,9 @@ func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *rel
 		case row.State == "REFUND" && row.RefundState == "SUCCESS":
 			r.Type, amount = relay.TypePaymentRefunded, row.RefundMinor
 			r.Refund = &relay.RefundFacts{ID: row.RefundID, MerchantRefundNo: row.OutRefundNo, AmountMinor: row.RefundMinor, RefundedAt: row.At}
+			if row.SettlementRefundMinor != row.RefundMinor {
+				r.Refund.SettlementMinor = row.SettlementRefundMinor
+			}
 			r.Payment.Game = game // the stored payment's, if payrelay holds it
 			if !routed {
 				r.Payment.AppID = ""

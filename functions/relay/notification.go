@@ -344,6 +344,10 @@ type RefundFacts struct {
 	AmountMinor      int64 // this refund; 0 when the provider reports a cumulative total
 	CumulativeMinor  int64 // the refunded total after this refund; 0 when it reports the amount
 	RefundedAt       time.Time
+	// SettlementMinor, from a bill only, is the refund's settlement amount where the bill states
+	// one apart from AmountMinor (WeChat Pay's 退款金额: the requested 申请退款金额 less 免充值
+	// coupons): kept on the reconciliation's finding, never compared or relayed.
+	SettlementMinor int64
 }
 
 // Validate checks the refund's own fields.

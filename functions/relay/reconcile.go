@@ -70,6 +70,9 @@ type Finding struct {
 	RefundID    string
 	BillMinor   int64 // the amount the bill states (the refund's, for a refund)
 	StoredMinor int64 // the amount payrelay holds
+	// SettledMinor is a refund's settlement amount where the bill states one apart from
+	// BillMinor (WeChat Pay's 退款金额, net of 免充值 coupons); 0 otherwise.
+	SettledMinor int64
 	// Action is what payrelay did: "ingested", "ingested by an earlier run", "not relayed",
 	// "reported".
 	Action string
@@ -253,7 +256,7 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 				stored = p.Paid()
 			}
 		} else {
-			f.RefundID, f.BillMinor = e.Refund.ID, e.Refund.AmountMinor
+			f.RefundID, f.BillMinor, f.SettledMinor = e.Refund.ID, e.Refund.AmountMinor, e.Refund.SettlementMinor
 			inBill[f.PaymentID+"|"+e.Refund.ID] = true
 			if p != nil {
 				stored = p.RefundByID(e.Refund.ID)

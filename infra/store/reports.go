@@ -55,8 +55,10 @@ type findingDoc struct {
 	RefundID    string `firestore:"refund_id"`
 	BillMinor   int64  `firestore:"bill_minor"`
 	StoredMinor int64  `firestore:"stored_minor"`
-	Action      string `firestore:"action"`
-	Reason      string `firestore:"reason"`
+	// SettledMinor: absent on reports written before it existed (read as 0: none stated).
+	SettledMinor int64  `firestore:"settled_minor,omitempty"`
+	Action       string `firestore:"action"`
+	Reason       string `firestore:"reason"`
 }
 
 func (s *Firestore) reports() *firestore.CollectionRef {
@@ -73,7 +75,7 @@ func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 	}
 	for _, f := range r.Findings {
 		d.Findings = append(d.Findings, findingDoc{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID,
-			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, Action: f.Action, Reason: utf8(f.Reason)})
+			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: utf8(f.Reason)})
 	}
 	ref := s.reports().Doc(r.ID)
 	err := s.client.RunTransaction(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
@@ -142,7 +144,7 @@ func decodeReport(snap *firestore.DocumentSnapshot) (*relay.Report, error) {
 	}
 	for _, f := range d.Findings {
 		r.Findings = append(r.Findings, relay.Finding{Kind: relay.FindingKind(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID,
-			RefundID: f.RefundID, BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, Action: f.Action, Reason: f.Reason})
+			RefundID: f.RefundID, BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
 	}
 	return r, nil
 }

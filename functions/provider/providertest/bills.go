@@ -24,13 +24,14 @@ type AlipayBillLine struct {
 	TradeNo, OutTradeNo, Kind, Finished, Amount, RefundNo string
 }
 
-// AlipayBillCSV is the detail CSV of an Alipay trade bill (账单格式说明), in UTF-8: the '#' lines,
+// AlipayBillCSV is the detail CSV of an Alipay trade bill (账单格式说明), in UTF-8: the '#' lines
+// (the account as Alipay writes it, the PID and a four-digit suffix),
 // the header, the rows (each value followed by a tab, as Alipay pads them), the closing rule and
 // the summary lines. AlipayBillZip encodes it in GBK.
 func AlipayBillCSV(pid, day string, lines []AlipayBillLine) string {
 	d, _ := time.Parse(time.DateOnly, day)
 	var b strings.Builder
-	fmt.Fprintf(&b, "#支付宝业务明细查询\n#账号：[%s]\n", pid)
+	fmt.Fprintf(&b, "#支付宝业务明细查询\n#账号：[%s0156]\n", pid)
 	fmt.Fprintf(&b, "#起始日期：[%s 00:00:00]   终止日期：[%s 00:00:00]\n", d.Format("2006年01月02日"), d.AddDate(0, 0, 1).Format("2006年01月02日"))
 	b.WriteString("#-----------------------------------------业务明细列表----------------------------------------\n")
 	b.WriteString("支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,操作员,终端号,对方账户,订单金额（元）,商家实收（元）,支付宝红包（元）,集分宝（元）,支付宝优惠（元）,商家优惠（元）,券核销金额（元）,券名称,商家红包消费金额（元）,卡消费金额（元）,退款批次号/请求号,服务费（元）,分润（元）,备注\n")
@@ -84,9 +85,11 @@ func AlipayBillZip(pid, day string, lines []AlipayBillLine) []byte {
 }
 
 // WechatBillLine is one row of a WeChat Pay trade bill: State SUCCESS (a payment) or REFUND;
-// amounts in yuan.
+// amounts in yuan. Refund is the refund as requested (申请退款金额, what its notification
+// states); Settled, when set, the settlement refund (退款金额: less 免充值 coupons), which is
+// Refund otherwise.
 type WechatBillLine struct {
-	At, AppID, MchID, TransactionID, OutTradeNo, State, Total, RefundID, OutRefundNo, Refund, RefundState string
+	At, AppID, MchID, TransactionID, OutTradeNo, State, Total, RefundID, OutRefundNo, Refund, Settled, RefundState string
 }
 
 // WechatBillText is a WeChat Pay ALL trade bill (交易账单文件格式): the header, the rows with
@@ -95,23 +98,48 @@ func WechatBillText(lines []WechatBillLine) []byte {
 	var b strings.Builder
 	b.WriteString("交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n")
 	for _, l := range lines {
-		refund, refundID, refundNo, refundType, settle := "0.00", "0", "0", "", l.Total
+		refund, settled, refundID, refundNo, refundType, settle := "0.00", "0.00", "0", "0", "", l.Total
 		if l.State == "REFUND" {
-			refund, refundID, refundNo, refundType, settle = l.Refund, l.RefundID, l.OutRefundNo, "ORIGINAL", "0.00"
-		}
-		fields := []string{l.At, l.AppID, l.MchID, "0", "", l.TransactionID, l.OutTradeNo, "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "JSAPI", l.State,
-			"OTHERS", "CNY", settle, "0.00", refundID, refundNo, refund, "0.00", refundType, l.RefundState, "月卡, 648元", "", "0.00000", "0.60%", l.Total, refund, ""}
-		for i, f := range fields {
-			if i > 0 {
-				b.WriteByte(',')
+			refund, settled, refundID, refundNo, refundType, settle = l.Refund, l.Refund, l.RefundID, l.OutRefundNo, "ORIGINAL", "0.00"
+			if l.Settled != "" {
+				settled = l.Settled
 			}
-			b.WriteString("`" + f)
 		}
-		b.WriteString("\r\n")
+		writeBacktickRow(&b, []string{l.At, l.AppID, l.MchID, "0", "", l.TransactionID, l.OutTradeNo, "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "JSAPI", l.State,
+			"OTHERS", "CNY", settle, "0.00", refundID, refundNo, settled, "0.00", refundType, l.RefundState, "月卡, 648元", "", "0.00000", "0.60%", l.Total, refund, ""})
 	}
 	b.WriteString("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n")
 	fmt.Fprintf(&b, "`%d,`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\r\n", len(lines))
 	return []byte(b.String())
+}
+
+// WechatEarlyBillText is the same bill in WeChat Pay's early layout, still served to merchants
+// who never switched: 总金额 for the order, 代金券或立减优惠金额, and 退款金额 the refund as
+// requested (no 订单金额, no 申请退款金额).
+func WechatEarlyBillText(lines []WechatBillLine) []byte {
+	var b strings.Builder
+	b.WriteString("交易时间,公众账号ID,商户号,子商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,总金额,代金券或立减优惠金额,微信退款单号,商户退款单号,退款金额,代金券或立减优惠退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率\r\n")
+	for _, l := range lines {
+		refund, refundID, refundNo, refundType := "0.00", "0", "0", ""
+		if l.State == "REFUND" {
+			refund, refundID, refundNo, refundType = l.Refund, l.RefundID, l.OutRefundNo, "ORIGINAL"
+		}
+		writeBacktickRow(&b, []string{l.At, l.AppID, l.MchID, "0", "", l.TransactionID, l.OutTradeNo, "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "JSAPI", l.State,
+			"OTHERS", "CNY", l.Total, "0.00", refundID, refundNo, refund, "0.00", refundType, l.RefundState, "月卡", "", "0.00000", "0.60%"})
+	}
+	b.WriteString("总交易单数,总交易额,总退款金额,总代金券或立减优惠退款金额,手续费总金额\r\n")
+	fmt.Fprintf(&b, "`%d,`0.00,`0.00,`0.00,`0.00000\r\n", len(lines))
+	return []byte(b.String())
+}
+
+func writeBacktickRow(b *strings.Builder, fields []string) {
+	for i, f := range fields {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("`" + f)
+	}
+	b.WriteString("\r\n")
 }
 
 // download is a bill file a stand-in serves once asked for, until it expires.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,10 +15,21 @@ import (
 	"github.com/payrelay/payrelay/functions/relay"
 )
 
-// Querier is a provider payrelay can ask about an order (补单): Alipay and WeChat Pay.
+// Querier is a provider payrelay can ask about an order (补单) and its refunds: Alipay and
+// WeChat Pay. QueryRefund asks for one refund by the merchant's refund number (Alipay's
+// out_request_no, WeChat Pay's out_refund_no): neither provider lists an order's refunds.
 type Querier interface {
 	Query(ctx context.Context, merchant, orderID string) (provider.QueryAnswer, error)
+	QueryRefund(ctx context.Context, merchant, orderID, refundNo string) (provider.RefundAnswer, error)
 }
+
+var (
+	_ Querier = (*provider.Alipay)(nil)
+	_ Querier = (*provider.WechatPay)(nil)
+)
+
+// MaxQueryRefunds bounds the refund numbers one query may name.
+const MaxQueryRefunds = 20
 
 // queryAnswer is the Admin API's answer to an order query: what the provider reported and
 // what payrelay did with it.
@@ -29,8 +42,22 @@ type queryAnswer struct {
 	Reported    string `json:"provider_reported"`
 	// Action: "ingested" (stored now and relayed), "already stored" (nothing changed), or
 	// "nothing to relay" (not paid, or no such trade).
-	Action  string `json:"action"`
-	Payment any    `json:"payment,omitempty"`
+	Action string `json:"action"`
+	// Refunds are what was found of the order's refunds, each relayed after the payment.
+	Refunds []refundFound `json:"refunds,omitempty"`
+	// RefundsUnknown says the provider reports the order refunded without naming its refunds:
+	// ask again with their numbers (refund_ids).
+	RefundsUnknown string `json:"refunds_unknown,omitempty"`
+	Payment        any    `json:"payment,omitempty"`
+}
+
+// refundFound is one refund a query found.
+type refundFound struct {
+	RefundID string `json:"refund_id"`
+	Reported string `json:"provider_reported"`
+	// Action: "ingested", "already stored", "not relayed" (not succeeded, or refused: Reason).
+	Action string `json:"action"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // queryRequest is an order query, from an operator (Admin) or a game server (Query).
@@ -39,6 +66,9 @@ type queryRequest struct {
 	Merchant string `json:"merchant"`
 	OrderID  string `json:"order_id"`
 	Reason   string `json:"reason"`
+	// RefundIDs are refund numbers to look up too (Alipay out_request_no, WeChat Pay
+	// out_refund_no), at most MaxQueryRefunds.
+	RefundIDs []string `json:"refund_ids,omitempty"`
 }
 
 // readAdminJSON reads an operator's state-changing API request: a bounded application/json
@@ -55,6 +85,45 @@ func (h *Handler) readAdminJSON(w http.ResponseWriter, r *http.Request, op strin
 		return nil, false
 	}
 	return raw, true
+}
+
+// queryIngestPayment ingests the payment a query found, or, when payrelay already holds it,
+// compares the facts both sides state for certain and changes nothing.
+func (h *Handler) queryIngestPayment(ctx context.Context, log *slog.Logger, in relay.Result, out *queryAnswer) (int, *errorBody) {
+	// Already notified: compare the facts both sides state for certain (amount, the provider's
+	// transaction id) and change nothing. The query's time (Alipay's send_pay_date) is not the
+	// notification's gmt_payment to the second, so it is not held against it.
+	id := relay.PaymentID(in.Payment.Environment, out.Provider, in.Payment.Merchant, in.Payment.OrderID)
+	if p, err := h.Service.Show(ctx, id); err == nil && p.Paid() != nil && in.Type == relay.TypePaymentSucceeded {
+		q := in.Payment
+		if p.AmountMinor != q.AmountMinor || p.Currency != q.Currency || p.TransactionID != "" && q.TransactionID != "" && p.TransactionID != q.TransactionID {
+			log.ErrorContext(ctx, "order query: the provider's answer contradicts what is stored", "event", "conflict", "payment_id", id,
+				"stored_minor", p.AmountMinor, "reported_minor", q.AmountMinor)
+			return http.StatusConflict, &errorBody{Error: "conflict", Reason: "the provider reports other facts (amount or transaction) than payrelay stored for this order"}
+		}
+		out.Action, out.Payment = "already stored", paymentView(p)
+		return http.StatusOK, nil
+	}
+	in.Via = relay.ViaQuery
+	res, err := h.Service.Ingest(ctx, in)
+	switch {
+	case errors.Is(err, relay.ErrFactsDiffer):
+		log.ErrorContext(ctx, "order query: the provider's answer contradicts what is stored", "event", "conflict", "payment_id", res.PaymentID)
+		return http.StatusConflict, &errorBody{Error: "conflict", Reason: "the provider reports other facts (amount, ...) than payrelay stored for this order"}
+	case err != nil:
+		log.ErrorContext(ctx, "order query: ingest failed", "event", "ingest_failed", "payment_id", res.PaymentID, "error", err.Error())
+		return http.StatusServiceUnavailable, &errorBody{Error: "temporarily unavailable", Reason: "retry"}
+	}
+	out.Action = "already stored"
+	if !res.Duplicate {
+		out.Action = "ingested"
+		log.InfoContext(ctx, "notification received", "event", "notification_received", "via", "query", "payment_id", res.PaymentID,
+			"notification_id", res.NotificationID, "type", string(in.Type), "state", string(res.State))
+	}
+	if p, err := h.Service.Show(ctx, res.PaymentID); err == nil {
+		out.Payment = paymentView(p)
+	}
+	return http.StatusOK, nil
 }
 
 // queryable lists the configured providers whose orders can be queried, sorted.
@@ -84,7 +153,7 @@ func (h *Handler) adminQuery(w http.ResponseWriter, r *http.Request, op string) 
 			Reason: `want {"provider":"alipay","merchant":"<app id>","order_id":"...","reason":"why, 1-500 characters"}`})
 		return
 	}
-	code, out, eb := h.queryOrder(h.context(r), op, q.Provider, q.Merchant, q.OrderID, q.Reason, "")
+	code, out, eb := h.queryOrder(h.context(r), op, q.Provider, q.Merchant, q.OrderID, q.Reason, "", q.RefundIDs...)
 	if eb != nil {
 		writeJSON(w, code, eb)
 		return
@@ -126,7 +195,7 @@ func (h *Handler) GameQuery(w http.ResponseWriter, r *http.Request) {
 	if q.Reason == "" {
 		q.Reason = "game server query"
 	}
-	code, out, eb := h.queryOrder(ctx, "game "+game+" ("+caller+")", q.Provider, q.Merchant, q.OrderID, q.Reason, game)
+	code, out, eb := h.queryOrder(ctx, "game "+game+" ("+caller+")", q.Provider, q.Merchant, q.OrderID, q.Reason, game, q.RefundIDs...)
 	if eb != nil {
 		writeJSON(w, code, eb)
 		return
@@ -173,11 +242,14 @@ var queryPage = template.Must(template.New("query").Funcs(funcs).Parse(`<!doctyp
 // queryOrder asks the provider and ingests what it reports paid. A non-empty game restricts
 // the query to that game's orders (a game server's). It returns the HTTP status and either the
 // answer or the refusal.
-func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, reason, game string) (int, queryAnswer, *errorBody) {
+func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, reason, game string, refundIDs ...string) (int, queryAnswer, *errorBody) {
 	log := h.Logger.With("operator", op, "provider", prov, "merchant", merchant, "order_id", orderID, "reason", reason)
 	out := queryAnswer{Provider: prov, Merchant: merchant, OrderID: orderID}
 	if prov == "" || merchant == "" || orderID == "" {
 		return http.StatusUnprocessableEntity, out, &errorBody{Error: "invalid request", Reason: "provider, merchant and order id are required"}
+	}
+	if len(refundIDs) > MaxQueryRefunds {
+		return http.StatusUnprocessableEntity, out, &errorBody{Error: "invalid request", Field: "refund_ids", Reason: fmt.Sprintf("at most %d refund numbers", MaxQueryRefunds)}
 	}
 	querier, ok := h.Providers[prov].(Querier)
 	if !ok {
@@ -205,41 +277,61 @@ func (h *Handler) queryOrder(ctx context.Context, op, prov, merchant, orderID, r
 		log.WarnContext(ctx, "query refused: the order belongs to another game", "game", game)
 		return http.StatusForbidden, queryAnswer{Provider: prov, Merchant: merchant, OrderID: orderID}, notYours
 	}
+	out.RefundsUnknown = ans.RefundsUnknown
 	if ans.Result != nil {
 		out.Environment = string(ans.Result.Payment.Environment)
-		// Already notified: compare the facts both sides state for certain (amount, the provider's
-		// transaction id) and change nothing. The query's time (Alipay's send_pay_date) is not
-		// the notification's gmt_payment to the second, so it is not held against it.
-		id := relay.PaymentID(ans.Result.Payment.Environment, prov, ans.Result.Payment.Merchant, ans.Result.Payment.OrderID)
-		if p, err := h.Service.Show(ctx, id); err == nil && p.Paid() != nil && ans.Result.Type == relay.TypePaymentSucceeded {
-			q := ans.Result.Payment
-			if p.AmountMinor != q.AmountMinor || p.Currency != q.Currency || p.TransactionID != "" && q.TransactionID != "" && p.TransactionID != q.TransactionID {
-				log.ErrorContext(ctx, "order query: the provider's answer contradicts what is stored", "event", "conflict", "payment_id", id,
-					"stored_minor", p.AmountMinor, "reported_minor", q.AmountMinor)
-				return http.StatusConflict, out, &errorBody{Error: "conflict", Reason: "the provider reports other facts (amount or transaction) than payrelay stored for this order"}
-			}
-			out.Action, out.Payment = "already stored", paymentView(p)
-			log.WarnContext(ctx, "operator query", "provider_reported", ans.Reported, "action", out.Action)
-			return http.StatusOK, out, nil
+		if code, eb := h.queryIngestPayment(ctx, log, *ans.Result, &out); eb != nil {
+			return code, out, eb
 		}
-		in := *ans.Result
-		in.Via = relay.ViaQuery
-		res, err := h.Service.Ingest(ctx, in)
+	}
+	// The refunds: those the answer found, then those asked for by number, each after the
+	// payment (the core holds a refund behind its payment anyway).
+	refunds := slices.Clone(ans.Refunds)
+	for _, no := range refundIDs {
+		ra, err := querier.QueryRefund(ctx, merchant, orderID, no)
 		switch {
-		case errors.Is(err, relay.ErrFactsDiffer):
-			log.ErrorContext(ctx, "order query: the provider's answer contradicts what is stored", "event", "conflict", "payment_id", res.PaymentID)
-			return http.StatusConflict, out, &errorBody{Error: "conflict", Reason: "the provider reports other facts (amount, ...) than payrelay stored for this order"}
+		case errors.As(err, &qe):
+			out.Refunds = append(out.Refunds, refundFound{RefundID: no, Action: "not relayed", Reason: qe.Reason})
+			continue
+		case err != nil:
+			log.ErrorContext(ctx, "refund query failed", "refund_no", no, "error", err.Error())
+			return http.StatusServiceUnavailable, out, &errorBody{Error: "temporarily unavailable", Reason: "the provider did not answer; retry"}
+		case ra.Result == nil:
+			out.Refunds = append(out.Refunds, refundFound{RefundID: no, Reported: ra.Reported, Action: "not relayed", Reason: "the refund has not succeeded"})
+			continue
+		}
+		refunds = append(refunds, *ra.Result)
+	}
+	for _, rf := range refunds {
+		found := refundFound{RefundID: rf.Refund.ID, Reported: "refunded", Action: "ingested"}
+		if game != "" && rf.Payment.Game != "" && rf.Payment.Game != game {
+			return http.StatusForbidden, queryAnswer{Provider: prov, Merchant: merchant, OrderID: orderID}, notYours
+		}
+		rf.Via = relay.ViaQuery
+		res, err := h.Service.Ingest(ctx, rf)
+		var over *relay.ErrOverRefund
+		var fe *relay.FieldError
+		switch {
+		case errors.Is(err, relay.ErrFactsDiffer), errors.As(err, &over), errors.As(err, &fe):
+			log.ErrorContext(ctx, "order query: a refund the provider reports cannot be recorded", "event", "conflict", "payment_id", res.PaymentID, "refund_id", rf.Refund.ID, "error", err.Error())
+			found.Action, found.Reason = "not relayed", err.Error()
 		case err != nil:
 			log.ErrorContext(ctx, "order query: ingest failed", "event", "ingest_failed", "payment_id", res.PaymentID, "error", err.Error())
 			return http.StatusServiceUnavailable, out, &errorBody{Error: "temporarily unavailable", Reason: "retry"}
-		}
-		out.Action = "already stored"
-		if !res.Duplicate {
-			out.Action = "ingested"
+		case res.Duplicate || res.Covered:
+			found.Action = "already stored"
+		default:
 			log.InfoContext(ctx, "notification received", "event", "notification_received", "via", "query", "payment_id", res.PaymentID,
-				"notification_id", res.NotificationID, "type", string(ans.Result.Type), "state", string(res.State))
+				"notification_id", res.NotificationID, "type", string(rf.Type), "state", string(res.State))
 		}
-		if p, err := h.Service.Show(ctx, res.PaymentID); err == nil {
+		if out.Environment == "" {
+			out.Environment = string(rf.Payment.Environment)
+		}
+		out.Refunds = append(out.Refunds, found)
+	}
+	if len(refunds) > 0 {
+		id := relay.PaymentID(refunds[0].Payment.Environment, prov, refunds[0].Payment.Merchant, orderID)
+		if p, err := h.Service.Show(ctx, id); err == nil {
 			out.Payment = paymentView(p)
 		}
 	}

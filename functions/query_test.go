@@ -145,3 +145,61 @@ func TestAdminOrderQuery(t *testing.T) {
 		t.Errorf("form query: %d, %d payments\n%s", w.Code, f.store.Len(), w.Body)
 	}
 }
+
+// 补单 of refunded trades relays the payment, then each refund found, in order: Alipay's
+// TRADE_CLOSED after payment with its refund, WeChat Pay's trade_state REFUND with the refunds
+// named by their out_refund_no (one processing: not relayed).
+func TestQueryRelaysRefundedTrades(t *testing.T) {
+	t.Parallel()
+	f, gw, api := billFixture(t)
+	gw.SetTrade("ali-closed", providertest.AlipayTrade{TradeNo: "2026112422001446881000000021", TotalAmount: "30.00", TradeStatus: "TRADE_CLOSED", SendPayDate: "2026-11-24 20:00:00"})
+	gw.SetRefund("ali-closed", providertest.AlipayRefund{OutRequestNo: "ali-closed", RefundAmount: "30.00", RefundStatus: "REFUND_SUCCESS", GmtRefundPay: "2026-11-24 21:00:00"})
+	ask := func(body string) queryAnswer {
+		t.Helper()
+		w := record(f.h.Admin, queryReq(body))
+		var out queryAnswer
+		if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil || w.Code != 200 {
+			t.Fatalf("query %s: %d %s", body, w.Code, w.Body)
+		}
+		return out
+	}
+	out := ask(`{"provider":"alipay","merchant":"` + aliApp + `","order_id":"ali-closed","reason":"player reports a refund"}`)
+	if out.Action != "ingested" || len(out.Refunds) != 1 || out.Refunds[0].Action != "ingested" || out.Refunds[0].RefundID != "ali-closed" {
+		t.Fatalf("alipay: %+v", out)
+	}
+	p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-closed"))
+	if p == nil || p.Paid() == nil || p.RefundedMinor != 3000 || !p.FullyRefunded() {
+		t.Fatalf("alipay payment %+v", p)
+	}
+	// Asked again: nothing new.
+	if again := ask(`{"provider":"alipay","merchant":"` + aliApp + `","order_id":"ali-closed","reason":"again"}`); again.Action != "already stored" || again.Refunds[0].Action != "already stored" {
+		t.Errorf("asked again: %+v", again)
+	}
+
+	refunded := providertest.WechatTransaction(wxMch, wxApp, "wx-refunded", 64800)
+	refunded["trade_state"] = "REFUND"
+	api.SetTransaction(refunded)
+	api.SetRefund(providertest.WechatRefundAnswer("wx-refunded", "50300011", "rf-11", 64800, 10000, "SUCCESS", "2026-11-24T21:00:00+08:00"))
+	api.SetRefund(providertest.WechatRefundAnswer("wx-refunded", "50300012", "rf-12", 64800, 5000, "PROCESSING", ""))
+	out = ask(`{"provider":"wechatpay","merchant":"` + wxMch + `","order_id":"wx-refunded","reason":"r"}`)
+	if out.Action != "ingested" || out.RefundsUnknown == "" || len(out.Refunds) != 0 {
+		t.Fatalf("wechat without refund numbers: %+v", out)
+	}
+	out = ask(`{"provider":"wechatpay","merchant":"` + wxMch + `","order_id":"wx-refunded","reason":"r","refund_ids":["rf-11","rf-12"]}`)
+	if len(out.Refunds) != 2 || out.Refunds[0].Reported != "PROCESSING" || out.Refunds[0].Action != "not relayed" || out.Refunds[1].RefundID != "50300011" || out.Refunds[1].Action != "ingested" {
+		t.Fatalf("wechat with refund numbers: %+v", out)
+	}
+	drain(t, f)
+	// Each payment's notifications once, the payment first (payments are independent of each other).
+	for order, want := range map[string]string{"ali-closed": "paid " + relay.RefundKey("ali-closed"), "wx-refunded": "paid " + relay.RefundKey("50300011")} {
+		var got []string
+		for _, p := range f.posted {
+			if o, key, _ := strings.Cut(p, "/"); o == order {
+				got = append(got, key)
+			}
+		}
+		if strings.Join(got, " ") != want {
+			t.Errorf("%s posted %v, want %s", order, got, want)
+		}
+	}
+}

@@ -291,7 +291,7 @@ func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error
 		}
 	}
 	bill := relay.Bill{Provider: a.Name(), Environment: app.env, Merchant: appID, Merchants: merchants, Day: day}
-	raw, err := a.openAPI(ctx, app, "alipay.data.dataservice.bill.downloadurl.query", map[string]string{"bill_type": "trade", "bill_date": day})
+	raw, err := a.openAPI(ctx, app, "alipay.data.dataservice.bill.downloadurl.query", map[string]any{"bill_type": "trade", "bill_date": day})
 	if err != nil {
 		return relay.Bill{}, err
 	}

@@ -27,7 +27,7 @@ func TestAlipayBillRequestSignContentVector(t *testing.T) {
 	t.Parallel()
 	at := time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC) // 10:00 in Shanghai
 	params := provider.AlipayRequestParams("2021004100000001", "alipay.data.dataservice.bill.downloadurl.query",
-		map[string]string{"bill_type": "trade", "bill_date": "2026-11-24"}, at)
+		map[string]any{"bill_type": "trade", "bill_date": "2026-11-24"}, at)
 	want := `app_id=2021004100000001&biz_content={"bill_date":"2026-11-24","bill_type":"trade"}&charset=utf-8&format=JSON` +
 		`&method=alipay.data.dataservice.bill.downloadurl.query&sign_type=RSA2&timestamp=2026-11-25 10:00:00&version=1.0`
 	if got := provider.AlipayRequestSignContent(params); got != want {

@@ -111,13 +111,56 @@ func TestAlipayQueryAnswers(t *testing.T) {
 	if _, err := f.ali.Query(ctx, providertest.AlipayAppID, "paid-1"); err == nil || !strings.Contains(err.Error(), "502") {
 		t.Errorf("a gateway down for good: %v, want the 502 reported", err)
 	}
-	if req, refused := f.gw.Counts(); refused != 0 || req != 3+3+4 {
-		t.Errorf("gateway saw %d requests, refused %d; want 10 (3 answered; 2 failed, 1 answered; 4 failed), 0 refused", req, refused)
+	// A paid trade is asked for its refund requested without a number too: two requests.
+	if req, refused := f.gw.Counts(); refused != 0 || req != 4+4+4 {
+		t.Errorf("gateway saw %d requests, refused %d; want 12 (4 answered; 2 failed, 2 answered; 4 failed), 0 refused", req, refused)
 	}
 	f.gw.FailNext(0)
 	var qe *provider.QueryError
 	if _, err := f.ali.Query(ctx, "2021000000000000", "paid-1"); !errors.As(err, &qe) {
 		t.Errorf("an app not ours: %v", err)
+	}
+}
+
+// A refunded trade queried: TRADE_CLOSED after payment is the payment and its refund; a partial
+// refund is found by its request number; a refund request that did not succeed is not one.
+func TestAlipayQueryRefundedTrades(t *testing.T) {
+	f := newQueryFixture(t, nil)
+	ctx := context.Background()
+	// Refunded in full with the order number as the request number (a refund requested without one).
+	f.gw.SetTrade("closed-1", providertest.AlipayTrade{TradeNo: "2026112422011", TotalAmount: "6.48", TradeStatus: "TRADE_CLOSED", SendPayDate: "2026-11-24 20:00:00"})
+	f.gw.SetRefund("closed-1", providertest.AlipayRefund{OutRequestNo: "closed-1", RefundAmount: "6.48", RefundStatus: "REFUND_SUCCESS", GmtRefundPay: "2026-11-24 21:00:00"})
+	ans, err := f.ali.Query(ctx, providertest.AlipayAppID, "closed-1")
+	if err != nil || ans.Result == nil || ans.Result.Type != relay.TypePaymentSucceeded || len(ans.Refunds) != 1 {
+		t.Fatalf("closed after payment: %+v %v; want the payment and its refund", ans, err)
+	}
+	if r := ans.Refunds[0].Refund; r.ID != "closed-1" || r.AmountMinor != 648 || !r.RefundedAt.Equal(time.Date(2026, 11, 24, 13, 0, 0, 0, time.UTC)) {
+		t.Errorf("refund %+v", r)
+	}
+	// Refunded in full under request numbers payrelay does not know: the cumulative total.
+	f.gw.SetTrade("closed-2", providertest.AlipayTrade{TradeNo: "2026112422012", TotalAmount: "30.00", TradeStatus: "TRADE_CLOSED", SendPayDate: "2026-11-24 20:00:00"})
+	ans, err = f.ali.Query(ctx, providertest.AlipayAppID, "closed-2")
+	if err != nil || ans.Result == nil || len(ans.Refunds) != 1 || ans.Refunds[0].Refund.ID != "refund_fee-3000" || ans.Refunds[0].Refund.CumulativeMinor != 3000 {
+		t.Fatalf("closed under unknown numbers: %+v %v", ans, err)
+	}
+	// Closed unpaid: nothing.
+	f.gw.SetTrade("closed-3", providertest.AlipayTrade{TradeNo: "2026112422013", TotalAmount: "30.00", TradeStatus: "TRADE_CLOSED"})
+	if ans, err := f.ali.Query(ctx, providertest.AlipayAppID, "closed-3"); err != nil || ans.Result != nil || len(ans.Refunds) != 0 {
+		t.Errorf("closed unpaid: %+v %v", ans, err)
+	}
+	// A partial refund, by its request number.
+	f.gw.SetTrade("part-1", providertest.AlipayTrade{TradeNo: "2026112422014", TotalAmount: "30.00", TradeStatus: "TRADE_SUCCESS", SendPayDate: "2026-11-24 20:00:00"})
+	f.gw.SetRefund("part-1", providertest.AlipayRefund{OutRequestNo: "rf-part-1", RefundAmount: "10.00", GmtRefundPay: "2026-11-24 22:00:00"})
+	ans, err = f.ali.Query(ctx, providertest.AlipayAppID, "part-1")
+	if err != nil || len(ans.Refunds) != 0 || ans.RefundsUnknown == "" {
+		t.Errorf("a partly refunded trade without its numbers: %+v %v; want the payment and the refunds said unknown", ans, err)
+	}
+	ra, err := f.ali.QueryRefund(ctx, providertest.AlipayAppID, "part-1", "rf-part-1")
+	if err != nil || ra.Result == nil || ra.Result.Refund.AmountMinor != 1000 || ra.Result.Refund.ID != "rf-part-1" || ra.Result.Payment.AmountMinor != 3000 {
+		t.Errorf("refund by number: %+v %v", ra, err)
+	}
+	if ra, err := f.ali.QueryRefund(ctx, providertest.AlipayAppID, "part-1", "rf-none"); err != nil || ra.Result != nil || ra.Reported != "NOT_REFUNDED" {
+		t.Errorf("a refund that never happened: %+v %v", ra, err)
 	}
 }
 
@@ -210,6 +253,41 @@ func TestWechatQueryAnswers(t *testing.T) {
 	}
 	if req, refused := api.Counts(); req != 3 || refused != 0 {
 		t.Errorf("api saw %d requests, refused %d; want 3, 0", req, refused)
+	}
+}
+
+// A refunded WeChat Pay trade queried: trade_state REFUND is the payment, and each refund is
+// found by its out_refund_no, as it stands (SUCCESS relayed, PROCESSING not final).
+func TestWechatQueryRefunds(t *testing.T) {
+	api, wp, _ := newWechatQuery(t, nil, nil)
+	refunded := providertest.WechatTransaction(providertest.WechatMchID, providertest.WechatAppID, "wx-ref-1", 64800)
+	refunded["trade_state"] = "REFUND"
+	api.SetTransaction(refunded)
+	api.SetRefund(providertest.WechatRefundAnswer("wx-ref-1", "50300001", "rf-1", 64800, 10000, "SUCCESS", "2026-11-24T21:00:00+08:00"))
+	api.SetRefund(providertest.WechatRefundAnswer("wx-ref-1", "50300002", "rf-2", 64800, 5000, "PROCESSING", ""))
+	api.SetRefund(providertest.WechatRefundAnswer("wx-other", "50300003", "rf-3", 600, 600, "SUCCESS", "2026-11-24T21:00:00+08:00"))
+	ctx := context.Background()
+	ans, err := wp.Query(ctx, providertest.WechatMchID, "wx-ref-1")
+	if err != nil || ans.Reported != "REFUND" || ans.Result == nil || ans.Result.Type != relay.TypePaymentSucceeded || ans.Result.Payment.AmountMinor != 64800 || ans.RefundsUnknown == "" {
+		t.Fatalf("a refunded trade: %+v %v; want its payment, and its refunds said unknown", ans, err)
+	}
+	ra, err := wp.QueryRefund(ctx, providertest.WechatMchID, "wx-ref-1", "rf-1")
+	if err != nil || ra.Reported != "SUCCESS" || !ra.Final || ra.Result == nil || ra.Result.Refund.ID != "50300001" || ra.Result.Refund.MerchantRefundNo != "rf-1" ||
+		ra.Result.Refund.AmountMinor != 10000 || !ra.Result.Refund.RefundedAt.Equal(time.Date(2026, 11, 24, 13, 0, 0, 0, time.UTC)) || ra.Result.Payment.Game != "sword" {
+		t.Errorf("a refund that succeeded: %+v %v", ra, err)
+	}
+	if ra, err := wp.QueryRefund(ctx, providertest.WechatMchID, "wx-ref-1", "rf-2"); err != nil || ra.Reported != "PROCESSING" || ra.Final || ra.Result != nil {
+		t.Errorf("a refund processing: %+v %v", ra, err)
+	}
+	if ra, err := wp.QueryRefund(ctx, providertest.WechatMchID, "wx-ref-1", "rf-none"); err != nil || ra.Reported != "REFUND_NOT_EXIST" || ra.Result != nil {
+		t.Errorf("no such refund: %+v %v", ra, err)
+	}
+	var qe *provider.QueryError
+	if _, err := wp.QueryRefund(ctx, providertest.WechatMchID, "wx-ref-1", "rf-3"); !errors.As(err, &qe) {
+		t.Errorf("another order's refund: %v, want refused", err)
+	}
+	if _, refused := api.Counts(); refused != 0 {
+		t.Errorf("the API refused %d of our requests", refused)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 
 	"github.com/payrelay/payrelay/functions/provider"
@@ -22,7 +23,17 @@ type AlipayTrade struct {
 	SendPayDate string // send_pay_date, "yyyy-MM-dd HH:mm:ss" (CST)
 }
 
-// AlipayGateway stands in for Alipay's OpenAPI gateway for alipay.trade.query: it verifies each
+// AlipayRefund is a refund the stand-in gateway knows, in alipay.trade.fastpay.refund.query's
+// answer fields.
+type AlipayRefund struct {
+	OutRequestNo string // out_request_no (the order number for a refund requested without one)
+	RefundAmount string // refund_amount, yuan
+	RefundStatus string // REFUND_SUCCESS, or "" (a synchronous refund's answer names none)
+	GmtRefundPay string // gmt_refund_pay, "yyyy-MM-dd HH:mm:ss" (CST)
+}
+
+// AlipayGateway stands in for Alipay's OpenAPI gateway for alipay.trade.query,
+// alipay.trade.fastpay.refund.query and the bill query: it verifies each
 // request's RSA2 signature with the application's public key as Alipay does (every parameter
 // but sign, sign_type included, sorted), and answers signed with the Alipay private key over
 // the response object's text, in the documented envelope.
@@ -35,9 +46,10 @@ type AlipayGateway struct {
 	appID     string
 
 	mu        sync.Mutex
-	trades    map[string]AlipayTrade // by out_trade_no
-	bills     map[string][]byte      // zips by bill_date
-	downloads map[string]download    // bill files by fileId
+	trades    map[string]AlipayTrade  // by out_trade_no
+	refunds   map[string]AlipayRefund // by out_trade_no + "/" + out_request_no
+	bills     map[string][]byte       // zips by bill_date
+	downloads map[string]download     // bill files by fileId
 	requests  int
 	refused   int
 	failNext  int
@@ -52,7 +64,7 @@ func (g *AlipayGateway) FailNext(n int) {
 
 // NewAlipayGateway starts a stand-in gateway for app appID.
 func NewAlipayGateway(appID string, appKey *rsa.PublicKey, alipayKey *rsa.PrivateKey) *AlipayGateway {
-	g := &AlipayGateway{appID: appID, appKey: appKey, alipayKey: alipayKey, trades: map[string]AlipayTrade{},
+	g := &AlipayGateway{appID: appID, appKey: appKey, alipayKey: alipayKey, trades: map[string]AlipayTrade{}, refunds: map[string]AlipayRefund{},
 		bills: map[string][]byte{}, downloads: map[string]download{}}
 	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
 	g.URL = g.srv.URL + "/gateway.do"
@@ -67,6 +79,13 @@ func (g *AlipayGateway) SetTrade(outTradeNo string, t AlipayTrade) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.trades[outTradeNo] = t
+}
+
+// SetRefund makes the gateway know a refund of a trade.
+func (g *AlipayGateway) SetRefund(outTradeNo string, r AlipayRefund) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.refunds[outTradeNo+"/"+r.OutRequestNo] = r
 }
 
 // Counts says how many requests came and how many the gateway refused for their signature or
@@ -106,7 +125,7 @@ func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
 		g.answer(w, map[string]string{"code": code, "msg": msg, "sub_code": subCode, "sub_msg": subMsg})
 	}
 	method := p.Get("method")
-	if method != "alipay.trade.query" && method != "alipay.data.dataservice.bill.downloadurl.query" {
+	if method != "alipay.trade.query" && method != "alipay.data.dataservice.bill.downloadurl.query" && method != "alipay.trade.fastpay.refund.query" {
 		refuse("40002", "Invalid Arguments", "isv.invalid-method", "method is invalid")
 		return
 	}
@@ -122,8 +141,12 @@ func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
 		refuse("40002", "Invalid Arguments", "isv.invalid-signature", "验签出错")
 		return
 	}
-	if method != "alipay.trade.query" {
+	switch method {
+	case "alipay.data.dataservice.bill.downloadurl.query":
 		g.serveBillQuery(w, p.Get("biz_content"), refuse)
+		return
+	case "alipay.trade.fastpay.refund.query":
+		g.serveRefundQuery(w, p.Get("biz_content"), refuse)
 		return
 	}
 	var biz struct {
@@ -142,6 +165,39 @@ func (g *AlipayGateway) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	g.answer(w, map[string]string{"code": "10000", "msg": "Success", "out_trade_no": biz.OutTradeNo, "trade_no": t.TradeNo,
 		"total_amount": t.TotalAmount, "trade_status": t.TradeStatus, "send_pay_date": t.SendPayDate, "buyer_logon_id": "159****5620"})
+}
+
+// serveRefundQuery answers alipay.trade.fastpay.refund.query as documented: 10000 with the
+// refund's fields when it succeeded, 10000 without them when there is no such refund (or it
+// did not succeed), 40004 ACQ.TRADE_NOT_EXIST for an unknown trade.
+func (g *AlipayGateway) serveRefundQuery(w http.ResponseWriter, bizContent string, refuse func(code, msg, subCode, subMsg string)) {
+	var biz struct {
+		OutTradeNo   string   `json:"out_trade_no"`
+		OutRequestNo string   `json:"out_request_no"`
+		QueryOptions []string `json:"query_options"`
+	}
+	if json.Unmarshal([]byte(bizContent), &biz) != nil || biz.OutTradeNo == "" || biz.OutRequestNo == "" {
+		refuse("40002", "Invalid Arguments", "isv.missing-biz-content", "out_trade_no and out_request_no")
+		return
+	}
+	g.mu.Lock()
+	t, known := g.trades[biz.OutTradeNo]
+	r, ok := g.refunds[biz.OutTradeNo+"/"+biz.OutRequestNo]
+	g.mu.Unlock()
+	const key = "alipay_trade_fastpay_refund_query_response"
+	switch {
+	case !known && !ok:
+		g.answerAs(w, key, map[string]string{"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST", "sub_msg": "交易不存在"})
+	case !ok:
+		g.answerAs(w, key, map[string]string{"code": "10000", "msg": "Success"})
+	default:
+		fields := map[string]string{"code": "10000", "msg": "Success", "out_trade_no": biz.OutTradeNo, "trade_no": t.TradeNo, "out_request_no": r.OutRequestNo,
+			"total_amount": t.TotalAmount, "refund_amount": r.RefundAmount, "refund_status": r.RefundStatus}
+		if slices.Contains(biz.QueryOptions, "gmt_refund_pay") {
+			fields["gmt_refund_pay"] = r.GmtRefundPay
+		}
+		g.answerAs(w, key, fields)
+	}
 }
 
 // answer writes {"alipay_trade_query_response":<obj>,"sign":<sig over obj's text>}.

@@ -33,6 +33,7 @@ type WechatAPI struct {
 
 	mu        sync.Mutex
 	orders    map[string]map[string]any // transactions by out_trade_no
+	refunds   map[string]map[string]any // refunds by out_refund_no
 	bills     map[string][]byte         // trade bills by bill_date
 	downloads map[string]download       // bill files by token
 	tampered  map[string][]byte         // what a download of a day's bill serves instead
@@ -42,7 +43,7 @@ type WechatAPI struct {
 
 // NewWechatAPI starts a stand-in for merchant mchID.
 func NewWechatAPI(mchID, apiSerial string, apiKey *rsa.PublicKey, platform *rsa.PrivateKey, platSerial string) *WechatAPI {
-	a := &WechatAPI{mchID: mchID, apiSerial: apiSerial, apiKey: apiKey, platform: platform, platSerial: platSerial, orders: map[string]map[string]any{},
+	a := &WechatAPI{mchID: mchID, apiSerial: apiSerial, apiKey: apiKey, platform: platform, platSerial: platSerial, orders: map[string]map[string]any{}, refunds: map[string]map[string]any{},
 		bills: map[string][]byte{}, downloads: map[string]download{}, tampered: map[string][]byte{}}
 	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
 	a.URL = a.srv.URL
@@ -57,6 +58,26 @@ func (a *WechatAPI) SetTransaction(tx map[string]any) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.orders[tx["out_trade_no"].(string)] = tx
+}
+
+// SetRefund makes it know a refund (WechatRefundAnswer builds one), or change its status.
+func (a *WechatAPI) SetRefund(rf map[string]any) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refunds[rf["out_refund_no"].(string)] = rf
+}
+
+// WechatRefundAnswer is a refund as 查询单笔退款 answers it: refund of fen out of a payment of
+// total, status SUCCESS, PROCESSING, CLOSED or ABNORMAL (success_time only when SUCCESS).
+func WechatRefundAnswer(order, refundID, outRefundNo string, total, fen int64, status, successTime string) map[string]any {
+	r := map[string]any{"refund_id": refundID, "out_refund_no": outRefundNo, "transaction_id": "4200001234202611240000000001", "out_trade_no": order,
+		"channel": "ORIGINAL", "user_received_account": "支付用户零钱", "create_time": "2026-11-24T21:00:00+08:00", "status": status, "funds_account": "AVAILABLE",
+		"amount": map[string]any{"total": total, "refund": fen, "payer_total": total, "payer_refund": fen, "settlement_refund": fen, "settlement_total": total,
+			"discount_refund": 0, "currency": "CNY"}}
+	if status == "SUCCESS" {
+		r["success_time"] = successTime
+	}
+	return r
 }
 
 // Counts says how many requests came and how many were refused (401).
@@ -96,6 +117,17 @@ func (a *WechatAPI) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == "/v3/bill/tradebill" || r.URL.Path == "/v3/billdownload/file" {
 		a.serveBill(w, r, refuse)
+		return
+	}
+	if no, ok := strings.CutPrefix(r.URL.Path, "/v3/refund/domestic/refunds/"); ok && r.Method == http.MethodGet {
+		a.mu.Lock()
+		rf, found := a.refunds[no]
+		a.mu.Unlock()
+		if !found {
+			a.answer(w, http.StatusNotFound, map[string]any{"code": "RESOURCE_NOT_EXISTS", "message": "退款单不存在"})
+			return
+		}
+		a.answer(w, http.StatusOK, rf)
 		return
 	}
 	order, ok := strings.CutPrefix(r.URL.Path, "/v3/pay/transactions/out-trade-no/")

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -123,7 +125,26 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 	bill, err := b.Bill(ctx, account, day)
 	var rep *relay.Report
 	if err == nil {
+		if q, ok := h.Providers[prov].(Querier); ok {
+			h.settlePending(ctx, log, q, account, &bill)
+			bill.FindPayment = func(ctx context.Context, order string) (*relay.Result, error) {
+				ans, err := q.Query(ctx, account, order)
+				var qe *provider.QueryError
+				switch {
+				case errors.As(err, &qe):
+					return nil, err // refused: the refund stays as the bill has it
+				case err != nil:
+					return nil, fmt.Errorf("%w: %v", relay.ErrUnavailable, err)
+				}
+				return ans.Result, nil
+			}
+		}
 		rep, err = h.Service.Reconcile(ctx, bill, by)
+	}
+	if err == nil {
+		if q, ok := h.Providers[prov].(Querier); ok {
+			err = h.recheckPending(ctx, log, q, by, prov, account, day)
+		}
 	}
 	if err != nil {
 		var qe *provider.QueryError
@@ -158,6 +179,99 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 	log.InfoContext(ctx, "reconciliation done", counts...)
 	run.Report = viewReport(rep)
 	return run
+}
+
+// PendingDays is how many bill days before the one reconciled a run looks back at for refunds
+// still pending: WeChat Pay settles a refund within days (a bank card's may take longer; a
+// refund pending past this stays reported as pending on its day's report).
+const PendingDays = 14
+
+// settlePending asks the provider again about each refund the bill shows unsettled: one that
+// settled since joins the bill's entries (and is relayed), one that ended without the money
+// going back is reported, one still processing stays pending.
+func (h *Handler) settlePending(ctx context.Context, log *slog.Logger, q Querier, account string, bill *relay.Bill) {
+	var still []relay.PendingRefund
+	for _, pr := range bill.Pending {
+		ra, err := q.QueryRefund(ctx, account, pr.OrderID, pr.RefundNo)
+		switch {
+		case err != nil:
+			log.WarnContext(ctx, "reconciliation: a pending refund could not be asked about; it stays pending", "order_id", pr.OrderID, "refund_id", pr.RefundID, "error", err.Error())
+			still = append(still, pr)
+		case ra.Result != nil:
+			bill.Entries = append(bill.Entries, *ra.Result)
+		case ra.Final:
+			bill.Unreadable = append(bill.Unreadable, relay.Finding{Kind: relay.FindingUnrelayable, OrderID: pr.OrderID, RefundID: pr.RefundID, RefundNo: pr.RefundNo,
+				BillMinor: pr.AmountMinor, Action: "reported", Reason: fmt.Sprintf("refund %s was %s on the bill and ended %.20s: the money did not go back; an operator must act", pr.RefundID, pr.State, ra.Reported)})
+		default:
+			still = append(still, pr)
+		}
+	}
+	bill.Pending = still
+}
+
+// recheckPending asks again about the refunds earlier days' reports of the account left
+// pending: each that settled is ingested (and relayed) and its finding becomes a recovered
+// missing_refund; each that ended without the money going back becomes unrelayable. The
+// changed reports are written again. An error means the run must be repeated.
+func (h *Handler) recheckPending(ctx context.Context, log *slog.Logger, q Querier, by, prov, account, day string) error {
+	d, err := time.Parse(time.DateOnly, day)
+	if err != nil {
+		return err
+	}
+	for back := 1; back <= PendingDays; back++ {
+		rep, err := h.Service.Report(ctx, relay.ReportID(prov, account, d.AddDate(0, 0, -back).Format(time.DateOnly)))
+		switch {
+		case errors.Is(err, relay.ErrNotFound):
+			continue
+		case err != nil:
+			return fmt.Errorf("report of %s: %w", d.AddDate(0, 0, -back).Format(time.DateOnly), err)
+		}
+		changed := false
+		for i := range rep.Findings {
+			f := &rep.Findings[i]
+			if f.Kind != relay.FindingPendingRefund || f.Action != relay.ActionPending || f.RefundNo == "" {
+				continue
+			}
+			ra, err := q.QueryRefund(ctx, account, f.OrderID, f.RefundNo)
+			switch {
+			case err != nil:
+				log.WarnContext(ctx, "reconciliation: a pending refund could not be asked about; it stays pending", "report", rep.ID, "refund_id", f.RefundID, "error", err.Error())
+				continue
+			case ra.Result != nil:
+				in := *ra.Result
+				in.Via = relay.ViaReconcile
+				res, err := h.Service.Ingest(ctx, in)
+				var over *relay.ErrOverRefund
+				switch {
+				case errors.Is(err, relay.ErrFactsDiffer), errors.As(err, &over):
+					f.Kind, f.Action, f.Reason = relay.FindingConflict, "not relayed", err.Error()
+				case err != nil && relay.Retryable(err):
+					return fmt.Errorf("ingest refund %s: %w", f.RefundID, err)
+				case err != nil:
+					f.Kind, f.Action, f.Reason = relay.FindingUnrelayable, "failed", fmt.Sprintf("%.300v", err)
+				default:
+					f.Kind, f.Action, f.Reason = relay.FindingMissingRefund, "ingested", "settled after the bill was made; found by asking again on the run of "+day
+					f.PaymentID = res.PaymentID
+				}
+			case ra.Final:
+				f.Kind, f.Action, f.Reason = relay.FindingUnrelayable, "reported", fmt.Sprintf("refund %s ended %.20s after the bill was made: the money did not go back; an operator must act", f.RefundID, ra.Reported)
+			default:
+				continue
+			}
+			rep.Counts[relay.FindingPendingRefund]--
+			rep.Counts[f.Kind]++
+			changed = true
+			log.WarnContext(ctx, "reconciliation: a pending refund settled", "event", "reconcile_finding", "kind", string(f.Kind), "report", rep.ID,
+				"order_id", f.OrderID, "payment_id", f.PaymentID, "refund_id", f.RefundID, "bill_minor", f.BillMinor, "action", f.Action, "reason", f.Reason)
+		}
+		if changed {
+			rep.By = by
+			if err := h.Service.SaveReport(ctx, rep); err != nil {
+				return fmt.Errorf("store report %s: %w", rep.ID, err)
+			}
+		}
+	}
+	return nil
 }
 
 // reportView is a report as the API shows it.

@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -252,5 +253,107 @@ func TestWechatBillsAsWechatWritesThem(t *testing.T) {
 	rep = reconcile()
 	if rep.Matched != 2 || rep.Counts[relay.FindingUnrelayable] != 1 || !strings.Contains(rep.Findings[0].Reason, "交易时间") {
 		t.Fatalf("a broken row: report %+v", rep)
+	}
+}
+
+// Every refund a bill shows is relayed: a refund still PROCESSING on the bill is asked about
+// again, the same run when it settled since, a later run when it settles later (its day's
+// report updated); a refund of a payment payrelay never received makes the run ask the
+// provider for the payment, and relays both, in order.
+func TestReconcileRecoversRefunds(t *testing.T) {
+	t.Parallel()
+	f, gw, api := billFixture(t)
+	day, next := "2026-11-24", "2026-11-25"
+	gw.SetBill(day, providertest.AlipayBillZip("2088102177846881", day, []providertest.AlipayBillLine{
+		{TradeNo: "2026112422001446881000000031", OutTradeNo: "ali-unseen", Kind: "退款", Finished: day + " 21:00:00", Amount: "30.00", RefundNo: "ali-unseen"},
+	}))
+	gw.SetTrade("ali-unseen", providertest.AlipayTrade{TradeNo: "2026112422001446881000000031", TotalAmount: "30.00", TradeStatus: "TRADE_CLOSED", SendPayDate: day + " 20:00:00"})
+	gw.SetBill(next, providertest.AlipayBillZip("2088102177846881", next, nil))
+	// WeChat Pay: wx-p paid and notified, its refund RF-P processing; wx-s's refund RF-S
+	// processing on the bill, settled by the time the run asks; wx-u never notified, its refund
+	// on the bill.
+	for _, o := range []string{"wx-p", "wx-s"} {
+		h, body := providertest.WechatNotify(platKey, wxSer, wxAPIv3, "TRANSACTION.SUCCESS", providertest.WechatTransaction(wxMch, wxApp, o, 600), testNow)
+		if w := record(f.h.Ingest, wechatReq(h, body)); w.Code != 204 {
+			t.Fatalf("notify %s: %d", o, w.Code)
+		}
+	}
+	unseen := providertest.WechatTransaction(wxMch, wxApp, "wx-u", 800)
+	unseen["trade_state"] = "REFUND"
+	api.SetTransaction(unseen)
+	tx := "4200001234202611240000000001"
+	api.SetBill(day, providertest.WechatBillText([]providertest.WechatBillLine{
+		{At: day + " 20:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-p", State: "SUCCESS", Total: "6.00"},
+		{At: day + " 20:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-s", State: "SUCCESS", Total: "6.00"},
+		{At: day + " 21:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-p", State: "REFUND", Total: "6.00", RefundID: "5030P", OutRefundNo: "RF-P", Refund: "1.00", RefundState: "PROCESSING"},
+		{At: day + " 21:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-s", State: "REFUND", Total: "6.00", RefundID: "5030S", OutRefundNo: "RF-S", Refund: "2.00", RefundState: "PROCESSING"},
+		{At: day + " 21:00:00", AppID: wxApp, MchID: wxMch, TransactionID: tx, OutTradeNo: "wx-u", State: "REFUND", Total: "8.00", RefundID: "5030U", OutRefundNo: "RF-U", Refund: "8.00", RefundState: "SUCCESS"},
+	}))
+	api.SetRefund(providertest.WechatRefundAnswer("wx-p", "5030P", "RF-P", 600, 100, "PROCESSING", ""))
+	api.SetRefund(providertest.WechatRefundAnswer("wx-s", "5030S", "RF-S", 600, 200, "SUCCESS", day+"T22:00:00+08:00"))
+	api.SetBill(next, providertest.WechatBillText(nil))
+	run := func(d string) {
+		t.Helper()
+		if code, out := serve(f.h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+d+`"}`))); code != 200 {
+			t.Fatalf("reconcile %s: %d %v", d, code, out)
+		}
+	}
+	report := func(prov, merchant, d string) *relay.Report {
+		t.Helper()
+		rep, err := f.h.Service.Report(context.Background(), relay.ReportID(prov, merchant, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	run(day)
+	refunds := func(order string) string {
+		p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, order))
+		if p == nil {
+			return "<none>"
+		}
+		return fmt.Sprintf("paid=%v %s", p.Paid() != nil, refundsOf(p))
+	}
+	if got := refunds("wx-s"); got != "paid=true 5030S:200" {
+		t.Errorf("wx-s (settled before the run asked): %s", got)
+	}
+	if got := refunds("wx-u"); got != "paid=true 5030U:800" {
+		t.Errorf("wx-u (never notified): %s; want the payment found by asking, then its refund", got)
+	}
+	if got := refunds("wx-p"); got != "paid=true " {
+		t.Errorf("wx-p (still processing): %s; want no refund yet", got)
+	}
+	rep := report("wechatpay", wxMch, day)
+	if rep.Counts[relay.FindingPendingRefund] != 1 || rep.Counts[relay.FindingMissingPayment] != 1 || rep.Counts[relay.FindingMissingRefund] != 2 || rep.Counts[relay.FindingUnrelayable] != 0 {
+		t.Fatalf("report %+v", rep.Counts)
+	}
+	ali := f.store.Payment(relay.PaymentID(relay.EnvProduction, "alipay", aliApp, "ali-unseen"))
+	if ali == nil || ali.Paid() == nil || refundsOf(ali) != "ali-unseen:3000" {
+		t.Fatalf("alipay's unseen payment: %+v", ali)
+	}
+	// The next day's run asks about wx-p's refund again: it settled.
+	api.SetRefund(providertest.WechatRefundAnswer("wx-p", "5030P", "RF-P", 600, 100, "SUCCESS", next+"T09:00:00+08:00"))
+	run(next)
+	if got := refunds("wx-p"); got != "paid=true 5030P:100" {
+		t.Errorf("wx-p after it settled: %s", got)
+	}
+	rep = report("wechatpay", wxMch, day)
+	if rep.Counts[relay.FindingPendingRefund] != 0 || rep.Counts[relay.FindingMissingRefund] != 3 {
+		t.Errorf("the day's report after the refund settled: %+v", rep.Counts)
+	}
+	// Asked again later: nothing changes, nothing is relayed twice.
+	run(next)
+	drain(t, f)
+	for order, want := range map[string]string{"wx-u": "paid " + relay.RefundKey("5030U"), "wx-p": "paid " + relay.RefundKey("5030P"), "wx-s": "paid " + relay.RefundKey("5030S"),
+		"ali-unseen": "paid " + relay.RefundKey("ali-unseen")} {
+		var got []string
+		for _, p := range f.posted {
+			if o, key, _ := strings.Cut(p, "/"); o == order {
+				got = append(got, key)
+			}
+		}
+		if strings.Join(got, " ") != want {
+			t.Errorf("%s posted %v, want %s", order, got, want)
+		}
 	}
 }

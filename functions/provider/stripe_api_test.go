@@ -152,3 +152,32 @@ func TestStripeAPIKeys(t *testing.T) {
 		}
 	}
 }
+
+// The events sweep's parser reads events fetched from Stripe's API (no signature to check):
+// whatever the body, a 4xx refusal or a result that validates, never a panic.
+func FuzzStripeUndelivered(f *testing.F) {
+	s := stripe(f)
+	for _, ev := range [][]byte{
+		providertest.StripeEventAt("evt_u1", "checkout.session.completed", providertest.StripeSession("o-1", "pi_1", 1999, "USD", "paid"), appleAt, "2024-06-20", true),
+		providertest.StripeEventAt("evt_u2", "invoice.paid", providertest.StripeInvoice("in_1", "sub_1", "", 999, "mga", "subscription_cycle", nil, appleAt, "2025-08-27.basil"), appleAt, "2025-08-27.basil", false),
+		providertest.StripeEventAt("evt_u3", "refund.updated", providertest.StripeRefund("re_1", "pi_1", "o-1", 500, "ISK", "succeeded", appleAt), appleAt, "2024-10-28.acacia", true),
+		[]byte(`{"livemode":true,"type":"charge.refunded","data":{"object":{}}}`),
+	} {
+		f.Add(ev)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := s.ParseUndelivered(stripeAcct, body)
+		if err != nil {
+			var ref *provider.Refusal
+			if !errors.As(err, &ref) || ref.Code < 400 || ref.Code >= 500 {
+				t.Fatalf("error %v is not a 4xx refusal", err)
+			}
+			return
+		}
+		if r.Type != "" {
+			if verr := r.Validate(); verr != nil {
+				t.Fatalf("a result that does not validate: %v", verr)
+			}
+		}
+	})
+}

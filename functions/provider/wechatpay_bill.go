@@ -48,8 +48,9 @@ import (
 //     layout has 应结订单金额 and 订单金额, 代金券或立减优惠金额, 代金券或立减优惠退款金额, and no
 //     申请退款金额; its 退款金额 is the refund as requested (coupons refunded apart). Read by the
 //     same header lookup: 订单金额 else 总金额, 申请退款金额 else 退款金额.
-//   - The bill is a snapshot: a refund still PROCESSING when it was made is queried again until
-//     it settles (reconciliation's refund recovery). A row the reader cannot place (a time or
+//   - The bill is a snapshot: a refund still PROCESSING when it was made (退款状态 PROCESSING;
+//     SUCCESS, REFUNDCLOSE and CHANGE are final) is queried again until it settles
+//     (reconciliation's refund recovery). A row the reader cannot place (a time or
 //     amount that does not parse, a row without backticks) is reported as a finding of its
 //     own; the day's other rows are reconciled. Only the file's integrity (its header, its
 //     summary, the count of rows) fails a day.
@@ -359,8 +360,16 @@ func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *rel
 			if !routed {
 				r.Type = ""
 			}
+		case row.State == "REFUND" && row.RefundState == "PROCESSING":
+			// Not settled when the bill was made: asked again (reconciliation's refund recovery).
+			bill.Pending = append(bill.Pending, relay.PendingRefund{OrderID: row.OutTradeNo, RefundID: row.RefundID, RefundNo: row.OutRefundNo,
+				AmountMinor: row.RefundMinor, State: row.RefundState})
+			continue
 		case row.State == "REFUND" && row.RefundState == "SUCCESS":
 			r.Type, amount = relay.TypePaymentRefunded, row.RefundMinor
+			// The row states its payment's total (订单金额): a refund of a payment payrelay never
+			// received carries it.
+			r.Payment.AmountMinor = row.TotalMinor
 			r.Refund = &relay.RefundFacts{ID: row.RefundID, MerchantRefundNo: row.OutRefundNo, AmountMinor: row.RefundMinor, RefundedAt: row.At}
 			if row.SettlementRefundMinor != row.RefundMinor {
 				r.Refund.SettlementMinor = row.SettlementRefundMinor
@@ -376,7 +385,7 @@ func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *rel
 			case row.State == "SUCCESS" && !routed:
 				f.Reason = fmt.Sprintf("公众账号ID %.40s of merchant %s maps to no game (PROVIDER_CONFIG wechatpay app_ids)", row.AppID, m.MchID)
 			case row.State == "REFUND" && row.RefundState != "SUCCESS":
-				f.RefundID, f.Reason = row.RefundID, fmt.Sprintf("refund %s was %.20s when the bill was made: its REFUND.SUCCESS notification relays it", row.RefundID, row.RefundState)
+				f.RefundID, f.Reason = row.RefundID, fmt.Sprintf("refund %s ended %.20s: the money did not go back; an operator must act", row.RefundID, row.RefundState)
 			default:
 				f.Reason = fmt.Sprintf("交易状态 %.20s: %s", row.State, err)
 			}

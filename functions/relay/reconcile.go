@@ -38,6 +38,22 @@ type Bill struct {
 	// Unreadable are lines of the bill that cannot be relayed as they stand (an app routed to
 	// no game): reported as they are.
 	Unreadable []Finding
+	// Pending are refunds the bill shows not settled when it was made (WeChat Pay's
+	// PROCESSING) and still not settled when the provider was asked again: reported as
+	// pending_refund, and asked again by later runs until they settle.
+	Pending []PendingRefund
+	// FindPayment, when set, asks the provider about an order for a refund the bill shows
+	// whose payment payrelay never received: a paid answer is ingested first, so the game
+	// server is told the payment, then its refund. nil (or no answer) leaves the refund alone.
+	FindPayment func(ctx context.Context, orderID string) (*Result, error)
+}
+
+// PendingRefund is a refund not settled yet: RefundNo is the merchant's refund number the
+// provider is asked by (WeChat Pay's out_refund_no).
+type PendingRefund struct {
+	OrderID, RefundID, RefundNo string
+	AmountMinor                 int64
+	State                       string
 }
 
 // FindingKind names what reconciliation found.
@@ -54,20 +70,28 @@ const (
 	// FindingNotInBill: payrelay holds a payment or refund of that day that the bill lacks.
 	FindingNotInBill FindingKind = "not_in_bill"
 	// FindingUnrelayable: the bill shows money payrelay cannot relay as it stands (the app is
-	// routed to no game, the account's app is ambiguous, a refund of an unknown payment):
-	// an operator must act.
+	// routed to no game, the account's app is ambiguous, a row that cannot be read, a refund
+	// that ended without the money going back): an operator must act.
 	FindingUnrelayable FindingKind = "unrelayable"
+	// FindingPendingRefund: a refund still processing, on the bill and when asked again:
+	// later runs ask again until it settles (then relayed, or reported as ended).
+	FindingPendingRefund FindingKind = "pending_refund"
 )
 
 // FindingKinds lists the kinds, in the report's order.
-var FindingKinds = []FindingKind{FindingMissingPayment, FindingMissingRefund, FindingConflict, FindingNotInBill, FindingUnrelayable}
+var FindingKinds = []FindingKind{FindingMissingPayment, FindingMissingRefund, FindingConflict, FindingNotInBill, FindingUnrelayable, FindingPendingRefund}
+
+// ActionPending is a pending_refund's action until it settles.
+const ActionPending = "pending"
 
 // Finding is one order a reconciliation found out of step.
 type Finding struct {
-	Kind        FindingKind
-	OrderID     string
-	PaymentID   string
-	RefundID    string
+	Kind      FindingKind
+	OrderID   string
+	PaymentID string
+	RefundID  string
+	// RefundNo is the merchant's refund number a pending refund is asked again by.
+	RefundNo    string
 	BillMinor   int64 // the amount the bill states (the refund's, for a refund)
 	StoredMinor int64 // the amount payrelay holds
 	// SettledMinor is a refund's settlement amount where the bill states one apart from
@@ -185,6 +209,11 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 	for _, f := range b.Unreadable {
 		add(f)
 	}
+	for _, pr := range b.Pending {
+		add(Finding{Kind: FindingPendingRefund, OrderID: pr.OrderID, PaymentID: PaymentID(b.Environment, b.Provider, b.Merchant, pr.OrderID), RefundID: pr.RefundID,
+			RefundNo: pr.RefundNo, BillMinor: pr.AmountMinor, Action: ActionPending,
+			Reason: fmt.Sprintf("refund %s was %.20s on the bill and when asked again: later runs ask again until it settles", pr.RefundID, pr.State)})
+	}
 	// What payrelay holds of that day, under every merchant the bill covers.
 	byID := map[string]*Payment{}
 	var paidThatDay, refundedThatDay []*Payment
@@ -243,6 +272,22 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 		p, err := lookup(q.OrderID)
 		if err != nil {
 			return nil, fmt.Errorf("look up order %s: %w", q.OrderID, err)
+		}
+		if e.Type == TypePaymentRefunded && (p == nil || p.Paid() == nil) && b.FindPayment != nil && len(b.Merchants) == 1 &&
+			!inBill[PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)] {
+			// A refund of a payment payrelay never received: ask the provider for the payment,
+			// and relay it before the refund.
+			found, err := s.findPayment(ctx, b, q.OrderID, add)
+			if err != nil {
+				return nil, err
+			}
+			if found {
+				inBill[PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)] = true
+				delete(byID, PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID))
+				if p, err = lookup(q.OrderID); err != nil {
+					return nil, fmt.Errorf("look up order %s: %w", q.OrderID, err)
+				}
+			}
 		}
 		f := Finding{OrderID: q.OrderID, PaymentID: PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)}
 		if p != nil {
@@ -335,6 +380,37 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 	return rep, nil
 }
 
+// findPayment asks the provider (Bill.FindPayment) for the payment of a refund the bill shows
+// alone, and ingests it when paid, reporting it as a missing payment found so. An error means
+// the run must be repeated; a provider that refuses or finds nothing leaves the refund alone.
+func (s *Service) findPayment(ctx context.Context, b Bill, orderID string, add func(Finding)) (bool, error) {
+	r, err := b.FindPayment(ctx, orderID)
+	if err != nil && Retryable(err) {
+		return false, fmt.Errorf("query order %s: %w", orderID, err)
+	}
+	if err != nil || r == nil || r.Type != TypePaymentSucceeded {
+		return false, nil
+	}
+	in := *r
+	in.Via = ViaReconcile
+	res, err := s.Ingest(ctx, in)
+	f := Finding{Kind: FindingMissingPayment, OrderID: orderID, PaymentID: res.PaymentID, BillMinor: in.Payment.AmountMinor, Action: "ingested",
+		Reason: "the bill shows a refund of it; the provider, asked, reports it paid"}
+	var over *ErrOverRefund
+	switch {
+	case errors.Is(err, ErrFactsDiffer), errors.As(err, &over):
+		f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", err.Error()
+	case err != nil && Retryable(err):
+		return false, fmt.Errorf("ingest order %s: %w", orderID, err)
+	case err != nil:
+		f.Action, f.Reason = "failed", fmt.Sprintf("%.300v", err)
+	case res.Duplicate:
+		return true, nil
+	}
+	add(f)
+	return err == nil, nil
+}
+
 // billDay reads every payment under a bill-day key, a page (DayPage) per store operation, and
 // keeps of each only what reconciliation compares.
 func (s *Service) billDay(ctx context.Context, key string) ([]*Payment, error) {
@@ -370,6 +446,15 @@ func (p *Payment) billFacts() *Payment {
 		f.Notifications[i] = Notification{Key: n.Key, Type: n.Type, Refund: n.Refund, State: n.State, Via: n.Via}
 	}
 	return f
+}
+
+// SaveReport writes a report again after its findings changed (a pending refund that settled
+// since); it counts as a run of that report.
+func (s *Service) SaveReport(ctx context.Context, r *Report) error {
+	if s.cfg.Reports == nil {
+		return ErrNoReconcile
+	}
+	return s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Reports.PutReport(ctx, r) })
 }
 
 // Report returns a stored report.

@@ -53,6 +53,7 @@ type findingDoc struct {
 	OrderID     string `firestore:"order_id"`
 	PaymentID   string `firestore:"payment_id"`
 	RefundID    string `firestore:"refund_id"`
+	RefundNo    string `firestore:"refund_no,omitempty"`
 	BillMinor   int64  `firestore:"bill_minor"`
 	StoredMinor int64  `firestore:"stored_minor"`
 	// SettledMinor: absent on reports written before it existed (read as 0: none stated).
@@ -74,7 +75,7 @@ func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 		d.Counts[string(k)] = n
 	}
 	for _, f := range r.Findings {
-		d.Findings = append(d.Findings, findingDoc{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID,
+		d.Findings = append(d.Findings, findingDoc{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID, RefundNo: f.RefundNo,
 			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: utf8(f.Reason)})
 	}
 	ref := s.reports().Doc(r.ID)
@@ -144,7 +145,7 @@ func decodeReport(snap *firestore.DocumentSnapshot) (*relay.Report, error) {
 	}
 	for _, f := range d.Findings {
 		r.Findings = append(r.Findings, relay.Finding{Kind: relay.FindingKind(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID,
-			RefundID: f.RefundID, BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
+			RefundID: f.RefundID, RefundNo: f.RefundNo, BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
 	}
 	return r, nil
 }

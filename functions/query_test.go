@@ -192,14 +192,8 @@ func TestQueryRelaysRefundedTrades(t *testing.T) {
 	drain(t, f)
 	// Each payment's notifications once, the payment first (payments are independent of each other).
 	for order, want := range map[string]string{"ali-closed": "paid " + relay.RefundKey("ali-closed"), "wx-refunded": "paid " + relay.RefundKey("50300011")} {
-		var got []string
-		for _, p := range f.posted {
-			if o, key, _ := strings.Cut(p, "/"); o == order {
-				got = append(got, key)
-			}
-		}
-		if strings.Join(got, " ") != want {
-			t.Errorf("%s posted %v, want %s", order, got, want)
+		if got := postedOf(f, order); got != want {
+			t.Errorf("%s posted %q, want %q", order, got, want)
 		}
 	}
 }

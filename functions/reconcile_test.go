@@ -346,14 +346,8 @@ func TestReconcileRecoversRefunds(t *testing.T) {
 	drain(t, f)
 	for order, want := range map[string]string{"wx-u": "paid " + relay.RefundKey("5030U"), "wx-p": "paid " + relay.RefundKey("5030P"), "wx-s": "paid " + relay.RefundKey("5030S"),
 		"ali-unseen": "paid " + relay.RefundKey("ali-unseen")} {
-		var got []string
-		for _, p := range f.posted {
-			if o, key, _ := strings.Cut(p, "/"); o == order {
-				got = append(got, key)
-			}
-		}
-		if strings.Join(got, " ") != want {
-			t.Errorf("%s posted %v, want %s", order, got, want)
+		if got := postedOf(f, order); got != want {
+			t.Errorf("%s posted %q, want %q", order, got, want)
 		}
 	}
 }

@@ -74,6 +74,18 @@ func drain(t *testing.T, f *fixture) {
 	t.Fatal("the queue never drained")
 }
 
+// postedOf is what the game server received of order's notifications, in order: their keys,
+// space-separated.
+func postedOf(f *fixture, order string) string {
+	var got []string
+	for _, p := range f.posted {
+		if o, key, _ := strings.Cut(p, "/"); o == order {
+			got = append(got, key)
+		}
+	}
+	return strings.Join(got, " ")
+}
+
 func refundsOf(p *relay.Payment) string {
 	var out []string
 	for _, n := range p.Notifications {

@@ -229,6 +229,23 @@ func queryEnvironment(q url.Values, def relay.Environment) (relay.Environment, e
 	return relay.ParseEnvironment(v)
 }
 
+// subscriptionView and eventView are a payment's subscription and a notification's event as
+// the Admin API shows them.
+type subscriptionView struct {
+	ID        string    `json:"id"`
+	ProductID string    `json:"product_id,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Offer     string    `json:"offer,omitempty"`
+}
+
+type eventView struct {
+	ID        string    `json:"id"`
+	Reason    string    `json:"reason,omitempty"`
+	At        time.Time `json:"at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+}
+
 func paymentView(p *relay.Payment) any {
 	type attempt struct {
 		Generation int       `json:"generation"`
@@ -251,6 +268,7 @@ func paymentView(p *relay.Payment) any {
 		NextAttemptAt time.Time      `json:"next_attempt_at,omitzero"`
 		Reason        string         `json:"reason,omitempty"`
 		Refund        *relay.Refund  `json:"refund,omitempty"`
+		Event         *eventView     `json:"event,omitempty"`
 		Attempts      []attempt      `json:"attempts"`
 		Actions       []relay.Action `json:"actions,omitempty"`
 		Via           string         `json:"via"`
@@ -270,13 +288,20 @@ func paymentView(p *relay.Payment) any {
 		Notifications []notification    `json:"notifications"`
 		Notes         []relay.Note      `json:"notes,omitempty"`
 		Metadata      map[string]string `json:"metadata,omitempty"`
+		Subscription  *subscriptionView `json:"subscription,omitempty"`
 	}{ID: p.ID, Provider: p.Provider, Environment: string(p.Environment), Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, Game: p.Game, RefundedMinor: p.RefundedMinor,
 		ReceivedAt: p.ReceivedAt, Notes: p.Notes, Metadata: p.Metadata}
+	if sub := p.Subscription; sub != nil {
+		out.Subscription = &subscriptionView{ID: sub.ID, ProductID: sub.ProductID, Reason: sub.Reason, ExpiresAt: sub.ExpiresAt, Offer: sub.Offer}
+	}
 	for _, n := range p.Notifications {
 		nv := notification{ID: relay.NotificationID(p.ID, n.Key), Key: n.Key, Type: string(n.Type), State: string(n.State),
 			Generation: n.Generation, Attempt: n.Attempt, NextAttemptAt: n.NextAttemptAt, Reason: n.Reason, Refund: n.Refund,
 			Attempts: []attempt{}, Actions: n.Actions, Via: n.Via}
+		if e := n.Event; e != nil {
+			nv.Event = &eventView{ID: e.ID, Reason: e.Reason, At: e.At, ExpiresAt: e.ExpiresAt}
+		}
 		for _, a := range n.Attempts {
 			nv.Attempts = append(nv.Attempts, attempt{Generation: a.Generation, Number: a.Number, StartedAt: a.StartedAt,
 				DurationMS: float64(a.Duration) / float64(time.Millisecond), StatusCode: a.StatusCode, ErrorClass: string(a.ErrorClass),

@@ -205,6 +205,12 @@ func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Res
 	var over *relay.ErrOverRefund
 	var fieldErr *relay.FieldError
 	switch {
+	case errors.Is(err, relay.ErrOutOfOrder):
+		// Not a conflict and not an outage: what it follows has not arrived yet; the provider
+		// sends it again later (Apple after 1, 12, 24, 48 and 72 hours).
+		log.WarnContext(ctx, "ingest deferred: what this notification follows has not arrived yet", "event", "ingest_refused",
+			"reason_class", "out_of_order", "payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())
+		return res, &provider.Refusal{Code: http.StatusConflict, Reason: err.Error() + "; send it again later"}
 	case errors.Is(err, relay.ErrFactsDiffer):
 		log.ErrorContext(ctx, "ingest refused: callback contradicts what is stored for the same order", "event", "conflict",
 			"payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())

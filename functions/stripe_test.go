@@ -194,7 +194,8 @@ func TestStripeSubscriptionRenewals(t *testing.T) {
 	}
 	for i := 1; i <= 3; i++ {
 		p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "stripe", stAcct, fmt.Sprintf("in_%d", i)))
-		if p == nil || p.AmountMinor != 999 || p.Currency != "USD" || p.Metadata["subscription"] != "sub_1" || p.Metadata["player_id"] != "p-42" || p.Paid() == nil {
+		if p == nil || p.AmountMinor != 999 || p.Currency != "USD" || p.Subscription == nil || p.Subscription.ID != "sub_1" || p.Metadata["player_id"] != "p-42" || p.Paid() == nil ||
+			!p.Subscription.ExpiresAt.Equal(now.AddDate(0, i-1, 0).AddDate(0, 1, 0).Truncate(time.Second)) {
 			t.Fatalf("period %d stored as %+v", i, p)
 		}
 	}

@@ -115,29 +115,75 @@ type appleNotification struct {
 	} `json:"data"`
 }
 
+// appleTransaction is JWSTransactionDecodedPayload (App Store Server Notifications 2.20 and
+// App Store Server API 1.19: revocationType and revocationPercentage are the newest fields
+// read here).
 type appleTransaction struct {
 	TransactionID         string `json:"transactionId"`
 	OriginalTransactionID string `json:"originalTransactionId"`
 	BundleID              string `json:"bundleId"`
 	ProductID             string `json:"productId"`
 	PurchaseDate          int64  `json:"purchaseDate"`
+	ExpiresDate           int64  `json:"expiresDate"`
 	Type                  string `json:"type"`
 	AppAccountToken       string `json:"appAccountToken"`
 	Price                 int64  `json:"price"` // milliunits of currency
 	Currency              string `json:"currency"`
 	Environment           string `json:"environment"`
+	OfferType             int    `json:"offerType"`
+	OfferIdentifier       string `json:"offerIdentifier"`
 	RevocationDate        int64  `json:"revocationDate"`
 	RevocationReason      *int   `json:"revocationReason"`
+	RevocationType        string `json:"revocationType"`
+	RevocationPercentage  *int64 `json:"revocationPercentage"` // milli-percent: 100000 is 100%
 	SignedDate            int64  `json:"signedDate"`
 }
 
-// Parse implements Provider.
+// Apple's product types (JWSTransactionDecodedPayload.type).
+const (
+	appleAutoRenewable = "Auto-Renewable Subscription"
+	appleNonRenewing   = "Non-Renewing Subscription"
+	appleConsumable    = "Consumable"
+	appleNonConsumable = "Non-Consumable"
+)
+
+// MaxAppleJWS bounds a signed transaction or payload payrelay reads (Apple's are 3 to 5 KiB).
+const MaxAppleJWS = 16 << 10
+
+// What each notification type is (App Store Server Notifications V2, notificationType and
+// subtype, version 2.20; the README's table). A charge is a payment keyed by its transactionId;
+// a status change that moves no money is recorded on the period's payment and listed in
+// NotRelayed, except the three a game needs to end or keep an entitlement on time.
+//
+//	ONE_TIME_CHARGE                                   a payment
+//	SUBSCRIBED (INITIAL_BUY, RESUBSCRIBE)             a period's payment (when it charged)
+//	DID_RENEW (any subtype, BILLING_RECOVERY too)     a period's payment
+//	OFFER_REDEEMED (any subtype), when it charged     a period's payment
+//	DID_CHANGE_RENEWAL_PREF UPGRADE                   the upgraded period's payment (charged at once)
+//	REFUND (REFUND_FULL, REFUND_PRORATED, none)       a refund (revocationPercentage of the price)
+//	REFUND (FAMILY_REVOKE), REVOKE                    payment.revoked: access ends, no money
+//	REFUND_REVERSED                                   payment.refund_reversed, after its refund
+//	RENEWAL_EXTENDED                                  subscription.extended: the new expires_at
+//	everything else                                   recorded, not relayed (NotRelayed)
+var appleCharges = map[string]bool{"ONE_TIME_CHARGE": true, "SUBSCRIBED": true, "DID_RENEW": true, "OFFER_REDEEMED": true,
+	"DID_CHANGE_RENEWAL_PREF.UPGRADE": true}
+
+// Parse implements Provider: a notification ({"signedPayload":"<JWS>"}), or a signed
+// transaction the game's app (or server) forwards ({"signedTransactionInfo":"<JWS>"}: StoreKit
+// 2's Transaction.jwsRepresentation), verified the same way before anything else is read.
 func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, error) {
 	var env struct {
-		SignedPayload string `json:"signedPayload"`
+		SignedPayload         string `json:"signedPayload"`
+		SignedTransactionInfo string `json:"signedTransactionInfo"`
 	}
-	if err := json.Unmarshal(body, &env); err != nil || env.SignedPayload == "" {
-		return relay.Result{}, refuse(http.StatusBadRequest, "want {\"signedPayload\":\"<JWS>\"}")
+	if err := json.Unmarshal(body, &env); err != nil || (env.SignedPayload == "") == (env.SignedTransactionInfo == "") {
+		return relay.Result{}, refuse(http.StatusBadRequest, "want {\"signedPayload\":\"<JWS>\"} or {\"signedTransactionInfo\":\"<JWS>\"}")
+	}
+	if len(env.SignedPayload) > MaxAppleJWS || len(env.SignedTransactionInfo) > MaxAppleJWS {
+		return relay.Result{}, refuse(http.StatusRequestEntityTooLarge, "a JWS over %d bytes", MaxAppleJWS)
+	}
+	if env.SignedTransactionInfo != "" {
+		return a.appTransaction(env.SignedTransactionInfo)
 	}
 	var n appleNotification
 	if err := a.verifyJWS(env.SignedPayload, &n, func(v any) int64 { return v.(*appleNotification).SignedDate }); err != nil {
@@ -147,31 +193,23 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 	if !ok {
 		return relay.Result{}, refuse(http.StatusForbidden, "bundleId %.80q is not one of ours", n.Data.BundleID)
 	}
-	// The environment as Apple states it (App Store Server Notifications V2, data.environment:
-	// "Sandbox" or "Production"; the App Store Server Library's Environment adds "Xcode" and
-	// "LocalTesting" for StoreKit testing in Xcode, which sign with the same chain in tests).
-	var environment relay.Environment
-	switch n.Data.Environment {
-	case "Production":
-		environment = relay.EnvProduction
-		if n.Data.AppAppleID != app.AppAppleID {
-			return relay.Result{}, refuse(http.StatusForbidden, "appAppleId %d is not %s's", n.Data.AppAppleID, app.BundleID)
-		}
-	case "Sandbox", "Xcode", "LocalTesting":
-		environment = relay.EnvSandbox
-	default:
-		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "environment %.20q is unknown", n.Data.Environment)
+	environment, err := appleEnvironment(n.Data.Environment)
+	if err != nil {
+		return relay.Result{}, err
+	}
+	if environment == relay.EnvProduction && n.Data.AppAppleID != app.AppAppleID {
+		return relay.Result{}, refuse(http.StatusForbidden, "appAppleId %d is not %s's", n.Data.AppAppleID, app.BundleID)
 	}
 	kind := n.NotificationType
 	if n.Subtype != "" {
 		kind += "." + n.Subtype
 	}
-	pay := relay.Payment{Provider: a.Name(), Environment: environment, Merchant: app.BundleID, AppID: app.BundleID, Game: app.Game}
-	if n.NotificationType != "ONE_TIME_CHARGE" && n.NotificationType != "REFUND" {
-		if _, listed := NotRelayed[a.Name()][n.NotificationType]; !listed {
-			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "notificationType %.40q is unknown", n.NotificationType)
-		}
-		return relay.Result{Note: &relay.Note{Kind: fmt.Sprintf("%.60s", kind), Reason: NotRelayed[a.Name()][n.NotificationType] + ": not relayed"}}, nil
+	if _, listed := NotRelayed[a.Name()][n.NotificationType]; !listed && !appleCharges[n.NotificationType] && !appleCharges[kind] && !appleRelayed[n.NotificationType] {
+		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "notificationType %.40q is unknown", n.NotificationType)
+	}
+	if n.Data.SignedTransactionInfo == "" {
+		// A summary or a test names no transaction: acknowledged and logged.
+		return relay.Result{Note: &relay.Note{Kind: fmt.Sprintf("%.60s", kind), Reason: appleNotRelayed(n.NotificationType) + ": not relayed"}}, nil
 	}
 	var tx appleTransaction
 	if err := a.verifyJWS(n.Data.SignedTransactionInfo, &tx, func(v any) int64 { return v.(*appleTransaction).SignedDate }); err != nil {
@@ -180,30 +218,186 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 	if tx.BundleID != app.BundleID || tx.Environment != n.Data.Environment {
 		return relay.Result{}, refuse(http.StatusForbidden, "the transaction's bundleId or environment differs from its notification's")
 	}
-	pay.OrderID, pay.TransactionID = tx.TransactionID, tx.OriginalTransactionID
+	pay, err := a.transactionPayment(app, environment, tx, kind)
+	if err != nil {
+		return relay.Result{}, err
+	}
+	mm := mismatch("apple app "+app.BundleID, environment, app.envs)
+	at := time.UnixMilli(tx.RevocationDate).UTC()
+	valid := func(r relay.Result) (relay.Result, error) {
+		if err := r.Validate(); err != nil {
+			return relay.Result{}, asRefusal(err)
+		}
+		return r, nil
+	}
+	switch {
+	case appleCharges[n.NotificationType] || appleCharges[kind]:
+		if tx.Price <= 0 {
+			return relay.Result{Payment: pay, Note: &relay.Note{Kind: "FREE_PERIOD",
+				Reason: fmt.Sprintf("%.60s with nothing charged (a free trial or free offer): not relayed", kind)}}, nil
+		}
+		return valid(relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mm})
+	case n.NotificationType == "REFUND" && tx.RevocationType == "FAMILY_REVOKE", n.NotificationType == "REVOKE":
+		if n.NotificationType == "REFUND" && tx.RevocationDate == 0 {
+			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "REFUND without revocationDate")
+		}
+		if tx.RevocationDate == 0 {
+			at = time.UnixMilli(n.SignedDate).UTC()
+		}
+		reason := n.NotificationType
+		if tx.RevocationType != "" {
+			reason = tx.RevocationType
+		}
+		return valid(relay.Result{Type: relay.TypePaymentRevoked, Payment: pay, Mismatch: mm, Event: &relay.Event{ID: "revoke-" + tx.TransactionID, Reason: reason, At: at}})
+	case n.NotificationType == "REFUND":
+		if tx.RevocationDate == 0 {
+			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "REFUND without revocationDate")
+		}
+		amount, err := appleRefundAmount(pay.AmountMinor, tx)
+		if err != nil {
+			return relay.Result{}, err
+		}
+		return valid(relay.Result{Type: relay.TypePaymentRefunded, Payment: pay, Mismatch: mm,
+			Refund: &relay.RefundFacts{ID: "refund-" + tx.TransactionID, AmountMinor: amount, RefundedAt: at}})
+	case n.NotificationType == "REFUND_REVERSED":
+		// The transaction no longer carries its revocation (Apple: revocationPercentage "doesn't
+		// appear if the refund is reversed"): the reversal is of the one refund payrelay keeps
+		// per transaction, dated when Apple signed the notification.
+		return valid(relay.Result{Type: relay.TypeRefundReversed, Payment: pay, Mismatch: mm,
+			Refund: &relay.RefundFacts{ID: "refund-" + tx.TransactionID, RefundedAt: time.UnixMilli(n.SignedDate).UTC()}})
+	case n.NotificationType == "RENEWAL_EXTENDED":
+		if pay.Subscription == nil || tx.ExpiresDate == 0 {
+			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "RENEWAL_EXTENDED of a transaction with no subscription expiresDate")
+		}
+		return valid(relay.Result{Type: relay.TypeSubscriptionExtended, Payment: pay, Mismatch: mm, Event: &relay.Event{ID: n.NotificationUUID, Reason: kind,
+			At: time.UnixMilli(n.SignedDate).UTC(), ExpiresAt: time.UnixMilli(tx.ExpiresDate).UTC()}})
+	}
+	// A status change that moves no money: recorded on the period's payment when payrelay
+	// holds it (REFUND_DECLINED, EXPIRED, DID_FAIL_TO_RENEW, ...).
+	pay.Subscription = nil
+	return relay.Result{Payment: pay, Note: &relay.Note{Kind: fmt.Sprintf("%.60s", kind), Reason: appleNotRelayed(n.NotificationType) + ": not relayed"}}, nil
+}
+
+// appleRelayed are the types relayed without being charges.
+var appleRelayed = map[string]bool{"REFUND": true, "REFUND_REVERSED": true, "REVOKE": true, "RENEWAL_EXTENDED": true}
+
+// appleNotRelayed says why a type is not relayed (its NotRelayed entry).
+func appleNotRelayed(typ string) string {
+	if r, ok := NotRelayed["apple"][typ]; ok {
+		return r
+	}
+	return "not a charge"
+}
+
+// appleEnvironment reads the environment as Apple states it (App Store Server Notifications
+// V2, data.environment: "Sandbox" or "Production"; the App Store Server Library's
+// Environment adds "Xcode" and "LocalTesting" for StoreKit testing in Xcode).
+func appleEnvironment(s string) (relay.Environment, error) {
+	switch s {
+	case "Production":
+		return relay.EnvProduction, nil
+	case "Sandbox", "Xcode", "LocalTesting":
+		return relay.EnvSandbox, nil
+	}
+	return "", refuse(http.StatusUnprocessableEntity, "environment %.20q is unknown", s)
+}
+
+// transactionPayment reads a verified transaction's payment: keyed by its transactionId (each
+// period of a subscription is a transaction of its own), the original transaction as the
+// transaction id, the price converted exactly, productId and appAccountToken (how a game ties
+// a purchase to a player) in metadata, and for an auto-renewable subscription its block.
+func (a *Apple) transactionPayment(app appleApp, env relay.Environment, tx appleTransaction, reason string) (relay.Payment, error) {
+	pay := relay.Payment{Provider: a.Name(), Environment: env, Merchant: app.BundleID, AppID: app.BundleID, Game: app.Game,
+		OrderID: tx.TransactionID, TransactionID: tx.OriginalTransactionID, Currency: tx.Currency}
 	if pay.TransactionID == "" {
 		pay.TransactionID = tx.TransactionID
 	}
-	pay.Currency = tx.Currency
-	amount, err := relay.FromMilli(tx.Price, tx.Currency)
-	if err != nil {
-		return relay.Result{}, asRefusal(err)
+	if tx.Price > 0 {
+		amount, err := relay.FromMilli(tx.Price, tx.Currency)
+		if err != nil {
+			return relay.Payment{}, asRefusal(err)
+		}
+		pay.AmountMinor = amount
 	}
-	pay.AmountMinor = amount
 	pay.PaidAt = time.UnixMilli(tx.PurchaseDate).UTC()
 	pay.Metadata = map[string]string{"product_id": fmt.Sprintf("%.256s", tx.ProductID)}
 	if tx.AppAccountToken != "" {
 		pay.Metadata["app_account_token"] = fmt.Sprintf("%.256s", tx.AppAccountToken)
 	}
-	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mismatch("apple app "+app.BundleID, environment, app.envs)}
-	if n.NotificationType == "REFUND" {
-		if tx.RevocationDate == 0 {
-			return relay.Result{}, refuse(http.StatusUnprocessableEntity, "REFUND without revocationDate")
+	if tx.Type == appleAutoRenewable {
+		sub := &relay.Subscription{ID: tx.OriginalTransactionID, ProductID: fmt.Sprintf("%.256s", tx.ProductID), Reason: fmt.Sprintf("%.64s", reason)}
+		if tx.ExpiresDate > 0 {
+			sub.ExpiresAt = time.UnixMilli(tx.ExpiresDate).UTC()
 		}
-		// A one-time purchase is refunded whole: this refund is the transaction's price.
-		r.Type = relay.TypePaymentRefunded
-		r.Refund = &relay.RefundFacts{ID: "refund-" + tx.TransactionID, AmountMinor: amount, RefundedAt: time.UnixMilli(tx.RevocationDate).UTC()}
+		if tx.OfferType != 0 {
+			sub.Offer = fmt.Sprintf("%d/%.200s", tx.OfferType, tx.OfferIdentifier)
+		}
+		pay.Subscription = sub
 	}
+	return pay, nil
+}
+
+// appleRefundAmount is what a REFUND gives back of the price, in minor units: the whole price
+// for REFUND_FULL or a notification without revocationType (versions before 2.20); for
+// REFUND_PRORATED, revocationPercentage (milli-percent) of it, computed exactly in integers
+// and rounded half up to the minor unit (Apple states the percentage to 0.001% and not the
+// amount; half up is the reading taken).
+func appleRefundAmount(price int64, tx appleTransaction) (int64, error) {
+	switch tx.RevocationType {
+	case "", "REFUND_FULL":
+		return price, nil
+	case "REFUND_PRORATED":
+		if tx.RevocationPercentage == nil || *tx.RevocationPercentage <= 0 || *tx.RevocationPercentage > 100000 {
+			return 0, &Refusal{Code: http.StatusUnprocessableEntity, Field: "revocationPercentage", Reason: "REFUND_PRORATED needs a revocationPercentage in (0, 100000]"}
+		}
+		n := new(big.Int).Mul(big.NewInt(price), big.NewInt(*tx.RevocationPercentage))
+		n.Add(n, big.NewInt(50000))
+		n.Quo(n, big.NewInt(100000))
+		if n.Sign() <= 0 {
+			return 0, &Refusal{Code: http.StatusUnprocessableEntity, Field: "revocationPercentage", Reason: "the prorated refund rounds to nothing"}
+		}
+		return n.Int64(), nil
+	}
+	return 0, refuse(http.StatusUnprocessableEntity, "revocationType %.30q is unknown", tx.RevocationType)
+}
+
+// appTransaction reads a signed transaction the game's app forwards (StoreKit 2's
+// jwsRepresentation): verified exactly as a notification's nested transaction (chain, OIDs,
+// ES256, signedDate) before anything is looked up, then its bundle and environment checked. It
+// is the same payment as the transaction's notification (keyed by transactionId), whichever
+// comes first. A transaction with nothing charged, revoked, or of a product type payrelay does
+// not know is refused: nothing is stored.
+func (a *Apple) appTransaction(jws string) (relay.Result, error) {
+	var tx appleTransaction
+	if err := a.verifyJWS(jws, &tx, func(v any) int64 { return v.(*appleTransaction).SignedDate }); err != nil {
+		return relay.Result{}, err
+	}
+	app, ok := a.apps[tx.BundleID]
+	if !ok {
+		return relay.Result{}, refuse(http.StatusForbidden, "bundleId %.80q is not one of ours", tx.BundleID)
+	}
+	environment, err := appleEnvironment(tx.Environment)
+	if err != nil {
+		return relay.Result{}, err
+	}
+	if mm := mismatch("apple app "+app.BundleID, environment, app.envs); mm != "" {
+		// From the app, unlike from Apple, a wrong environment is refused: the client retries
+		// nothing for days, and a sandbox receipt must never be taken for production.
+		return relay.Result{}, refuse(http.StatusForbidden, "%s", mm)
+	}
+	switch {
+	case tx.Type != appleConsumable && tx.Type != appleNonConsumable && tx.Type != appleNonRenewing && tx.Type != appleAutoRenewable:
+		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "product type %.40q is not one payrelay relays", tx.Type)
+	case tx.RevocationDate != 0:
+		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "the transaction is revoked: its REFUND notification relays that")
+	case tx.Price <= 0:
+		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "the transaction charged nothing (a free trial or offer): nothing to relay")
+	}
+	pay, err := a.transactionPayment(app, environment, tx, "APP")
+	if err != nil {
+		return relay.Result{}, err
+	}
+	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay}
 	if err := r.Validate(); err != nil {
 		return relay.Result{}, asRefusal(err)
 	}

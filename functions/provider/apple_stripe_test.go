@@ -74,7 +74,7 @@ func TestAppleOneTimeChargeAndRefund(t *testing.T) {
 		t.Errorf("JPY = %+v, %v", r.Payment, err)
 	}
 	// Verified, not relayed: listed.
-	for _, typ := range []string{"TEST", "CONSUMPTION_REQUEST", "REFUND_REVERSED", "DID_RENEW", "SUBSCRIBED"} {
+	for _, typ := range []string{"TEST", "CONSUMPTION_REQUEST", "REFUND_DECLINED", "EXPIRED", "DID_CHANGE_RENEWAL_STATUS"} {
 		r, err := a.Parse(nil, providertest.AppleNotification(chain, typ, "", bundle, appleID, "Production", nil, appleAt), appleAt)
 		if err != nil || r.Type != "" || r.Note == nil {
 			t.Errorf("%s = %+v, %v; want a note", typ, r, err)

@@ -250,6 +250,26 @@ type stripeInvoice struct {
 	StatusTransitions   struct {
 		PaidAt int64 `json:"paid_at"`
 	} `json:"status_transitions"`
+	// Lines' periods: the subscription line's period.end is the end of the period paid.
+	Lines struct {
+		Data []struct {
+			Period struct {
+				End int64 `json:"end"`
+			} `json:"period"`
+		} `json:"data"`
+	} `json:"lines"`
+}
+
+// periodEnd is the latest end of the invoice's lines' periods; zero when none says.
+func (in *stripeInvoice) periodEnd() time.Time {
+	var end int64
+	for _, l := range in.Lines.Data {
+		end = max(end, l.Period.End)
+	}
+	if end == 0 {
+		return time.Time{}
+	}
+	return time.Unix(end, 0).UTC()
 }
 
 type stripeSubscriptionDetails struct {
@@ -395,10 +415,8 @@ func (s *Stripe) parseEvent(acct *StripeAccount, body []byte) (relay.Result, err
 		if pay.AmountMinor, err = money(in.AmountPaid, in.Currency); err != nil {
 			return relay.Result{}, asRefusal(err)
 		}
-		pay.Metadata = subscriptionMetadata(sub, in.BillingReason, md)
-		if in.PaymentIntent != "" && len(pay.Metadata) < relay.MaxMetadataKeys {
-			pay.Metadata["payment_intent"] = in.PaymentIntent
-		}
+		pay.Subscription = &relay.Subscription{ID: sub, Reason: fmt.Sprintf("%.64s", in.BillingReason), ExpiresAt: in.periodEnd()}
+		pay.Metadata = subscriptionMetadata(in.PaymentIntent, md)
 		return valid(relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mm})
 	case "charge.refunded":
 		var ch stripeCharge
@@ -482,14 +500,14 @@ func stripeOrderOf(acct *StripeAccount, md map[string]string, invoice, paymentIn
 	return paymentIntent, paymentIntent
 }
 
-// subscriptionMetadata is what a subscription's payment carries to the game server: the
-// subscription's id, why the invoice was made (subscription_create, subscription_cycle, ...),
-// and the subscription's own metadata (where the studio puts its player), as far as the
-// payment's limits allow, in key order.
-func subscriptionMetadata(sub, reason string, md map[string]string) map[string]string {
-	out := map[string]string{"subscription": fmt.Sprintf("%.256s", sub)}
-	if reason != "" {
-		out["billing_reason"] = fmt.Sprintf("%.256s", reason)
+// subscriptionMetadata is what a subscription's payment carries in metadata to the game
+// server (its subscription block says which subscription and period): the subscription's own
+// metadata (where the studio puts its player), as far as the payment's limits allow, in key
+// order, and the PaymentIntent where the invoice names one.
+func subscriptionMetadata(paymentIntent string, md map[string]string) map[string]string {
+	out := map[string]string{}
+	if paymentIntent != "" {
+		out["payment_intent"] = paymentIntent
 	}
 	keys := make([]string, 0, len(md))
 	for k := range md {

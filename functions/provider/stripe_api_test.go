@@ -77,7 +77,7 @@ func TestStripeEventTable(t *testing.T) {
 			if r.Type != tc.want || got != tc.note || r.Payment.OrderID != tc.order || r.Payment.AmountMinor != tc.amount {
 				t.Errorf("= type %q note %q order %q amount %d; want %q %q %q %d", r.Type, got, r.Payment.OrderID, r.Payment.AmountMinor, tc.want, tc.note, tc.order, tc.amount)
 			}
-			if tc.typ == "invoice.paid" && r.Type != "" && (r.Payment.Metadata["subscription"] != "sub_1" || r.Payment.Metadata["player_id"] != "p-1" || r.Payment.TransactionID != tc.order) {
+			if tc.typ == "invoice.paid" && r.Type != "" && (r.Payment.Subscription == nil || r.Payment.Subscription.ID != "sub_1" || r.Payment.Subscription.Reason != "subscription_cycle" || r.Payment.Metadata["player_id"] != "p-1" || r.Payment.TransactionID != tc.order) {
 				t.Errorf("a period's payment carries %v (transaction %s); want its subscription, the subscription's metadata, the invoice as transaction", r.Payment.Metadata, r.Payment.TransactionID)
 			}
 		})

@@ -321,6 +321,14 @@ func (p *Payment) Clone() *Payment {
 			h := *n.Heal
 			n.Heal = &h
 		}
+		if n.Event != nil {
+			e := *n.Event
+			n.Event = &e
+		}
+	}
+	if p.Subscription != nil {
+		sub := *p.Subscription
+		c.Subscription = &sub
 	}
 	return &c
 }

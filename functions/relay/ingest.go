@@ -15,7 +15,8 @@ type Result struct {
 	// Payment holds the payment's facts as this notification tells them. A refund notification
 	// may not know every fact (WeChat Pay's does not say when the payment was made).
 	Payment Payment
-	Refund  *RefundFacts // for TypePaymentRefunded
+	Refund  *RefundFacts // for TypePaymentRefunded, and the refund reversed for TypeRefundReversed
+	Event   *Event       // for TypePaymentRevoked and TypeSubscriptionExtended
 	Note    *Note        // for a result not relayed
 	// Via says how payrelay learnt of it (ViaNotify when empty): the provider's notification,
 	// an order query, or the daily reconciliation. A notification it creates keeps it.
@@ -35,12 +36,31 @@ func (r *Result) Validate() error {
 			return &FieldError{"paid_at", "required"}
 		}
 		return r.Payment.Validate()
-	case TypePaymentRefunded:
-		if r.Refund == nil {
-			return &FieldError{"refund", "required"}
-		}
-		if err := r.Refund.Validate(); err != nil {
-			return err
+	case TypePaymentRefunded, TypeRefundReversed, TypePaymentRevoked, TypeSubscriptionExtended:
+		switch {
+		case r.Type == TypePaymentRefunded || r.Type == TypeRefundReversed:
+			if r.Refund == nil {
+				return &FieldError{"refund", "required"}
+			}
+			if r.Type == TypeRefundReversed {
+				if err := checkID("refund_id", r.Refund.ID); err != nil {
+					return err
+				}
+				if r.Refund.RefundedAt.IsZero() {
+					return &FieldError{"reversed_at", "required"}
+				}
+			} else if err := r.Refund.Validate(); err != nil {
+				return err
+			}
+		case r.Event == nil:
+			return &FieldError{"event", "required"}
+		default:
+			if err := r.Event.Validate(); err != nil {
+				return err
+			}
+			if r.Type == TypeSubscriptionExtended && (r.Payment.Subscription == nil || r.Event.ExpiresAt.IsZero()) {
+				return &FieldError{"subscription", "an extension names its subscription and the period's new end"}
+			}
 		}
 		// The app may be unknown to a refund notification (WeChat Pay's names none); the stored
 		// payment supplies it. Everything else must hold.
@@ -153,6 +173,10 @@ func (s *Service) Ingest(ctx context.Context, r Result) (IngestResult, error) {
 		res, err = s.ingestPaid(ctx, in, via, r.Mismatch)
 	case TypePaymentRefunded:
 		res, err = s.ingestRefund(ctx, in, *r.Refund, via, r.Mismatch)
+	case TypeRefundReversed:
+		res, err = s.ingestReversal(ctx, in, *r.Refund, via, r.Mismatch)
+	case TypePaymentRevoked, TypeSubscriptionExtended:
+		res, err = s.ingestEvent(ctx, in, r.Type, *r.Event, via, r.Mismatch)
 	default:
 		res, err = s.ingestNote(ctx, in, *r.Note)
 	}
@@ -238,6 +262,107 @@ func completeFacts(stored, in *Payment) {
 	}
 	if stored.Game == "" {
 		stored.Game = in.Game
+	}
+	if stored.Subscription == nil {
+		stored.Subscription = in.Subscription
+	}
+}
+
+// ErrOutOfOrder: a notification that must follow another payrelay has not received yet (a
+// refund's reversal before the refund): refused so that the provider sends it again later,
+// when it can take its place in the chain.
+var ErrOutOfOrder = errors.New("relay: what this notification follows has not arrived yet")
+
+// ingestReversal records that the refund f.ID was reversed: the money came back, so the
+// payment's refunded total falls by the refund's amount, and a payment.refund_reversed joins
+// the chain after the refund. Before the refund is recorded it is ErrOutOfOrder.
+func (s *Service) ingestReversal(ctx context.Context, in Payment, f RefundFacts, via, mismatch string) (IngestResult, error) {
+	res := IngestResult{PaymentID: in.ID}
+	for try := 1; ; try++ {
+		now := s.cfg.Clock.Now()
+		stored, v, err := s.getRetry(ctx, in.ID)
+		if errors.Is(err, ErrNotFound) {
+			return res, fmt.Errorf("reversal of refund %s: %w", f.ID, ErrOutOfOrder)
+		}
+		if err != nil {
+			return res, err
+		}
+		if !stored.Matches(&in) {
+			return res, ErrFactsDiffer
+		}
+		if n := stored.Notification(ReversalKey(f.ID)); n != nil {
+			return s.finishIngest(ctx, stored, n, true)
+		}
+		refund := stored.RefundByID(f.ID)
+		if refund == nil {
+			return res, fmt.Errorf("reversal of refund %s: %w", f.ID, ErrOutOfOrder)
+		}
+		stored.RefundedMinor = max(stored.RefundedMinor-refund.Refund.AmountMinor, 0)
+		r := Refund{ID: f.ID, MerchantRefundNo: refund.Refund.MerchantRefundNo, AmountMinor: refund.Refund.AmountMinor, CumulativeMinor: stored.RefundedMinor,
+			RefundedAt: f.RefundedAt.UTC().Truncate(time.Microsecond)}
+		n := stored.appendEvent(Notification{Key: ReversalKey(f.ID), Type: TypeRefundReversed, Refund: &r, Via: via}, s.notRelayed(stored, mismatch), now, now)
+		stored.UpdatedAt = now
+		key := n.Key
+		if _, err = s.write(ctx, stored, v); err == nil {
+			return s.finishIngest(ctx, stored, stored.Notification(key), false)
+		}
+		if !s.retryConflict(ctx, err, try) {
+			return res, fmt.Errorf("record refund reversal: %w", err)
+		}
+	}
+}
+
+// ingestEvent records a notification that moves no money (access revoked, a period extended)
+// on its payment, after everything before it; a payment payrelay does not hold yet is stored
+// with the facts the event carries, as a refund's is. Access is revoked once per payment; an
+// extension once per event id.
+func (s *Service) ingestEvent(ctx context.Context, in Payment, typ Type, e Event, via, mismatch string) (IngestResult, error) {
+	key := KeyRevoked
+	if typ == TypeSubscriptionExtended {
+		key = ExtensionKey(e.ID)
+	}
+	e.At = e.At.UTC().Truncate(time.Microsecond)
+	e.ExpiresAt = e.ExpiresAt.UTC().Truncate(time.Microsecond)
+	res := IngestResult{PaymentID: in.ID}
+	for try := 1; ; try++ {
+		now := s.cfg.Clock.Now()
+		stored, v, err := s.getRetry(ctx, in.ID)
+		if errors.Is(err, ErrNotFound) {
+			if in.AppID == "" || in.Game == "" || in.AmountMinor <= 0 {
+				return res, &FieldError{"payment", "the event does not carry its payment's facts and payrelay holds no payment for this order"}
+			}
+			p := in
+			p.ReceivedAt, p.UpdatedAt = now, now
+			n := p.appendEvent(Notification{Key: key, Type: typ, Event: &e, Via: via}, s.notRelayed(&p, mismatch), now, now)
+			_, _, created, err := s.create(ctx, &p)
+			switch {
+			case err != nil:
+				return res, err
+			case created:
+				return s.finishIngest(ctx, &p, n, false)
+			}
+			continue // created meanwhile: apply to what was stored
+		}
+		if err != nil {
+			return res, err
+		}
+		if !stored.Matches(&in) {
+			return res, ErrFactsDiffer
+		}
+		if n := stored.Notification(key); n != nil {
+			return s.finishIngest(ctx, stored, n, true)
+		}
+		if typ == TypeSubscriptionExtended && stored.Subscription != nil {
+			stored.Subscription.ExpiresAt = e.ExpiresAt
+		}
+		n := stored.appendEvent(Notification{Key: key, Type: typ, Event: &e, Via: via}, s.notRelayed(stored, mismatch), now, now)
+		stored.UpdatedAt = now
+		if _, err = s.write(ctx, stored, v); err == nil {
+			return s.finishIngest(ctx, stored, stored.Notification(n.Key), false)
+		}
+		if !s.retryConflict(ctx, err, try) {
+			return res, fmt.Errorf("record %s: %w", typ, err)
+		}
 	}
 }
 

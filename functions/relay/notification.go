@@ -16,7 +16,46 @@ const (
 	TypePaymentSucceeded Type = "payment.succeeded"
 	// TypePaymentRefunded: money went back to the player; the game server revokes.
 	TypePaymentRefunded Type = "payment.refunded"
+	// TypeRefundReversed: the provider reversed a refund it had granted (the App Store's
+	// REFUND_REVERSED): the money came back to the studio; the game server may grant again.
+	// It follows the refund it reverses.
+	TypeRefundReversed Type = "payment.refund_reversed"
+	// TypePaymentRevoked: the player lost access to what the payment bought, with no money
+	// moving (App Store Family Sharing revoked: REVOKE, or a refund's FAMILY_REVOKE for a
+	// family member); the game server revokes the entitlement, and claims no money back.
+	TypePaymentRevoked Type = "payment.revoked"
+	// TypeSubscriptionExtended: a subscription period's end moved later with no money moving
+	// (the App Store's RENEWAL_EXTENDED): the game server extends the entitlement to the
+	// subscription's new expires_at.
+	TypeSubscriptionExtended Type = "subscription.extended"
 )
+
+// Types lists every notification type, in the README's order.
+var Types = []Type{TypePaymentSucceeded, TypePaymentRefunded, TypeRefundReversed, TypePaymentRevoked, TypeSubscriptionExtended}
+
+// Event is what a notification that moves no money tells (TypePaymentRevoked,
+// TypeSubscriptionExtended): the provider's id for it, its reason in the provider's words, when
+// it happened, and for an extension the period's new end.
+type Event struct {
+	ID        string
+	Reason    string
+	At        time.Time
+	ExpiresAt time.Time
+}
+
+// Validate checks an event's fields.
+func (e *Event) Validate() error {
+	if err := checkID("event_id", e.ID); err != nil {
+		return err
+	}
+	if e.At.IsZero() {
+		return &FieldError{"event_at", "required"}
+	}
+	if len(e.Reason) > 64 {
+		return &FieldError{"event_reason", "longer than 64 characters"}
+	}
+	return nil
+}
 
 // State is where a notification is in its lifecycle. Each constant says who moves a
 // notification into and out of it.
@@ -73,7 +112,8 @@ type Notification struct {
 	// refund id. The notification's id (webhook-id, task names) is the payment id, "-", Key.
 	Key    string
 	Type   Type
-	Refund *Refund // for TypePaymentRefunded
+	Refund *Refund // for TypePaymentRefunded, and the refund reversed for TypeRefundReversed
+	Event  *Event  // for TypePaymentRevoked and TypeSubscriptionExtended
 
 	State         State
 	Attempt       int // the current attempt, 1-based
@@ -196,6 +236,21 @@ func RefundKey(refundID string) string {
 	return "refund-" + hex.EncodeToString(sum[:8])
 }
 
+// KeyRevoked is the key of a payment's payment.revoked notification: access is revoked once.
+const KeyRevoked = "revoked"
+
+// ReversalKey is the key of the notification reversing refund refundID.
+func ReversalKey(refundID string) string {
+	sum := sha256.Sum256([]byte(refundID))
+	return "reversed-" + hex.EncodeToString(sum[:8])
+}
+
+// ExtensionKey is the key of the subscription.extended notification of event eventID.
+func ExtensionKey(eventID string) string {
+	sum := sha256.Sum256([]byte(eventID))
+	return "extended-" + hex.EncodeToString(sum[:8])
+}
+
 // NotificationID is the id of a payment's notification: webhook-id for the game server and
 // the stem of its task names.
 func NotificationID(paymentID, key string) string { return paymentID + "-" + key }
@@ -255,7 +310,13 @@ type stop struct {
 // when it has one (no endpoint may receive it), else pending and due at due if everything
 // before it is delivered, held otherwise. It returns the new notification.
 func (p *Payment) appendNotification(key string, typ Type, r *Refund, via string, st stop, now, due time.Time) *Notification {
-	n := Notification{Key: key, Type: typ, Refund: r, Via: via, Attempt: 1, CreatedAt: now, State: StatePending, NextAttemptAt: due}
+	return p.appendEvent(Notification{Key: key, Type: typ, Refund: r, Via: via}, st, now, due)
+}
+
+// appendEvent is appendNotification of a notification whose key, type, refund or event and
+// via n already holds.
+func (p *Payment) appendEvent(n Notification, st stop, now, due time.Time) *Notification {
+	n.Attempt, n.CreatedAt, n.State, n.NextAttemptAt = 1, now, StatePending, due
 	switch {
 	case st.state != "":
 		n.State, n.Reason = st.state, st.reason

@@ -36,6 +36,9 @@ type Payment struct {
 	// Store environment, Stripe livemode, a sandbox Alipay app, the generic field). A sandbox
 	// payment's notifications go only to the game's sandbox endpoint (invariant 11).
 	Environment Environment
+	// Subscription, for one period of a subscription, says which subscription and period it
+	// paid; nil for a one-time payment.
+	Subscription *Subscription
 
 	// RefundedMinor is the sum of the refunds recorded, in minor units.
 	RefundedMinor int64
@@ -47,6 +50,37 @@ type Payment struct {
 
 	ReceivedAt time.Time
 	UpdatedAt  time.Time
+}
+
+// Subscription is the subscription a payment paid one period of.
+type Subscription struct {
+	// ID is the provider's id of the subscription: the App Store's originalTransactionId,
+	// Stripe's sub_...
+	ID string
+	// ProductID is what was subscribed to (the App Store productId, a Stripe price).
+	ProductID string
+	// Reason is why this period was charged, in the provider's words: the App Store's
+	// notification type and subtype (SUBSCRIBED/INITIAL_BUY, DID_RENEW, DID_RENEW/
+	// BILLING_RECOVERY, OFFER_REDEEMED/...), Stripe's billing_reason.
+	Reason string
+	// ExpiresAt is the end of the period paid; zero where the provider does not say.
+	ExpiresAt time.Time
+	// Offer names a promotional or introductory offer the period was bought with ("" when none):
+	// the App Store's offerType and offerIdentifier.
+	Offer string
+}
+
+// Validate checks a subscription's fields.
+func (s *Subscription) Validate() error {
+	if err := checkID("subscription_id", s.ID); err != nil {
+		return err
+	}
+	for field, v := range map[string]string{"subscription_product": s.ProductID, "subscription_reason": s.Reason, "subscription_offer": s.Offer} {
+		if len(v) > MaxMetadataValLen {
+			return &FieldError{field, fmt.Sprintf("longer than %d bytes", MaxMetadataValLen)}
+		}
+	}
+	return nil
 }
 
 // Environment says whether a payment moved real money (production) or was a test (sandbox).
@@ -156,6 +190,11 @@ func (p *Payment) Validate() error {
 	}
 	if p.AmountMinor <= 0 {
 		return &FieldError{"amount", "must be positive"}
+	}
+	if p.Subscription != nil {
+		if err := p.Subscription.Validate(); err != nil {
+			return err
+		}
 	}
 	if len(p.Metadata) > MaxMetadataKeys {
 		return &FieldError{"metadata", fmt.Sprintf("more than %d keys", MaxMetadataKeys)}

@@ -38,8 +38,9 @@ const HeaderAttempt = "X-Payrelay-Attempt"
 
 // Payload is what the game server receives, in the Standard Webhooks payload shape
 // (standardwebhooks.com, "Payload structure": type, timestamp, data): the same whatever the
-// provider. Type is payment.succeeded or payment.refunded; Timestamp is when the event
-// happened (the payment, or the refund).
+// provider. Type is one of relay.Types (payment.succeeded, payment.refunded,
+// payment.refund_reversed, payment.revoked, subscription.extended); Timestamp is when the
+// event happened (the payment, the refund, its reversal, the revocation or extension).
 type Payload struct {
 	Type      string    `json:"type"`
 	Timestamp time.Time `json:"timestamp"`
@@ -73,6 +74,27 @@ type Data struct {
 	// from the refund notification, and no payment.succeeded preceded it.
 	PaymentNotified bool        `json:"payment_notified"`
 	Refund          *RefundData `json:"refund,omitempty"`
+	// Subscription is present on every notification of a subscription's period.
+	Subscription *SubscriptionData `json:"subscription,omitempty"`
+	// Event is present on payment.revoked and subscription.extended.
+	Event *EventData `json:"event,omitempty"`
+}
+
+// SubscriptionData is the subscription a payment paid one period of.
+type SubscriptionData struct {
+	ID        string     `json:"id"` // the App Store's originalTransactionId, Stripe's sub_...
+	ProductID string     `json:"product_id,omitempty"`
+	Reason    string     `json:"reason,omitempty"`     // why this period was charged, in the provider's words
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // the period's end: grant until then
+	Offer     string     `json:"offer,omitempty"`
+}
+
+// EventData is what a notification that moves no money tells.
+type EventData struct {
+	ID        string     `json:"id"`
+	Reason    string     `json:"reason,omitempty"`
+	At        time.Time  `json:"at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // subscription.extended: the new end
 }
 
 // RefundData is one refund: this refund's amount, and the payment's refunded total with it.
@@ -98,6 +120,13 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 		pl.Data.PaidAt = &t
 	}
 	pl.Data.PaymentNotified = p.PaymentFirst(n.Key)
+	if sub := p.Subscription; sub != nil {
+		pl.Data.Subscription = &SubscriptionData{ID: sub.ID, ProductID: sub.ProductID, Reason: sub.Reason, Offer: sub.Offer, ExpiresAt: timePtr(sub.ExpiresAt)}
+	}
+	if e := n.Event; e != nil {
+		pl.Timestamp = e.At
+		pl.Data.Event = &EventData{ID: e.ID, Reason: e.Reason, At: e.At, ExpiresAt: timePtr(e.ExpiresAt)}
+	}
 	if r := n.Refund; r != nil {
 		pl.Timestamp = r.RefundedAt
 		pl.Data.Refund = &RefundData{
@@ -106,6 +135,14 @@ func NewPayload(p *relay.Payment, n *relay.Notification, attempt int) Payload {
 		}
 	}
 	return pl
+}
+
+// timePtr is t, or nil when it is zero.
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // Game is one game's endpoint of one environment, as Deliver reaches it.

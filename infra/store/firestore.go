@@ -156,6 +156,7 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 		{Path: "app_id", Value: d.AppID},
 		{Path: "metadata", Value: d.Metadata},
 		{Path: "game", Value: d.Game},
+		{Path: "subscription", Value: d.Subscription},
 		{Path: "refunded_minor", Value: d.RefundedMinor},
 		{Path: "notifications", Value: d.Notifications},
 		{Path: "notes", Value: d.Notes},
@@ -187,6 +188,8 @@ type paymentDoc struct {
 	AppID         string            `firestore:"app_id"`
 	Metadata      map[string]string `firestore:"metadata"`
 	Game          string            `firestore:"game"`
+	// Subscription: absent for a one-time payment.
+	Subscription  *subscriptionDoc  `firestore:"subscription,omitempty"`
 	RefundedMinor int64             `firestore:"refunded_minor"`
 	Notifications []notificationDoc `firestore:"notifications"`
 	Notes         []noteDoc         `firestore:"notes"`
@@ -201,10 +204,40 @@ type paymentDoc struct {
 	BillDays []string `firestore:"bill_days"`
 }
 
+type subscriptionDoc struct {
+	ID        string     `firestore:"id"`
+	ProductID string     `firestore:"product_id"`
+	Reason    string     `firestore:"reason"`
+	ExpiresAt *time.Time `firestore:"expires_at"`
+	Offer     string     `firestore:"offer"`
+}
+
+type eventDoc struct {
+	ID        string     `firestore:"id"`
+	Reason    string     `firestore:"reason"`
+	At        time.Time  `firestore:"at"`
+	ExpiresAt *time.Time `firestore:"expires_at"`
+}
+
+func optTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func fromOpt(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
 type notificationDoc struct {
 	Key           string       `firestore:"key"`
 	Type          string       `firestore:"type"`
 	Refund        *refundDoc   `firestore:"refund"`
+	Event         *eventDoc    `firestore:"event,omitempty"`
 	State         string       `firestore:"state"`
 	Attempt       int          `firestore:"attempt"`
 	NextAttemptAt time.Time    `firestore:"next_attempt_at"`
@@ -285,6 +318,9 @@ func toDoc(p *relay.Payment) *paymentDoc {
 	if due := p.DueAt(); !due.IsZero() {
 		d.DueAt = &due
 	}
+	if sub := p.Subscription; sub != nil {
+		d.Subscription = &subscriptionDoc{ID: sub.ID, ProductID: utf8(sub.ProductID), Reason: utf8(sub.Reason), ExpiresAt: optTime(sub.ExpiresAt), Offer: utf8(sub.Offer)}
+	}
 	if !p.PaidAt.IsZero() {
 		t := p.PaidAt
 		d.PaidAt = &t
@@ -304,6 +340,9 @@ func toDoc(p *relay.Payment) *paymentDoc {
 		}
 		if l := n.Lease; l != nil {
 			nd.Lease = &leaseDoc{Attempt: l.Attempt, Owner: l.Owner, ClaimedAt: l.ClaimedAt, Until: l.Until}
+		}
+		if e := n.Event; e != nil {
+			nd.Event = &eventDoc{ID: e.ID, Reason: utf8(e.Reason), At: e.At, ExpiresAt: optTime(e.ExpiresAt)}
 		}
 		for _, a := range n.Attempts {
 			ad := attemptDoc{
@@ -334,6 +373,9 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	if d.PaidAt != nil {
 		p.PaidAt = d.PaidAt.UTC()
 	}
+	if sd := d.Subscription; sd != nil {
+		p.Subscription = &relay.Subscription{ID: sd.ID, ProductID: sd.ProductID, Reason: sd.Reason, ExpiresAt: fromOpt(sd.ExpiresAt), Offer: sd.Offer}
+	}
 	for _, nd := range d.Notifications {
 		n := relay.Notification{
 			Key: nd.Key, Type: relay.Type(nd.Type), State: relay.State(nd.State), Attempt: nd.Attempt,
@@ -349,6 +391,9 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 		}
 		if l := nd.Lease; l != nil {
 			n.Lease = &relay.Lease{Attempt: l.Attempt, Owner: l.Owner, ClaimedAt: l.ClaimedAt.UTC(), Until: l.Until.UTC()}
+		}
+		if e := nd.Event; e != nil {
+			n.Event = &relay.Event{ID: e.ID, Reason: e.Reason, At: e.At.UTC(), ExpiresAt: fromOpt(e.ExpiresAt)}
 		}
 		for _, a := range nd.Attempts {
 			rec := relay.AttemptRecord{

@@ -276,3 +276,43 @@ func TestOverdueOfPagesOneGame(t *testing.T) {
 		t.Errorf("sword's overdue in %d pages (-want +got):\n%s", pages, diff)
 	}
 }
+
+// A subscription's period, with an event notification (an extension) and a refund's
+// reversal, survives the round trip, and an update writes the subscription's new end.
+func TestSubscriptionAndEventsRoundTrip(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := payment("sub-1")
+	at := p.ReceivedAt
+	p.Subscription = &relay.Subscription{ID: "2000000100000001", ProductID: "monthly_card", Reason: "DID_RENEW", ExpiresAt: at.Add(30 * 24 * time.Hour), Offer: "1/intro"}
+	p.Notifications = append(p.Notifications,
+		relay.Notification{Key: relay.ReversalKey("r1"), Type: relay.TypeRefundReversed, State: relay.StateHeld, Attempt: 1, CreatedAt: at,
+			Refund: &relay.Refund{ID: "r1", AmountMinor: 100, CumulativeMinor: 0, RefundedAt: at}},
+		relay.Notification{Key: relay.KeyRevoked, Type: relay.TypePaymentRevoked, State: relay.StateHeld, Attempt: 1, CreatedAt: at,
+			Event: &relay.Event{ID: "n-1", Reason: "REVOKE", At: at}})
+	if _, _, _, err := s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	got, v, err := s.Get(ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(p, got, cmpopts.EquateApproxTime(time.Microsecond)); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	got.Subscription.ExpiresAt = at.Add(40 * 24 * time.Hour)
+	if _, err := s.Update(ctx, got, v); err != nil {
+		t.Fatal(err)
+	}
+	again, _, err := s.Get(ctx, p.ID)
+	if err != nil || !again.Subscription.ExpiresAt.Equal(at.Add(40*24*time.Hour)) {
+		t.Fatalf("after the update: %+v, %v", again.Subscription, err)
+	}
+	// A one-time payment has none.
+	one := payment("one-1")
+	s.Create(ctx, one)
+	if got, _, err := s.Get(ctx, one.ID); err != nil || got.Subscription != nil {
+		t.Errorf("a one-time payment read back with %+v, %v", got.Subscription, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"time"
 )
@@ -105,6 +106,26 @@ func AppleTransaction(bundleID, transactionID string, price int64, currency, env
 	}
 }
 
+// AppleSubscription is a JWSTransactionDecodedPayload of one period of an auto-renewable
+// subscription: transactionID is the period's, originalTransactionID the subscription's,
+// bought at, expiring at expires.
+func AppleSubscription(bundleID, transactionID, originalTransactionID string, price int64, currency, env string, at, expires time.Time) map[string]any {
+	tx := AppleTransaction(bundleID, transactionID, price, currency, env, at)
+	tx["originalTransactionId"], tx["type"], tx["productId"] = originalTransactionID, "Auto-Renewable Subscription", "com.studio.monthly_card"
+	tx["expiresDate"], tx["subscriptionGroupIdentifier"], tx["transactionReason"] = expires.UnixMilli(), "21000001", "RENEWAL"
+	if transactionID == originalTransactionID {
+		tx["transactionReason"] = "PURCHASE"
+	}
+	return tx
+}
+
+// AppleSignedTransaction is the body a game's app posts: {"signedTransactionInfo": the
+// transaction signed as StoreKit 2's jwsRepresentation}.
+func AppleSignedTransaction(c *AppleChain, tx map[string]any) []byte {
+	body, _ := json.Marshal(map[string]string{"signedTransactionInfo": c.Sign(tx)})
+	return body
+}
+
 // AppleNotification is a signed ResponseBodyV2 ({"signedPayload":...}) of type with the signed
 // transaction in its data, as Apple posts it.
 func AppleNotification(c *AppleChain, typ, subtype, bundleID string, appAppleID int64, env string, tx map[string]any, at time.Time) []byte {
@@ -112,7 +133,10 @@ func AppleNotification(c *AppleChain, typ, subtype, bundleID string, appAppleID 
 	if tx != nil {
 		data["signedTransactionInfo"] = c.Sign(tx)
 	}
-	n := map[string]any{"notificationType": typ, "notificationUUID": "002e14d5-51f5-4503-b5a8-c3a1af68eb20",
+	// Each notification its own UUID, as Apple sends them (a repeat of one keeps it).
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%v|%d", typ, subtype, tx["transactionId"], at.UnixMilli()))
+	uuid := fmt.Sprintf("%x-%x-%x-%x-%x", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])
+	n := map[string]any{"notificationType": typ, "notificationUUID": uuid,
 		"data": data, "version": "2.0", "signedDate": at.UnixMilli()}
 	if subtype != "" {
 		n["subtype"] = subtype

@@ -252,7 +252,9 @@ func StripeAPIRefund(id, charge, paymentIntent string, amount int64, currency, s
 // 2025-03-31.basil under parent.subscription_details, before it on the invoice itself.
 func StripeInvoice(id, subscription, paymentIntent string, amountPaid int64, currency, billingReason string, md map[string]string, paidAt time.Time, apiVersion string) map[string]any {
 	in := map[string]any{"id": id, "object": "invoice", "status": "paid", "amount_paid": amountPaid, "currency": strings.ToLower(currency),
-		"billing_reason": billingReason, "created": paidAt.Unix(), "status_transitions": map[string]any{"paid_at": paidAt.Unix()}}
+		"billing_reason": billingReason, "created": paidAt.Unix(), "status_transitions": map[string]any{"paid_at": paidAt.Unix()},
+		"lines": map[string]any{"object": "list", "data": []map[string]any{{"object": "line_item", "amount": amountPaid,
+			"period": map[string]any{"start": paidAt.Unix(), "end": paidAt.AddDate(0, 1, 0).Unix()}}}}}
 	if apiVersion >= "2025-03-31" {
 		in["parent"] = map[string]any{"type": "subscription_details", "subscription_details": map[string]any{"subscription": subscription, "metadata": md}}
 	} else {

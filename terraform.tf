@@ -261,6 +261,12 @@ variable "generic_sandbox_secret" {
   default     = false
 }
 
+variable "apple_api_key" {
+  description = "Create the secret APPLE_API_KEY (the App Store In-App Purchase key, .p8 PEM) for the apps with api access in PROVIDER_CONFIG: the notification-history sweep, the order query by transactionId, the dashboard's test notification. Its value is added with gcloud, never through terraform."
+  type        = bool
+  default     = false
+}
+
 variable "game_failure_threshold" {
   description = "Alert when a game server fails more than this share of its attempts over 10 minutes."
   type        = number
@@ -493,6 +499,7 @@ locals {
     ingest    = "${var.name}-ingest-secrets"
     providers = "${var.name}-provider-config"
     }, var.generic_sandbox_secret ? { ingest-sandbox = "${var.name}-ingest-sandbox-secrets" } : {},
+    var.apple_api_key ? { apple-api-key = "${var.name}-apple-api-key" } : {},
     { for g, c in var.games : "game-${g}" => "${var.name}-game-${g}-secrets" },
   { for g, c in var.games : "sandbox-${g}" => "${var.name}-sandbox-${g}-secrets" if c.sandbox != null })
 }
@@ -586,6 +593,7 @@ locals {
     INGEST_SECRETS  = google_secret_manager_secret.secret["ingest"].secret_id
     PROVIDER_CONFIG = google_secret_manager_secret.secret["providers"].secret_id
     }, var.generic_sandbox_secret ? { INGEST_SANDBOX_SECRETS = google_secret_manager_secret.secret["ingest-sandbox"].secret_id } : {},
+    var.apple_api_key ? { APPLE_API_KEY = google_secret_manager_secret.secret["apple-api-key"].secret_id } : {},
   )
   # Each game's signing secrets: GAME_SECRETS_<GAME>, upper case, - as _ (config.GameSecretsVar).
   game_secret_env = merge(

@@ -31,6 +31,7 @@ const MaxAdminBody = 8 << 10
 //	POST /api/query                                         an order query (补单)
 //	POST /api/reconcile                                     reconcile one account's bill of a day
 //	GET  /api/reconciliations[/{id}]                        the reconciliation reports
+//	POST /api/apple/test                                    ask Apple for a test notification
 //
 // A state-changing request must be application/json and, when a browser sends an Origin,
 // same-origin: a cross-site form can send neither, so no other site can make an operator's
@@ -69,6 +70,8 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 		h.adminQuery(w, r, op)
 	case len(parts) == 2 && parts[0] == "api" && parts[1] == "reconcile":
 		h.adminReconcile(w, r, op)
+	case len(parts) == 3 && parts[0] == "api" && parts[1] == "apple" && parts[2] == "test":
+		h.adminAppleTest(w, r, op)
 	case r.Method == http.MethodGet && len(parts) == 2 && parts[0] == "api" && parts[1] == "reconciliations":
 		h.adminReports(w, r, "")
 	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "api" && parts[1] == "reconciliations":

@@ -2,8 +2,10 @@ package functions
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,5 +130,134 @@ func TestAppleSignedTransactionAndNotificationAreOnePayment(t *testing.T) {
 	}
 	if got := postedOf(f, "2000000812350002"); got != "paid "+relay.KeyRevoked {
 		t.Errorf("Apple first, then revoked: posted %q", got)
+	}
+}
+
+// appleAPIFixture is appleFixture with the App Store Server API at a stand-in.
+func appleAPIFixture(t *testing.T) (*fixture, *providertest.AppleChain, *providertest.AppleAPI) {
+	t.Helper()
+	chain := providertest.NewAppleChain(providertest.AppleChainOptions{})
+	api := providertest.NewAppleAPI(chain, apBundle)
+	t.Cleanup(api.Close)
+	a, err := provider.NewApple([]provider.AppleApp{{BundleID: apBundle, AppAppleID: apID, Game: "game-1",
+		API: &provider.AppleAPIConfig{IssuerID: api.IssuerID, KeyID: api.KeyID, Base: api.URL}}}, chain.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WithAPIKey(api.KeyPEM(), nil); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixtureQuiet(t)
+	f.h.Providers["apple"] = a
+	f.h.ProviderConfig = provider.Config{Apple: []provider.AppleApp{{BundleID: apBundle, AppAppleID: apID, Game: "game-1"}}}
+	return f, chain, api
+}
+
+// The notification-history sweep recovers what Apple reports it failed to deliver (across
+// pages), leaves what it delivered, and a second run recovers nothing twice; a rate-limited
+// run fails without moving its cursor and the next one reads the same again.
+func TestAppleHistorySweep(t *testing.T) {
+	t.Parallel()
+	f, chain, api := appleAPIFixture(t)
+	now := f.h.Clock.Now()
+	sent := now.Add(-2 * time.Hour)
+	tx := func(id string) map[string]any {
+		return providertest.AppleTransaction(apBundle, id, 64800, "CNY", "Production", sent)
+	}
+	api.AddHistory(providertest.AppleNotification(chain, "ONE_TIME_CHARGE", "", apBundle, apID, "Production", tx("2000000700000001"), sent), sent, true)
+	api.AddHistory(providertest.AppleNotification(chain, "ONE_TIME_CHARGE", "", apBundle, apID, "Production", tx("2000000700000002"), sent), sent, false)
+	api.AddHistory(providertest.AppleNotification(chain, "ONE_TIME_CHARGE", "", apBundle, apID, "Production", tx("2000000700000003"), sent), sent.Add(time.Minute), true)
+	sub := providertest.AppleSubscription(apBundle, "2000000700000005", "2000000700000004", 6990, "USD", "Production", sent, sent.Add(30*24*time.Hour))
+	api.AddHistory(providertest.AppleNotification(chain, "DID_RENEW", "", apBundle, apID, "Production", sub, sent), sent.Add(2*time.Minute), true)
+	run := func() (int, map[string]any) {
+		w := httptest.NewRecorder()
+		f.h.Recover(w, httptest.NewRequest(http.MethodPost, "/", nil))
+		var out struct {
+			Runs []map[string]any
+		}
+		json.Unmarshal(w.Body.Bytes(), &out)
+		if len(out.Runs) != 1 {
+			t.Fatalf("Recover = %d %s", w.Code, w.Body)
+		}
+		return w.Code, out.Runs[0]
+	}
+	api.RateLimitNext(1)
+	if code, r := run(); code != http.StatusServiceUnavailable || !strings.Contains(r["error"].(string), "429") {
+		t.Fatalf("rate limited: %d %v, want 503 naming the 429", code, r)
+	}
+	if code, r := run(); code != 200 || r["listed"] != 3.0 || r["recovered"] != 3.0 {
+		t.Fatalf("first sweep: %d %v, want the 3 failed notifications recovered", code, r)
+	}
+	for _, id := range []string{"2000000700000001", "2000000700000003", "2000000700000005"} {
+		if p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "apple", apBundle, id)); p == nil || p.Paid().Via != relay.ViaRecovery {
+			t.Errorf("%s not recovered: %+v", id, p)
+		}
+	}
+	if f.store.Payment(relay.PaymentID(relay.EnvProduction, "apple", apBundle, "2000000700000002")) != nil {
+		t.Error("a delivered notification was recovered: the sweep asks for failures only")
+	}
+	f.h.Clock.(interface{ Advance(time.Duration) }).Advance(time.Hour)
+	if code, r := run(); code != 200 || r["recovered"] != 0.0 {
+		t.Errorf("second sweep: %d %v, want nothing recovered twice", code, r)
+	}
+}
+
+// 补单 for the App Store: an operator (or game server) asks for a transactionId; Get
+// Transaction Info answers it signed, and it is relayed as its notification would be; a
+// refunded one relays its refund after it; an unknown one is reported, not an error.
+func TestAppleQueryByTransactionID(t *testing.T) {
+	t.Parallel()
+	f, _, api := appleAPIFixture(t)
+	api.SetTransaction(providertest.AppleTransaction(apBundle, "2000000600000001", 64800, "CNY", "Production", testNow))
+	refunded := providertest.AppleTransaction(apBundle, "2000000600000002", 64800, "CNY", "Production", testNow)
+	refunded["revocationDate"], refunded["revocationType"], refunded["revocationPercentage"] = testNow.Add(time.Hour).UnixMilli(), "REFUND_PRORATED", 50000
+	api.SetTransaction(refunded)
+	ask := func(order string) (int, queryAnswer) {
+		w := record(f.h.Admin, queryReq(`{"provider":"apple","merchant":"`+apBundle+`","order_id":"`+order+`","reason":"player 7 reports no gems"}`))
+		var out queryAnswer
+		json.Unmarshal(w.Body.Bytes(), &out)
+		return w.Code, out
+	}
+	if code, out := ask("2000000600000001"); code != 200 || out.Action != "ingested" || out.Reported != "PURCHASED" {
+		t.Fatalf("a purchase: %d %+v", code, out)
+	}
+	if code, out := ask("2000000600000002"); code != 200 || out.Action != "ingested" || len(out.Refunds) != 1 || out.Refunds[0].Action != "ingested" {
+		t.Fatalf("a refunded purchase: %d %+v", code, out)
+	}
+	if p := f.store.Payment(relay.PaymentID(relay.EnvProduction, "apple", apBundle, "2000000600000002")); p.RefundedMinor != 3240 {
+		t.Errorf("the prorated refund: refunded %d, want 32.40 CNY (half of 64.80)", p.RefundedMinor)
+	}
+	if code, out := ask("2000000600000099"); code != 200 || out.Reported != "TRANSACTION_NOT_FOUND" || out.Action != "nothing to relay" {
+		t.Errorf("an unknown transaction: %d %+v", code, out)
+	}
+	drain(t, f)
+	if got := postedOf(f, "2000000600000002"); got != "paid "+relay.RefundKey("refund-2000000600000002") {
+		t.Errorf("posted %q", got)
+	}
+}
+
+// "Send a test notification": the dashboard asks Apple, Apple's TEST arrives at Ingest, the
+// dashboard shows when.
+func TestAppleTestNotificationFromTheDashboard(t *testing.T) {
+	t.Parallel()
+	f, chain, api := appleAPIFixture(t)
+	w := httptest.NewRecorder()
+	f.h.Admin(w, httptest.NewRequest(http.MethodGet, "/", nil))
+	if !strings.Contains(w.Body.String(), `id="apple-tests"`) || !strings.Contains(w.Body.String(), `<td class="last-test">never</td>`) {
+		t.Fatalf("the overview lacks the App Store test row:\n%s", w.Body)
+	}
+	req := httptest.NewRequest(http.MethodPost, "/api/apple/test", strings.NewReader(`{"bundle_id":"`+apBundle+`","environment":"production","reason":"after the deploy"}`))
+	req.Header.Set("Content-Type", "application/json")
+	if w := record(f.h.Admin, req); w.Code != 200 || !strings.Contains(w.Body.String(), "test_notification_token") || api.Tests() != 1 {
+		t.Fatalf("POST /api/apple/test: %d %s (apple asked %d times)", w.Code, w.Body, api.Tests())
+	}
+	// Apple sends the TEST.
+	if code := appleSend(t, f, providertest.AppleNotification(chain, "TEST", "", apBundle, apID, "Production", nil, testNow)); code != 200 {
+		t.Fatalf("TEST answered %d", code)
+	}
+	w = httptest.NewRecorder()
+	f.h.Admin(w, httptest.NewRequest(http.MethodGet, "/", nil))
+	if !strings.Contains(w.Body.String(), `<td class="last-test">`+testNow.UTC().Format("2006-01-02 15:04:05")+` UTC</td>`) {
+		t.Errorf("the overview does not show the TEST's arrival:\n%s", w.Body)
 	}
 }

@@ -51,6 +51,8 @@ func (h *Handler) dashboard(w http.ResponseWriter, r *http.Request, parts []stri
 		h.reportPage(w, r, parts[1])
 	case r.Method == http.MethodPost && len(parts) == 1 && parts[0] == "reconcile":
 		h.formReconcile(w, r)
+	case r.Method == http.MethodPost && len(parts) == 1 && parts[0] == "apple-test":
+		h.formAppleTest(w, r)
 	default:
 		http.Error(w, "not found", http.StatusNotFound)
 	}
@@ -137,6 +139,8 @@ type overviewData struct {
 	Limit        int
 	CSRF         string
 	Queryable    []string // providers whose orders can be queried (补单)
+	// AppleTests are the App Store apps with API access and when their last TEST arrived.
+	AppleTests []appleTest
 }
 
 type gameCounts struct {
@@ -210,6 +214,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 		overdue = slices.DeleteFunc(overdue, func(l relay.Listed) bool { return l.Payment.Environment != env })
 	}
 	d.Overdue = overdue
+	d.AppleTests = h.appleTests(ctx)
 	csrfToken(w, r)
 	render(w, overviewPage, d)
 }
@@ -368,6 +373,9 @@ var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!
 <form action="find" method="get">find a payment: <select name="environment"><option>production</option><option>sandbox</option></select> <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
 {{if .Queryable}}<form action="query" method="post" id="query">query the provider (补单): <select name="provider">{{range .Queryable}}<option>{{.}}</option>{{end}}</select> <input name="merchant" placeholder="merchant / app id" size="18" required> <input name="order" placeholder="order id" size="18" required> <input type="text" name="reason" placeholder="why" required><input type="hidden" name="csrf" value="{{.CSRF}}"> <button>query</button></form>{{end}}
 <form action="./" method="get" id="environment">environment: <select name="environment"><option value="">both</option>{{range .Environments}}<option{{if eq . $.Environment}} selected{{end}}>{{.}}</option>{{end}}</select> <button>show</button></form>
+{{if .AppleTests}}<h2>App Store test notifications</h2><table id="apple-tests"><tr><th>app</th><th>environment</th><th>last TEST arrived</th><th></th></tr>
+{{range .AppleTests}}<tr data-bundle="{{.BundleID}}" data-environment="{{.Environment}}"><td>{{.BundleID}}</td><td>{{template "env" .Environment}}</td><td class="last-test">{{if .LastTest.IsZero}}never{{else}}{{ts .LastTest}} UTC{{end}}</td>
+<td><form action="apple-test" method="post"><input type="hidden" name="bundle_id" value="{{.BundleID}}"><input type="hidden" name="environment" value="{{.Environment}}"><input type="hidden" name="reason" value="check the path from Apple"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button>send a test notification</button></form></td></tr>{{end}}</table>{{end}}
 <h2>Notifications by state</h2>
 <table id="counts"><tr><th>game</th><th>environment</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
 {{range $g := .Games}}<tr class="env-{{$g.Environment}}" data-game="{{$g.Game}}" data-environment="{{$g.Environment}}"><td>{{$g.Game}}</td><td>{{template "env" $g.Environment}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>

@@ -239,6 +239,12 @@ func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Res
 	case result.Type == "":
 		log.InfoContext(ctx, "ingest acknowledged a result that is not relayed",
 			"kind", result.Note.Kind, "payment_id", res.PaymentID, "recorded", res.Stored)
+		if result.Note.Kind == "TEST" && p.Provider == "apple" && p.Merchant != "" {
+			// The dashboard shows when each app's last test notification arrived.
+			if err := h.Service.SetCursor(ctx, provider.TestMarker(p.Merchant, p.Environment), h.Clock.Now()); err != nil && !errors.Is(err, relay.ErrNoCursors) {
+				log.WarnContext(ctx, "could not record the test notification's arrival", "error", err.Error())
+			}
+		}
 	case res.Covered:
 		log.WarnContext(ctx, "refund already counted by a later refund; noted, not relayed", "payment_id", res.PaymentID)
 	default:

@@ -14,8 +14,11 @@ import (
 // Recovery sweeps: what a provider failed to deliver, asked of the provider itself and fed
 // through Ingest's path (verified facts, Complete, Service.Ingest), so a notification lost on
 // the way is relayed within the sweep's period. Duplicates of what arrived cost one read.
-// Today: Stripe's undelivered events (Stripe's "Handle undelivered webhook events": list
-// events with delivery_success=false; Stripe keeps events 30 days).
+// Stripe's undelivered events (Stripe's "Handle undelivered webhook events": list events with
+// delivery_success=false; Stripe keeps events 30 days) and the App Store's notification
+// history (Get Notification History with onlyFailures: the notifications Apple failed to
+// deliver; Apple keeps 180 days, and tells developers to call it when notifications do not
+// arrive).
 
 // RecoverTimeout bounds one run (the function's timeout in terraform is 540 s).
 const RecoverTimeout = 8 * time.Minute
@@ -65,6 +68,15 @@ func (h *Handler) Recover(w http.ResponseWriter, r *http.Request) {
 			runs = append(runs, run)
 		}
 	}
+	if ap, ok := h.Providers["apple"].(*provider.Apple); ok {
+		for _, a := range ap.HistoryAccounts() {
+			run := h.recoverApple(ctx, ap, a)
+			if run.Error != "" {
+				failed++
+			}
+			runs = append(runs, run)
+		}
+	}
 	code := http.StatusOK
 	if failed > 0 {
 		code = http.StatusServiceUnavailable
@@ -77,35 +89,60 @@ func (h *Handler) Recover(w http.ResponseWriter, r *http.Request) {
 
 // recoverStripe sweeps one Stripe account's undelivered events of one mode since its cursor.
 func (h *Handler) recoverStripe(ctx context.Context, st *provider.Stripe, a provider.StripeEventsAccount) recoverRun {
-	run := recoverRun{Provider: st.Name(), Account: a.Account, Environment: string(a.Environment)}
-	log := h.Logger.With("provider", st.Name(), "merchant", a.Account, "environment", string(a.Environment), "sweep", "stripe_events")
+	return h.sweepRecovery(ctx, recoverRun{Provider: st.Name(), Account: a.Account, Environment: string(a.Environment)}, "stripe_events",
+		"stripe-events-"+a.Account+"-"+string(a.Environment), StripeEventsKept,
+		func(ctx context.Context, since, _ time.Time) ([][]byte, error) { return st.Undelivered(ctx, a.Account, a.Environment, since) },
+		func(ctx context.Context, body []byte) ([]relay.Result, error) {
+			result, err := st.ParseUndelivered(a.Account, body)
+			if err != nil {
+				return nil, err
+			}
+			return st.Complete(ctx, body, result)
+		})
+}
+
+// recoverApple sweeps one App Store app's notification history of one environment since its
+// cursor: each notification Apple failed to deliver, verified by Parse as if Apple had posted it.
+func (h *Handler) recoverApple(ctx context.Context, ap *provider.Apple, a provider.HistoryAccount) recoverRun {
+	return h.sweepRecovery(ctx, recoverRun{Provider: ap.Name(), Account: a.BundleID, Environment: string(a.Environment)}, "apple_history",
+		"apple-history-"+a.BundleID+"-"+string(a.Environment), provider.AppleHistoryDays*24*time.Hour,
+		func(ctx context.Context, since, until time.Time) ([][]byte, error) {
+			return ap.History(ctx, a.BundleID, a.Environment, since, until)
+		},
+		func(_ context.Context, body []byte) ([]relay.Result, error) {
+			r, err := ap.Parse(nil, body, h.Clock.Now())
+			return []relay.Result{r}, err
+		})
+}
+
+// sweepRecovery lists what the provider failed to deliver since the cursor id (at most kept
+// back, less RecoverOverlap), feeds each through Ingest's path, and moves the cursor to this
+// run's start only when everything listed was ingested or refused as Ingest would.
+func (h *Handler) sweepRecovery(ctx context.Context, run recoverRun, sweep, id string, kept time.Duration,
+	list func(ctx context.Context, since, until time.Time) ([][]byte, error), read func(ctx context.Context, body []byte) ([]relay.Result, error)) recoverRun {
+	log := h.Logger.With("provider", run.Provider, "merchant", run.Account, "environment", run.Environment, "sweep", sweep)
 	fail := func(err error) recoverRun {
 		run.Error = fmt.Sprintf("%.300v", err)
-		log.ErrorContext(ctx, "recovery sweep failed; the next run reads the same events again", "event", "recover_failed", "error", run.Error,
+		log.ErrorContext(ctx, "recovery sweep failed; the next run reads the same again", "event", "recover_failed", "error", run.Error,
 			"listed", run.Listed, "recovered", run.Recovered)
 		return run
 	}
-	id := "stripe-events-" + a.Account + "-" + string(a.Environment)
 	start := h.Clock.Now()
 	cursor, err := h.Service.Cursor(ctx, id)
 	if err != nil {
 		return fail(err)
 	}
-	run.Since = start.Add(-StripeEventsKept)
+	run.Since = start.Add(-kept)
 	if !cursor.IsZero() && cursor.Add(-RecoverOverlap).After(run.Since) {
 		run.Since = cursor.Add(-RecoverOverlap)
 	}
-	events, err := st.Undelivered(ctx, a.Account, a.Environment, run.Since)
+	bodies, err := list(ctx, run.Since, start)
 	if err != nil {
 		return fail(err)
 	}
-	run.Listed = len(events)
-	for _, body := range events {
-		result, err := st.ParseUndelivered(a.Account, body)
-		results := []relay.Result{result}
-		if err == nil {
-			results, err = st.Complete(ctx, body, result)
-		}
+	run.Listed = len(bodies)
+	for _, body := range bodies {
+		results, err := read(ctx, body)
 		if err != nil {
 			refusal := provider.AsRefusal(err)
 			if refusal.Code >= 500 || errors.Is(err, context.DeadlineExceeded) {
@@ -116,7 +153,7 @@ func (h *Handler) recoverStripe(ctx context.Context, st *provider.Stripe, a prov
 			if refusal.Inexact {
 				level = log.ErrorContext
 			}
-			level(ctx, "recovered event refused", "event", "ingest_refused", "reason_class", reasonClass(refusal), "status", refusal.Code,
+			level(ctx, "recovered notification refused", "event", "ingest_refused", "reason_class", reasonClass(refusal), "status", refusal.Code,
 				"reason", refusal.Reason, "via", relay.ViaRecovery)
 			continue
 		}

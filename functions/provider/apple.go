@@ -46,6 +46,9 @@ type AppleApp struct {
 	// production endpoint. It is refused, naming its replacement, so that a configuration
 	// written for it does not silently change meaning.
 	AllowSandbox *bool `json:"allow_sandbox,omitempty"`
+	// API, when set, gives payrelay the App Store Server API for the app: the notification
+	// history sweep, the order query by transactionId, the dashboard's test notification.
+	API *AppleAPIConfig `json:"api,omitempty"`
 }
 
 // Apple verifies App Store Server Notifications V2: a JWS signed ES256 by a certificate chained
@@ -58,7 +61,8 @@ type Apple struct {
 
 type appleApp struct {
 	AppleApp
-	envs []relay.Environment
+	envs   []relay.Environment
+	client *appleAPI // nil without API access
 }
 
 var _ Provider = (*Apple)(nil)
@@ -208,8 +212,10 @@ func (a *Apple) Parse(_ http.Header, body []byte, _ time.Time) (relay.Result, er
 		return relay.Result{}, refuse(http.StatusUnprocessableEntity, "notificationType %.40q is unknown", n.NotificationType)
 	}
 	if n.Data.SignedTransactionInfo == "" {
-		// A summary or a test names no transaction: acknowledged and logged.
-		return relay.Result{Note: &relay.Note{Kind: fmt.Sprintf("%.60s", kind), Reason: appleNotRelayed(n.NotificationType) + ": not relayed"}}, nil
+		// A summary or a test names no transaction: acknowledged and logged (a TEST's arrival
+		// is kept for the dashboard: the note names the app and environment).
+		return relay.Result{Payment: relay.Payment{Provider: a.Name(), Environment: environment, Merchant: app.BundleID},
+			Note: &relay.Note{Kind: fmt.Sprintf("%.60s", kind), Reason: appleNotRelayed(n.NotificationType) + ": not relayed"}}, nil
 	}
 	var tx appleTransaction
 	if err := a.verifyJWS(n.Data.SignedTransactionInfo, &tx, func(v any) int64 { return v.(*appleTransaction).SignedDate }); err != nil {

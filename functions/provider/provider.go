@@ -110,6 +110,10 @@ type Config struct {
 	// AppleRoot replaces the pinned Apple Root CA - G3 (PEM): only for a test environment whose
 	// notifications are signed by a chain of its own. Leave it unset in production.
 	AppleRoot string `json:"apple_root,omitempty"`
+	// AppleAPIKey is the App Store In-App Purchase key (the .p8 PEM) the apps with api access
+	// sign their App Store Server API requests with. Not part of PROVIDER_CONFIG: it is the
+	// secret APPLE_API_KEY, a Secret Manager secret of its own.
+	AppleAPIKey string `json:"-"`
 }
 
 // appleRoot parses AppleRoot; nil (the pinned root) when unset.
@@ -180,6 +184,12 @@ func (c Config) MerchantGames(provider, merchant string) []string {
 		if g, ok := c.Generic.Apps[merchant]; ok {
 			out = append(out, g)
 		}
+	case "apple":
+		for _, a := range c.Apple {
+			if a.BundleID == merchant {
+				out = append(out, a.Game)
+			}
+		}
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -210,8 +220,12 @@ func (c Config) Validate(games []string) error {
 	}
 	if len(c.Apple) > 0 {
 		root, err := c.appleRoot()
+		var a *Apple
 		if err == nil {
-			_, err = NewApple(c.Apple, root)
+			a, err = NewApple(c.Apple, root)
+		}
+		if err == nil {
+			err = a.WithAPIKey(c.AppleAPIKey, nil)
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -280,6 +294,9 @@ func New(c Config, ingest IngestSecrets) (Set, error) {
 		}
 		a, err := NewApple(c.Apple, root)
 		if err != nil {
+			return nil, err
+		}
+		if err := a.WithAPIKey(c.AppleAPIKey, nil); err != nil {
 			return nil, err
 		}
 		s[a.Name()] = a

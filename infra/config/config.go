@@ -52,6 +52,9 @@ type Config struct {
 	// APIv3 keys): the generic format's apps, Alipay apps and WeChat Pay merchants, each routed
 	// to a game; see functions/provider.Config.
 	ProviderConfig ProviderConfig `env:"PROVIDER_CONFIG"`
+	// AppleAPIKey (optional, a secret of its own) is the App Store In-App Purchase key (.p8
+	// PEM) the apps with api access in PROVIDER_CONFIG sign App Store Server API requests with.
+	AppleAPIKey string `env:"APPLE_API_KEY"`
 	// Ladder is the notification ladder, a comma-separated list of durations.
 	Ladder Ladder `env:"LADDER"`
 	// LadderCompression divides every step of the ladder; 1 in production.
@@ -339,6 +342,7 @@ func (c *Config) loadGames(l envconfig.Lookuper) []error {
 			}
 		}
 	}
+	c.ProviderConfig.AppleAPIKey = c.AppleAPIKey
 	if err := c.ProviderConfig.Validate(c.Games.Names()); err != nil {
 		errs = append(errs, err)
 	}
@@ -517,6 +521,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.Int("ladder_compression", c.LadderCompression),
 		slog.Int("ingest_secrets", len(c.IngestSecrets)),
 		slog.Int("ingest_sandbox_secrets", len(c.IngestSandboxSecrets)),
+		slog.Bool("apple_api_key", c.AppleAPIKey != ""),
 		slog.Duration("deliver_lease", c.DeliverLease),
 		slog.String("cloud_tasks_emulator", c.CloudTasksEmulatorHost),
 		slog.String("firestore_emulator", c.FirestoreEmulatorHost),

@@ -353,6 +353,30 @@ run "generic_sandbox_secret" {
   }
 }
 
+run "apple_api_key" {
+  command = apply
+  variables {
+    apple_api_key = true
+  }
+  assert {
+    condition = google_secret_manager_secret.secret["apple-api-key"].secret_id == "payrelay-apple-api-key" && alltrue([for f in google_cloudfunctions2_function.fn : anytrue([for s in f.service_config[0].secret_environment_variables :
+    s.key == "APPLE_API_KEY" && s.secret == google_secret_manager_secret.secret["apple-api-key"].secret_id && s.version == "latest"])])
+    error_message = "apple_api_key must create the App Store key's own secret and give it to the functions as APPLE_API_KEY"
+  }
+  assert {
+    condition     = google_secret_manager_secret_iam_member.runtime_reads["apple-api-key"].role == "roles/secretmanager.secretAccessor" && google_secret_manager_secret_iam_member.runtime_reads["apple-api-key"].member == "serviceAccount:${google_service_account.runtime.email}"
+    error_message = "only the runtime may read the App Store key"
+  }
+}
+
+run "no_apple_api_key_by_default" {
+  command = plan
+  assert {
+    condition     = !contains(keys(google_secret_manager_secret.secret), "apple-api-key") && alltrue([for f in google_cloudfunctions2_function.fn : alltrue([for s in f.service_config[0].secret_environment_variables : s.key != "APPLE_API_KEY"])])
+    error_message = "without apple_api_key there is no App Store key secret"
+  }
+}
+
 run "refuses_a_sandbox_at_the_production_url" {
   command = plan
   variables {

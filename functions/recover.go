@@ -91,7 +91,9 @@ func (h *Handler) Recover(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) recoverStripe(ctx context.Context, st *provider.Stripe, a provider.StripeEventsAccount) recoverRun {
 	return h.sweepRecovery(ctx, recoverRun{Provider: st.Name(), Account: a.Account, Environment: string(a.Environment)}, "stripe_events",
 		"stripe-events-"+a.Account+"-"+string(a.Environment), StripeEventsKept,
-		func(ctx context.Context, since, _ time.Time) ([][]byte, error) { return st.Undelivered(ctx, a.Account, a.Environment, since) },
+		func(ctx context.Context, since, _ time.Time) ([][]byte, error) {
+			return st.Undelivered(ctx, a.Account, a.Environment, since)
+		},
 		func(ctx context.Context, body []byte) ([]relay.Result, error) {
 			result, err := st.ParseUndelivered(a.Account, body)
 			if err != nil {

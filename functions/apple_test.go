@@ -107,6 +107,13 @@ func TestAppleSubscriptionEndToEnd(t *testing.T) {
 func TestAppleSignedTransactionAndNotificationAreOnePayment(t *testing.T) {
 	t.Parallel()
 	f, chain := appleFixture(t)
+	// A transaction Apple never signed costs what any refused body does: refused before any
+	// store operation (and there is no outbound call to make).
+	forger := providertest.NewAppleChain(providertest.AppleChainOptions{})
+	forged := providertest.AppleTransaction(apBundle, "2000000812359999", 64800, "CNY", "Production", testNow)
+	if code := appleSend(t, f, providertest.AppleSignedTransaction(forger, forged)); code != http.StatusUnauthorized || f.store.Gets+f.store.Creates+f.store.Updates != 0 {
+		t.Fatalf("a forged signed transaction answered %d after %d store operations; want 401 after none", code, f.store.Gets+f.store.Creates+f.store.Updates)
+	}
 	appFirst := providertest.AppleTransaction(apBundle, "2000000812350001", 64800, "CNY", "Production", testNow)
 	appleFirst := providertest.AppleTransaction(apBundle, "2000000812350002", 64800, "CNY", "Production", testNow)
 	steps := [][]byte{

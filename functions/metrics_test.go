@@ -111,8 +111,8 @@ func TestMetricsMatchTheLogs(t *testing.T) {
 	at := testNow.Add(-time.Hour)
 	day := relay.BillDay(at)
 	h.Providers["bills"] = &fakeBiller{Generic: h.Providers["generic"].(*provider.Generic), bill: relay.Bill{Provider: "generic", Environment: relay.EnvProduction, Merchant: "shop-2", Day: day,
-		Entries: []relay.Result{{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "generic", Environment: relay.EnvProduction, Merchant: "shop-2", OrderID: "order-bill-1",
-			TransactionID: "txn-b1", AmountMinor: 100, Currency: "CNY", PaidAt: at, AppID: "shop-2", Game: "game-1"}}}}}
+		Rows: relay.EntryRows(relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "generic", Environment: relay.EnvProduction, Merchant: "shop-2", OrderID: "order-bill-1",
+			TransactionID: "txn-b1", AmountMinor: 100, Currency: "CNY", PaidAt: at, AppID: "shop-2", Game: "game-1"}})}}
 	serve(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))
 	h.Providers["bills"].(*fakeBiller).err = provider.ErrBillNotReady
 	serve(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))

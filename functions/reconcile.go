@@ -126,7 +126,9 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 	var rep *relay.Report
 	if err == nil {
 		if q, ok := h.Providers[prov].(Querier); ok {
-			h.settlePending(ctx, log, q, account, &bill)
+			bill.SettlePending = func(ctx context.Context, pr relay.PendingRefund) (*relay.Result, string, error) {
+				return h.settlePending(ctx, log, q, account, pr)
+			}
 			bill.FindPayment = func(ctx context.Context, order string) (*relay.Result, error) {
 				ans, err := q.Query(ctx, account, order)
 				var qe *provider.QueryError
@@ -186,27 +188,22 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 // refund pending past this stays reported as pending on its day's report).
 const PendingDays = 14
 
-// settlePending asks the provider again about each refund the bill shows unsettled: one that
-// settled since joins the bill's entries (and is relayed), one that ended without the money
-// going back is reported, one still processing stays pending.
-func (h *Handler) settlePending(ctx context.Context, log *slog.Logger, q Querier, account string, bill *relay.Bill) {
-	var still []relay.PendingRefund
-	for _, pr := range bill.Pending {
-		ra, err := q.QueryRefund(ctx, account, pr.OrderID, pr.RefundNo)
-		switch {
-		case err != nil:
-			log.WarnContext(ctx, "reconciliation: a pending refund could not be asked about; it stays pending", "order_id", pr.OrderID, "refund_id", pr.RefundID, "error", err.Error())
-			still = append(still, pr)
-		case ra.Result != nil:
-			bill.Entries = append(bill.Entries, *ra.Result)
-		case ra.Final:
-			bill.Unreadable = append(bill.Unreadable, relay.Finding{Kind: relay.FindingUnrelayable, OrderID: pr.OrderID, RefundID: pr.RefundID, RefundNo: pr.RefundNo,
-				BillMinor: pr.AmountMinor, Action: "reported", Reason: fmt.Sprintf("refund %s was %s on the bill and ended %.20s: the money did not go back; an operator must act", pr.RefundID, pr.State, ra.Reported)})
-		default:
-			still = append(still, pr)
-		}
+// settlePending asks the provider again about a refund the bill shows unsettled: the refund
+// when it settled since, the state it ended in when the money did not go back, neither while it
+// is still processing (or the provider could not be asked: it stays pending, asked again on the
+// next runs).
+func (h *Handler) settlePending(ctx context.Context, log *slog.Logger, q Querier, account string, pr relay.PendingRefund) (*relay.Result, string, error) {
+	ra, err := q.QueryRefund(ctx, account, pr.OrderID, pr.RefundNo)
+	switch {
+	case err != nil:
+		log.WarnContext(ctx, "reconciliation: a pending refund could not be asked about; it stays pending", "order_id", pr.OrderID, "refund_id", pr.RefundID, "error", err.Error())
+		return nil, "", nil
+	case ra.Result != nil:
+		return ra.Result, "", nil
+	case ra.Final:
+		return nil, ra.Reported, nil
 	}
-	bill.Pending = still
+	return nil, "", nil
 }
 
 // recheckPending asks again about the refunds earlier days' reports of the account left

@@ -326,49 +326,54 @@ func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error
 			if app.SellerID != "" && parsed.PID != app.SellerID {
 				return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("alipay bill: the bill's account %.30q is not PID %s, app %s's seller_id: refused", parsed.Account, app.SellerID, appID)}
 			}
-			a.billResults(app, parsed, &bill)
+			bill.Rows = func(yield func(relay.BillRow) error) error {
+				for _, row := range parsed.Rows {
+					if err := yield(a.billRow(app, row)); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 			return bill, nil
 		}
 	}
 	return relay.Bill{}, &QueryError{Reason: err.Error()}
 }
 
-// billResults turns a bill's rows into what reconciliation ingests, as the notification of
-// each would have been read; a row that cannot be is reported.
-func (a *Alipay) billResults(app alipayApp, parsed AlipayBill, bill *relay.Bill) {
-	for _, row := range parsed.Rows {
-		pay := relay.Payment{Provider: a.Name(), Environment: app.env, Merchant: app.AppID, OrderID: row.OutTradeNo, TransactionID: row.TradeNo, Currency: "CNY",
-			AppID: app.AppID, Game: app.Game}
-		r := relay.Result{Payment: pay}
-		switch row.Kind {
-		case "交易":
-			r.Type = relay.TypePaymentSucceeded
-			r.Payment.AmountMinor, r.Payment.PaidAt = row.AmountMinor, row.FinishedAt
-		case "退款":
-			r.Type = relay.TypePaymentRefunded
-			r.Refund = &relay.RefundFacts{ID: row.RefundNo, MerchantRefundNo: row.RefundNo, AmountMinor: row.AmountMinor, RefundedAt: row.FinishedAt}
-		}
-		if err := billEntry(bill, r, row.OutTradeNo, row.AmountMinor); err != nil {
-			bill.Unreadable[len(bill.Unreadable)-1].Reason = fmt.Sprintf("业务类型 %s: %s", row.Kind, err)
-		}
+// billRow turns a bill's row into what reconciliation ingests, as the notification of it would
+// have been read; a row that cannot be is reported.
+func (a *Alipay) billRow(app alipayApp, row AlipayBillRow) relay.BillRow {
+	pay := relay.Payment{Provider: a.Name(), Environment: app.env, Merchant: app.AppID, OrderID: row.OutTradeNo, TransactionID: row.TradeNo, Currency: "CNY",
+		AppID: app.AppID, Game: app.Game}
+	r := relay.Result{Payment: pay}
+	switch row.Kind {
+	case "交易":
+		r.Type = relay.TypePaymentSucceeded
+		r.Payment.AmountMinor, r.Payment.PaidAt = row.AmountMinor, row.FinishedAt
+	case "退款":
+		r.Type = relay.TypePaymentRefunded
+		r.Refund = &relay.RefundFacts{ID: row.RefundNo, MerchantRefundNo: row.RefundNo, AmountMinor: row.AmountMinor, RefundedAt: row.FinishedAt}
 	}
+	out, err := billEntry(r, row.OutTradeNo, row.AmountMinor)
+	if err != nil {
+		out.Unreadable.Reason = fmt.Sprintf("业务类型 %s: %s", row.Kind, err)
+	}
+	return out
 }
 
-// billEntry adds a bill's row as an entry, or, when it cannot be relayed as it stands, as an
+// billEntry is a bill's row as an entry, or, when it cannot be relayed as it stands, as an
 // unreadable finding (the returned error says why).
-func billEntry(bill *relay.Bill, r relay.Result, order string, amount int64) error {
+func billEntry(r relay.Result, order string, amount int64) (relay.BillRow, error) {
 	err := r.Validate()
 	if r.Type == "" {
 		err = errors.New("not a payment or a refund")
 	}
 	if err == nil {
-		bill.Entries = append(bill.Entries, r)
-		return nil
+		return relay.BillRow{Entry: &r}, nil
 	}
 	f := relay.Finding{Kind: relay.FindingUnrelayable, OrderID: order, BillMinor: amount, Action: "reported", Reason: err.Error()}
 	if r.Refund != nil {
 		f.RefundID = r.Refund.ID
 	}
-	bill.Unreadable = append(bill.Unreadable, f)
-	return err
+	return relay.BillRow{Unreadable: &f}, err
 }

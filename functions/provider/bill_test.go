@@ -277,10 +277,11 @@ func TestAlipayBillThroughTheGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(bill.Entries) != 2 || len(bill.Unreadable) != 1 {
-		t.Fatalf("entries %+v, unreadable %+v", bill.Entries, bill.Unreadable)
+	entries, unreadable, _, err := readBill(bill)
+	if err != nil || len(entries) != 2 || len(unreadable) != 1 {
+		t.Fatalf("entries %+v, unreadable %+v, %v", entries, unreadable, err)
 	}
-	pay, ref := bill.Entries[0], bill.Entries[1]
+	pay, ref := entries[0], entries[1]
 	if pay.Type != relay.TypePaymentSucceeded || pay.Payment.OrderID != "o-1" || pay.Payment.AmountMinor != 648 || pay.Payment.Game != "sword" ||
 		pay.Payment.TransactionID != "2026112422001" || !pay.Payment.PaidAt.Equal(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)) {
 		t.Errorf("payment entry %+v", pay)
@@ -288,11 +289,11 @@ func TestAlipayBillThroughTheGateway(t *testing.T) {
 	if ref.Type != relay.TypePaymentRefunded || ref.Refund.ID != "rf-1" || ref.Refund.AmountMinor != 148 {
 		t.Errorf("refund entry %+v %+v", ref, ref.Refund)
 	}
-	if u := bill.Unreadable[0]; u.OrderID != "o-2" || u.Kind != relay.FindingUnrelayable {
+	if u := unreadable[0]; u.OrderID != "o-2" || u.Kind != relay.FindingUnrelayable {
 		t.Errorf("unreadable %+v", u)
 	}
 	// No bill that day: an empty day, not an error.
-	if b, err := f.ali.Bill(ctx, providertest.AlipayAppID, "2026-11-20"); err != nil || len(b.Entries) != 0 {
+	if b, err := f.ali.Bill(ctx, providertest.AlipayAppID, "2026-11-20"); err != nil || b.Rows != nil {
 		t.Errorf("a day without a bill: %+v %v", b, err)
 	}
 	if _, refused := f.gw.Counts(); refused != 0 {
@@ -322,6 +323,26 @@ func TestAlipayBillThroughTheGateway(t *testing.T) {
 	}
 }
 
+// readBill reads a bill's rows back: its entries, unreadable rows and pending refunds, and
+// the error its stream ended with.
+func readBill(b relay.Bill) (entries []relay.Result, unreadable []relay.Finding, pending []relay.PendingRefund, err error) {
+	if b.Rows == nil {
+		return nil, nil, nil, nil
+	}
+	err = b.Rows(func(r relay.BillRow) error {
+		switch {
+		case r.Entry != nil:
+			entries = append(entries, *r.Entry)
+		case r.Unreadable != nil:
+			unreadable = append(unreadable, *r.Unreadable)
+		case r.Pending != nil:
+			pending = append(pending, *r.Pending)
+		}
+		return nil
+	})
+	return entries, unreadable, pending, err
+}
+
 func TestWechatBillThroughTheAPI(t *testing.T) {
 	t.Parallel()
 	wp, api := newWechatBillFixture(t)
@@ -338,23 +359,24 @@ func TestWechatBillThroughTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(bill.Entries) != 2 || len(bill.Unreadable) != 1 || len(bill.Pending) != 1 {
-		t.Fatalf("entries %+v, unreadable %+v, pending %+v", bill.Entries, bill.Unreadable, bill.Pending)
+	entries, unreadable, pending, err := readBill(bill)
+	if err != nil || len(entries) != 2 || len(unreadable) != 1 || len(pending) != 1 {
+		t.Fatalf("entries %+v, unreadable %+v, pending %+v, %v", entries, unreadable, pending, err)
 	}
-	if pr := bill.Pending[0]; pr.OrderID != "wx-2" || pr.RefundID != "50300002" || pr.RefundNo != "RF-2" || pr.AmountMinor != 100 || pr.State != "PROCESSING" {
+	if pr := pending[0]; pr.OrderID != "wx-2" || pr.RefundID != "50300002" || pr.RefundNo != "RF-2" || pr.AmountMinor != 100 || pr.State != "PROCESSING" {
 		t.Errorf("pending refund %+v", pr)
 	}
-	if e := bill.Entries[0]; e.Type != relay.TypePaymentSucceeded || e.Payment.AmountMinor != 648 || e.Payment.Game != "sword" || e.Payment.AppID != providertest.WechatAppID {
+	if e := entries[0]; e.Type != relay.TypePaymentSucceeded || e.Payment.AmountMinor != 648 || e.Payment.Game != "sword" || e.Payment.AppID != providertest.WechatAppID {
 		t.Errorf("payment entry %+v", e)
 	}
-	if e := bill.Entries[1]; e.Type != relay.TypePaymentRefunded || e.Refund.ID != "50300001" || e.Refund.AmountMinor != 148 || e.Refund.MerchantRefundNo != "RF-1" {
+	if e := entries[1]; e.Type != relay.TypePaymentRefunded || e.Refund.ID != "50300001" || e.Refund.AmountMinor != 148 || e.Refund.MerchantRefundNo != "RF-1" {
 		t.Errorf("refund entry %+v", e.Refund)
 	}
-	if u := bill.Unreadable; !strings.Contains(u[0].Reason, "maps to no game") {
+	if u := unreadable; !strings.Contains(u[0].Reason, "maps to no game") {
 		t.Errorf("unreadable %+v", u)
 	}
 	// No statement: an empty day. Being made: not ready. Tampered in transit: refused.
-	if b, err := wp.Bill(ctx, providertest.WechatMchID, "2026-11-20"); err != nil || len(b.Entries)+len(b.Unreadable) != 0 {
+	if b, err := wp.Bill(ctx, providertest.WechatMchID, "2026-11-20"); err != nil || b.Rows != nil {
 		t.Errorf("NO_STATEMENT_EXIST: %+v %v", b, err)
 	}
 	api.SetBill("2026-11-25", nil)

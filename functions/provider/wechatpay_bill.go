@@ -290,7 +290,14 @@ func (wp *WechatPay) Bill(ctx context.Context, mchID, day string) (relay.Bill, e
 	if err != nil {
 		return relay.Bill{}, &QueryError{Reason: err.Error()}
 	}
-	wp.billResults(m, parsed, &bill)
+	bill.Rows = func(yield func(relay.BillRow) error) error {
+		for _, row := range parsed.Rows {
+			if err := yield(wp.billRow(m, row)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	return bill, nil
 }
 
@@ -334,61 +341,53 @@ func gunzip(b []byte, limit int) ([]byte, error) {
 	return text, nil
 }
 
-// billResults turns a bill's rows into what reconciliation ingests, as each one's
-// notification would have been read; a row that cannot be is reported.
-func (wp *WechatPay) billResults(m *wechatMerchant, parsed WechatBill, bill *relay.Bill) {
-	for _, row := range parsed.Rows {
-		if row.Problem != "" {
-			billEntry(bill, relay.Result{}, row.OutTradeNo, 0)
-			f := &bill.Unreadable[len(bill.Unreadable)-1]
-			f.RefundID, f.Reason = row.RefundID, fmt.Sprintf("bill line %d cannot be read: %s; compare it with the merchant platform's bill", row.Line, row.Problem)
-			continue
-		}
-		pay := relay.Payment{Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: m.MchID, OrderID: row.OutTradeNo, TransactionID: row.TransactionID,
-			Currency: row.Currency, AppID: row.AppID}
-		r := relay.Result{Payment: pay}
-		amount := row.TotalMinor
-		game, routed := m.AppIDs[row.AppID]
-		switch {
-		case row.MchID != m.MchID:
-			billEntry(bill, relay.Result{}, row.OutTradeNo, amount)
-			bill.Unreadable[len(bill.Unreadable)-1].Reason = fmt.Sprintf("商户号 %.20s is not the bill's merchant", row.MchID)
-			continue
-		case row.State == "SUCCESS":
-			r.Type = relay.TypePaymentSucceeded
-			r.Payment.AmountMinor, r.Payment.PaidAt, r.Payment.Game = row.TotalMinor, row.At, game
-			if !routed {
-				r.Type = ""
-			}
-		case row.State == "REFUND" && row.RefundState == "PROCESSING":
-			// Not settled when the bill was made: asked again (reconciliation's refund recovery).
-			bill.Pending = append(bill.Pending, relay.PendingRefund{OrderID: row.OutTradeNo, RefundID: row.RefundID, RefundNo: row.OutRefundNo,
-				AmountMinor: row.RefundMinor, State: row.RefundState})
-			continue
-		case row.State == "REFUND" && row.RefundState == "SUCCESS":
-			r.Type, amount = relay.TypePaymentRefunded, row.RefundMinor
-			// The row states its payment's total (订单金额): a refund of a payment payrelay never
-			// received carries it.
-			r.Payment.AmountMinor = row.TotalMinor
-			r.Refund = &relay.RefundFacts{ID: row.RefundID, MerchantRefundNo: row.OutRefundNo, AmountMinor: row.RefundMinor, RefundedAt: row.At}
-			if row.SettlementRefundMinor != row.RefundMinor {
-				r.Refund.SettlementMinor = row.SettlementRefundMinor
-			}
-			r.Payment.Game = game // the stored payment's, if payrelay holds it
-			if !routed {
-				r.Payment.AppID = ""
-			}
-		}
-		if err := billEntry(bill, r, row.OutTradeNo, amount); err != nil {
-			f := &bill.Unreadable[len(bill.Unreadable)-1]
-			switch {
-			case row.State == "SUCCESS" && !routed:
-				f.Reason = fmt.Sprintf("公众账号ID %.40s of merchant %s maps to no game (PROVIDER_CONFIG wechatpay app_ids)", row.AppID, m.MchID)
-			case row.State == "REFUND" && row.RefundState != "SUCCESS":
-				f.RefundID, f.Reason = row.RefundID, fmt.Sprintf("refund %s ended %.20s: the money did not go back; an operator must act", row.RefundID, row.RefundState)
-			default:
-				f.Reason = fmt.Sprintf("交易状态 %.20s: %s", row.State, err)
-			}
-		}
+// billRow turns a bill's row into what reconciliation ingests, as its notification would have
+// been read; a row that cannot be is reported, a refund not settled is pending.
+func (wp *WechatPay) billRow(m *wechatMerchant, row WechatBillRow) relay.BillRow {
+	unreadable := func(refundID, reason string) relay.BillRow {
+		return relay.BillRow{Unreadable: &relay.Finding{Kind: relay.FindingUnrelayable, OrderID: row.OutTradeNo, RefundID: refundID, BillMinor: row.TotalMinor,
+			Action: "reported", Reason: reason}}
 	}
+	if row.Problem != "" {
+		return unreadable(row.RefundID, fmt.Sprintf("bill line %d cannot be read: %s; compare it with the merchant platform's bill", row.Line, row.Problem))
+	}
+	pay := relay.Payment{Provider: wp.Name(), Environment: relay.EnvProduction, Merchant: m.MchID, OrderID: row.OutTradeNo, TransactionID: row.TransactionID,
+		Currency: row.Currency, AppID: row.AppID}
+	r := relay.Result{Payment: pay}
+	amount := row.TotalMinor
+	game, routed := m.AppIDs[row.AppID]
+	switch {
+	case row.MchID != m.MchID:
+		return unreadable("", fmt.Sprintf("商户号 %.20s is not the bill's merchant", row.MchID))
+	case row.State == "SUCCESS":
+		r.Type = relay.TypePaymentSucceeded
+		r.Payment.AmountMinor, r.Payment.PaidAt, r.Payment.Game = row.TotalMinor, row.At, game
+		if !routed {
+			return unreadable("", fmt.Sprintf("公众账号ID %.40s of merchant %s maps to no game (PROVIDER_CONFIG wechatpay app_ids)", row.AppID, m.MchID))
+		}
+	case row.State == "REFUND" && row.RefundState == "PROCESSING":
+		// Not settled when the bill was made: asked again (reconciliation's refund recovery).
+		return relay.BillRow{Pending: &relay.PendingRefund{OrderID: row.OutTradeNo, RefundID: row.RefundID, RefundNo: row.OutRefundNo,
+			AmountMinor: row.RefundMinor, State: row.RefundState}}
+	case row.State == "REFUND" && row.RefundState == "SUCCESS":
+		r.Type, amount = relay.TypePaymentRefunded, row.RefundMinor
+		// The row states its payment's total (订单金额): a refund of a payment payrelay never
+		// received carries it.
+		r.Payment.AmountMinor = row.TotalMinor
+		r.Refund = &relay.RefundFacts{ID: row.RefundID, MerchantRefundNo: row.OutRefundNo, AmountMinor: row.RefundMinor, RefundedAt: row.At}
+		if row.SettlementRefundMinor != row.RefundMinor {
+			r.Refund.SettlementMinor = row.SettlementRefundMinor
+		}
+		r.Payment.Game = game // the stored payment's, if payrelay holds it
+		if !routed {
+			r.Payment.AppID = ""
+		}
+	case row.State == "REFUND":
+		return unreadable(row.RefundID, fmt.Sprintf("refund %s ended %.20s: the money did not go back; an operator must act", row.RefundID, row.RefundState))
+	}
+	out, err := billEntry(r, row.OutTradeNo, amount)
+	if err != nil {
+		out.Unreadable.Reason = fmt.Sprintf("交易状态 %.20s: %s", row.State, err)
+	}
+	return out
 }

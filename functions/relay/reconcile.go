@@ -21,7 +21,7 @@ var BillZone = time.FixedZone("CST", 8*3600)
 // BillDay is the bill day (yyyy-mm-dd, BillZone) of a time.
 func BillDay(t time.Time) string { return t.In(BillZone).Format(time.DateOnly) }
 
-// Bill is one provider's bill of one day for one merchant account, read into results.
+// Bill is one provider's bill of one day for one merchant account, read as a stream of rows.
 type Bill struct {
 	Provider string
 	// Environment is the account's: a sandbox Alipay app's bill lists sandbox payments.
@@ -32,20 +32,50 @@ type Bill struct {
 	Merchant  string
 	Merchants []string
 	Day       string // yyyy-mm-dd, BillZone
-	// Entries are the bill's paid trades (TypePaymentSucceeded) and refunds
-	// (TypePaymentRefunded, with this refund's amount), each with what ingesting it needs.
-	Entries []Result
-	// Unreadable are lines of the bill that cannot be relayed as they stand (an app routed to
-	// no game): reported as they are.
-	Unreadable []Finding
-	// Pending are refunds the bill shows not settled when it was made (WeChat Pay's
-	// PROCESSING) and still not settled when the provider was asked again: reported as
-	// pending_refund, and asked again by later runs until they settle.
-	Pending []PendingRefund
+	// Rows reads the bill once, row by row, calling yield for each: a paid trade
+	// (TypePaymentSucceeded) or a refund (TypePaymentRefunded, with this refund's amount) with
+	// what ingesting it needs, a line that cannot be relayed as it stands, or a refund not
+	// settled yet. It returns yield's error, or the bill's own once it is read whole (a WeChat
+	// Pay bill whose SHA1 does not hold, a truncated file): then nothing of the run is relayed.
+	// nil is an empty day.
+	Rows func(yield func(BillRow) error) error
+	// SettlePending, when set, asks the provider again about a refund the bill shows not
+	// settled: the refund to ingest when it settled since, the state it ended in when it ended
+	// without the money going back (""  while it is still processing). Nil leaves every one
+	// pending.
+	SettlePending func(ctx context.Context, pr PendingRefund) (settled *Result, ended string, err error)
 	// FindPayment, when set, asks the provider about an order for a refund the bill shows
 	// whose payment payrelay never received: a paid answer is ingested first, so the game
 	// server is told the payment, then its refund. nil (or no answer) leaves the refund alone.
 	FindPayment func(ctx context.Context, orderID string) (*Result, error)
+}
+
+// BillRow is one row of a bill: exactly one of its fields is set.
+type BillRow struct {
+	Entry      *Result
+	Unreadable *Finding
+	Pending    *PendingRefund
+}
+
+// RowsOf is a bill's Rows over rows held in memory (tests, small fixtures).
+func RowsOf(rows ...BillRow) func(yield func(BillRow) error) error {
+	return func(yield func(BillRow) error) error {
+		for _, r := range rows {
+			if err := yield(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// EntryRows is RowsOf the entries.
+func EntryRows(entries ...Result) func(yield func(BillRow) error) error {
+	rows := make([]BillRow, len(entries))
+	for i := range entries {
+		rows[i] = BillRow{Entry: &entries[i]}
+	}
+	return RowsOf(rows...)
 }
 
 // PendingRefund is a refund not settled yet: RefundNo is the merchant's refund number the
@@ -185,9 +215,13 @@ func (p *Payment) BillDays() []string {
 }
 
 // Reconcile compares a bill with what payrelay stored, ingests what is missing, and stores and
-// returns the report. An error means the run must be repeated (a store or queue unavailable);
-// what it ingested before failing stays, and the repeat finds it ingested by this run's
-// predecessor.
+// returns the report. The bill is read as a stream against a compact set of what payrelay
+// stored of the day (daySet: a fixed-size record per stored payment and refund, never the
+// documents), so memory grows with the stored day and the findings, not with the bill's rows.
+// What the bill shows missing is staged and ingested only once the bill was read whole and
+// held (its hash, its counts): nothing of an unverified bill is relayed. An error means the run
+// must be repeated (a store or queue unavailable, a bill that did not hold); what it ingested
+// before failing stays, and the repeat finds it ingested by this run's predecessor.
 func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, error) {
 	if s.cfg.Reports == nil || s.cfg.Days == nil {
 		return nil, ErrNoReconcile
@@ -206,37 +240,105 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			rep.Findings = append(rep.Findings, f)
 		}
 	}
-	for _, f := range b.Unreadable {
-		add(f)
-	}
-	for _, pr := range b.Pending {
-		add(Finding{Kind: FindingPendingRefund, OrderID: pr.OrderID, PaymentID: PaymentID(b.Environment, b.Provider, b.Merchant, pr.OrderID), RefundID: pr.RefundID,
-			RefundNo: pr.RefundNo, BillMinor: pr.AmountMinor, Action: ActionPending,
-			Reason: fmt.Sprintf("refund %s was %.20s on the bill and when asked again: later runs ask again until it settles", pr.RefundID, pr.State)})
-	}
 	// What payrelay holds of that day, under every merchant the bill covers.
-	byID := map[string]*Payment{}
-	var paidThatDay, refundedThatDay []*Payment
-	for _, m := range b.Merchants {
-		for _, kind := range []string{billPaid, billRefund} {
-			ps, err := s.billDay(ctx, BillDayKey(kind, b.Provider, m, b.Day))
-			if err != nil {
-				return nil, fmt.Errorf("payments of %s: %w", b.Day, err)
+	set, err := s.loadDay(ctx, b)
+	if err != nil {
+		return nil, fmt.Errorf("payments of %s: %w", b.Day, err)
+	}
+	// The bill, row by row: a row that matches a record is counted and marked; one that does
+	// not is staged (findings are few where the bill is many).
+	var staged []Result
+	compare := func(e Result) {
+		q := e.Payment
+		if e.Type == TypePaymentSucceeded {
+			rep.BillPayments++
+		} else {
+			rep.BillRefunds++
+		}
+		for _, m := range b.Merchants {
+			rec := set.find(PaymentID(b.Environment, b.Provider, m, q.OrderID), refundSub(e))
+			if rec == nil {
+				continue
 			}
-			// A bill is of one environment's account; the other's payments are not its.
-			ps = slices.DeleteFunc(ps, func(p *Payment) bool { return p.Environment != b.Environment })
-			for _, p := range ps {
-				byID[p.ID] = p
+			rec.flags |= recSeen
+			f := Finding{OrderID: q.OrderID, PaymentID: rec.paymentID(), StoredMinor: rec.amount, BillMinor: q.AmountMinor}
+			if e.Type == TypePaymentRefunded {
+				f.RefundID, f.BillMinor, f.SettledMinor = e.Refund.ID, e.Refund.AmountMinor, e.Refund.SettlementMinor
 			}
-			if kind == billPaid {
-				paidThatDay = append(paidThatDay, ps...)
-			} else {
-				refundedThatDay = append(refundedThatDay, ps...)
+			switch reason := rec.differs(e); {
+			case reason != "":
+				f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", reason
+				add(f)
+			case rec.flags&recViaReconcile != 0:
+				f.Kind, f.Action = missingKind(e.Type), "ingested by an earlier run"
+				add(f)
+			default:
+				rep.Matched++
 			}
+			return
+		}
+		staged = append(staged, e)
+	}
+	var pendingRows []PendingRefund
+	if b.Rows != nil {
+		err := b.Rows(func(row BillRow) error {
+			switch {
+			case row.Entry != nil:
+				compare(*row.Entry)
+			case row.Unreadable != nil:
+				add(*row.Unreadable)
+			case row.Pending != nil:
+				pendingRows = append(pendingRows, *row.Pending)
+			}
+			return ctx.Err()
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bill of %s %s %s: %w", b.Provider, b.Merchant, b.Day, err)
 		}
 	}
-	// lookup finds an order under any of the bill's merchants: first among that day's, then
-	// by id (a payment paid near midnight, or known so far only from a refund).
+	// The bill held: its pending refunds are asked about again (one that settled since is
+	// compared like a row), then what is missing is ingested.
+	for _, pr := range pendingRows {
+		settled, ended, err := (*Result)(nil), "", error(nil)
+		if b.SettlePending != nil {
+			settled, ended, err = b.SettlePending(ctx, pr)
+		}
+		switch {
+		case err != nil && Retryable(err):
+			return nil, fmt.Errorf("ask about refund %s: %w", pr.RefundID, err)
+		case err == nil && settled != nil:
+			compare(*settled)
+		case err == nil && ended != "":
+			add(Finding{Kind: FindingUnrelayable, OrderID: pr.OrderID, RefundID: pr.RefundID, RefundNo: pr.RefundNo, BillMinor: pr.AmountMinor, Action: "reported",
+				Reason: fmt.Sprintf("refund %s was %s on the bill and ended %.20s: the money did not go back; an operator must act", pr.RefundID, pr.State, ended)})
+		default:
+			add(Finding{Kind: FindingPendingRefund, OrderID: pr.OrderID, PaymentID: PaymentID(b.Environment, b.Provider, b.Merchant, pr.OrderID), RefundID: pr.RefundID,
+				RefundNo: pr.RefundNo, BillMinor: pr.AmountMinor, Action: ActionPending,
+				Reason: fmt.Sprintf("refund %s was %s on the bill and when asked again: later runs ask again until it settles", pr.RefundID, pr.State)})
+		}
+	}
+	if err := s.ingestStaged(ctx, b, staged, rep, add); err != nil {
+		return nil, err
+	}
+	// What payrelay holds of that day that the bill lacks.
+	if err := s.notInBill(ctx, set, rep, add); err != nil {
+		return nil, err
+	}
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Reports.PutReport(ctx, rep) }); err != nil {
+		return rep, fmt.Errorf("store report: %w", err)
+	}
+	return rep, nil
+}
+
+// ingestStaged ingests what the bill shows and the day's set lacked, payments before refunds
+// (a refund of a payment missing too attaches to it): each is looked up by id first (a payment
+// of another day, paid near midnight, or known so far only from a refund) and compared, then
+// ingested through the notification path.
+func (s *Service) ingestStaged(ctx context.Context, b Bill, staged []Result, rep *Report, add func(Finding)) error {
+	slices.SortStableFunc(staged, func(x, y Result) int {
+		return boolInt(x.Type == TypePaymentRefunded) - boolInt(y.Type == TypePaymentRefunded)
+	})
+	byID := map[string]*Payment{}
 	lookup := func(order string) (*Payment, error) {
 		for _, m := range b.Merchants {
 			if p, ok := byID[PaymentID(b.Environment, b.Provider, m, order)]; ok {
@@ -248,30 +350,25 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			p, _, err := s.getRetry(ctx, id)
 			switch {
 			case err == nil:
-				byID[id] = p
-				return p, nil
+				byID[id] = p.billFacts()
+				return byID[id], nil
 			case !errors.Is(err, ErrNotFound):
 				return nil, err
 			}
 		}
 		return nil, nil
 	}
-	// Payments before refunds: a refund of a payment missing too attaches to it.
-	entries := slices.Clone(b.Entries)
-	slices.SortStableFunc(entries, func(x, y Result) int {
-		return boolInt(x.Type == TypePaymentRefunded) - boolInt(y.Type == TypePaymentRefunded)
-	})
-	inBill := map[string]bool{} // payment ids (paid) and payment id + refund id
-	for _, e := range entries {
-		q := e.Payment
+	inBill := map[string]bool{} // payment ids this bill paid
+	for _, e := range staged {
 		if e.Type == TypePaymentSucceeded {
-			rep.BillPayments++
-		} else {
-			rep.BillRefunds++
+			inBill[PaymentID(b.Environment, b.Provider, e.Payment.Merchant, e.Payment.OrderID)] = true
 		}
+	}
+	for _, e := range staged {
+		q := e.Payment
 		p, err := lookup(q.OrderID)
 		if err != nil {
-			return nil, fmt.Errorf("look up order %s: %w", q.OrderID, err)
+			return fmt.Errorf("look up order %s: %w", q.OrderID, err)
 		}
 		if e.Type == TypePaymentRefunded && (p == nil || p.Paid() == nil) && b.FindPayment != nil && len(b.Merchants) == 1 &&
 			!inBill[PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)] {
@@ -279,13 +376,14 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			// and relay it before the refund.
 			found, err := s.findPayment(ctx, b, q.OrderID, add)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if found {
-				inBill[PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)] = true
-				delete(byID, PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID))
+				id := PaymentID(b.Environment, b.Provider, q.Merchant, q.OrderID)
+				inBill[id] = true
+				delete(byID, id)
 				if p, err = lookup(q.OrderID); err != nil {
-					return nil, fmt.Errorf("look up order %s: %w", q.OrderID, err)
+					return fmt.Errorf("look up order %s: %w", q.OrderID, err)
 				}
 			}
 		}
@@ -296,13 +394,11 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 		var stored *Notification
 		if e.Type == TypePaymentSucceeded {
 			f.BillMinor = q.AmountMinor
-			inBill[f.PaymentID] = true
 			if p != nil {
 				stored = p.Paid()
 			}
 		} else {
 			f.RefundID, f.BillMinor, f.SettledMinor = e.Refund.ID, e.Refund.AmountMinor, e.Refund.SettlementMinor
-			inBill[f.PaymentID+"|"+e.Refund.ID] = true
 			if p != nil {
 				stored = p.RefundByID(e.Refund.ID)
 			}
@@ -345,7 +441,7 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			f.Kind, f.Action, f.Reason = FindingUnrelayable, "reported", fe.Error()
 		case err != nil && Retryable(err):
 			// The store or the queue is unavailable: the run is repeated (Cloud Scheduler).
-			return nil, fmt.Errorf("ingest order %s: %w", q.OrderID, err)
+			return fmt.Errorf("ingest order %s: %w", q.OrderID, err)
 		case err != nil:
 			// This order's own failure (its game's queue is gone, a conflict that persisted):
 			// reported, and the run goes on with the bill's other lines (invariant 12).
@@ -355,29 +451,47 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			continue
 		default:
 			f.Action = "ingested"
+			delete(byID, res.PaymentID) // it changed: a later refund of it reads it afresh
 		}
 		add(f)
 	}
-	// What payrelay holds of that day that the bill lacks.
-	for _, p := range paidThatDay {
-		if n := p.Paid(); n != nil && BillDay(p.PaidAt) == b.Day && !inBill[p.ID] {
-			add(Finding{Kind: FindingNotInBill, OrderID: p.OrderID, PaymentID: p.ID, StoredMinor: p.AmountMinor, Action: "reported",
-				Reason: "payrelay holds this payment (" + n.Via + "); the provider's bill of its day does not list it"})
+	return nil
+}
+
+// notInBill reports what payrelay holds of the day that the bill lacked: every record of the
+// set the bill did not mark. The findings kept (MaxFindings) read their payment for the order
+// and refund ids; the rest are counted.
+func (s *Service) notInBill(ctx context.Context, set *daySet, rep *Report, add func(Finding)) error {
+	for i := range set.recs {
+		rec := &set.recs[i]
+		if rec.flags&recSeen != 0 {
+			continue
 		}
-	}
-	for _, p := range refundedThatDay {
-		for _, n := range p.Notifications {
-			if n.Refund == nil || BillDay(n.Refund.RefundedAt) != b.Day || inBill[p.ID+"|"+n.Refund.ID] {
-				continue
+		f := Finding{Kind: FindingNotInBill, PaymentID: rec.paymentID(), StoredMinor: rec.amount, Action: "reported"}
+		if len(rep.Findings) < MaxFindings {
+			p, _, err := s.getRetry(ctx, f.PaymentID)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("payment %s: %w", f.PaymentID, err)
 			}
-			add(Finding{Kind: FindingNotInBill, OrderID: p.OrderID, PaymentID: p.ID, RefundID: n.Refund.ID, StoredMinor: n.Refund.AmountMinor,
-				Action: "reported", Reason: "payrelay holds this refund (" + n.Via + "); the provider's bill of its day does not list it"})
+			if p != nil {
+				f.OrderID = p.OrderID
+				if rec.sub == 0 {
+					if n := p.Paid(); n != nil {
+						f.Reason = "payrelay holds this payment (" + n.Via + "); the provider's bill of its day does not list it"
+					}
+				} else {
+					for _, n := range p.Notifications {
+						if n.Refund != nil && n.Type == TypePaymentRefunded && refundHash(n.Refund.ID) == rec.sub {
+							f.RefundID = n.Refund.ID
+							f.Reason = "payrelay holds this refund (" + n.Via + "); the provider's bill of its day does not list it"
+						}
+					}
+				}
+			}
 		}
+		add(f)
 	}
-	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Reports.PutReport(ctx, rep) }); err != nil {
-		return rep, fmt.Errorf("store report: %w", err)
-	}
-	return rep, nil
+	return nil
 }
 
 // findPayment asks the provider (Bill.FindPayment) for the payment of a refund the bill shows
@@ -411,28 +525,39 @@ func (s *Service) findPayment(ctx context.Context, b Bill, orderID string, add f
 	return err == nil, nil
 }
 
-// billDay reads every payment under a bill-day key, a page (DayPage) per store operation, and
-// keeps of each only what reconciliation compares.
-func (s *Service) billDay(ctx context.Context, key string) ([]*Payment, error) {
-	var out []*Payment
-	for after := ""; ; {
-		var page []*Payment
-		err := s.withRetry(ctx, func(ctx context.Context) error {
-			var err error
-			page, err = s.cfg.Days.OnBillDay(ctx, key, after, DayPage)
-			return err
-		})
-		if err != nil {
-			return nil, err
+// loadDay reads every payment under the bill's day keys (each merchant's paid and refund
+// keys), a page (DayPage) per store operation, into the day's compact set: of each payment the
+// record of its payment if it was paid that day, and of each of its refunds of that day.
+func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
+	set := &daySet{}
+	for _, m := range b.Merchants {
+		for _, kind := range []string{billPaid, billRefund} {
+			key := BillDayKey(kind, b.Provider, m, b.Day)
+			for after := ""; ; {
+				var page []*Payment
+				err := s.withRetry(ctx, func(ctx context.Context) error {
+					var err error
+					page, err = s.cfg.Days.OnBillDay(ctx, key, after, DayPage)
+					return err
+				})
+				if err != nil {
+					return nil, err
+				}
+				for _, p := range page {
+					// A bill is of one environment's account; the other's payments are not its.
+					if p.Environment == b.Environment {
+						set.addPayment(p, kind, b.Day)
+					}
+				}
+				if len(page) < DayPage {
+					break
+				}
+				after = page[len(page)-1].ID
+			}
 		}
-		for _, p := range page {
-			out = append(out, p.billFacts())
-		}
-		if len(page) < DayPage {
-			return out, nil
-		}
-		after = page[len(page)-1].ID
 	}
+	set.seal()
+	return set, nil
 }
 
 // billFacts is the part of a payment a reconciliation compares and ingests by: its facts and

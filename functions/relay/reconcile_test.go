@@ -62,11 +62,11 @@ func TestReconcileFindsExactlyWhatIsOutOfStep(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, Day: day, Entries: []relay.Result{
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, Day: day, Rows: relay.EntryRows(
 		billRefund(m, "o-norefund", "r-missing", 300, at.Add(2*time.Hour)), // before its payment's line: order does not matter
 		billPay(m, "o-match", 1000, at), billPay(m, "o-norefund", 1000, at), billPay(m, "o-conflict", 1200, at),
 		billPay(m, "o-missing", 700, at), billRefund(m, "o-match", "r-match", 100, at.Add(time.Hour)),
-	}}
+	)}
 	want := []string{
 		"conflict o-conflict: not relayed",
 		"missing_payment o-missing: ingested",
@@ -127,7 +127,7 @@ func TestReconcileInterruptedThenRunAgain(t *testing.T) {
 	ctx := context.Background()
 	at := time.Date(2026, 11, 24, 9, 0, 0, 0, relay.BillZone)
 	const m = "m1"
-	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, Day: "2026-11-24", Entries: []relay.Result{billPay(m, "a", 100, at), billPay(m, "b", 200, at)}}
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: m, Day: "2026-11-24", Rows: relay.EntryRows(billPay(m, "a", 100, at), billPay(m, "b", 200, at))}
 	creates := 0
 	h.store.Fail = func(op string) error {
 		if op == "create" {
@@ -173,9 +173,9 @@ func TestReconcileSharedAccount(t *testing.T) {
 	if _, err := h.svc.Ingest(ctx, billPay("app-2", "sold-by-2", 100, at)); err != nil {
 		t.Fatal(err)
 	}
-	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "app-1", Merchants: []string{"app-1", "app-2"}, Day: "2026-11-24", Entries: []relay.Result{
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "app-1", Merchants: []string{"app-1", "app-2"}, Day: "2026-11-24", Rows: relay.EntryRows(
 		billPay("app-1", "sold-by-2", 100, at), billRefund("app-1", "sold-by-2", "rf-1", 40, at.Add(time.Minute)), billPay("app-1", "whose", 100, at),
-	}}
+	)}
 	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func TestLateNotificationOfARecoveredPayment(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone)
-	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Entries: []relay.Result{billPay("m1", "late-1", 1000, at)}}
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Rows: relay.EntryRows(billPay("m1", "late-1", 1000, at))}
 	if _, err := h.svc.Reconcile(ctx, bill, "scheduler"); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestReconcileMatchedDayCostsNoReadPerLine(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
-	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Entries: notifiedDay(t, h, "day-", 100)}
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Rows: relay.EntryRows(notifiedDay(t, h, "day-", 100)...)}
 	gets, creates, updates, tasks := h.store.Gets, h.store.Creates, h.store.Updates, len(h.queue.Snapshot())
 	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
 	if err != nil || rep.Matched != 100 || len(rep.Findings) != 0 {
@@ -279,7 +279,7 @@ func TestReconcileReadsALargeDayInPages(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	n := 2*relay.DayPage + 5
-	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Entries: slices.Delete(notifiedDay(t, h, "big-", n), 7, 8)} // the bill lacks big-7
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Rows: relay.EntryRows(slices.Delete(notifiedDay(t, h, "big-", n), 7, 8)...)} // the bill lacks big-7
 	calls := 0
 	h.store.Fail = func(op string) error {
 		if op == "day" {
@@ -384,4 +384,42 @@ func BenchmarkReconcileDayHeld(b *testing.B) {
 			b.ReportMetric(float64(d.held-before)/n, "B/payment")
 		}
 	})
+}
+
+// A bill that does not hold at its end (a WeChat Pay SHA1 mismatch after many rows, a
+// truncated file) relays nothing: what it showed missing was staged, and is discarded.
+func TestReconcileRelaysNothingOfABillThatDoesNotHold(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone)
+	const n = 5000
+	bad := errors.New("the file's SHA1 does not match the hash_value of the bill query")
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24",
+		Rows: func(yield func(relay.BillRow) error) error {
+			for i := range n {
+				e := billPay("m1", fmt.Sprintf("unverified-%d", i), 100, at)
+				if err := yield(relay.BillRow{Entry: &e}); err != nil {
+					return err
+				}
+			}
+			return bad
+		}}
+	if _, err := h.svc.Reconcile(ctx, bill, "scheduler"); !errors.Is(err, bad) {
+		t.Fatalf("Reconcile = %v, want the bill's own error", err)
+	}
+	if got := h.store.Len(); got != 0 {
+		t.Fatalf("%d payments stored from a bill that did not hold; want none", got)
+	}
+	if tasks := len(h.queue.Snapshot()); tasks != 0 {
+		t.Fatalf("%d tasks enqueued from a bill that did not hold", tasks)
+	}
+}
+
+// The memory a reconciliation holds per stored payment or refund is the record's size.
+func TestDayRecordSize(t *testing.T) {
+	t.Parallel()
+	if got := relay.DayRecordSize(); got != relay.DayRecordBytes {
+		t.Fatalf("a day record is %d bytes; DayRecordBytes says %d", got, relay.DayRecordBytes)
+	}
 }

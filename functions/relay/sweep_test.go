@@ -261,7 +261,7 @@ func TestReconcileGoesOnPastAnOrderItCannotRelay(t *testing.T) {
 		return nil
 	}
 	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: relay.BillDay(at),
-		Entries: []relay.Result{billPay("m1", "no-queue", 100, at), billPay("m1", "fine-1", 200, at), billPay("m1", "fine-2", 300, at)}}
+		Rows: relay.EntryRows(billPay("m1", "no-queue", 100, at), billPay("m1", "fine-1", 200, at), billPay("m1", "fine-2", 300, at))}
 	rep, err := h.svc.Reconcile(ctx, bill, "test")
 	if err != nil {
 		t.Fatalf("the run stopped on one order: %v", err)

@@ -1,7 +1,6 @@
 package provider
 
 import (
-	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/csv"
@@ -16,9 +15,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/text/encoding/simplifiedchinese"
+	"golang.org/x/text/transform"
 
 	"github.com/payrelay/payrelay/functions/relay"
 )
@@ -47,16 +46,6 @@ import (
 //     (2088...) followed by a four-digit suffix (the bill's sub-account; 0156 in the bills
 //     seen). A bare PID (the layout of older bills) is read too. The PID is checked against the
 //     app's seller_id when one is configured: a bill of another account is refused whole.
-
-// MaxBillSize bounds a downloaded bill (compressed) and MaxBillText what it may inflate to: 64
-// MiB is about 340,000 lines of an Alipay bill. Reading 100,000 lines (19 MiB) peaked at 147
-// MiB of heap, so 64 MiB should peak near 500 MiB, within Reconcile's 1 GiB (terraform's
-// reconcile_memory). A larger bill fails loudly (reconcile_failed) rather than the instance
-// running out of memory; raise both together.
-const (
-	MaxBillSize = 32 << 20
-	MaxBillText = 64 << 20
-)
 
 // ErrBillNotReady: the provider has not produced the day's bill yet; run again later.
 var ErrBillNotReady = errors.New("the provider's bill of that day is not ready yet")
@@ -102,23 +91,35 @@ var (
 	alipayAccount     = regexp.MustCompile(`^#账号[:：]\s*\[?([0-9A-Za-z]+)`)
 )
 
-// ParseAlipayBill reads the detail CSV of an Alipay trade bill (GBK, as it comes in the zip). It
-// checks the summary lines' counts against the rows, so a truncated file is an error, not a
-// short day.
+// ParseAlipayBill reads the detail CSV of an Alipay trade bill held in memory (GBK, as it comes
+// in the zip): tests and fuzzing; payrelay reads bills as they download (ReadAlipayBill).
 func ParseAlipayBill(gbk []byte) (AlipayBill, error) {
-	text, err := simplifiedchinese.GB18030.NewDecoder().Bytes(gbk)
-	if err != nil || !utf8.Valid(text) {
-		return AlipayBill{}, errors.New("alipay bill: not GBK text")
+	var rows []AlipayBillRow
+	bill, err := ReadAlipayBill(bytes.NewReader(gbk), func(_ *AlipayBill, row AlipayBillRow) error {
+		rows = append(rows, row)
+		return nil
+	})
+	if err != nil {
+		return AlipayBill{}, err
 	}
+	bill.Rows = rows
+	return bill, nil
+}
+
+// ReadAlipayBill reads the detail CSV of an Alipay trade bill (GBK) as a stream, calling row for
+// each row in order with the bill's header as read so far (its account: the '#' lines come
+// first). It checks the summary lines' counts against the rows, so a truncated file is an error
+// at its end, not a short day. The returned bill holds the header, not the rows.
+func ReadAlipayBill(gbk io.Reader, row func(*AlipayBill, AlipayBillRow) error) (AlipayBill, error) {
 	var bill AlipayBill
 	var header map[string]int
 	trades, refunds := -1, -1
 	seenTrades, seenRefunds := 0, 0
 	ended := false
-	for n, line := range strings.Split(strings.ReplaceAll(string(text), "\r\n", "\n"), "\n") {
-		line = strings.TrimRight(line, "\r")
+	text := transform.NewReader(gbk, simplifiedchinese.GB18030.NewDecoder())
+	err := eachLine(text, "alipay bill", func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
-			continue
+			return nil
 		}
 		if strings.HasPrefix(line, "#") {
 			switch {
@@ -132,14 +133,14 @@ func ParseAlipayBill(gbk []byte) (AlipayBill, error) {
 			case alipayRefundTotal.MatchString(line):
 				refunds, _ = strconv.Atoi(alipayRefundTotal.FindStringSubmatch(line)[1])
 			}
-			continue
+			return nil
 		}
 		if ended {
-			return AlipayBill{}, fmt.Errorf("alipay bill line %d: a row after the end of the detail", n+1)
+			return fmt.Errorf("alipay bill line %d: a row after the end of the detail", n)
 		}
 		fields, err := csvFields(line)
 		if err != nil {
-			return AlipayBill{}, fmt.Errorf("alipay bill line %d: %w", n+1, err)
+			return fmt.Errorf("alipay bill line %d: %w", n, err)
 		}
 		if header == nil {
 			header = map[string]int{}
@@ -148,10 +149,10 @@ func ParseAlipayBill(gbk []byte) (AlipayBill, error) {
 			}
 			for _, col := range []string{"支付宝交易号", "商户订单号", "业务类型", "完成时间", "订单金额（元）", "退款批次号/请求号"} {
 				if _, ok := header[col]; !ok {
-					return AlipayBill{}, fmt.Errorf("alipay bill: the header lacks column %s", col)
+					return fmt.Errorf("alipay bill: the header lacks column %s", col)
 				}
 			}
-			continue
+			return nil
 		}
 		get := func(col string) string {
 			if i := header[col]; i < len(fields) {
@@ -159,22 +160,24 @@ func ParseAlipayBill(gbk []byte) (AlipayBill, error) {
 			}
 			return ""
 		}
-		row := AlipayBillRow{TradeNo: get("支付宝交易号"), OutTradeNo: get("商户订单号"), Kind: get("业务类型"), RefundNo: get("退款批次号/请求号")}
-		if row.FinishedAt, err = time.ParseInLocation(time.DateTime, get("完成时间"), shanghai); err != nil {
-			return AlipayBill{}, fmt.Errorf("alipay bill line %d: 完成时间 %.30q is not yyyy-MM-dd HH:mm:ss", n+1, get("完成时间"))
+		r := AlipayBillRow{TradeNo: get("支付宝交易号"), OutTradeNo: get("商户订单号"), Kind: get("业务类型"), RefundNo: get("退款批次号/请求号")}
+		if r.FinishedAt, err = time.ParseInLocation(time.DateTime, get("完成时间"), shanghai); err != nil {
+			return fmt.Errorf("alipay bill line %d: 完成时间 %.30q is not yyyy-MM-dd HH:mm:ss", n, get("完成时间"))
 		}
-		if row.AmountMinor, err = relay.ParseAmount(strings.TrimPrefix(get("订单金额（元）"), "-"), "CNY"); err != nil {
-			return AlipayBill{}, fmt.Errorf("alipay bill line %d: 订单金额: %w", n+1, err)
+		if r.AmountMinor, err = relay.ParseAmount(strings.TrimPrefix(get("订单金额（元）"), "-"), "CNY"); err != nil {
+			return fmt.Errorf("alipay bill line %d: 订单金额: %w", n, err)
 		}
-		switch row.Kind {
+		switch r.Kind {
 		case "交易":
 			seenTrades++
 		case "退款":
 			seenRefunds++
 		}
-		bill.Rows = append(bill.Rows, row)
-	}
+		return row(&bill, r)
+	})
 	switch {
+	case err != nil:
+		return AlipayBill{}, err
 	case header == nil:
 		return AlipayBill{}, errors.New("alipay bill: no header row")
 	case !ended || trades < 0:
@@ -206,39 +209,15 @@ func csvFields(line string) ([]string, error) {
 	return fields, nil
 }
 
-// ReadAlipayBillZip finds the detail CSV in a bill's zip (its name ends in 业务明细.csv; the
-// names are GBK unless the entry is flagged UTF-8) and returns its bytes, refused as soon as it
-// inflates past limit (MaxBillText) bytes.
-func ReadAlipayBillZip(b []byte, limit int) ([]byte, error) {
-	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+// OpenAlipayBillZip reads a bill's zip as it downloads and returns the detail CSV's content
+// (its name ends in 业务明细.csv; GBK), unpacked as it is read and refused if it inflates past
+// MaxInflation times its packed size.
+func OpenAlipayBillZip(r io.Reader) (io.Reader, error) {
+	detail, err := zipEntry(r, isAlipayDetail)
 	if err != nil {
-		return nil, fmt.Errorf("alipay bill: not a zip: %w", err)
+		return nil, fmt.Errorf("alipay bill: %w", err)
 	}
-	for _, f := range zr.File {
-		name := f.Name
-		if f.NonUTF8 {
-			if d, err := simplifiedchinese.GB18030.NewDecoder().String(name); err == nil {
-				name = d
-			}
-		}
-		if !strings.HasSuffix(name, "业务明细.csv") {
-			continue
-		}
-		rc, err := f.Open()
-		if err != nil {
-			return nil, fmt.Errorf("alipay bill: %s: %w", name, err)
-		}
-		defer rc.Close()
-		text, err := io.ReadAll(io.LimitReader(rc, int64(limit)+1))
-		if err != nil {
-			return nil, fmt.Errorf("alipay bill: %s: %w", name, err)
-		}
-		if len(text) > limit {
-			return nil, fmt.Errorf("alipay bill: %s inflates past %d bytes", name, limit)
-		}
-		return text, nil
-	}
-	return nil, errors.New("alipay bill: the zip holds no *_业务明细.csv")
+	return detail, nil
 }
 
 // BillAccounts implements the Biller interface: one app per Alipay account that can ask for
@@ -310,34 +289,38 @@ func (a *Alipay) Bill(ctx context.Context, appID, day string) (relay.Bill, error
 	if err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
 		return relay.Bill{}, &QueryError{Reason: "alipay's bill_download_url is not an http(s) URL"}
 	}
-	resp, zipped, err := fetchHTTP(ctx, a.client, "alipay bill download", MaxBillSize, time.Minute, func(ctx context.Context) (*http.Request, error) {
-		return http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	})
-	if err != nil {
-		return relay.Bill{}, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("alipay's bill download answered HTTP %d", resp.StatusCode)}
-	}
-	text, err := ReadAlipayBillZip(zipped, MaxBillText)
-	if err == nil {
-		var parsed AlipayBill
-		if parsed, err = ParseAlipayBill(text); err == nil {
-			if app.SellerID != "" && parsed.PID != app.SellerID {
-				return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("alipay bill: the bill's account %.30q is not PID %s, app %s's seller_id: refused", parsed.Account, app.SellerID, appID)}
-			}
-			bill.Rows = func(yield func(relay.BillRow) error) error {
-				for _, row := range parsed.Rows {
-					if err := yield(a.billRow(app, row)); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
-			return bill, nil
+	// The file is read as reconciliation reads the rows: unpacked, decoded and split as it
+	// downloads (bill_download_url is valid for 30 seconds: the stream starts at once).
+	bill.Rows = func(yield func(relay.BillRow) error) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return err
 		}
+		resp, err := a.client.Do(req)
+		if err != nil {
+			return fmt.Errorf("alipay bill download: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return &QueryError{Reason: fmt.Sprintf("alipay's bill download answered HTTP %d", resp.StatusCode)}
+		}
+		detail, err := OpenAlipayBillZip(resp.Body)
+		if err == nil {
+			_, err = ReadAlipayBill(detail, func(b *AlipayBill, row AlipayBillRow) error {
+				if app.SellerID != "" && b.PID != app.SellerID {
+					return &QueryError{Reason: fmt.Sprintf("alipay bill: the bill's account %.30q is not PID %s, app %s's seller_id: refused", b.Account, app.SellerID, appID)}
+				}
+				return yield(a.billRow(app, row))
+			})
+		}
+		var qe *QueryError
+		switch {
+		case err == nil, errors.As(err, &qe), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return err
+		}
+		return &QueryError{Reason: err.Error()}
 	}
-	return relay.Bill{}, &QueryError{Reason: err.Error()}
+	return bill, nil
 }
 
 // billRow turns a bill's row into what reconciliation ingests, as the notification of it would

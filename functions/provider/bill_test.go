@@ -9,6 +9,7 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -120,7 +121,11 @@ func TestParseAlipayBill(t *testing.T) {
 func TestReadAlipayBillZip(t *testing.T) {
 	t.Parallel()
 	lines := []providertest.AlipayBillLine{{TradeNo: "2026112422001", OutTradeNo: "o-1", Kind: "交易", Finished: "2026-11-24 20:00:00", Amount: "6.48"}}
-	text, err := provider.ReadAlipayBillZip(providertest.AlipayBillZip("2088102177846881", "2026-11-24", lines), provider.MaxBillText)
+	detail, err := provider.OpenAlipayBillZip(bytes.NewReader(providertest.AlipayBillZip("2088102177846881", "2026-11-24", lines)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := io.ReadAll(detail)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +141,7 @@ func TestReadAlipayBillZip(t *testing.T) {
 			t.Errorf("%s: PID %q, %v; want %q", line, b.PID, err, pid)
 		}
 	}
-	if _, err := provider.ReadAlipayBillZip([]byte("PK not a zip"), provider.MaxBillText); err == nil {
+	if _, err := provider.OpenAlipayBillZip(strings.NewReader("PK not a zip")); err == nil {
 		t.Error("garbage read as a zip")
 	}
 }
@@ -307,7 +312,10 @@ func TestAlipayBillThroughTheGateway(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = a.Bill(ctx, providertest.AlipayAppID, "2026-11-24")
+		b, err := a.Bill(ctx, providertest.AlipayAppID, "2026-11-24")
+		if err == nil {
+			_, _, _, err = readBill(b)
+		}
 		var qe *provider.QueryError
 		if ok && err != nil || !ok && (!errors.As(err, &qe) || !strings.Contains(err.Error(), "seller_id")) {
 			t.Errorf("seller_id %s: %v; want accepted %v", seller, err, ok)
@@ -387,7 +395,11 @@ func TestWechatBillThroughTheAPI(t *testing.T) {
 	api.TamperBill("2026-11-26", providertest.WechatBillText([]providertest.WechatBillLine{{At: "2026-11-26 20:00:00", AppID: providertest.WechatAppID,
 		MchID: providertest.WechatMchID, TransactionID: "4200009", OutTradeNo: "wx-9", State: "SUCCESS", Total: "648.00"}}))
 	var qe *provider.QueryError
-	if _, err := wp.Bill(ctx, providertest.WechatMchID, "2026-11-26"); !errors.As(err, &qe) || !strings.Contains(err.Error(), "SHA1") {
+	tampered, err := wp.Bill(ctx, providertest.WechatMchID, "2026-11-26")
+	if err == nil {
+		_, _, _, err = readBill(tampered) // its rows are read, and the hash checked at the end
+	}
+	if !errors.As(err, &qe) || !strings.Contains(err.Error(), "SHA1") {
 		t.Errorf("a tampered bill: %v", err)
 	}
 	if _, refused := api.Counts(); refused != 0 {
@@ -481,34 +493,58 @@ func BenchmarkWechatBillBaseline10k(b *testing.B) {
 	}
 }
 
-// A bill that inflates past its bound is refused as it unpacks, however small it is packed:
-// Alipay's zip and WeChat Pay's gzip (the bound lowered to 1 MiB here; MaxBillText in use).
-func TestBillInflatingPastTheBoundIsRefused(t *testing.T) {
+// A bill that inflates past MaxInflation times its packed size is refused as it unpacks,
+// however small it is packed (a zip bomb): Alipay's zip and WeChat Pay's gzip; and a single line
+// past MaxBillLine is refused.
+func TestBillBombsAndLongLinesAreRefused(t *testing.T) {
 	t.Parallel()
-	const limit = 1 << 20
+	const size = 8 << 20
 	var zipped bytes.Buffer
 	zw := zip.NewWriter(&zipped)
 	f, err := zw.CreateHeader(&zip.FileHeader{Name: "2088102177846881_20261124_业务明细.csv", Method: zip.Deflate})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(make([]byte, limit+1))
+	f.Write(make([]byte, size))
 	zw.Close()
-	if zipped.Len() > limit/100 {
+	if zipped.Len() > size/500 {
 		t.Fatalf("the zip is %d bytes: not a bomb", zipped.Len())
 	}
-	if _, err := provider.ReadAlipayBillZip(zipped.Bytes(), limit); err == nil || !strings.Contains(err.Error(), "inflates past") {
-		t.Errorf("Alipay: a zip of %d bytes inflating past %d: %v", zipped.Len(), limit, err)
+	detail, err := provider.OpenAlipayBillZip(bytes.NewReader(zipped.Bytes()))
+	if err == nil {
+		_, err = io.Copy(io.Discard, detail)
 	}
-	if _, err := provider.ReadAlipayBillZip(zipped.Bytes(), limit+1); err != nil {
-		t.Errorf("Alipay: the same zip within its bound: %v", err)
+	if !errors.Is(err, provider.ErrInflation) {
+		t.Errorf("Alipay: a zip of %d bytes inflating to %d: %v, want ErrInflation", zipped.Len(), size, err)
+	}
+	// A real bill packs far below the ratio and reads whole.
+	big := make([]providertest.AlipayBillLine, 2000)
+	for i := range big {
+		big[i] = providertest.AlipayBillLine{TradeNo: fmt.Sprintf("20261124220014468810%08d", i), OutTradeNo: fmt.Sprintf("o-%d", i), Kind: "交易", Finished: "2026-11-24 20:00:00", Amount: "6.48"}
+	}
+	detail, err = provider.OpenAlipayBillZip(bytes.NewReader(providertest.AlipayBillZip("2088102177846881", "2026-11-24", big)))
+	if err == nil {
+		var b provider.AlipayBill
+		b, err = provider.ReadAlipayBill(detail, func(*provider.AlipayBill, provider.AlipayBillRow) error { return nil })
+		_ = b
+	}
+	if err != nil {
+		t.Errorf("Alipay: a 2,000-row bill: %v", err)
 	}
 
 	wp, api := newWechatBillFixture(t)
-	provider.SetBillTextLimit(wp, limit)
 	api.SetBill("2026-11-24", providertest.WechatBillText(nil))
-	api.TamperBill("2026-11-24", make([]byte, limit+1))
-	if _, err := wp.Bill(context.Background(), providertest.WechatMchID, "2026-11-24"); err == nil || !strings.Contains(err.Error(), "inflates past") {
-		t.Errorf("WeChat Pay: a gzip inflating past %d: %v", limit, err)
+	api.TamperBill("2026-11-24", bytes.Repeat([]byte("\n"), size))
+	bill, err := wp.Bill(context.Background(), providertest.WechatMchID, "2026-11-24")
+	if err == nil {
+		_, _, _, err = readBill(bill)
+	}
+	if err == nil || !strings.Contains(err.Error(), "zip bomb") {
+		t.Errorf("WeChat Pay: a gzip inflating to %d: %v", size, err)
+	}
+	// One line past the bound, in an otherwise well-formed bill.
+	long := strings.Replace(wechatBillLiteral, "`月卡, 648元,", "`"+strings.Repeat("卡", provider.MaxBillLine)+",", 1)
+	if _, err := provider.ParseWechatBill([]byte(long)); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("a line over MaxBillLine: %v", err)
 	}
 }

@@ -44,7 +44,6 @@ type WechatPay struct {
 	merchants map[string]*wechatMerchant
 	client    *http.Client
 	now       func() time.Time
-	billText  int // what a bill may inflate to: MaxBillText
 }
 
 type wechatKey struct {
@@ -70,7 +69,7 @@ const (
 
 // NewWechatPay checks every merchant's configuration.
 func NewWechatPay(ms []WechatPayMerchant) (*WechatPay, error) {
-	wp := &WechatPay{bySerial: map[string]wechatKey{}, merchants: map[string]*wechatMerchant{}, client: noRedirects, now: time.Now, billText: MaxBillText}
+	wp := &WechatPay{bySerial: map[string]wechatKey{}, merchants: map[string]*wechatMerchant{}, client: noRedirects, now: time.Now}
 	for i, m := range ms {
 		if m.MchID == "" || len(m.AppIDs) == 0 || len(m.PlatformKeys) == 0 {
 			return nil, fmt.Errorf("PROVIDER_CONFIG wechatpay[%d]: mchid, app_ids and platform_keys are required", i)

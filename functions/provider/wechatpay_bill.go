@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/payrelay/payrelay/functions/relay"
 )
@@ -85,70 +84,84 @@ type WechatBill struct {
 	Rows   []WechatBillRow
 }
 
-// ParseWechatBill reads a WeChat Pay trade bill (UTF-8 text, unpacked), of either layout. The
-// summary's 总交易单数 must count the rows, so a truncated file is an error, not a short day; a
-// row that cannot be placed is a row with its Problem, not an error.
+// ParseWechatBill reads a WeChat Pay trade bill held in memory (UTF-8 text, unpacked): tests and
+// fuzzing; payrelay reads bills as they download (ReadWechatBill).
 func ParseWechatBill(text []byte) (WechatBill, error) {
-	if !utf8.Valid(text) {
-		return WechatBill{}, errors.New("wechat pay bill: not UTF-8 text")
-	}
 	var bill WechatBill
+	layout, err := ReadWechatBill(bytes.NewReader(text), func(row WechatBillRow) error {
+		bill.Rows = append(bill.Rows, row)
+		return nil
+	})
+	if err != nil {
+		return WechatBill{}, err
+	}
+	bill.Layout = layout
+	return bill, nil
+}
+
+// ReadWechatBill reads a WeChat Pay trade bill (UTF-8 text, unpacked) of either layout as a
+// stream, calling row for each row in order, and returns the layout. The summary's 总交易单数
+// must count the rows, so a truncated file is an error at its end, not a short day; a row that
+// cannot be placed is a row with its Problem, not an error.
+func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, err error) {
 	var header, sumHeader map[string]int
 	var totalCol, refundCol string
-	total := -1
-	for n, line := range strings.Split(string(text), "\n") {
-		line = strings.TrimRight(line, "\r")
+	total, rows := -1, 0
+	err = eachLine(r, "wechat pay bill", func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
-			continue
+			return nil
 		}
 		switch {
 		case header == nil:
 			header = columns(line)
 			for _, col := range []string{"交易时间", "公众账号ID", "商户号", "微信订单号", "商户订单号", "交易状态", "微信退款单号", "退款金额"} {
 				if _, ok := header[col]; !ok {
-					return WechatBill{}, fmt.Errorf("wechat pay bill: the header lacks column %s", col)
+					return fmt.Errorf("wechat pay bill: the header lacks column %s", col)
 				}
 			}
-			bill.Layout, totalCol, refundCol = "current", "订单金额", "申请退款金额"
+			layout, totalCol, refundCol = "current", "订单金额", "申请退款金额"
 			if _, ok := header["订单金额"]; !ok {
 				if _, early := header["总金额"]; !early {
-					return WechatBill{}, errors.New("wechat pay bill: the header lacks column 订单金额 (or the early layout's 总金额)")
+					return errors.New("wechat pay bill: the header lacks column 订单金额 (or the early layout's 总金额)")
 				}
-				bill.Layout, totalCol, refundCol = "early", "总金额", "退款金额"
+				layout, totalCol, refundCol = "early", "总金额", "退款金额"
 			}
 			if _, ok := header[refundCol]; !ok {
-				return WechatBill{}, fmt.Errorf("wechat pay bill: the header lacks column %s", refundCol)
+				return fmt.Errorf("wechat pay bill: the header lacks column %s", refundCol)
 			}
-			continue
+			return nil
 		case strings.HasPrefix(line, "总交易单数"):
 			sumHeader = columns(line)
-			continue
+			return nil
 		case total >= 0:
-			return WechatBill{}, fmt.Errorf("wechat pay bill line %d: a row after the summary", n+1)
+			return fmt.Errorf("wechat pay bill line %d: a row after the summary", n)
 		}
 		if sumHeader != nil {
 			fields := backtickFields(line)
 			i, ok := sumHeader["总交易单数"]
 			if !ok || i >= len(fields) {
-				return WechatBill{}, errors.New("wechat pay bill: the summary lacks 总交易单数")
+				return errors.New("wechat pay bill: the summary lacks 总交易单数")
 			}
 			var err error
 			if total, err = strconv.Atoi(fields[i]); err != nil || total < 0 {
-				return WechatBill{}, fmt.Errorf("wechat pay bill: 总交易单数 %.20q is not a count", fields[i])
+				return fmt.Errorf("wechat pay bill: 总交易单数 %.20q is not a count", fields[i])
 			}
-			continue
+			return nil
 		}
-		bill.Rows = append(bill.Rows, wechatBillRow(header, totalCol, refundCol, line, n+1))
-	}
+		rows++
+		return row(wechatBillRow(header, totalCol, refundCol, line, n))
+	})
 	switch {
+	case err != nil:
+		return "", err
 	case header == nil:
-		return WechatBill{}, errors.New("wechat pay bill: no header row")
+		return "", errors.New("wechat pay bill: no header row")
 	case total < 0:
-		return WechatBill{}, errors.New("wechat pay bill: truncated (no summary row)")
-	case total != len(bill.Rows):
-		return WechatBill{}, fmt.Errorf("wechat pay bill: the summary counts %d rows, the bill holds %d", total, len(bill.Rows))
+		return "", errors.New("wechat pay bill: truncated (no summary row)")
+	case total != rows:
+		return "", fmt.Errorf("wechat pay bill: the summary counts %d rows, the bill holds %d", total, rows)
 	}
-	return bill, nil
+	return layout, nil
 }
 
 // wechatBillRow reads one row by the header's columns; what does not parse is its Problem.
@@ -270,31 +283,40 @@ func (wp *WechatPay) Bill(ctx context.Context, mchID, day string) (relay.Bill, e
 	if err != nil || u.Scheme != base.Scheme || u.Host != base.Host {
 		return relay.Bill{}, &QueryError{Reason: "wechat pay's download_url is not on the API host " + base.Host}
 	}
-	resp, zipped, err := wp.apiGet(ctx, m, u.RequestURI(), MaxBillSize, time.Minute)
-	if err != nil {
-		return relay.Bill{}, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return relay.Bill{}, &QueryError{Reason: fmt.Sprintf("wechat pay's bill download answered HTTP %d", resp.StatusCode)}
-	}
-	text, err := gunzip(zipped, wp.billText)
-	if err != nil {
-		return relay.Bill{}, &QueryError{Reason: "wechat pay bill: " + err.Error()}
-	}
-	sum := sha1.Sum(text)
 	want, _ := hex.DecodeString(strings.ToLower(ans.HashValue))
-	if subtle.ConstantTimeCompare(sum[:], want) != 1 {
-		return relay.Bill{}, &QueryError{Reason: "wechat pay bill: the file's SHA1 does not match the hash_value of the bill query"}
-	}
-	parsed, err := ParseWechatBill(text)
-	if err != nil {
-		return relay.Bill{}, &QueryError{Reason: err.Error()}
-	}
+	download := u.RequestURI()
+	// The file is read as reconciliation reads the rows: unpacked, hashed and split as it
+	// downloads. Its SHA1 is known only at its end, so the rows are compared and staged, and the
+	// stream's error at the end (a hash that does not hold) discards them all.
 	bill.Rows = func(yield func(relay.BillRow) error) error {
-		for _, row := range parsed.Rows {
-			if err := yield(wp.billRow(m, row)); err != nil {
+		resp, err := wp.apiStream(ctx, m, download)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return &QueryError{Reason: fmt.Sprintf("wechat pay's bill download answered HTTP %d", resp.StatusCode)}
+		}
+		packed := &countingReader{r: resp.Body}
+		zr, err := gzip.NewReader(packed)
+		if err != nil {
+			return &QueryError{Reason: "wechat pay bill: not gzip: " + err.Error()}
+		}
+		hash := sha1.New()
+		text := io.TeeReader(&inflationGuard{r: zr, packed: packed}, hash)
+		_, err = ReadWechatBill(text, func(row WechatBillRow) error { return yield(wp.billRow(m, row)) })
+		if err != nil {
+			var qe *QueryError
+			if errors.As(err, &qe) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return err
 			}
+			return &QueryError{Reason: err.Error()}
+		}
+		if _, err := io.Copy(io.Discard, text); err != nil { // what follows the summary, hashed too
+			return &QueryError{Reason: "wechat pay bill: " + err.Error()}
+		}
+		if subtle.ConstantTimeCompare(hash.Sum(nil), want) != 1 {
+			return &QueryError{Reason: "wechat pay bill: the file's SHA1 does not match the hash_value of the bill query: nothing of it is relayed"}
 		}
 		return nil
 	}
@@ -325,21 +347,27 @@ func (wp *WechatPay) apiGet(ctx context.Context, m *wechatMerchant, pathAndQuery
 	})
 }
 
-// gunzip unpacks b, refusing it as soon as it inflates past limit bytes.
-func gunzip(b []byte, limit int) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(b))
+// apiStream makes a signed APIv3 GET of pathAndQuery and returns the answer for its body to be
+// read as a stream (a bill download); the caller closes it. No retry: a download that fails
+// fails the run, which is repeated.
+func (wp *WechatPay) apiStream(ctx context.Context, m *wechatMerchant, pathAndQuery string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.query.base+pathAndQuery, nil)
 	if err != nil {
-		return nil, fmt.Errorf("not gzip: %w", err)
+		return nil, err
 	}
-	text, err := io.ReadAll(io.LimitReader(zr, int64(limit)+1))
+	auth, err := WechatAuthorization(m.query.priv, m.MchID, m.query.serial, http.MethodGet, pathAndQuery, nil, wp.now())
 	if err != nil {
-		return nil, fmt.Errorf("gzip: %w", err)
+		return nil, err
 	}
-	if len(text) > limit {
-		return nil, fmt.Errorf("inflates past %d bytes", limit)
+	req.Header.Set("Authorization", auth)
+	req.Header.Set("User-Agent", "payrelay")
+	resp, err := wp.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("wechat pay bill download: %w", err)
 	}
-	return text, nil
+	return resp, nil
 }
+
 
 // billRow turns a bill's row into what reconciliation ingests, as its notification would have
 // been read; a row that cannot be is reported, a refund not settled is pending.

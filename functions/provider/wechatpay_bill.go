@@ -368,7 +368,6 @@ func (wp *WechatPay) apiStream(ctx context.Context, m *wechatMerchant, pathAndQu
 	return resp, nil
 }
 
-
 // billRow turns a bill's row into what reconciliation ingests, as its notification would have
 // been read; a row that cannot be is reported, a refund not settled is pending.
 func (wp *WechatPay) billRow(m *wechatMerchant, row WechatBillRow) relay.BillRow {

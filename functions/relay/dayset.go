@@ -10,28 +10,28 @@ import (
 )
 
 // daySet is what a reconciliation holds of the stored day: one fixed-size record (dayRecord,
-// 40 bytes) per payment paid that day and per refund made that day, sorted by key for binary
+// 32 bytes) per payment paid that day and per refund made that day, sorted by key for binary
 // search, never the documents. A row of the bill is looked up in it by its payment id and
 // refund; what it lacks is read from the store by id (findings are few), and what the bill
 // never marked is not in the bill.
 type daySet struct {
-	recs   []dayRecord
-	sealed bool
+	recs       []dayRecord
+	currencies []string // the index a record's currency refers to
 }
 
-// dayRecord is one stored payment or refund, compacted: the payment id (16 bytes, the id's hex
-// decoded), the refund (an FNV-64 of its id, 0 for the payment itself), the amount, an FNV-32
-// of the transaction id (0 for none), the currency and flags.
+// dayRecord is one stored payment or refund, compacted: the payment id (16 bytes: the id's hex
+// decoded), the refund (an FNV-32 of its id within the payment, 0 for the payment itself), the
+// amount, and meta: a 20-bit FNV of the transaction id (0 for none), the currency's index, and
+// flags. A hash collision could only make two refunds of one payment, or two transaction ids,
+// compare equal: never a payment another's.
 type dayRecord struct {
 	id     [16]byte
-	sub    uint64
 	amount int64
-	tx     uint32
-	cur    [3]byte
-	flags  uint8
+	sub    uint32
+	meta   uint32 // tx hash << 12 | currency << 4 | flags
 }
 
-// Record flags.
+// Record flags (meta's low 4 bits).
 const (
 	recSeen         = 1 << iota // a row of the bill matched it
 	recViaReconcile             // payrelay learnt of it from an earlier reconciliation
@@ -39,29 +39,34 @@ const (
 
 // DayRecordBytes is the memory a reconciliation holds per stored payment or refund of the day
 // (the README's figure).
-const DayRecordBytes = 40
+const DayRecordBytes = 32
+
+func (r *dayRecord) flags() uint32 { return r.meta & 0xF }
+func (r *dayRecord) tx() uint32    { return r.meta >> 12 }
+func (r *dayRecord) cur() int      { return int(r.meta>>4) & 0xFF }
 
 // refundHash names a refund within its payment; never 0 (0 is the payment itself).
-func refundHash(refundID string) uint64 {
-	h := fnv.New64a()
+func refundHash(refundID string) uint32 {
+	h := fnv.New32a()
 	h.Write([]byte(refundID))
-	if v := h.Sum64(); v != 0 {
+	if v := h.Sum32(); v != 0 {
 		return v
 	}
 	return 1
 }
 
+// txHash is a transaction id's 20-bit hash; 0 for none.
 func txHash(id string) uint32 {
 	if id == "" {
 		return 0
 	}
 	h := fnv.New32a()
 	h.Write([]byte(id))
-	return h.Sum32() | 1
+	return h.Sum32()&0xFFFFF | 1
 }
 
 // refundSub is the record sub-key a bill's entry looks for.
-func refundSub(e Result) uint64 {
+func refundSub(e Result) uint32 {
 	if e.Type == TypePaymentRefunded && e.Refund != nil {
 		return refundHash(e.Refund.ID)
 	}
@@ -83,25 +88,34 @@ func idBytes(id string) [16]byte {
 
 func (r *dayRecord) paymentID() string { return hex.EncodeToString(r.id[:]) }
 
+// currency is the index of c in the set's table, added when new (at most 256 currencies in a
+// day; past that the last index stands for all, and amounts are still compared).
+func (s *daySet) currency(c string) uint32 {
+	for i, x := range s.currencies {
+		if x == c {
+			return uint32(i)
+		}
+	}
+	if len(s.currencies) < 256 {
+		s.currencies = append(s.currencies, c)
+	}
+	return uint32(len(s.currencies) - 1)
+}
+
 // addPayment adds p's records of day: its payment when it was paid that day (kind paid), its
 // refunds of that day (kind refund).
 func (s *daySet) addPayment(p *Payment, kind, day string) {
 	id := idBytes(p.ID)
 	for _, n := range p.Notifications {
+		var flags uint32
+		if n.Via == ViaReconcile {
+			flags |= recViaReconcile
+		}
 		switch {
 		case kind == billPaid && n.Type == TypePaymentSucceeded && !p.PaidAt.IsZero() && BillDay(p.PaidAt) == day:
-			r := dayRecord{id: id, amount: p.AmountMinor, tx: txHash(p.TransactionID)}
-			copy(r.cur[:], p.Currency)
-			if n.Via == ViaReconcile {
-				r.flags |= recViaReconcile
-			}
-			s.recs = append(s.recs, r)
+			s.recs = append(s.recs, dayRecord{id: id, amount: p.AmountMinor, meta: txHash(p.TransactionID)<<12 | s.currency(p.Currency)<<4 | flags})
 		case kind == billRefund && n.Type == TypePaymentRefunded && n.Refund != nil && BillDay(n.Refund.RefundedAt) == day:
-			r := dayRecord{id: id, sub: refundHash(n.Refund.ID), amount: n.Refund.AmountMinor}
-			if n.Via == ViaReconcile {
-				r.flags |= recViaReconcile
-			}
-			s.recs = append(s.recs, r)
+			s.recs = append(s.recs, dayRecord{id: id, sub: refundHash(n.Refund.ID), amount: n.Refund.AmountMinor, meta: flags})
 		}
 	}
 }
@@ -125,11 +139,10 @@ func (s *daySet) seal() {
 	slices.SortFunc(s.recs, func(a, b dayRecord) int { return compareRec(&a, &b) })
 	s.recs = slices.CompactFunc(s.recs, func(a, b dayRecord) bool { return compareRec(&a, &b) == 0 })
 	s.recs = slices.Clip(s.recs)
-	s.sealed = true
 }
 
 // find returns the record of payment id (sub 0) or of its refund sub, or nil.
-func (s *daySet) find(id string, sub uint64) *dayRecord {
+func (s *daySet) find(id string, sub uint32) *dayRecord {
 	key := dayRecord{id: idBytes(id), sub: sub}
 	i, ok := slices.BinarySearchFunc(s.recs, key, func(a, b dayRecord) int { return compareRec(&a, &b) })
 	if !ok {
@@ -139,7 +152,7 @@ func (s *daySet) find(id string, sub uint64) *dayRecord {
 }
 
 // differs says how a bill's entry contradicts the record it matched, or "".
-func (r *dayRecord) differs(e Result) string {
+func (s *daySet) differs(r *dayRecord, e Result) string {
 	if e.Type == TypePaymentRefunded {
 		if r.amount != e.Refund.AmountMinor {
 			return fmt.Sprintf("the bill refunds %d, payrelay recorded %d for refund %s", e.Refund.AmountMinor, r.amount, e.Refund.ID)
@@ -147,10 +160,11 @@ func (r *dayRecord) differs(e Result) string {
 		return ""
 	}
 	q := e.Payment
+	cur := s.currencies[r.cur()]
 	switch {
-	case r.amount != q.AmountMinor || string(bytes.TrimRight(r.cur[:], "\x00")) != q.Currency:
-		return fmt.Sprintf("the bill states %d %s, payrelay stored %d %s", q.AmountMinor, q.Currency, r.amount, bytes.TrimRight(r.cur[:], "\x00"))
-	case r.tx != 0 && q.TransactionID != "" && r.tx != txHash(q.TransactionID):
+	case r.amount != q.AmountMinor || cur != q.Currency:
+		return fmt.Sprintf("the bill states %d %s, payrelay stored %d %s", q.AmountMinor, q.Currency, r.amount, cur)
+	case r.tx() != 0 && q.TransactionID != "" && r.tx() != txHash(q.TransactionID):
 		return fmt.Sprintf("the bill's transaction %s is not the stored one", q.TransactionID)
 	}
 	return ""

@@ -260,16 +260,16 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			if rec == nil {
 				continue
 			}
-			rec.flags |= recSeen
+			rec.meta |= recSeen
 			f := Finding{OrderID: q.OrderID, PaymentID: rec.paymentID(), StoredMinor: rec.amount, BillMinor: q.AmountMinor}
 			if e.Type == TypePaymentRefunded {
 				f.RefundID, f.BillMinor, f.SettledMinor = e.Refund.ID, e.Refund.AmountMinor, e.Refund.SettlementMinor
 			}
-			switch reason := rec.differs(e); {
+			switch reason := set.differs(rec, e); {
 			case reason != "":
 				f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", reason
 				add(f)
-			case rec.flags&recViaReconcile != 0:
+			case rec.flags()&recViaReconcile != 0:
 				f.Kind, f.Action = missingKind(e.Type), "ingested by an earlier run"
 				add(f)
 			default:
@@ -464,7 +464,7 @@ func (s *Service) ingestStaged(ctx context.Context, b Bill, staged []Result, rep
 func (s *Service) notInBill(ctx context.Context, set *daySet, rep *Report, add func(Finding)) error {
 	for i := range set.recs {
 		rec := &set.recs[i]
-		if rec.flags&recSeen != 0 {
+		if rec.flags()&recSeen != 0 {
 			continue
 		}
 		f := Finding{Kind: FindingNotInBill, PaymentID: rec.paymentID(), StoredMinor: rec.amount, Action: "reported"}

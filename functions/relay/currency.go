@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/big"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -207,6 +208,13 @@ func ParseAmount(s, currency string) (int64, error) {
 		return 0, &FieldError{"amount", fmt.Sprintf("%q has more decimals than %s's minor unit (%d)", s, currency, exp)}
 	}
 	frac += strings.Repeat("0", exp-len(frac))
+	if digits := whole + frac; len(digits) <= 18 { // fits an int64: no big.Int (a bill's every row)
+		n, _ := strconv.ParseInt(digits, 10, 64)
+		if n <= 0 {
+			return 0, &FieldError{"amount", "must be positive"}
+		}
+		return n, nil
+	}
 	n, ok := new(big.Int).SetString(whole+frac, 10)
 	if !ok || !n.IsInt64() {
 		return 0, &FieldError{"amount", fmt.Sprintf("%q is out of range", s)}

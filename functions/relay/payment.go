@@ -149,13 +149,42 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
+// isName is GamePattern (underscore false) or providerPattern (underscore true), by hand:
+// lowercase letters, digits and -, (_), at most max, starting with a letter.
+func isName(v string, max int, underscore bool) bool {
+	if v == "" || len(v) > max || v[0] < 'a' || v[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(v); i++ {
+		c := v[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || underscore && c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// isID is idPattern, by hand: it runs for every field of every row of a bill.
+func isID(v string) bool {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == ':' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return v != ""
+}
+
 func checkID(field, v string) error {
 	switch {
 	case v == "":
 		return &FieldError{field, "required"}
 	case len(v) > MaxIDLength:
 		return &FieldError{field, fmt.Sprintf("longer than %d characters", MaxIDLength)}
-	case !idPattern.MatchString(v):
+	case !isID(v):
 		return &FieldError{field, "only letters, digits and _ . : - are allowed"}
 	}
 	return nil
@@ -164,7 +193,7 @@ func checkID(field, v string) error {
 // Validate checks every fact of the payment and returns the first field at fault. PaidAt may be
 // zero: a refund notification does not always say when its payment was made.
 func (p *Payment) Validate() error {
-	if !providerPattern.MatchString(p.Provider) {
+	if !isName(p.Provider, 32, true) {
 		return &FieldError{"provider", "want 1-32 lowercase letters, digits, _ or -, starting with a letter"}
 	}
 	if err := checkID("order_id", p.OrderID); err != nil {
@@ -179,7 +208,7 @@ func (p *Payment) Validate() error {
 	if err := checkID("merchant", p.Merchant); err != nil {
 		return err
 	}
-	if !GamePattern.MatchString(p.Game) {
+	if !isName(p.Game, 30, false) {
 		return &FieldError{"game", "the payment is routed to no game"}
 	}
 	if _, err := ParseEnvironment(string(p.Environment)); err != nil {
@@ -236,3 +265,6 @@ func (p *Payment) Matches(q *Payment) bool {
 	}
 	return p.SameFacts(q)
 }
+
+// IsID reports whether v may be an id field (order, transaction, app, merchant, refund).
+func IsID(v string) bool { return isID(v) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -555,4 +556,21 @@ func (f *failingJobs) UpdateJob(ctx context.Context, j *relay.Job, v relay.Versi
 
 func relaytestJobStep(id string, step int) relaytest.JobStep {
 	return relaytest.JobStep{JobID: id, Step: step}
+}
+
+// isID and isName agree with the patterns they stand for.
+func TestIDCheckMatchesItsPattern(t *testing.T) {
+	t.Parallel()
+	pattern := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:\-]*$`)
+	for _, v := range []string{"a", "A1", "1", "order-1001", "wx_1.2:3", "-a", "_a", ".a", ":a", "a b", "a/b", "订单", "é", "a\x00", "ab-", "Z9", "a\n"} {
+		if got, want := relay.IsID(v), pattern.MatchString(v); got != want {
+			t.Errorf("IsID(%q) = %v, the pattern says %v", v, got, want)
+		}
+	}
+	for _, v := range []string{"sword", "farm-valley", "a", "a1", "1a", "-a", "Sword", "a_b", "abcdefghijabcdefghijabcdefghij", "abcdefghijabcdefghijabcdefghijk", ""} {
+		p := relay.Payment{Provider: "generic", Environment: relay.EnvProduction, Merchant: "m", OrderID: "o", TransactionID: "t", AmountMinor: 1, Currency: "CNY", AppID: "a", Game: v}
+		if got, want := p.Validate() == nil, relay.GamePattern.MatchString(v); got != want {
+			t.Errorf("a payment of game %q validates %v, GamePattern says %v", v, got, want)
+		}
+	}
 }

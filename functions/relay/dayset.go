@@ -1,7 +1,8 @@
 package relay
 
 import (
-	"bytes"
+	"cmp"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"hash/fnv"
@@ -25,7 +26,7 @@ type daySet struct {
 // flags. A hash collision could only make two refunds of one payment, or two transaction ids,
 // compare equal: never a payment another's.
 type dayRecord struct {
-	id     [16]byte
+	hi, lo uint64 // the payment id's 16 bytes, big-endian: compared as two words
 	amount int64
 	sub    uint32
 	meta   uint32 // tx hash << 12 | currency << 4 | flags
@@ -73,20 +74,27 @@ func refundSub(e Result) uint32 {
 	return 0
 }
 
-func idBytes(id string) [16]byte {
+// idWords is a payment id as the two words a record keys it by.
+func idWords(id string) (hi, lo uint64) {
 	var k [16]byte
-	if b, err := hex.DecodeString(id); err == nil && len(b) == 16 {
-		copy(k[:], b)
-	} else {
-		// Not an id payrelay made (tests): its hash stands in.
-		h := fnv.New128a()
-		h.Write([]byte(id))
-		copy(k[:], h.Sum(nil))
+	if len(id) == 32 {
+		if _, err := hex.Decode(k[:], []byte(id)); err == nil {
+			return binary.BigEndian.Uint64(k[:8]), binary.BigEndian.Uint64(k[8:])
+		}
 	}
-	return k
+	// Not an id payrelay made (tests): its hash stands in.
+	h := fnv.New128a()
+	h.Write([]byte(id))
+	h.Sum(k[:0])
+	return binary.BigEndian.Uint64(k[:8]), binary.BigEndian.Uint64(k[8:])
 }
 
-func (r *dayRecord) paymentID() string { return hex.EncodeToString(r.id[:]) }
+func (r *dayRecord) paymentID() string {
+	var k [16]byte
+	binary.BigEndian.PutUint64(k[:8], r.hi)
+	binary.BigEndian.PutUint64(k[8:], r.lo)
+	return hex.EncodeToString(k[:])
+}
 
 // currency is the index of c in the set's table, added when new (at most 256 currencies in a
 // day; past that the last index stands for all, and amounts are still compared).
@@ -105,7 +113,7 @@ func (s *daySet) currency(c string) uint32 {
 // addPayment adds p's records of day: its payment when it was paid that day (kind paid), its
 // refunds of that day (kind refund).
 func (s *daySet) addPayment(p *Payment, kind, day string) {
-	id := idBytes(p.ID)
+	hi, lo := idWords(p.ID)
 	for _, n := range p.Notifications {
 		var flags uint32
 		if n.Via == ViaReconcile {
@@ -113,24 +121,21 @@ func (s *daySet) addPayment(p *Payment, kind, day string) {
 		}
 		switch {
 		case kind == billPaid && n.Type == TypePaymentSucceeded && !p.PaidAt.IsZero() && BillDay(p.PaidAt) == day:
-			s.recs = append(s.recs, dayRecord{id: id, amount: p.AmountMinor, meta: txHash(p.TransactionID)<<12 | s.currency(p.Currency)<<4 | flags})
+			s.recs = append(s.recs, dayRecord{hi: hi, lo: lo, amount: p.AmountMinor, meta: txHash(p.TransactionID)<<12 | s.currency(p.Currency)<<4 | flags})
 		case kind == billRefund && n.Type == TypePaymentRefunded && n.Refund != nil && BillDay(n.Refund.RefundedAt) == day:
-			s.recs = append(s.recs, dayRecord{id: id, sub: refundHash(n.Refund.ID), amount: n.Refund.AmountMinor, meta: flags})
+			s.recs = append(s.recs, dayRecord{hi: hi, lo: lo, sub: refundHash(n.Refund.ID), amount: n.Refund.AmountMinor, meta: flags})
 		}
 	}
 }
 
 func compareRec(a, b *dayRecord) int {
-	if c := bytes.Compare(a.id[:], b.id[:]); c != 0 {
-		return c
-	}
 	switch {
-	case a.sub < b.sub:
-		return -1
-	case a.sub > b.sub:
-		return 1
+	case a.hi != b.hi:
+		return cmp.Compare(a.hi, b.hi)
+	case a.lo != b.lo:
+		return cmp.Compare(a.lo, b.lo)
 	}
-	return 0
+	return cmp.Compare(a.sub, b.sub)
 }
 
 // seal sorts the records and drops duplicates (a payment under two day keys); the set is then
@@ -143,12 +148,21 @@ func (s *daySet) seal() {
 
 // find returns the record of payment id (sub 0) or of its refund sub, or nil.
 func (s *daySet) find(id string, sub uint32) *dayRecord {
-	key := dayRecord{id: idBytes(id), sub: sub}
-	i, ok := slices.BinarySearchFunc(s.recs, key, func(a, b dayRecord) int { return compareRec(&a, &b) })
-	if !ok {
-		return nil
+	hi, lo := idWords(id)
+	key := dayRecord{hi: hi, lo: lo, sub: sub}
+	i, j := 0, len(s.recs)
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if compareRec(&s.recs[h], &key) < 0 {
+			i = h + 1
+		} else {
+			j = h
+		}
 	}
-	return &s.recs[i]
+	if i < len(s.recs) && compareRec(&s.recs[i], &key) == 0 {
+		return &s.recs[i]
+	}
+	return nil
 }
 
 // differs says how a bill's entry contradicts the record it matched, or "".

@@ -171,6 +171,9 @@ type DayFinder interface {
 	// OnBillDay returns, in id order, at most limit payments whose BillDays hold key and whose
 	// id sorts after after ("" for the first page). A page shorter than limit is the last.
 	OnBillDay(ctx context.Context, key, after string, limit int) ([]*Payment, error)
+	// CountOnBillDay counts the payments whose BillDays hold key (an aggregation, not a read
+	// of each): the day's set is sized from it once, never grown by copies.
+	CountOnBillDay(ctx context.Context, key string) (int, error)
 }
 
 // DayPage is how many payments one page of a day query reads. Each page is one store
@@ -530,6 +533,23 @@ func (s *Service) findPayment(ctx context.Context, b Bill, orderID string, add f
 // record of its payment if it was paid that day, and of each of its refunds of that day.
 func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
 	set := &daySet{}
+	// Sized once: a slice grown by appending copies itself, holding old and new at once.
+	size := 0
+	for _, m := range b.Merchants {
+		for _, kind := range []string{billPaid, billRefund} {
+			var n int
+			err := s.withRetry(ctx, func(ctx context.Context) error {
+				var err error
+				n, err = s.cfg.Days.CountOnBillDay(ctx, BillDayKey(kind, b.Provider, m, b.Day))
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			size += n
+		}
+	}
+	set.recs = make([]dayRecord, 0, size+size/64+16) // a few more: payments stored meanwhile
 	for _, m := range b.Merchants {
 		for _, kind := range []string{billPaid, billRefund} {
 			key := BillDayKey(kind, b.Provider, m, b.Day)

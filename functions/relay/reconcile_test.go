@@ -311,6 +311,8 @@ type dayOf struct {
 	held uint64 // the live heap at the last page
 }
 
+func (d *dayOf) CountOnBillDay(context.Context, string) (int, error) { return d.n, nil }
+
 func (d *dayOf) payment(i int) *relay.Payment {
 	at := time.Date(2026, 11, 24, 10, 0, 0, 0, relay.BillZone)
 	order := fmt.Sprintf("held-%07d", i)

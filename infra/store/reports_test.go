@@ -42,6 +42,10 @@ func TestOnBillDay(t *testing.T) {
 		for _, p := range ps {
 			out = append(out, p.OrderID)
 		}
+		// The count aggregation counts what the query reads.
+		if n, err := s.CountOnBillDay(ctx, key); err != nil || n != len(out) {
+			t.Errorf("CountOnBillDay(%s) = %d, %v; the query reads %d", key, n, err, len(out))
+		}
 		return out
 	}
 	if got := ids(relay.BillDayKey("paid", "generic", "game-1", "2026-11-25")); !cmp.Equal(got, []string{"day-1"}) {

@@ -366,6 +366,19 @@ func (q *Queue) EnqueueJob(_ context.Context, jobID string, step int) error {
 
 var _ relay.DayFinder = (*Store)(nil)
 
+// CountOnBillDay implements relay.DayFinder.
+func (s *Store) CountOnBillDay(_ context.Context, key string) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, p := range s.payments {
+		if slices.Contains(p.BillDays(), key) {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // OnBillDay implements relay.DayFinder over the payments in memory, in id order. DayQueries
 // counts its calls (the pages read).
 func (s *Store) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {

@@ -170,7 +170,7 @@ variable "function_memory" {
 }
 
 variable "reconcile_memory" {
-  description = "Memory of the functions that reconcile whole bills (Reconcile, and Admin for operators' runs): reading a 100,000-line Alipay bill peaks near 150 MiB of heap before the day's payments are compared."
+  description = "Memory of the functions that reconcile bills (Reconcile, and Admin for operators' runs): a bill is streamed, and a day holds about 49 bytes per row (measured: a 5,000,000-row day peaks at 304 MiB of heap, 233 MiB under GOMEMLIMIT=256MiB); 1Gi holds a day of about 15 million payments."
   type        = string
   default     = "1Gi"
   validation {

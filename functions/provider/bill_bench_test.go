@@ -97,13 +97,18 @@ func piped(gen func(io.Writer) error) io.ReadCloser {
 type syntheticDay struct {
 	provider, merchant, prefix string
 	n, next                    int
+	// Planted differences from the bill: payments the store lacks, amounts it holds otherwise,
+	// and payments it holds past the bill's n.
+	lacks  map[int]bool
+	amount map[int]int64
+	extra  int
 }
 
 func (d *syntheticDay) CountOnBillDay(_ context.Context, key string) (int, error) {
 	if key != relay.BillDayKey("paid", d.provider, d.merchant, benchDay) {
 		return 0, nil
 	}
-	return d.n, nil
+	return d.n + d.extra - len(d.lacks), nil
 }
 
 func (d *syntheticDay) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {
@@ -115,10 +120,17 @@ func (d *syntheticDay) OnBillDay(_ context.Context, key, after string, limit int
 	}
 	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone)
 	var out []*relay.Payment
-	for ; d.next < d.n && len(out) < limit; d.next++ {
+	for ; d.next < d.n+d.extra && len(out) < limit; d.next++ {
+		if d.lacks[d.next] {
+			continue
+		}
 		order := fmt.Sprintf("%s-%09d", d.prefix, d.next)
+		amount := int64(648)
+		if a, ok := d.amount[d.next]; ok {
+			amount = a
+		}
 		out = append(out, &relay.Payment{ID: relay.PaymentID(relay.EnvProduction, d.provider, d.merchant, order), Provider: d.provider, Environment: relay.EnvProduction,
-			Merchant: d.merchant, OrderID: order, AmountMinor: 648, Currency: "CNY", PaidAt: at, Game: "sword",
+			Merchant: d.merchant, OrderID: order, AmountMinor: amount, Currency: "CNY", PaidAt: at, Game: "sword",
 			Notifications: []relay.Notification{{Key: relay.KeyPaid, Type: relay.TypePaymentSucceeded, State: relay.StateDelivered, Via: relay.ViaNotify}}})
 	}
 	return out, nil
@@ -148,6 +160,100 @@ func peak(f func()) uint64 {
 	return top.Load()
 }
 
+// A day of 100,000 rows, streamed as the providers write it, reconciles with exactly the
+// findings planted in the store's day: payments it lacks (ingested), amounts it holds otherwise
+// (conflicts), payments the bill lacks (not in the bill).
+func TestStreamedDayFindsExactlyWhatIsPlanted(t *testing.T) {
+	t.Parallel()
+	const n = 100000
+	wp, al, app := benchProviders(t)
+	lacks := map[int]bool{7: true, 50001: true, 99999: true}
+	amount := map[int]int64{12: 649, 77777: 1}
+	for _, tc := range []struct {
+		provider, merchant, prefix string
+		gen                        func(io.Writer, int) error
+		read                       func(io.Reader, func(relay.BillRow) error) error
+	}{
+		{"wechatpay", benchMch, "wx", wechatDayStream, wechatReader(wp)},
+		{"alipay", "2021004100000001", "ali", alipayDayStream, alipayReader(al, app)},
+	} {
+		t.Run(tc.provider, func(t *testing.T) {
+			t.Parallel()
+			store := relaytest.NewStore()
+			s, err := relay.NewService(relay.Config{Store: store, Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)),
+				Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(),
+				Days: &syntheticDay{provider: tc.provider, merchant: tc.merchant, prefix: tc.prefix, n: n, lacks: lacks, amount: amount, extra: 4},
+				Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
+					return relay.NotifyResult{}
+				})})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := s.Reconcile(context.Background(), relay.Bill{Provider: tc.provider, Environment: relay.EnvProduction, Merchant: tc.merchant, Day: benchDay,
+				Rows: func(yield func(relay.BillRow) error) error {
+					return tc.read(piped(func(w io.Writer) error { return tc.gen(w, n) }), yield)
+				}}, "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[relay.FindingKind]int{relay.FindingMissingPayment: 3, relay.FindingConflict: 2, relay.FindingNotInBill: 4}
+			for _, k := range relay.FindingKinds {
+				if rep.Counts[k] != want[k] {
+					t.Errorf("%s: %d, want %d (%+v)", k, rep.Counts[k], want[k], rep.Counts)
+				}
+			}
+			if rep.BillPayments != n || rep.Matched != n-5 || store.Len() != 3 {
+				t.Errorf("bill %d, matched %d, stored %d; want %d, %d, the 3 missing", rep.BillPayments, rep.Matched, store.Len(), n, n-5)
+			}
+			for _, f := range rep.Findings {
+				if f.Kind == relay.FindingNotInBill && (f.StoredMinor != 648 || f.PaymentID == "") {
+					t.Errorf("not in bill: %+v", f)
+				}
+			}
+		})
+	}
+}
+
+// benchProviders are the WeChat Pay merchant and Alipay app the streamed days are read for.
+func benchProviders(tb testing.TB) (*WechatPay, *Alipay, alipayApp) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	wp, err := NewWechatPay([]WechatPayMerchant{{MchID: benchMch, APIv3Key: "0123456789abcdef0123456789abcdef", AppIDs: map[string]string{benchApp: "sword"},
+		PlatformKeys: map[string]string{"BENCH": string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return wp, &Alipay{}, alipayApp{AlipayApp: AlipayApp{AppID: "2021004100000001", Game: "sword"}, env: relay.EnvProduction}
+}
+
+// wechatReader reads a streamed WeChat Pay bill as Bill's Rows do.
+func wechatReader(wp *WechatPay) func(io.Reader, func(relay.BillRow) error) error {
+	return func(r io.Reader, yield func(relay.BillRow) error) error {
+		packed := &countingReader{r: r}
+		zr, err := gzip.NewReader(packed)
+		if err != nil {
+			return err
+		}
+		hash := sha1.New()
+		_, err = ReadWechatBill(io.TeeReader(&inflationGuard{r: zr, packed: packed}, hash), func(row WechatBillRow) error {
+			return yield(wp.billRow(wp.merchants[benchMch], row))
+		})
+		return err
+	}
+}
+
+// alipayReader reads a streamed Alipay bill as Bill's Rows do.
+func alipayReader(al *Alipay, app alipayApp) func(io.Reader, func(relay.BillRow) error) error {
+	return func(r io.Reader, yield func(relay.BillRow) error) error {
+		detail, err := OpenAlipayBillZip(r)
+		if err != nil {
+			return err
+		}
+		_, err = ReadAlipayBill(detail, func(_ *AlipayBill, row AlipayBillRow) error { return yield(al.billRow(app, row)) })
+		return err
+	}
+}
+
 func BenchmarkStreamedDay(b *testing.B) {
 	n := benchRows(b)
 	// BILL_MEMLIMIT (MiB) runs it as a function with GOMEMLIMIT would: the collector works to
@@ -159,40 +265,22 @@ func BenchmarkStreamedDay(b *testing.B) {
 	svc := func(days relay.DayFinder) *relay.Service {
 		s, err := relay.NewService(relay.Config{Store: relaytest.NewStore(), Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)),
 			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: days,
-			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult { return relay.NotifyResult{} })})
+			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
+				return relay.NotifyResult{}
+			})})
 		if err != nil {
 			b.Fatal(err)
 		}
 		return s
 	}
-	key, _ := rsa.GenerateKey(rand.Reader, 2048)
-	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	wp, err := NewWechatPay([]WechatPayMerchant{{MchID: benchMch, APIv3Key: "0123456789abcdef0123456789abcdef", AppIDs: map[string]string{benchApp: "sword"},
-		PlatformKeys: map[string]string{"BENCH": string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	al := &Alipay{}
-	app := alipayApp{AlipayApp: AlipayApp{AppID: "2021004100000001", Game: "sword"}, env: relay.EnvProduction}
+	wp, al, app := benchProviders(b)
 	for _, tc := range []struct {
 		name, provider, merchant, prefix string
 		gen                              func(io.Writer, int) error
 		read                             func(io.Reader, func(relay.BillRow) error) error
 		floor                            func(io.Reader) (int, error)
 	}{
-		{"wechatpay", "wechatpay", benchMch, "wx", wechatDayStream,
-			func(r io.Reader, yield func(relay.BillRow) error) error {
-				packed := &countingReader{r: r}
-				zr, err := gzip.NewReader(packed)
-				if err != nil {
-					return err
-				}
-				hash := sha1.New()
-				_, err = ReadWechatBill(io.TeeReader(&inflationGuard{r: zr, packed: packed}, hash), func(row WechatBillRow) error {
-					return yield(wp.billRow(wp.merchants[benchMch], row))
-				})
-				return err
-			},
+		{"wechatpay", "wechatpay", benchMch, "wx", wechatDayStream, wechatReader(wp),
 			func(r io.Reader) (int, error) {
 				zr, err := gzip.NewReader(r)
 				if err != nil {
@@ -205,15 +293,7 @@ func BenchmarkStreamedDay(b *testing.B) {
 				}
 				return lines, sc.Err()
 			}},
-		{"alipay", "alipay", "2021004100000001", "ali", alipayDayStream,
-			func(r io.Reader, yield func(relay.BillRow) error) error {
-				detail, err := OpenAlipayBillZip(r)
-				if err != nil {
-					return err
-				}
-				_, err = ReadAlipayBill(detail, func(_ *AlipayBill, row AlipayBillRow) error { return yield(al.billRow(app, row)) })
-				return err
-			},
+		{"alipay", "alipay", "2021004100000001", "ali", alipayDayStream, alipayReader(al, app),
 			func(r io.Reader) (int, error) {
 				detail, err := zipEntry(r, isAlipayDetail)
 				if err != nil {

@@ -185,7 +185,7 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 	var res relay.IngestResult
 	for _, result := range results {
 		var refusal *provider.Refusal
-		if res, refusal = h.ingest(ctx, log, result); refusal != nil {
+		if res, refusal, _ = h.ingest(ctx, log, result); refusal != nil {
 			prov.Refuse(w, refusal)
 			return
 		}
@@ -194,8 +194,8 @@ func (h *Handler) Ingest(w http.ResponseWriter, r *http.Request) {
 }
 
 // ingest stores one verified result and logs what it came to; a refusal (a conflict, an
-// invalid field, a failure of ours) is for the caller to answer.
-func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Result) (relay.IngestResult, *provider.Refusal) {
+// invalid field, a failure of ours) is for the caller to answer, with the error behind it.
+func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Result) (relay.IngestResult, *provider.Refusal, error) {
 	p := result.Payment
 	log = log.With("order_id", p.OrderID, "merchant", p.Merchant, "game", p.Game, "environment", string(p.Environment))
 	if result.Refund != nil {
@@ -210,23 +210,23 @@ func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Res
 		// sends it again later (Apple after 1, 12, 24, 48 and 72 hours).
 		log.WarnContext(ctx, "ingest deferred: what this notification follows has not arrived yet", "event", "ingest_refused",
 			"reason_class", "out_of_order", "payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())
-		return res, &provider.Refusal{Code: http.StatusConflict, Reason: err.Error() + "; send it again later"}
+		return res, &provider.Refusal{Code: http.StatusConflict, Reason: err.Error() + "; send it again later"}, err
 	case errors.Is(err, relay.ErrFactsDiffer):
 		log.ErrorContext(ctx, "ingest refused: callback contradicts what is stored for the same order", "event", "conflict",
 			"payment_id", res.PaymentID, "type", string(result.Type), "error", err.Error())
-		return res, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment or refund for this order is stored with other facts (amount, currency, ...)"}
+		return res, &provider.Refusal{Code: http.StatusConflict, Reason: "a payment or refund for this order is stored with other facts (amount, currency, ...)"}, err
 	case errors.As(err, &over):
 		log.ErrorContext(ctx, "ingest refused: refund exceeds what remains refundable", "event", "conflict",
 			"payment_id", res.PaymentID, "paid_minor", over.Paid, "refunded_minor", over.AlreadyRefunded, "refund_minor", over.Asked)
-		return res, &provider.Refusal{Code: http.StatusConflict, Reason: over.Error()}
+		return res, &provider.Refusal{Code: http.StatusConflict, Reason: over.Error()}, err
 	case errors.As(err, &fieldErr):
 		log.WarnContext(ctx, "ingest refused", "event", "ingest_refused", "reason_class", "invalid",
 			"status", http.StatusUnprocessableEntity, "reason", fieldErr.Error(), "field", fieldErr.Field)
-		return res, &provider.Refusal{Code: http.StatusUnprocessableEntity, Reason: fieldErr.Error(), Field: fieldErr.Field}
+		return res, &provider.Refusal{Code: http.StatusUnprocessableEntity, Reason: fieldErr.Error(), Field: fieldErr.Field}, err
 	case err != nil:
 		log.ErrorContext(ctx, "ingest failed; the provider will retry", "event", "ingest_failed", "payment_id", res.PaymentID,
 			"error", err.Error(), "retryable", relay.Retryable(err))
-		return res, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"}
+		return res, &provider.Refusal{Code: http.StatusServiceUnavailable, Reason: "temporarily unavailable; retry later"}, err
 	}
 	via := result.Via
 	if via == "" {
@@ -263,7 +263,7 @@ func (h *Handler) ingest(ctx context.Context, log *slog.Logger, result relay.Res
 			log.InfoContext(ctx, "notification repeated", "via", via, "payment_id", res.PaymentID, "notification_id", res.NotificationID, "type", string(result.Type))
 		}
 	}
-	return res, nil
+	return res, nil, nil
 }
 
 type deliverAnswer struct {

@@ -40,7 +40,10 @@ type recoverRun struct {
 	Recovered   int       `json:"recovered"` // stored now: its webhook never reached payrelay
 	Repeated    int       `json:"repeated"`  // already stored (a duplicate: nothing changed)
 	Refused     int       `json:"refused"`   // refused as Ingest would (logged with the reason)
-	Error       string    `json:"error,omitempty"`
+	// Failed counts items this run could not store (their own failure: a game's queue gone, a
+	// conflict that persisted); the walk went on, and the cursor stays so the next run tries them.
+	Failed int    `json:"failed"`
+	Error  string `json:"error,omitempty"`
 }
 
 // Recover runs the recovery sweeps, called by Cloud Scheduler (hourly by default; the
@@ -119,7 +122,10 @@ func (h *Handler) recoverApple(ctx context.Context, ap *provider.Apple, a provid
 
 // sweepRecovery lists what the provider failed to deliver since the cursor id (at most kept
 // back, less RecoverOverlap), feeds each through Ingest's path, and moves the cursor to this
-// run's start only when everything listed was ingested or refused as Ingest would.
+// run's start only when everything listed was ingested or refused as Ingest would. An item's
+// own failure does not stop the walk (invariant 12): it is counted and logged, the cursor stays,
+// and the next run tries it again (the others are then repeats, a read each). An outage (the
+// store or the queue unavailable) ends the run.
 func (h *Handler) sweepRecovery(ctx context.Context, run recoverRun, sweep, id string, kept time.Duration,
 	list func(ctx context.Context, since, until time.Time) ([][]byte, error), read func(ctx context.Context, body []byte) ([]relay.Result, error)) recoverRun {
 	log := h.Logger.With("provider", run.Provider, "merchant", run.Account, "environment", run.Environment, "sweep", sweep)
@@ -161,10 +167,12 @@ func (h *Handler) sweepRecovery(ctx context.Context, run recoverRun, sweep, id s
 		}
 		for _, res := range results {
 			res.Via = relay.ViaRecovery
-			got, refusal := h.ingest(ctx, log, res)
+			got, refusal, err := h.ingest(ctx, log, res)
 			switch {
+			case refusal != nil && refusal.Code >= 500 && relay.Retryable(err):
+				return fail(err)
 			case refusal != nil && refusal.Code >= 500:
-				return fail(errors.New(refusal.Reason))
+				run.Failed++ // logged by ingest (ingest_failed)
 			case refusal != nil:
 				run.Refused++
 			case res.Type == "":
@@ -174,6 +182,9 @@ func (h *Handler) sweepRecovery(ctx context.Context, run recoverRun, sweep, id s
 				run.Recovered++
 			}
 		}
+	}
+	if run.Failed > 0 {
+		return fail(fmt.Errorf("%d of %d items could not be stored (each logged, event=ingest_failed); the next run tries them again", run.Failed, run.Listed))
 	}
 	if err := h.Service.SetCursor(ctx, id, start); err != nil {
 		return fail(err)

@@ -265,3 +265,43 @@ func TestStripeEventsSweep(t *testing.T) {
 		t.Errorf("posted %v, want %v", f.posted, want)
 	}
 }
+
+// One item's own failure does not stop a recovery sweep (invariant 12): the others are
+// recovered, the run answers 503 naming it, the cursor stays, and the next run recovers it.
+func TestRecoverySweepGoesOnPastAFailingItem(t *testing.T) {
+	t.Parallel()
+	f, api := stripeFixture(t)
+	at := f.h.Clock.Now().Add(-time.Hour)
+	for _, o := range []string{"web-a", "web-b", "web-c"} {
+		api.AddEvent(providertest.StripeEventAt("evt_"+o, "checkout.session.completed", providertest.StripeSession(o, "pi_"+o, 500, "USD", "paid"), at, "2024-06-20", true), false)
+	}
+	broken := relay.PaymentID(relay.EnvProduction, "stripe", stAcct, "web-b")
+	f.queue.Fail = func(task relay.Task) error {
+		if task.PaymentID == broken {
+			return fmt.Errorf("cloudtasks.CreateTask: %w", relay.ErrNoQueue)
+		}
+		return nil
+	}
+	run := func() (int, map[string]any) {
+		w := httptest.NewRecorder()
+		f.h.Recover(w, httptest.NewRequest(http.MethodPost, "/", nil))
+		var out struct{ Runs []map[string]any }
+		json.Unmarshal(w.Body.Bytes(), &out)
+		return w.Code, out.Runs[0]
+	}
+	code, r := run()
+	if code != http.StatusServiceUnavailable || r["recovered"] != 2.0 || r["failed"] != 1.0 {
+		t.Fatalf("with one item failing: %d %v; want 503, 2 recovered, 1 failed", code, r)
+	}
+	f.queue.Fail = nil
+	f.h.Clock.(interface{ Advance(time.Duration) }).Advance(time.Hour)
+	if code, r := run(); code != 200 || r["failed"] != 0.0 || r["listed"] != 3.0 {
+		t.Fatalf("the next run: %d %v; want the same window read again", code, r)
+	}
+	drain(t, f)
+	for _, o := range []string{"web-a", "web-b", "web-c"} {
+		if got := postedOf(f, o); got != "paid" {
+			t.Errorf("%s posted %q, want its payment once", o, got)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/payrelay/payrelay/functions/provider"
@@ -71,6 +72,15 @@ func (h *Handler) Recover(w http.ResponseWriter, r *http.Request) {
 			runs = append(runs, run)
 		}
 	}
+	if gp, ok := h.Providers["googleplay"].(*provider.GooglePlay); ok {
+		for _, pkg := range gp.VoidedAccounts() {
+			run := h.recoverGooglePlay(ctx, gp, pkg)
+			if run.Error != "" {
+				failed++
+			}
+			runs = append(runs, run)
+		}
+	}
 	if ap, ok := h.Providers["apple"].(*provider.Apple); ok {
 		for _, a := range ap.HistoryAccounts() {
 			run := h.recoverApple(ctx, ap, a)
@@ -117,6 +127,27 @@ func (h *Handler) recoverApple(ctx context.Context, ap *provider.Apple, a provid
 		func(_ context.Context, body []byte) ([]relay.Result, error) {
 			r, err := ap.Parse(nil, body, h.Clock.Now())
 			return []relay.Result{r}, err
+		})
+}
+
+// recoverGooglePlay sweeps one Android package's voided purchases since its cursor: a refund
+// whose voidedPurchaseNotification was lost is relayed within the period.
+func (h *Handler) recoverGooglePlay(ctx context.Context, gp *provider.GooglePlay, pkg string) recoverRun {
+	var results []relay.Result
+	return h.sweepRecovery(ctx, recoverRun{Provider: gp.Name(), Account: pkg}, "googleplay_voided",
+		"googleplay-voided-"+pkg, provider.GooglePlayVoidedKept,
+		func(ctx context.Context, since, _ time.Time) ([][]byte, error) {
+			var err error
+			results, err = gp.Voided(ctx, pkg, since)
+			bodies := make([][]byte, len(results))
+			for i := range results {
+				bodies[i] = []byte(strconv.Itoa(i)) // each stands for results[i]
+			}
+			return bodies, err
+		},
+		func(_ context.Context, body []byte) ([]relay.Result, error) {
+			i, _ := strconv.Atoi(string(body))
+			return []relay.Result{results[i]}, nil
 		})
 }
 

@@ -267,6 +267,12 @@ variable "apple_api_key" {
   default     = false
 }
 
+variable "googleplay" {
+  description = "Google Play's real-time developer notifications: a Pub/Sub topic Google Play publishes to (set it in Play Console → Monetization setup), pushed to Ingest?provider=googleplay with an OIDC token of a dedicated service account, retried with backoff and dead-lettered after 20 attempts. PROVIDER_CONFIG googleplay's audience and service_account are the outputs googleplay_push_audience and googleplay_push_service_account."
+  type        = bool
+  default     = false
+}
+
 variable "game_failure_threshold" {
   description = "Alert when a game server fails more than this share of its attempts over 10 minutes."
   type        = number
@@ -291,7 +297,7 @@ variable "log_level" {
 # APIs (left enabled on destroy: other things in the project may use them)
 
 locals {
-  apis = toset([
+  apis = toset(concat([
     "cloudfunctions.googleapis.com",
     "run.googleapis.com",
     "cloudbuild.googleapis.com",
@@ -304,7 +310,8 @@ locals {
     "cloudscheduler.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
-  ])
+    ], var.googleplay ? ["pubsub.googleapis.com", "androidpublisher.googleapis.com"] : [],
+  ))
 }
 
 resource "google_project_service" "api" {
@@ -792,6 +799,106 @@ resource "google_cloud_scheduler_job" "sweep" {
     }
   }
   depends_on = [google_project_service.api]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Google Play: RTDN through Pub/Sub (Google's "Real-time developer notifications": the topic,
+# the grant to Google Play's publisher account, a push subscription to Ingest)
+
+locals {
+  googleplay_audience = "${google_cloudfunctions2_function.fn["ingest"].service_config[0].uri}/?provider=googleplay"
+  pubsub_agent        = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+
+resource "google_pubsub_topic" "googleplay" {
+  count      = var.googleplay ? 1 : 0
+  name       = "${var.name}-googleplay"
+  depends_on = [google_project_service.api]
+}
+
+# Google Play publishes as its own account; nothing else may.
+resource "google_pubsub_topic_iam_member" "googleplay_publisher" {
+  count  = var.googleplay ? 1 : 0
+  topic  = google_pubsub_topic.googleplay[0].id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:google-play-developer-notifications@system.gserviceaccount.com"
+}
+
+resource "google_pubsub_topic" "googleplay_dead_letter" {
+  count      = var.googleplay ? 1 : 0
+  name       = "${var.name}-googleplay-dead-letter"
+  depends_on = [google_project_service.api]
+}
+
+# The push's identity: its OIDC token is what Ingest verifies (audience and email).
+resource "google_service_account" "pubsub_push" {
+  count        = var.googleplay ? 1 : 0
+  account_id   = "${var.name}-pubsub-push"
+  display_name = "payrelay: Pub/Sub push of Google Play notifications to Ingest"
+}
+
+# Pub/Sub's service agent mints the push account's tokens and dead-letters what never lands.
+resource "google_service_account_iam_member" "pubsub_push_token" {
+  count              = var.googleplay ? 1 : 0
+  service_account_id = google_service_account.pubsub_push[0].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+}
+
+resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+  count  = var.googleplay ? 1 : 0
+  topic  = google_pubsub_topic.googleplay_dead_letter[0].id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_agent
+}
+
+resource "google_pubsub_subscription" "googleplay" {
+  count                = var.googleplay ? 1 : 0
+  name                 = "${var.name}-googleplay-push"
+  topic                = google_pubsub_topic.googleplay[0].id
+  ack_deadline_seconds = 30
+  # Pub/Sub keeps an unacknowledged notification 7 days; a purchase not acknowledged to Google
+  # within 3 days is refunded, so an outage longer than that needs the voided-purchases sweep.
+  message_retention_duration = "604800s"
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.googleplay_dead_letter[0].id
+    max_delivery_attempts = 20
+  }
+  push_config {
+    push_endpoint = local.googleplay_audience
+    oidc_token {
+      service_account_email = google_service_account.pubsub_push[0].email
+      audience              = local.googleplay_audience
+    }
+  }
+}
+
+resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
+  count        = var.googleplay ? 1 : 0
+  subscription = google_pubsub_subscription.googleplay[0].name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
+}
+
+# The Play Developer API is called as the runtime account, which the studio invites in Play
+# Console (Users and permissions: View financial data, Manage orders): no key file.
+output "googleplay_topic" {
+  description = "Google Play's RTDN topic: enter it in Play Console (Monetize → Monetization setup → Real-time developer notifications)."
+  value       = var.googleplay ? google_pubsub_topic.googleplay[0].id : null
+}
+
+output "googleplay_push_audience" {
+  description = "PROVIDER_CONFIG googleplay.audience."
+  value       = var.googleplay ? local.googleplay_audience : null
+}
+
+output "googleplay_push_service_account" {
+  description = "PROVIDER_CONFIG googleplay.service_account."
+  value       = var.googleplay ? google_service_account.pubsub_push[0].email : null
 }
 
 # ---------------------------------------------------------------------------------------------

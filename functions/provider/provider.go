@@ -251,8 +251,8 @@ func (c Config) Validate(games []string) error {
 			errs = append(errs, err)
 		}
 	}
-	if c.GooglePlay != nil {
-		if _, err := NewGooglePlay(*c.GooglePlay, GooglePlayOptions{}); err != nil {
+	if gp := c.googlePlay(); gp != nil {
+		if _, err := NewGooglePlay(*gp, GooglePlayOptions{}); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -328,14 +328,23 @@ func New(c Config, ingest IngestSecrets) (Set, error) {
 		}
 		s[st.Name()] = st
 	}
-	if c.GooglePlay != nil {
-		gp, err := NewGooglePlay(*c.GooglePlay, GooglePlayOptions{})
+	if cfg := c.googlePlay(); cfg != nil {
+		gp, err := NewGooglePlay(*cfg, GooglePlayOptions{})
 		if err != nil {
 			return nil, err
 		}
 		s[gp.Name()] = gp
 	}
 	return s, nil
+}
+
+// googlePlay is Google Play's configuration, nil when it configures nothing (a decoder may
+// leave an empty one in place of none).
+func (c Config) googlePlay() *GooglePlayConfig {
+	if gp := c.GooglePlay; gp != nil && (len(gp.Apps) > 0 || gp.Audience != "" || gp.ServiceAccount != "") {
+		return gp
+	}
+	return nil
 }
 
 // NotRelayed is the documented list of verified results that Ingest acknowledges (2xx) without

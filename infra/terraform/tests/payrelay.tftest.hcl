@@ -377,6 +377,41 @@ run "no_apple_api_key_by_default" {
   }
 }
 
+run "googleplay" {
+  command = apply
+  variables {
+    googleplay = true
+  }
+  assert {
+    condition     = google_pubsub_topic_iam_member.googleplay_publisher[0].member == "serviceAccount:google-play-developer-notifications@system.gserviceaccount.com" && google_pubsub_topic_iam_member.googleplay_publisher[0].role == "roles/pubsub.publisher" && google_pubsub_topic_iam_member.googleplay_publisher[0].topic == google_pubsub_topic.googleplay[0].id
+    error_message = "only Google Play's publisher account may publish to the RTDN topic"
+  }
+  assert {
+    condition     = google_pubsub_subscription.googleplay[0].push_config[0].push_endpoint == "${google_cloudfunctions2_function.fn["ingest"].service_config[0].uri}/?provider=googleplay" && google_pubsub_subscription.googleplay[0].push_config[0].oidc_token[0].service_account_email == google_service_account.pubsub_push[0].email && google_pubsub_subscription.googleplay[0].push_config[0].oidc_token[0].audience == google_pubsub_subscription.googleplay[0].push_config[0].push_endpoint
+    error_message = "the push must reach Ingest?provider=googleplay with an OIDC token of the dedicated push account, its audience the push URL"
+  }
+  assert {
+    condition     = google_pubsub_subscription.googleplay[0].retry_policy[0].minimum_backoff == "10s" && google_pubsub_subscription.googleplay[0].dead_letter_policy[0].dead_letter_topic == google_pubsub_topic.googleplay_dead_letter[0].id && google_pubsub_subscription.googleplay[0].dead_letter_policy[0].max_delivery_attempts == 20
+    error_message = "the push must retry with backoff and dead-letter after 20 attempts"
+  }
+  assert {
+    condition     = google_pubsub_topic_iam_member.dead_letter_publisher[0].role == "roles/pubsub.publisher" && google_pubsub_subscription_iam_member.dead_letter_subscriber[0].role == "roles/pubsub.subscriber" && google_service_account_iam_member.pubsub_push_token[0].role == "roles/iam.serviceAccountTokenCreator"
+    error_message = "Pub/Sub's service agent must mint the push tokens and be able to dead-letter"
+  }
+  assert {
+    condition     = contains(keys(google_project_service.api), "pubsub.googleapis.com") && contains(keys(google_project_service.api), "androidpublisher.googleapis.com")
+    error_message = "googleplay needs the Pub/Sub and Play Developer APIs"
+  }
+}
+
+run "no_googleplay_by_default" {
+  command = plan
+  assert {
+    condition     = length(google_pubsub_topic.googleplay) == 0 && length(google_pubsub_subscription.googleplay) == 0 && length(google_service_account.pubsub_push) == 0
+    error_message = "without googleplay there is no Pub/Sub"
+  }
+}
+
 run "refuses_a_sandbox_at_the_production_url" {
   command = plan
   variables {

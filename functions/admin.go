@@ -242,6 +242,18 @@ type subscriptionView struct {
 	Offer     string    `json:"offer,omitempty"`
 }
 
+// storeAckView is a purchase's acknowledgement to its store as the Admin API shows it: never
+// the purchase token.
+type storeAckView struct {
+	State   string    `json:"state"`
+	Product string    `json:"product"`
+	Due     time.Time `json:"due"`
+	At      time.Time `json:"at,omitzero"`
+	Reason  string    `json:"reason,omitempty"`
+	Tries   int       `json:"tries,omitempty"`
+	Error   string    `json:"error,omitempty"`
+}
+
 type eventView struct {
 	ID        string    `json:"id"`
 	Reason    string    `json:"reason,omitempty"`
@@ -292,11 +304,15 @@ func paymentView(p *relay.Payment) any {
 		Notes         []relay.Note      `json:"notes,omitempty"`
 		Metadata      map[string]string `json:"metadata,omitempty"`
 		Subscription  *subscriptionView `json:"subscription,omitempty"`
+		StoreAck      *storeAckView     `json:"store_ack,omitempty"`
 	}{ID: p.ID, Provider: p.Provider, Environment: string(p.Environment), Merchant: p.Merchant, OrderID: p.OrderID, TransactionID: p.TransactionID,
 		AmountMinor: p.AmountMinor, Currency: p.Currency, Game: p.Game, RefundedMinor: p.RefundedMinor,
 		ReceivedAt: p.ReceivedAt, Notes: p.Notes, Metadata: p.Metadata}
 	if sub := p.Subscription; sub != nil {
 		out.Subscription = &subscriptionView{ID: sub.ID, ProductID: sub.ProductID, Reason: sub.Reason, ExpiresAt: sub.ExpiresAt, Offer: sub.Offer}
+	}
+	if a := p.StoreAck; a != nil {
+		out.StoreAck = &storeAckView{State: string(a.State), Product: a.Product, Due: a.Due, At: a.At, Reason: a.Reason, Tries: a.Tries, Error: a.Error}
 	}
 	for _, n := range p.Notifications {
 		nv := notification{ID: relay.NotificationID(p.ID, n.Key), Key: n.Key, Type: string(n.Type), State: string(n.State),
@@ -390,13 +406,26 @@ func (h *Handler) Sweep(w http.ResponseWriter, r *http.Request) {
 	for _, e := range res.ReadErrors {
 		h.Logger.ErrorContext(ctx, "sweep could not read a page; the other games' went on", "error", e.Error())
 	}
+	for _, id := range res.AcksEnqueued {
+		h.Logger.WarnContext(ctx, "sweeper enqueued a purchase's acknowledgement to its store again", "event", "store_ack_healed", "payment_id", id)
+	}
+	for _, d := range res.AcksDue {
+		// The store refunds it at Due unless it is acknowledged: an alert names it (store_ack_due).
+		h.Logger.ErrorContext(ctx, "a purchase is still unacknowledged to its store, which refunds it at its deadline", "event", "store_ack_due",
+			"game", d.Game, "provider", d.Provider, "environment", string(d.Environment), "payment_id", d.PaymentID,
+			"due", d.Due.UTC().Format(time.RFC3339), "why", d.Why)
+	}
+	for _, e := range res.AckErrors {
+		h.Logger.ErrorContext(ctx, "sweep could not walk the acknowledgements waiting; the notifications' walk went on", "error", e.Error())
+	}
 	if err != nil {
 		h.Logger.ErrorContext(ctx, "sweep failed", "error", err.Error(), "healed", len(res.Healed))
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "sweep failed", Reason: "retry"})
 		return
 	}
 	h.Logger.InfoContext(ctx, "sweep done", "event", "sweep", "scanned", res.Scanned, "healed", len(res.Healed), "failed", len(res.Failed),
-		"orphaned", len(res.Orphaned), "left_games", res.Left, "oldest_overdue_seconds", res.OldestOverdue.Seconds())
+		"orphaned", len(res.Orphaned), "left_games", res.Left, "oldest_overdue_seconds", res.OldestOverdue.Seconds(),
+		"acks_enqueued", len(res.AcksEnqueued), "acks_due", len(res.AcksDue))
 	writeJSON(w, http.StatusOK, struct {
 		Scanned  int `json:"scanned"`
 		Healed   int `json:"healed"`

@@ -80,6 +80,9 @@ func CheckConfig(ctx context.Context, l envconfig.Lookuper) (*config.Config, err
 	if _, err := cfg.EffectiveLadder(); err != nil {
 		return nil, &config.Error{Err: err}
 	}
+	if cfg.ProviderConfig.Config.AcknowledgesPurchases() && cfg.OpsQueue == "" {
+		return nil, &config.Error{Err: errors.New("PROVIDER_CONFIG googleplay: an app with acknowledge needs OPS_QUEUE (the ops queue retries acknowledgements until Google accepts them)")}
+	}
 	return cfg, nil
 }
 
@@ -229,10 +232,15 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		return nil, nil, err
 	}
 	closeAll := func() error { return errors.Join(st.Close(), q.Close()) }
+	var acker relay.StoreAcker
+	if cfg.OpsQueue != "" {
+		acker = providers
+	}
 	svc, err := relay.NewService(relay.Config{
 		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
 		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st, Cursors: st, Routes: cfg.Games.Routes(),
+		StoreAcker: acker,
 	})
 	if err != nil {
 		closeAll()

@@ -296,6 +296,10 @@ func (h *Handler) Deliver(w http.ResponseWriter, r *http.Request) {
 		h.jobStep(w, r, log, msg)
 		return
 	}
+	if msg.Ack != "" {
+		h.storeAck(w, r, log, msg.Ack)
+		return
+	}
 	if err := json.Unmarshal(body, &msg); err != nil || msg.PaymentID == "" || msg.Notification == "" || msg.Attempt < 1 {
 		// A task that can never succeed: acknowledge it so Cloud Tasks does not retry forever.
 		log.ErrorContext(ctx, "deliver rejected a malformed task", "body_bytes", len(body))
@@ -360,6 +364,27 @@ func (h *Handler) jobStep(w http.ResponseWriter, r *http.Request, log *slog.Logg
 	default:
 		log.InfoContext(ctx, "job step done", "state", string(j.State), "replayed", j.Replayed, "skipped", j.Skipped, "refused", j.Refused, "failed", j.Failed)
 		writeJSON(w, http.StatusOK, deliverAnswer{Outcome: string(j.State)})
+	}
+}
+
+// storeAck acknowledges a payment's purchase to its store for the ops queue's task: 2xx once
+// it is done (or has nothing to do), 5xx so that the ops queue retries until the store accepts.
+func (h *Handler) storeAck(w http.ResponseWriter, r *http.Request, log *slog.Logger, paymentID string) {
+	ctx := h.context(r)
+	log = log.With("payment_id", paymentID)
+	res, err := h.Service.AcknowledgeToStore(ctx, paymentID)
+	attrs := []any{"event", "store_ack", "game", res.Game, "provider", res.Provider, "environment", string(res.Environment)}
+	switch {
+	case errors.Is(err, relay.ErrNoStoreAcks):
+		log.ErrorContext(ctx, "acknowledgement task rejected", "error", err.Error())
+		writeJSON(w, http.StatusOK, deliverAnswer{PaymentID: paymentID, Outcome: string(relay.OutcomeRejected), Reason: err.Error()})
+	case err != nil:
+		log.WarnContext(ctx, "acknowledging the purchase to its store failed; the ops queue retries it",
+			append(attrs, "outcome", "failed", "tries", res.Tries, "error", err.Error())...)
+		writeJSON(w, http.StatusServiceUnavailable, deliverAnswer{PaymentID: paymentID, Outcome: "error", Reason: "the store did not accept the acknowledgement yet"})
+	default:
+		log.InfoContext(ctx, "acknowledgement to the store: "+string(res.Outcome), append(attrs, "outcome", string(res.Outcome), "reason", res.Reason)...)
+		writeJSON(w, http.StatusOK, deliverAnswer{PaymentID: paymentID, Outcome: string(res.Outcome), Reason: res.Reason})
 	}
 }
 

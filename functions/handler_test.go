@@ -54,6 +54,9 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	svc, err := relay.NewService(relay.Config{
 		Store: f.store, Finder: f.store, Queue: f.queue, Clock: clock, Ladder: schedule.Default(), Lease: time.Minute, Logger: log,
 		Reports: relaytest.NewReports(), Days: f.store, Cursors: relaytest.NewCursors(),
+		Jobs: relaytest.NewJobs(), JobQueue: f.queue, StoreAcker: ackerFunc(func(ctx context.Context, p *relay.Payment) (string, error) {
+			return f.h.Providers.AcknowledgePurchase(ctx, p)
+		}),
 		Notifier: relaytest.NotifierFunc(func(_ context.Context, p *relay.Payment, n *relay.Notification, _ int) relay.NotifyResult {
 			f.posts++
 			f.posted = append(f.posted, p.OrderID+"/"+n.Key)
@@ -70,6 +73,13 @@ func buildFixture(t *testing.T, log *slog.Logger) *fixture {
 	generic, _ := provider.NewGeneric(map[string]string{"game-1": "game-1"}, testSecret)
 	f.h = &Handler{Service: svc, Providers: provider.Set{"generic": generic}, Logger: log, Clock: clock}
 	return f
+}
+
+// ackerFunc is a relay.StoreAcker of a function: the fixture's providers, as Build wires them.
+type ackerFunc func(context.Context, *relay.Payment) (string, error)
+
+func (f ackerFunc) AcknowledgePurchase(ctx context.Context, p *relay.Payment) (string, error) {
+	return f(ctx, p)
 }
 
 // tWriter sends logs to t.Log.

@@ -2,6 +2,7 @@ package functions
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -88,5 +89,38 @@ func TestCheckQueuesNamesAMissingQueue(t *testing.T) {
 	}
 	if err := CheckQueues(context.Background(), cfg, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatalf("with every queue there: %v", err)
+	}
+}
+
+// A Google Play app with acknowledge needs the ops queue that retries acknowledgements: without
+// OPS_QUEUE the configuration is refused, naming why; a certificate endpoint that is not a
+// loopback stand-in is refused too.
+func TestCheckConfigAcknowledgeNeedsTheOpsQueue(t *testing.T) {
+	t.Parallel()
+	secret := "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	play := func(ack bool, certs string) string {
+		return fmt.Sprintf(`{"googleplay":{"apps":[{"package_name":"com.studio.sword","game":"sword","acknowledge":%t}],"audience":"https://x/?provider=googleplay","service_account":"push@p.iam.gserviceaccount.com","certs_url":%q}}`, ack, certs)
+	}
+	env := func(providers, ops string) envconfig.Lookuper {
+		m := map[string]string{
+			"PROJECT_ID": "p", "DELIVER_URL": "http://127.0.0.1:1/Deliver", "CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:1", "INGEST_SECRETS": secret, "GAME_SECRETS_SWORD": secret, "PROVIDER_CONFIG": providers,
+			"GAMES": `[{"name":"sword","url":"http://127.0.0.1:1/p","queues":["projects/p/locations/l/queues/sword-0"]}]`,
+		}
+		if ops != "" {
+			m["OPS_QUEUE"] = ops
+		}
+		return envconfig.MapLookuper(m)
+	}
+	if _, err := CheckConfig(context.Background(), env(play(true, ""), "")); err == nil || !strings.Contains(err.Error(), "OPS_QUEUE") {
+		t.Errorf("acknowledge without OPS_QUEUE: %v, want a refusal naming OPS_QUEUE", err)
+	}
+	if _, err := CheckConfig(context.Background(), env(play(true, ""), "projects/p/locations/l/queues/ops")); err != nil {
+		t.Errorf("acknowledge with OPS_QUEUE: %v", err)
+	}
+	if _, err := CheckConfig(context.Background(), env(play(false, ""), "")); err != nil {
+		t.Errorf("without acknowledge, no ops queue needed: %v", err)
+	}
+	if _, err := CheckConfig(context.Background(), env(play(false, "https://attacker.example/certs"), "")); err == nil || !strings.Contains(err.Error(), "certs_url") {
+		t.Errorf("a remote certs_url: %v, want it refused", err)
 	}
 }

@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"maps"
 	"math/big"
+	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/oauth2"
 	"google.golang.org/api/androidpublisher/v3"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/idtoken"
@@ -48,6 +51,15 @@ import (
 //   - orders.get: total (Money: units and nanos in currencyCode) and createTime: the price.
 //   - purchases.voidedpurchases.list: voided purchases since startTime (orderId, purchaseToken,
 //     voidedTimeMillis, voidedQuantity for a quantity-based partial refund).
+//   - purchases.products.acknowledge and purchases.subscriptions.acknowledge (POST
+//     .../tokens/{token}:acknowledge, empty body on success) and the Play Billing guide's "If
+//     you don't acknowledge a purchase within three days, the user automatically receives a
+//     refund, and Google Play revokes the purchase": for an app with acknowledge, payrelay
+//     acknowledges a purchase whose acknowledgementState is ACKNOWLEDGEMENT_STATE_PENDING once
+//     the game server has acknowledged its delivery. Google does not document the error of
+//     acknowledging twice; payrelay reads the purchase again after any 4xx and takes
+//     ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED (the app acknowledged or consumed it) or a purchase no
+//     longer bought as nothing left to do.
 //
 // The API is called as the function's own service account (Application Default Credentials),
 // which the studio invites in Play Console: there is no key file.
@@ -59,6 +71,11 @@ type GooglePlayApp struct {
 	// Environments are those relayed: "production" and, for test purchases (license testers),
 	// "sandbox".
 	Environments []string `json:"environments,omitempty"`
+	// Acknowledge makes payrelay acknowledge the app's purchases to Google once the game
+	// server has acknowledged their delivery (never before). Without it the game must: its
+	// client (BillingClient.acknowledgePurchase, or consumeAsync for a consumable) or its
+	// server, within three days, or Google refunds the purchase.
+	Acknowledge bool `json:"acknowledge,omitempty"`
 }
 
 // GooglePlayConfig is Google Play's part of PROVIDER_CONFIG.
@@ -69,8 +86,14 @@ type GooglePlayConfig struct {
 	// email. A token for anything else is refused.
 	Audience       string `json:"audience"`
 	ServiceAccount string `json:"service_account"`
-	// APIBase replaces the Play Developer API's endpoint: for a test stand-in only.
+	// APIBase replaces the Play Developer API's endpoint: for a test stand-in only. A loopback
+	// one (http://127.0.0.1:...) is called with a placeholder bearer token instead of the
+	// function's credentials, which a local run does not have.
 	APIBase string `json:"api_base,omitempty"`
+	// CertsURL replaces Google's certificate endpoint (https://www.googleapis.com/oauth2/v3/certs)
+	// the push tokens are verified with: for a local stand-in signer only, so it must be a
+	// loopback http URL; anything else is refused.
+	CertsURL string `json:"certs_url,omitempty"`
 }
 
 // GooglePlayOptions are what tests replace: the token validator and the API client's options.
@@ -101,9 +124,23 @@ type gpApp struct {
 }
 
 var (
-	_ Provider  = (*GooglePlay)(nil)
-	_ Completer = (*GooglePlay)(nil)
+	_ Provider         = (*GooglePlay)(nil)
+	_ Completer        = (*GooglePlay)(nil)
+	_ relay.StoreAcker = (*GooglePlay)(nil)
 )
+
+// GooglePlayAckWindow is how long Google Play waits for a purchase's acknowledgement before
+// it refunds it (three days, the Play Billing guide).
+const GooglePlayAckWindow = 72 * time.Hour
+
+// ackPending is the acknowledgement a purchase of app needs from payrelay, or nil: the app
+// does not ask payrelay to, or the purchase is acknowledged already.
+func ackPending(app gpApp, state, product, token string, subscription bool, bought time.Time) *relay.StoreAck {
+	if !app.Acknowledge || state != "ACKNOWLEDGEMENT_STATE_PENDING" {
+		return nil
+	}
+	return &relay.StoreAck{Product: fmt.Sprintf("%.256s", product), Token: token, Subscription: subscription, Due: bought.Add(GooglePlayAckWindow), State: relay.AckWaiting}
+}
 
 // NewGooglePlay checks the configuration. The validator and the API client are made on first
 // use (the API needs credentials a local run may not have).
@@ -127,8 +164,51 @@ func NewGooglePlay(cfg GooglePlayConfig, o GooglePlayOptions) (*GooglePlay, erro
 	}
 	if cfg.APIBase != "" {
 		g.apiOpts = append([]option.ClientOption{option.WithEndpoint(cfg.APIBase)}, g.apiOpts...)
+		if loopback(cfg.APIBase) && len(o.APIOptions) == 0 {
+			g.apiOpts = append(g.apiOpts, option.WithTokenSource(oauth2.StaticTokenSource(&oauth2.Token{AccessToken: "local-stand-in"})))
+		}
+	}
+	if cfg.CertsURL != "" {
+		if !loopback(cfg.CertsURL) {
+			return nil, fmt.Errorf("PROVIDER_CONFIG googleplay.certs_url %.100q: only a loopback http URL (a local stand-in) may replace Google's certificates", cfg.CertsURL)
+		}
+		if g.validator == nil {
+			v, err := certsValidator(cfg.CertsURL)
+			if err != nil {
+				return nil, err
+			}
+			g.validator = v
+		}
 	}
 	return g, nil
+}
+
+// loopback reports whether raw is an http URL on this machine.
+func loopback(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "http" {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return u.Hostname() == "localhost" || ip != nil && ip.IsLoopback()
+}
+
+// certsValidator is Google's idtoken validator reading its certificates from certs (a local
+// stand-in) instead of Google's endpoint.
+func certsValidator(certs string) (*idtoken.Validator, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: rewrite{to: certs}}
+	return idtoken.NewValidator(context.Background(), option.WithHTTPClient(client))
+}
+
+// rewrite sends every request to one URL.
+type rewrite struct{ to string }
+
+func (r rewrite) RoundTrip(req *http.Request) (*http.Response, error) {
+	out, err := http.NewRequestWithContext(req.Context(), req.Method, r.to, nil)
+	if err != nil {
+		return nil, err
+	}
+	return http.DefaultTransport.RoundTrip(out)
 }
 
 // Name implements Provider.
@@ -424,6 +504,7 @@ func (g *GooglePlay) oneTime(ctx context.Context, app gpApp, token, kind string)
 		return []relay.Result{{Payment: pay, Note: &relay.Note{Kind: "PURCHASE_" + fmt.Sprintf("%.20s", state),
 			Reason: "a one-time purchase not paid (pending, or a pending one cancelled): not relayed; its ONE_TIME_PRODUCT_PURCHASED relays it once paid"}}}, nil
 	}
+	pay.StoreAck = ackPending(app, pp.AcknowledgementState, product, token, false, pay.PaidAt)
 	r := relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mismatch("googleplay app "+app.PackageName, env, app.envs)}
 	if err := r.Validate(); err != nil {
 		return nil, err
@@ -483,6 +564,9 @@ func (g *GooglePlay) subscription(ctx context.Context, app gpApp, token, kind st
 	var r relay.Result
 	switch {
 	case gpCharges[kind]:
+		// A subscription is acknowledged once, at its first purchase; its renewals find it
+		// acknowledged.
+		pay.StoreAck = ackPending(app, sp.AcknowledgementState, product, token, true, pay.PaidAt)
 		r = relay.Result{Type: relay.TypePaymentSucceeded, Payment: pay, Mismatch: mm}
 	case kind == "SUBSCRIPTION_REVOKED":
 		r = relay.Result{Type: relay.TypePaymentRevoked, Payment: pay, Mismatch: mm, Event: &relay.Event{ID: "revoke-" + o.OrderId, Reason: kind, At: time.Now().UTC()}}
@@ -670,6 +754,62 @@ func (g *GooglePlay) Query(ctx context.Context, pkg, orderID string) (QueryAnswe
 // purchases (the sweep recovers them).
 func (g *GooglePlay) QueryRefund(context.Context, string, string, string) (RefundAnswer, error) {
 	return RefundAnswer{}, &QueryError{Reason: "Google Play tells refunds as voided purchases: the hourly sweep recovers them"}
+}
+
+// AcknowledgePurchase implements relay.StoreAcker: purchases.products.acknowledge (or
+// purchases.subscriptions.acknowledge) for p's purchase. 429, 5xx and no answer are errors of
+// ours (retried); after any other refusal the purchase is read again: acknowledged already
+// (by the app) or no longer bought is nothing left to do, anything else an error (retried,
+// recorded, alerted as the deadline nears).
+func (g *GooglePlay) AcknowledgePurchase(ctx context.Context, p *relay.Payment) (string, error) {
+	a := p.StoreAck
+	app, ok := g.apps[p.Merchant]
+	if a == nil || !ok {
+		return "", fmt.Errorf("googleplay: package %.100q is not configured, or the payment has nothing to acknowledge", p.Merchant)
+	}
+	api, err := g.service(ctx)
+	if err != nil {
+		return "", err
+	}
+	if a.Subscription {
+		err = api.Purchases.Subscriptions.Acknowledge(app.PackageName, a.Product, a.Token, &androidpublisher.SubscriptionPurchasesAcknowledgeRequest{}).Context(ctx).Do()
+	} else {
+		err = api.Purchases.Products.Acknowledge(app.PackageName, a.Product, a.Token, &androidpublisher.ProductPurchasesAcknowledgeRequest{}).Context(ctx).Do()
+	}
+	if err == nil {
+		return "", nil
+	}
+	refused, err := apiError("acknowledge", err)
+	if err != nil {
+		return "", err
+	}
+	// Google refused it: is there anything left to acknowledge?
+	var ackState, bought string
+	if a.Subscription {
+		sp, err := api.Purchases.Subscriptionsv2.Get(app.PackageName, a.Token).Context(ctx).Do()
+		if err != nil {
+			_, err = apiError("subscriptionsv2", err)
+			return "", errors.Join(errors.New(refused), err)
+		}
+		ackState, bought = sp.AcknowledgementState, sp.SubscriptionState
+		if bought == "SUBSCRIPTION_STATE_PENDING_PURCHASE_CANCELED" || bought == "SUBSCRIPTION_STATE_EXPIRED" {
+			return fmt.Sprintf("the subscription is %s", bought), nil
+		}
+	} else {
+		pp, err := api.Purchases.Productsv2.Getproductpurchasev2(app.PackageName, a.Token).Context(ctx).Do()
+		if err != nil {
+			_, err = apiError("productsv2", err)
+			return "", errors.Join(errors.New(refused), err)
+		}
+		ackState = pp.AcknowledgementState
+		if pp.PurchaseStateContext != nil && pp.PurchaseStateContext.PurchaseState != "PURCHASED" {
+			return fmt.Sprintf("the purchase is %.20s", pp.PurchaseStateContext.PurchaseState), nil
+		}
+	}
+	if ackState == "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED" {
+		return "acknowledged already (by the app or the game server)", nil
+	}
+	return "", errors.New(refused)
 }
 
 // Ack implements Provider: 204 (Pub/Sub takes any 2xx as acknowledged).

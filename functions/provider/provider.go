@@ -274,6 +274,30 @@ func ParseConfig(raw string) (Config, error) {
 // Set is the providers Ingest knows, by name.
 type Set map[string]Provider
 
+var _ relay.StoreAcker = Set(nil)
+
+// AcknowledgePurchase implements relay.StoreAcker: p's provider acknowledges it.
+func (s Set) AcknowledgePurchase(ctx context.Context, p *relay.Payment) (string, error) {
+	a, ok := s[p.Provider].(relay.StoreAcker)
+	if !ok {
+		return "", fmt.Errorf("provider %q acknowledges no purchases", p.Provider)
+	}
+	return a.AcknowledgePurchase(ctx, p)
+}
+
+// AcknowledgesPurchases reports whether a provider is configured to acknowledge purchases to
+// its store (Google Play apps with acknowledge), which needs the ops queue.
+func (c Config) AcknowledgesPurchases() bool {
+	if gp := c.googlePlay(); gp != nil {
+		for _, a := range gp.Apps {
+			if a.Acknowledge {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // IngestSecrets verify the generic format: Production secrets sign notifications of either
 // environment (the body's environment field says which, production by default); Sandbox
 // secrets (optional) sign sandbox notifications only, so a test harness can hold one without

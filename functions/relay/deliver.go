@@ -57,6 +57,9 @@ type TaskMessage struct {
 	// Job and Step name a bulk replay's step instead (see Service.RunJobStep).
 	Job  string `json:"job,omitempty"`
 	Step int    `json:"step,omitempty"`
+	// Ack names a payment whose purchase to acknowledge to its store instead (see
+	// Service.AcknowledgeToStore).
+	Ack string `json:"ack,omitempty"`
 }
 
 // Deliver makes attempt `attempt` of a payment's notification, at most once at a time
@@ -145,6 +148,13 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, gen, 
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue released %s: %w", next.Key, err)
 			}
 			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the one it released is enqueued", Released: next.Key}, false, nil
+		}
+		// Or the acknowledgement to the store it let go.
+		if n.Key == KeyPaid && s.acks() && p.awaitsAck() {
+			if err := s.enqueueAck(ctx, p, ""); err != nil {
+				return DeliverResult{}, false, fmt.Errorf("re-enqueue acknowledgement: %w", err)
+			}
+			return DeliverResult{Outcome: OutcomeRepaired, Reason: "notification is delivered; the purchase's acknowledgement to its store is enqueued"}, false, nil
 		}
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: "notification is delivered"}, false, nil
 	case n.State == StateFailed, n.State == StateCancelled, n.State == StateNotRelayed, n.State == StateOrphaned:
@@ -284,6 +294,12 @@ func (s *Service) attempt(ctx context.Context, p *Payment, v Version, key string
 			return res, fmt.Errorf("enqueue released %s: %w", rel.Key, err)
 		}
 	}
+	if res.Outcome == OutcomeDelivered && key == KeyPaid && s.acks() && cur.awaitsAck() {
+		// The game server granted the purchase: now, and not before, the store may be told.
+		if err := s.enqueueAck(ctx, cur, ""); err != nil {
+			return res, fmt.Errorf("enqueue acknowledgement: %w", err)
+		}
+	}
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.Attempted(cur, cur.Notification(key), rec, res.Outcome)
 	}
@@ -329,6 +345,10 @@ func (p *Payment) Clone() *Payment {
 	if p.Subscription != nil {
 		sub := *p.Subscription
 		c.Subscription = &sub
+	}
+	if p.StoreAck != nil {
+		a := *p.StoreAck
+		c.StoreAck = &a
 	}
 	return &c
 }

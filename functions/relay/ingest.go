@@ -266,6 +266,9 @@ func completeFacts(stored, in *Payment) {
 	if stored.Subscription == nil {
 		stored.Subscription = in.Subscription
 	}
+	if stored.StoreAck == nil {
+		stored.StoreAck = in.StoreAck
+	}
 }
 
 // ErrOutOfOrder: a notification that must follow another payrelay has not received yet (a

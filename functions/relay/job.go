@@ -58,6 +58,9 @@ type JobStore interface {
 // JobQueue schedules a job's steps (on a queue of their own, never a game's).
 type JobQueue interface {
 	EnqueueJob(ctx context.Context, jobID string, step int) error
+	// EnqueueAck schedules the acknowledgement of payment paymentID's purchase to its store,
+	// now, as the task named name.
+	EnqueueAck(ctx context.Context, name, paymentID string) error
 }
 
 // MaxJobFailures bounds the failures a job lists (Failed counts them all).

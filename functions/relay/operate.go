@@ -22,6 +22,9 @@ type Finder interface {
 	// limit, after the payment id cursor (from the previous page; "" for the first), and the
 	// cursor of the next page ("" when there is none).
 	List(ctx context.Context, f Filter, cursor string, limit int) ([]*Payment, string, error)
+	// AckWaiting returns payments whose purchase waits for its acknowledgement to the store
+	// (tag "ack:waiting"), newest received first, a page at a time like List.
+	AckWaiting(ctx context.Context, cursor string, limit int) ([]*Payment, string, error)
 }
 
 // Filter selects notifications for an operator. Empty fields match everything.
@@ -305,6 +308,12 @@ type SweepResult struct {
 	ReadErrors []error
 	// OldestOverdue is how long the oldest notification healed had been due; 0 if none.
 	OldestOverdue time.Duration
+	// AcksEnqueued are the payments whose acknowledgement to the store the sweep enqueued
+	// again; AcksDue those still unacknowledged within AckAlertBefore of the store's deadline;
+	// AckErrors what failed in that walk.
+	AcksEnqueued []string
+	AcksDue      []AckDue
+	AckErrors    []error
 }
 
 // SweepPage is how many payments the sweep reads from one game at a time; SweepLimit bounds
@@ -385,6 +394,9 @@ func (s *Service) Sweep(ctx context.Context) (SweepResult, error) {
 		readErrs = append(readErrs, err)
 	} else {
 		walk(ps, func(p *Payment) bool { return len(games) == 0 || !s.cfg.Routes.Known(p.Game) })
+	}
+	if err := s.sweepAcks(ctx, now, round, deadline, &res); err != nil {
+		res.AckErrors = append(res.AckErrors, err)
 	}
 	res.ReadErrors = readErrs
 	if len(readErrs) > len(games) { // every query failed: the store is down
@@ -491,6 +503,9 @@ func (p *Payment) DueAt() time.Time {
 func (p *Payment) Tags() []string {
 	seen := map[string]bool{"all": true}
 	tags := []string{"all"}
+	if p.StoreAck != nil && p.StoreAck.State == AckWaiting {
+		tags = append(tags, AckWaitingTag)
+	}
 	for _, n := range p.Notifications {
 		for _, t := range []string{"s:" + string(n.State), "t:" + string(n.Type), "s:" + string(n.State) + "|t:" + string(n.Type)} {
 			if !seen[t] {
@@ -501,6 +516,9 @@ func (p *Payment) Tags() []string {
 	}
 	return tags
 }
+
+// AckWaitingTag marks a payment whose purchase waits for its acknowledgement to the store.
+const AckWaitingTag = "ack:waiting"
 
 // TagFor is the tag a filter's state and type select.
 func (f Filter) TagFor() string {

@@ -39,6 +39,9 @@ type Payment struct {
 	// Subscription, for one period of a subscription, says which subscription and period it
 	// paid; nil for a one-time payment.
 	Subscription *Subscription
+	// StoreAck, for a purchase its store refunds unless acknowledged (Google Play), is its
+	// acknowledgement's progress; nil when payrelay acknowledges nothing for it.
+	StoreAck *StoreAck
 
 	// RefundedMinor is the sum of the refunds recorded, in minor units.
 	RefundedMinor int64

@@ -147,6 +147,9 @@ type Config struct {
 	Days    DayFinder
 	// Cursors keep the recovery sweeps' progress (Stripe's undelivered events); optional.
 	Cursors CursorStore
+	// StoreAcker acknowledges purchases to their stores after the game server's
+	// acknowledgement (Google Play); optional, needs JobQueue.
+	StoreAcker StoreAcker
 	// Routes says which environments each game has an endpoint for; nil means every game has
 	// production only. A notification whose game has no endpoint for its payment's
 	// environment is stored not relayed.

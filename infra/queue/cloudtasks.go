@@ -195,6 +195,15 @@ func (q *CloudTasks) EnqueueJob(ctx context.Context, jobID string, step int) err
 	return q.create(ctx, q.opts.OpsQueue, fmt.Sprintf("%s-%d", jobID, step), time.Now(), relay.TaskMessage{Job: jobID, Step: step})
 }
 
+// EnqueueAck implements relay.JobQueue: the task name on the ops queue, now, acknowledging
+// payment paymentID's purchase to its store (retried by the ops queue until the store accepts).
+func (q *CloudTasks) EnqueueAck(ctx context.Context, name, paymentID string) error {
+	if q.opts.OpsQueue == "" {
+		return relay.ErrNoStoreAcks
+	}
+	return q.create(ctx, q.opts.OpsQueue, name, time.Now(), relay.TaskMessage{Ack: paymentID})
+}
+
 func (q *CloudTasks) create(ctx context.Context, queue, name string, at time.Time, msg relay.TaskMessage) error {
 	body, err := json.Marshal(msg)
 	if err != nil {

@@ -157,6 +157,7 @@ func (s *Firestore) Update(ctx context.Context, p *relay.Payment, v relay.Versio
 		{Path: "metadata", Value: d.Metadata},
 		{Path: "game", Value: d.Game},
 		{Path: "subscription", Value: d.Subscription},
+		{Path: "store_ack", Value: d.StoreAck},
 		{Path: "refunded_minor", Value: d.RefundedMinor},
 		{Path: "notifications", Value: d.Notifications},
 		{Path: "notes", Value: d.Notes},
@@ -189,7 +190,9 @@ type paymentDoc struct {
 	Metadata      map[string]string `firestore:"metadata"`
 	Game          string            `firestore:"game"`
 	// Subscription: absent for a one-time payment.
-	Subscription  *subscriptionDoc  `firestore:"subscription,omitempty"`
+	Subscription *subscriptionDoc `firestore:"subscription,omitempty"`
+	// StoreAck: absent when payrelay acknowledges nothing to the store for it.
+	StoreAck      *storeAckDoc      `firestore:"store_ack,omitempty"`
 	RefundedMinor int64             `firestore:"refunded_minor"`
 	Notifications []notificationDoc `firestore:"notifications"`
 	Notes         []noteDoc         `firestore:"notes"`
@@ -210,6 +213,19 @@ type subscriptionDoc struct {
 	Reason    string     `firestore:"reason"`
 	ExpiresAt *time.Time `firestore:"expires_at"`
 	Offer     string     `firestore:"offer"`
+}
+
+type storeAckDoc struct {
+	Product      string     `firestore:"product"`
+	Token        string     `firestore:"token"`
+	Subscription bool       `firestore:"subscription"`
+	Due          time.Time  `firestore:"due"`
+	State        string     `firestore:"state"`
+	At           *time.Time `firestore:"at"`
+	Reason       string     `firestore:"reason"`
+	Tries        int        `firestore:"tries"`
+	Error        string     `firestore:"error"`
+	LastTry      *time.Time `firestore:"last_try"`
 }
 
 type eventDoc struct {
@@ -318,6 +334,10 @@ func toDoc(p *relay.Payment) *paymentDoc {
 	if due := p.DueAt(); !due.IsZero() {
 		d.DueAt = &due
 	}
+	if a := p.StoreAck; a != nil {
+		d.StoreAck = &storeAckDoc{Product: utf8(a.Product), Token: utf8(a.Token), Subscription: a.Subscription, Due: a.Due, State: string(a.State),
+			At: optTime(a.At), Reason: utf8(a.Reason), Tries: a.Tries, Error: utf8(a.Error), LastTry: optTime(a.LastTry)}
+	}
 	if sub := p.Subscription; sub != nil {
 		d.Subscription = &subscriptionDoc{ID: sub.ID, ProductID: utf8(sub.ProductID), Reason: utf8(sub.Reason), ExpiresAt: optTime(sub.ExpiresAt), Offer: utf8(sub.Offer)}
 	}
@@ -372,6 +392,10 @@ func (d *paymentDoc) toPayment(id string) *relay.Payment {
 	}
 	if d.PaidAt != nil {
 		p.PaidAt = d.PaidAt.UTC()
+	}
+	if a := d.StoreAck; a != nil {
+		p.StoreAck = &relay.StoreAck{Product: a.Product, Token: a.Token, Subscription: a.Subscription, Due: a.Due.UTC(), State: relay.AckState(a.State),
+			At: fromOpt(a.At), Reason: a.Reason, Tries: a.Tries, Error: a.Error, LastTry: fromOpt(a.LastTry)}
 	}
 	if sd := d.Subscription; sd != nil {
 		p.Subscription = &relay.Subscription{ID: sd.ID, ProductID: sd.ProductID, Reason: sd.Reason, ExpiresAt: fromOpt(sd.ExpiresAt), Offer: sd.Offer}

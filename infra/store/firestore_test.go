@@ -316,3 +316,41 @@ func TestSubscriptionAndEventsRoundTrip(t *testing.T) {
 		t.Errorf("a one-time payment read back with %+v, %v", got.Subscription, err)
 	}
 }
+
+// A purchase's acknowledgement to its store survives the round trip; AckWaiting finds the
+// payments waiting for theirs, and an update that records it done takes it off that list.
+func TestStoreAckRoundTripAndQuery(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	waiting := payment("gp-ack-1")
+	at := waiting.ReceivedAt
+	waiting.StoreAck = &relay.StoreAck{Product: "gems_60", Token: "tok-1", Due: at.Add(72 * time.Hour), State: relay.AckWaiting, Tries: 2, Error: "HTTP 503", LastTry: at}
+	none := payment("gp-ack-2")
+	for _, p := range []*relay.Payment{waiting, none} {
+		if _, _, _, err := s.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, v, err := s.Get(ctx, waiting.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(waiting, got, cmpopts.EquateApproxTime(time.Microsecond)); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	ps, _, err := s.AckWaiting(ctx, "", 10)
+	if err != nil || len(ps) != 1 || ps[0].ID != waiting.ID {
+		t.Fatalf("AckWaiting = %d payments, %v; want the waiting one", len(ps), err)
+	}
+	got.StoreAck.State, got.StoreAck.At = relay.AckDone, at.Add(time.Minute)
+	if _, err := s.Update(ctx, got, v); err != nil {
+		t.Fatal(err)
+	}
+	if ps, _, err := s.AckWaiting(ctx, "", 10); err != nil || len(ps) != 0 {
+		t.Fatalf("after it was acknowledged AckWaiting = %d payments, %v", len(ps), err)
+	}
+	if again, _, _ := s.Get(ctx, waiting.ID); again.StoreAck.State != relay.AckDone || !again.StoreAck.At.Equal(at.Add(time.Minute)) {
+		t.Fatalf("after the update: %+v", again.StoreAck)
+	}
+}

@@ -85,6 +85,13 @@ func (s *Firestore) List(ctx context.Context, f relay.Filter, cursor string, lim
 	return s.page(ctx, "firestore.List", s.listQuery(f), cursor, limit, func(p *relay.Payment) time.Time { return p.ReceivedAt })
 }
 
+// AckWaiting implements relay.Finder: the payments tagged ack:waiting, newest received first
+// (the operators' list index on tags and received_at).
+func (s *Firestore) AckWaiting(ctx context.Context, cursor string, limit int) ([]*relay.Payment, string, error) {
+	q := s.coll.Where("tags", "array-contains", relay.AckWaitingTag).OrderBy("received_at", firestore.Desc).OrderBy(firestore.DocumentID, firestore.Desc)
+	return s.page(ctx, "firestore.AckWaiting", q, cursor, limit, func(p *relay.Payment) time.Time { return p.ReceivedAt })
+}
+
 // overdueIndex is the index of a game's overdue payments, oldest due first: the sweeper's
 // per-game pages.
 func overdueIndex() Index {

@@ -34,12 +34,17 @@ var (
 	appleChain      *providertest.AppleChain
 	aliGateway      *providertest.AlipayGateway // Alipay's OpenAPI gateway, for order queries
 	wxAPI           *providertest.WechatAPI     // WeChat Pay's APIv3, for order queries
+	playAPI         *providertest.PlayAPI       // the Play Developer API
+	playSigner      *providertest.PubSubSigner  // Pub/Sub's push tokens
 )
 
 const (
 	appleBundle    = "com.studio.sword"
 	appleBundleB   = "com.studio.farm"
 	appleAppID     = int64(1234567890)
+	playPackage    = "com.studio.sword.android"
+	playAudience   = "http://127.0.0.1/Ingest?provider=googleplay"
+	playPushSA     = "payrelay-pubsub-push@studio-local.iam.gserviceaccount.com"
 	stripeAcct     = "acct_1Studio"
 	stripeSecret   = "whsec_test_0123456789abcdefghijklmnopqrstuv"
 	stripeAcctA    = "acct_1StudioA"
@@ -58,7 +63,11 @@ func providerKeys() provider.Config {
 	wxAPIKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	wxAPI = providertest.NewWechatAPI(wxMch, "API-SERIAL-1", &wxAPIKey.PublicKey, platKey, wxSer)
 	both := []string{"production", "sandbox"}
+	playAPI, playSigner = providertest.NewPlayAPI(), providertest.NewPubSubSigner()
+	certs := playSigner.ServeCerts()
 	return provider.Config{
+		GooglePlay: &provider.GooglePlayConfig{Apps: []provider.GooglePlayApp{{PackageName: playPackage, Game: stack.GameA, Environments: both, Acknowledge: true}},
+			Audience: playAudience, ServiceAccount: playPushSA, APIBase: playAPI.URL + "/", CertsURL: certs.URL},
 		Apple: []provider.AppleApp{{BundleID: appleBundle, AppAppleID: appleAppID, Game: stack.GameA, Environments: both},
 			{BundleID: appleBundleB, AppAppleID: appleAppID + 1, Game: stack.GameB, Environments: both}},
 		AppleRoot: appleChain.RootPEM(),
@@ -260,5 +269,71 @@ func TestOrderQueryRecoversAnUnnotifiedPayment(t *testing.T) {
 	}
 	if _, refused := wxAPI.Counts(); refused != 0 {
 		t.Errorf("WeChat Pay's API refused %d of our signed requests", refused)
+	}
+}
+
+// Google Play on the emulators: a push verified against the stand-in signer's certificates, the
+// truth from the stand-in API, delivered through Cloud Tasks, and acknowledged to Google only
+// after the game server's 2xx (here at its fourth attempt); a purchase the app acknowledged
+// itself is not acknowledged again.
+func TestGooglePlayAcknowledgedAfterTheGame(t *testing.T) {
+	t.Parallel()
+	need(t)
+	now := time.Now().UTC()
+	token := playSigner.Token(playAudience, playPushSA, now.Add(time.Hour))
+	auth := http.Header{"Authorization": {"Bearer " + token}}
+	order, order2 := "fail3-GPA.3301-9001-0001-00001", "GPA.3301-9002-0002-00002"
+	playAPI.SetProduct("tok-e2e-1", order, "gems_60", "PURCHASED", 1, 1, false, "player-9")
+	playAPI.SetOrder(order, "tok-e2e-1", "USD", 4, 990000000, now)
+	playAPI.SetProduct("tok-e2e-2", order2, "gems_60", "PURCHASED", 1, 1, false, "player-9")
+	playAPI.SetOrder(order2, "tok-e2e-2", "USD", 0, 990000000, now)
+	playAPI.Acknowledge("tok-e2e-2") // the app acknowledged (consumed) it itself
+	for i, tok := range []string{"tok-e2e-1", "tok-e2e-2"} {
+		push := providertest.PlayPush(providertest.PlayOneTime(playPackage, 1, tok, "gems_60"), fmt.Sprintf("e2e-%d", i))
+		if code, body := post(t, "googleplay", "application/json", auth, push); code != http.StatusNoContent {
+			t.Fatalf("push %s answered %d %s", tok, code, body)
+		}
+	}
+	if code, _ := post(t, "googleplay", "application/json", http.Header{"Authorization": {"Bearer " + playSigner.Token("https://elsewhere/", playPushSA, now.Add(time.Hour))}},
+		providertest.PlayPush(providertest.PlayOneTime(playPackage, 1, "tok-e2e-1", "gems_60"), "e2e-x")); code != http.StatusUnauthorized {
+		t.Fatalf("a token for another audience: %d, want 401", code)
+	}
+	id := relay.PaymentID(relay.EnvProduction, "googleplay", playPackage, order)
+	// While the game server fails, Google hears nothing.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(st.Game.Hits(id)) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if hits := st.Game.Hits(id); len(hits) < 2 || !playAPI.AcknowledgedAt("tok-e2e-1").IsZero() {
+		t.Fatalf("%d attempts, acknowledged %v: want failing attempts and no acknowledgement yet", len(hits), playAPI.AcknowledgedAt("tok-e2e-1"))
+	}
+	waitTerminal(t, id, 20*time.Second)
+	hits := st.Game.Hits(id)
+	if fmt.Sprint(attemptsOf(hits)) != "[1 2 3 4]" || hits[0].Payload.Data.AmountMinor != 499 || hits[0].Payload.Data.Metadata["obfuscated_account_id"] != "player-9" {
+		t.Fatalf("game server got attempts %v, %+v", attemptsOf(hits), hits[0].Payload.Data)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for playAPI.AcknowledgedAt("tok-e2e-1").IsZero() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if at := playAPI.AcknowledgedAt("tok-e2e-1"); at.IsZero() || at.Before(hits[3].At) {
+		t.Fatalf("acknowledged at %v; want after the game's 2xx at %v", at, hits[3].At)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	var p *relay.Payment
+	for time.Now().Before(deadline) {
+		if p, _, _ = payments.Get(context.Background(), id); p != nil && p.StoreAck != nil && p.StoreAck.State == relay.AckDone {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p == nil || p.StoreAck == nil || p.StoreAck.State != relay.AckDone || p.StoreAck.At.IsZero() {
+		t.Fatalf("stored acknowledgement %+v", p.StoreAck)
+	}
+	id2 := relay.PaymentID(relay.EnvProduction, "googleplay", playPackage, order2)
+	waitTerminal(t, id2, 20*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if p2, _, _ := payments.Get(context.Background(), id2); p2.StoreAck != nil || slices.Contains(playAPI.Acknowledged(), "tok-e2e-2") {
+		t.Fatalf("a purchase the app acknowledged: stored %+v, acknowledged again %v", p2.StoreAck, playAPI.Acknowledged())
 	}
 }

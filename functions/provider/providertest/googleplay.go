@@ -48,11 +48,27 @@ func (s *PubSubSigner) Token(audience, email string, exp time.Time) string {
 	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
 }
 
+// JWKS is the signer's key as Google's certificate endpoint serves its keys.
+func (s *PubSubSigner) JWKS() []byte {
+	jwks, _ := json.Marshal(map[string]any{"keys": []map[string]string{{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": s.Kid,
+		"n": base64.RawURLEncoding.EncodeToString(s.Key.N.Bytes()), "e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(s.Key.E)).Bytes())}}})
+	return jwks
+}
+
+// ServeCerts serves JWKS over HTTP on a loopback port (PROVIDER_CONFIG googleplay.certs_url).
+func (s *PubSubSigner) ServeCerts() *httptest.Server {
+	jwks := s.JWKS()
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		w.Write(jwks)
+	}))
+}
+
 // Validator is Google's idtoken validator, fetching its certificates from this signer instead
 // of https://www.googleapis.com/oauth2/v3/certs.
 func (s *PubSubSigner) Validator() *idtoken.Validator {
-	jwks, _ := json.Marshal(map[string]any{"keys": []map[string]string{{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": s.Kid,
-		"n": base64.RawURLEncoding.EncodeToString(s.Key.N.Bytes()), "e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(s.Key.E)).Bytes())}}})
+	jwks := s.JWKS()
 	client := &http.Client{Transport: roundTripper(func(*http.Request) (*http.Response, error) {
 		return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json"}, "Cache-Control": {"public, max-age=3600"}},
 			Body: io.NopCloser(bytes.NewReader(jwks))}, nil
@@ -95,9 +111,37 @@ func PlayVoided(pkg, token, orderID string, productType, refundType int) map[str
 		"voidedPurchaseNotification": map[string]any{"purchaseToken": token, "orderId": orderID, "productType": productType, "refundType": refundType}}
 }
 
-// PlayAPI stands in for the Play Developer API's reads payrelay makes, in its documented JSON:
-// purchases.productsv2, purchases.subscriptionsv2, orders.get and purchases.voidedpurchases.list.
+// PlayAPI stands in for the Play Developer API's calls payrelay makes, in its documented JSON:
+// purchases.productsv2, purchases.subscriptionsv2, orders.get, purchases.voidedpurchases.list,
+// and purchases.products/subscriptions.acknowledge (acknowledging one acknowledged already is
+// refused 400, as a guess at Google's undocumented answer).
 // It refuses a request without a bearer token (401) and answers 404 for what it does not know;
+// Acknowledge marks token's purchase acknowledged, as the app's BillingClient.acknowledgePurchase
+// would.
+func (a *PlayAPI) Acknowledge(token string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range []map[string]map[string]any{a.products, a.subscriptions} {
+		if p, ok := m[token]; ok {
+			p["acknowledgementState"] = "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED"
+		}
+	}
+}
+
+// Acknowledged lists the tokens acknowledged through the API, in order.
+func (a *PlayAPI) Acknowledged() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.acked...)
+}
+
+// AcknowledgedAt is when token was acknowledged through the API (zero if it was not).
+func (a *PlayAPI) AcknowledgedAt(token string) time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ackedAt[token]
+}
+
 // FailNext makes the next requests answer 429 or 5xx.
 type PlayAPI struct {
 	*httptest.Server
@@ -108,6 +152,8 @@ type PlayAPI struct {
 	voided        []map[string]any
 	failNext      []int
 	requests      []string
+	acked         []string // tokens acknowledged, in order
+	ackedAt       map[string]time.Time
 }
 
 // NewPlayAPI starts the stand-in.
@@ -129,6 +175,9 @@ func (a *PlayAPI) SetProduct(token, orderID, productID, state string, quantity, 
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if old, ok := a.products[token]; ok {
+		p["acknowledgementState"] = old["acknowledgementState"] // the purchase's, not the call's
+	}
 	a.products[token] = p
 }
 
@@ -142,6 +191,10 @@ func (a *PlayAPI) SetSubscription(token, latestOrderID, productID string, expiry
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	s["acknowledgementState"] = "ACKNOWLEDGEMENT_STATE_PENDING"
+	if old, ok := a.subscriptions[token]; ok {
+		s["acknowledgementState"] = old["acknowledgementState"]
+	}
 	a.subscriptions[token] = s
 }
 
@@ -211,6 +264,35 @@ func (a *PlayAPI) serve(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(v)
 	}
 	switch {
+	case r.Method == http.MethodPost && strings.HasSuffix(rest, ":acknowledge"):
+		// purchases/products/{productId}/tokens/{token}:acknowledge or
+		// purchases/subscriptions/{subscriptionId}/tokens/{token}:acknowledge
+		parts := strings.Split(strings.TrimSuffix(rest, ":acknowledge"), "/")
+		if len(parts) != 5 || parts[0] != "purchases" || parts[3] != "tokens" || (parts[1] != "products" && parts[1] != "subscriptions") {
+			playError(w, http.StatusNotFound, "NOT_FOUND", "not served by the stand-in")
+			return
+		}
+		m, id := a.products, "productLineItem"
+		if parts[1] == "subscriptions" {
+			m, id = a.subscriptions, "lineItems"
+		}
+		p, ok := m[parts[4]]
+		switch {
+		case !ok:
+			playError(w, http.StatusNotFound, "NOT_FOUND", "The purchase token was not found.")
+		case p[id].([]map[string]any)[0]["productId"] != parts[2]:
+			playError(w, http.StatusBadRequest, "INVALID_ARGUMENT", "The product id does not match the purchase.")
+		case p["acknowledgementState"] == "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED":
+			playError(w, http.StatusBadRequest, "FAILED_PRECONDITION", "The purchase is not in a valid state to perform the desired operation.")
+		default:
+			p["acknowledgementState"] = "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED"
+			a.acked = append(a.acked, parts[4])
+			if a.ackedAt == nil {
+				a.ackedAt = map[string]time.Time{}
+			}
+			a.ackedAt[parts[4]] = time.Now()
+			w.WriteHeader(http.StatusOK)
+		}
 	case strings.HasPrefix(rest, "purchases/productsv2/tokens/"):
 		p, ok := a.products[strings.TrimPrefix(rest, "purchases/productsv2/tokens/")]
 		answer(p, ok)

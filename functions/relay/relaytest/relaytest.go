@@ -133,6 +133,9 @@ type Queue struct {
 	Fail func(t relay.Task) error
 	// JobSteps lists the bulk-replay steps enqueued.
 	JobSteps []JobStep
+	// Acks lists the acknowledgement tasks enqueued, by name (a name enqueued again is
+	// refused with relay.ErrTaskExists, as Cloud Tasks does), each naming its payment.
+	Acks map[string]string
 }
 
 // NewQueue returns an empty queue.
@@ -362,6 +365,50 @@ func (q *Queue) EnqueueJob(_ context.Context, jobID string, step int) error {
 	defer q.mu.Unlock()
 	q.JobSteps = append(q.JobSteps, JobStep{jobID, step})
 	return nil
+}
+
+// EnqueueAck implements relay.JobQueue on the Queue.
+func (q *Queue) EnqueueAck(_ context.Context, name, paymentID string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, dup := q.Acks[name]; dup {
+		return relay.ErrTaskExists
+	}
+	if q.Acks == nil {
+		q.Acks = map[string]string{}
+	}
+	q.Acks[name] = paymentID
+	return nil
+}
+
+// AckWaiting implements relay.Finder over the payments in memory, newest received first.
+func (s *Store) AckWaiting(ctx context.Context, cursor string, limit int) ([]*relay.Payment, string, error) {
+	s.mu.Lock()
+	if err := s.fail("ack waiting"); err != nil {
+		s.mu.Unlock()
+		return nil, "", err
+	}
+	var all []*relay.Payment
+	for _, p := range s.payments {
+		if slices.Contains(p.Tags(), relay.AckWaitingTag) {
+			all = append(all, clone(p))
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(all, func(a, b *relay.Payment) int {
+		if c := b.ReceivedAt.Compare(a.ReceivedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	if cursor != "" {
+		i := slices.IndexFunc(all, func(p *relay.Payment) bool { return p.ID == cursor })
+		all = all[i+1:]
+	}
+	if len(all) <= limit {
+		return all, "", nil
+	}
+	return all[:limit], all[limit-1].ID, nil
 }
 
 var _ relay.DayFinder = (*Store)(nil)

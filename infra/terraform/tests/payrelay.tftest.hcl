@@ -302,7 +302,7 @@ run "alerts_with_a_channel" {
     notification_channels = ["projects/studio-prod/notificationChannels/123"]
   }
   assert {
-    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["amount_refused", "conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "recover_failed", "startup_failure"]) && length(google_monitoring_alert_policy.game_failing) == 1
+    condition     = sort(keys(google_monitoring_alert_policy.count)) == sort(["amount_refused", "conflict", "dead_letter", "env_mismatch", "heal_stuck", "healed", "ingest_5xx", "orphaned", "reconcile_failed", "reconcile_findings", "recover_failed", "startup_failure", "store_ack_due"]) && length(google_monitoring_alert_policy.game_failing) == 1
     error_message = "each concern must get its alert once a channel is given"
   }
   assert {
@@ -401,6 +401,10 @@ run "googleplay" {
   assert {
     condition     = contains(keys(google_project_service.api), "pubsub.googleapis.com") && contains(keys(google_project_service.api), "androidpublisher.googleapis.com")
     error_message = "googleplay needs the Pub/Sub and Play Developer APIs"
+  }
+  assert {
+    condition     = google_cloudfunctions2_function.fn["deliver"].service_config[0].environment_variables["OPS_QUEUE"] == "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.ops.name}" && google_cloud_tasks_queue.ops.retry_config[0].max_attempts == -1 && google_cloud_tasks_queue.ops.retry_config[0].max_retry_duration == "0s" && google_cloud_tasks_queue_iam_member.runtime_enqueue_ops.member == "serviceAccount:${google_service_account.runtime.email}"
+    error_message = "acknowledgements to Google go through the ops queue, which Deliver's runtime can enqueue on and which retries until Google accepts (no attempt or duration limit)"
   }
 }
 

@@ -156,12 +156,21 @@ type PlayAPI struct {
 	ackedAt       map[string]time.Time
 }
 
-// NewPlayAPI starts the stand-in.
+// NewPlayAPI starts the stand-in on a port of its own.
 func NewPlayAPI() *PlayAPI {
-	a := &PlayAPI{products: map[string]map[string]any{}, subscriptions: map[string]map[string]any{}, orders: map[string]map[string]any{}}
-	a.Server = httptest.NewServer(http.HandlerFunc(a.serve))
+	a := NewPlayAPIHandler()
+	a.Server = httptest.NewServer(a)
 	return a
 }
+
+// NewPlayAPIHandler is the stand-in without a server of its own (serve it under
+// /androidpublisher/v3/); its Server is nil.
+func NewPlayAPIHandler() *PlayAPI {
+	return &PlayAPI{products: map[string]map[string]any{}, subscriptions: map[string]map[string]any{}, orders: map[string]map[string]any{}}
+}
+
+// ServeHTTP answers the API's requests.
+func (a *PlayAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.serve(w, r) }
 
 // SetProduct records a one-time purchase of token: its order, state (PURCHASED, PENDING,
 // CANCELLED), quantity and refundable quantity, a test purchase or not, the player.

@@ -15,9 +15,10 @@ import (
 	"github.com/payrelay/payrelay/functions/relay"
 )
 
-// Querier is a provider payrelay can ask about an order (补单) and its refunds: Alipay and
-// WeChat Pay. QueryRefund asks for one refund by the merchant's refund number (Alipay's
-// out_request_no, WeChat Pay's out_refund_no): neither provider lists an order's refunds.
+// Querier is a provider payrelay can ask about an order (补单) and its refunds: Alipay, WeChat
+// Pay, the App Store (a transactionId) and Google Play (an order id or a purchase token).
+// QueryRefund asks for one refund by the merchant's refund number (Alipay's out_request_no,
+// WeChat Pay's out_refund_no): neither provider lists an order's refunds.
 type Querier interface {
 	Query(ctx context.Context, merchant, orderID string) (provider.QueryAnswer, error)
 	QueryRefund(ctx context.Context, merchant, orderID, refundNo string) (provider.RefundAnswer, error)
@@ -26,6 +27,8 @@ type Querier interface {
 var (
 	_ Querier = (*provider.Alipay)(nil)
 	_ Querier = (*provider.WechatPay)(nil)
+	_ Querier = (*provider.Apple)(nil)
+	_ Querier = (*provider.GooglePlay)(nil)
 )
 
 // MaxQueryRefunds bounds the refund numbers one query may name.

@@ -17,6 +17,7 @@ import (
 	"github.com/payrelay/payrelay/functions/provider/providertest"
 	"github.com/payrelay/payrelay/functions/relay"
 	"github.com/payrelay/payrelay/infra/gamehttp"
+	"github.com/payrelay/payrelay/local/gameserver"
 	"github.com/payrelay/payrelay/local/stack"
 )
 
@@ -335,5 +336,115 @@ func TestGooglePlayAcknowledgedAfterTheGame(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if p2, _, _ := payments.Get(context.Background(), id2); p2.StoreAck != nil || slices.Contains(playAPI.Acknowledged(), "tok-e2e-2") {
 		t.Fatalf("a purchase the app acknowledged: stored %+v, acknowledged again %v", p2.StoreAck, playAPI.Acknowledged())
+	}
+}
+
+// waitHits polls until the game server's posts of id match want (a sequence), or fails.
+func waitHits(t *testing.T, game interface{ Hits(string) []gameserver.Hit }, id, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && fmt.Sprint(sequence(game.Hits(id))) != want {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := fmt.Sprint(sequence(game.Hits(id))); got != want {
+		t.Fatalf("payment %s: the game server got %s, want %s", id, got, want)
+	}
+}
+
+// Google Play end to end on the emulators with the stand-in: the API failing at first (Pub/Sub
+// redelivers: no loss, no duplicate), a pending purchase that completes, a partial then a full
+// void each relayed once in order, a subscription with two renewals, a test purchase to the
+// sandbox server only, and the voided-purchases sweep recovering a refund whose notification
+// was lost.
+func TestGooglePlayEndToEnd(t *testing.T) {
+	t.Parallel()
+	need(t)
+	now := time.Now().UTC()
+	auth := http.Header{"Authorization": {"Bearer " + playSigner.Token(playAudience, playPushSA, now.Add(time.Hour))}}
+	push := func(n map[string]any, msg string) {
+		t.Helper()
+		if code, body := post(t, "googleplay", "application/json", auth, providertest.PlayPush(n, msg)); code != http.StatusNoContent {
+			t.Fatalf("push %s answered %d %s", msg, code, body)
+		}
+	}
+	pid := func(env relay.Environment, order string) string {
+		return relay.PaymentID(env, "googleplay", playPackage, order)
+	}
+	// A purchase of 3 while the API answers 503 twice: Ingest answers 503, Pub/Sub redelivers
+	// (post does, as it would), the purchase is relayed once.
+	const bulk = "GPA.3401-0001-0001-00001"
+	playAPI.SetProduct("tok-bulk", bulk, "gems_60", "PURCHASED", 3, 3, false, "player-1")
+	playAPI.SetOrder(bulk, "tok-bulk", "USD", 2, 970000000, now)
+	playAPI.FailNext(503, 503)
+	push(providertest.PlayOneTime(playPackage, 1, "tok-bulk", "gems_60"), "bulk-1")
+	push(providertest.PlayOneTime(playPackage, 1, "tok-bulk", "gems_60"), "bulk-1") // a duplicate messageId
+	waitHits(t, st.Game, pid(relay.EnvProduction, bulk), "[paid#1(200)]")
+	// One of the three refunded, then the rest.
+	playAPI.SetProduct("tok-bulk", bulk, "gems_60", "PURCHASED", 3, 2, false, "player-1")
+	push(providertest.PlayVoided(playPackage, "tok-bulk", bulk, 2, 2), "bulk-2")
+	playAPI.SetProduct("tok-bulk", bulk, "gems_60", "PURCHASED", 3, 0, false, "player-1")
+	push(providertest.PlayVoided(playPackage, "tok-bulk", bulk, 2, 1), "bulk-3")
+	waitHits(t, st.Game, pid(relay.EnvProduction, bulk), "[paid#1(200) refund voided-"+bulk+"-1#1(200) refund voided-"+bulk+"#1(200)]")
+	if hits := st.Game.Hits(pid(relay.EnvProduction, bulk)); hits[1].Payload.Data.Refund.AmountMinor != 99 || hits[2].Payload.Data.Refund.AmountMinor != 198 || !hits[2].Payload.Data.Refund.FullyRefunded {
+		t.Errorf("refunds %+v then %+v; want 0.99 then the remaining 1.98", hits[1].Payload.Data.Refund, hits[2].Payload.Data.Refund)
+	}
+	// A pending purchase: nothing relayed until it is paid.
+	const pending = "GPA.3401-0002-0002-00002"
+	playAPI.SetProduct("tok-pending", pending, "gems_60", "PENDING", 1, 1, false, "")
+	playAPI.SetOrder(pending, "tok-pending", "USD", 0, 990000000, now)
+	push(providertest.PlayOneTime(playPackage, 1, "tok-pending", "gems_60"), "pending-1")
+	playAPI.SetProduct("tok-pending", pending, "gems_60", "PURCHASED", 1, 1, false, "")
+	push(providertest.PlayOneTime(playPackage, 1, "tok-pending", "gems_60"), "pending-2")
+	waitHits(t, st.Game, pid(relay.EnvProduction, pending), "[paid#1(200)]")
+	// A subscription bought, then renewed twice: three payments, each its own order.
+	for i, typ := range []int{4, 2, 2} {
+		order := "GPA.3402-0001-0001-00001"
+		if i > 0 {
+			order += fmt.Sprintf("..%d", i-1)
+		}
+		playAPI.SetSubscription("tok-sub", order, "monthly_card", now.Add(time.Duration(i+1)*30*24*time.Hour), false, "player-2")
+		playAPI.SetOrder(order, "tok-sub", "JPY", 480, 0, now.Add(time.Duration(i)*30*24*time.Hour))
+		push(providertest.PlaySubscription(playPackage, typ, "tok-sub", "monthly_card"), fmt.Sprintf("sub-%d", i))
+		waitHits(t, st.Game, pid(relay.EnvProduction, order), "[paid#1(200)]")
+		d := st.Game.Hits(pid(relay.EnvProduction, order))[0].Payload.Data
+		if d.AmountMinor != 480 || d.Currency != "JPY" || d.Subscription == nil || d.Subscription.ProductID != "monthly_card" || d.Subscription.ExpiresAt == nil {
+			t.Errorf("period %d: %+v", i, d)
+		}
+	}
+	// A license tester's purchase reaches the sandbox server only.
+	const test = "GPA.3403-0001-0001-00001"
+	playAPI.SetProduct("tok-test", test, "gems_60", "PURCHASED", 1, 1, true, "")
+	playAPI.SetOrder(test, "tok-test", "USD", 0, 990000000, now)
+	push(providertest.PlayOneTime(playPackage, 1, "tok-test", "gems_60"), "test-1")
+	waitHits(t, st.GameSandbox, pid(relay.EnvSandbox, test), "[paid#1(200)]")
+	if n := len(st.Game.Hits(pid(relay.EnvSandbox, test))); n != 0 {
+		t.Errorf("a test purchase reached the production server %d times", n)
+	}
+	// A refund whose notification is lost: the Recover sweep finds it among the voided purchases.
+	const lost = "GPA.3404-0001-0001-00001"
+	playAPI.SetProduct("tok-lost", lost, "gems_60", "PURCHASED", 1, 1, false, "")
+	playAPI.SetOrder(lost, "tok-lost", "EUR", 4, 990000000, now)
+	push(providertest.PlayOneTime(playPackage, 1, "tok-lost", "gems_60"), "lost-1")
+	waitHits(t, st.Game, pid(relay.EnvProduction, lost), "[paid#1(200)]")
+	playAPI.AddVoided("tok-lost", lost, time.Now(), 0)
+	resp, err := http.Post(st.FunctionsURL+"/Recover", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("Recover = %d %s", resp.StatusCode, b)
+	}
+	waitHits(t, st.Game, pid(relay.EnvProduction, lost), "[paid#1(200) refund voided-"+lost+"#1(200)]")
+	if p, _, err := payments.Get(context.Background(), pid(relay.EnvProduction, lost)); err != nil || p.RefundByID("voided-"+lost).Via != relay.ViaRecovery {
+		t.Errorf("the recovered refund: %v", err)
+	}
+	// Pushed again (Pub/Sub redelivers everything eventually): nothing is posted twice.
+	push(providertest.PlayOneTime(playPackage, 1, "tok-bulk", "gems_60"), "bulk-1")
+	push(providertest.PlayVoided(playPackage, "tok-bulk", bulk, 2, 1), "bulk-3")
+	time.Sleep(300 * time.Millisecond)
+	if n := len(st.Game.Hits(pid(relay.EnvProduction, bulk))); n != 3 {
+		t.Errorf("after redeliveries the game got %d posts of the bulk purchase, want 3", n)
 	}
 }

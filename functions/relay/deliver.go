@@ -143,7 +143,7 @@ func (s *Service) decide(ctx context.Context, p *Payment, n *Notification, gen, 
 		return DeliverResult{Outcome: OutcomeIgnored, Reason: fmt.Sprintf("task of generation %d; the notification is at generation %d", gen, n.Generation)}, false, nil
 	case n.State == StateDelivered:
 		// The delivery that recorded it may have failed to enqueue the notification it released.
-		if next := p.successor(n.Key); next != nil && next.untouched() {
+		if next := p.firstUndelivered(); next != nil && next.untouched() {
 			if err := s.enqueue(ctx, p.task(next, 1, next.NextAttemptAt)); err != nil {
 				return DeliverResult{}, false, fmt.Errorf("re-enqueue released %s: %w", next.Key, err)
 			}

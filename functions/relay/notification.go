@@ -30,7 +30,7 @@ const (
 	TypeSubscriptionExtended Type = "subscription.extended"
 )
 
-// Types lists every notification type, in the README's order.
+// Types lists every notification type, in the order functions/relay/README.md and functions/provider/README.md list them.
 var Types = []Type{TypePaymentSucceeded, TypePaymentRefunded, TypeRefundReversed, TypePaymentRevoked, TypeSubscriptionExtended}
 
 // Event is what a notification that moves no money tells (TypePaymentRevoked,
@@ -329,21 +329,24 @@ func (p *Payment) appendEvent(n Notification, st stop, now, due time.Time) *Noti
 	return &p.Notifications[len(p.Notifications)-1]
 }
 
-// successor returns the notification right after key in the chain, or nil.
-func (p *Payment) successor(key string) *Notification {
+// firstUndelivered returns the chain's first notification not delivered, or nil.
+func (p *Payment) firstUndelivered() *Notification {
 	for i := range p.Notifications {
-		if p.Notifications[i].Key == key && i+1 < len(p.Notifications) {
-			return &p.Notifications[i+1]
+		if p.Notifications[i].State != StateDelivered {
+			return &p.Notifications[i]
 		}
 	}
 	return nil
 }
 
-// release moves the held notification right after key to pending, due at due, and returns
-// it; nil when there is none to release.
+// release, once notification key is delivered, moves the first notification of the chain that
+// is not delivered to pending, due at due, if it is held, and returns it; nil when there is
+// none to release. The first one not delivered, not key's successor: a delivered notification
+// replayed (forced) and delivered again may find its successor delivered meanwhile and a later
+// one held behind the replay.
 func (p *Payment) release(key string, due time.Time) *Notification {
-	next := p.successor(key)
-	if next == nil || next.State != StateHeld {
+	next := p.firstUndelivered()
+	if n := p.Notification(key); n == nil || n.State != StateDelivered || next == nil || next.State != StateHeld {
 		return nil
 	}
 	next.State = StatePending

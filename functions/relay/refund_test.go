@@ -391,3 +391,43 @@ func TestGameServerSignals(t *testing.T) {
 		}
 	})
 }
+
+// A delivered payment replayed (forced) while its first refund is out: that refund is
+// delivered, a second refund arrives held behind the replay, and the replay's delivery releases
+// it (the first notification not delivered, not the payment's successor, which is delivered).
+// The local stack's race test found this one held forever.
+func TestReplayOfADeliveredPaymentReleasesALaterRefund(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	pay, _ := h.svc.Ingest(ctx, samplePaid())
+	h.drain(t)
+	if _, err := h.svc.Ingest(ctx, refundOf("r1", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Replay(ctx, pay.PaymentID, relay.KeyPaid, true, ops); err != nil {
+		t.Fatal(err)
+	}
+	// r1's task runs before the replay's: r1 delivered, the payment pending again.
+	for _, task := range h.queue.Snapshot() {
+		if task.Key == relay.RefundKey("r1") {
+			if res, err := h.svc.Deliver(ctx, relay.TaskMessage{PaymentID: task.PaymentID, Notification: task.Key, Attempt: 1}, relay.Delivery{}); err != nil || res.Outcome != relay.OutcomeDelivered {
+				t.Fatalf("r1: %+v %v", res, err)
+			}
+		}
+	}
+	if _, err := h.svc.Ingest(ctx, refundOf("r2", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.store.Payment(pay.PaymentID).RefundByID("r2").State; st != relay.StateHeld {
+		t.Fatalf("r2 behind the replayed payment: %s, want held", st)
+	}
+	h.drain(t)
+	p := h.store.Payment(pay.PaymentID)
+	if p.Paid().State != relay.StateDelivered || p.RefundByID("r2").State != relay.StateDelivered {
+		t.Fatalf("after the replay's delivery: payment %s, r2 %s; want both delivered", p.Paid().State, p.RefundByID("r2").State)
+	}
+	if got := fmt.Sprint(h.sentKeys()); got != "[paid#1 "+relay.RefundKey("r1")+"#1 paid#1 "+relay.RefundKey("r2")+"#1]" {
+		t.Errorf("posted %s", got)
+	}
+}

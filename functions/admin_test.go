@@ -1,11 +1,15 @@
 package functions
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/payrelay/payrelay/functions/relay"
 )
@@ -32,6 +36,16 @@ func TestDashboardPagesAndForms(t *testing.T) {
 	w := get("/")
 	if w.Code != 200 || !strings.Contains(w.Body.String(), `id="counts"`) || !strings.Contains(w.Body.String(), "game-1") {
 		t.Fatalf("overview = %d\n%s", w.Code, w.Body.String())
+	}
+	// A first visit gets one anti-forgery cookie, and the forms carry its token.
+	cookies := w.Result().Cookies()
+	if len(cookies) != 1 {
+		t.Fatalf("the overview set %d cookies (%v); want one", len(cookies), cookies)
+	}
+	for _, m := range regexp.MustCompile(`name="csrf" value="([0-9a-f]*)"`).FindAllStringSubmatch(w.Body.String(), -1) {
+		if m[1] != cookies[0].Value {
+			t.Errorf("a form carries token %s, the cookie %s", m[1], cookies[0].Value)
+		}
 	}
 	w = get("/payments/" + pid)
 	body := w.Body.String()
@@ -123,5 +137,87 @@ func TestDashboardShowsOrphans(t *testing.T) {
 	}
 	if page := get("/payments/" + pid); !strings.Contains(page, `class="replay"`) || !strings.Contains(page, "no production endpoint") {
 		t.Errorf("the orphan's page offers no replay or hides the reason:\n%s", page)
+	}
+}
+
+// Every field the Admin API answers with is snake_case, at every depth: a payment with a
+// refund, a note, an operator's action and a store acknowledgement, the lists, a bulk replay
+// job, the reconciliation reports.
+func TestAdminJSONIsSnakeCase(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	h := f.h
+	serve(h.Ingest, signed(validBody, testNow))
+	serve(h.Ingest, signed(refundBody("r1", "1.00"), testNow))
+	id := paymentIDOf(t, f)
+	f.store.Mutate(id, func(p *relay.Payment) {
+		p.Notes = append(p.Notes, relay.Note{Kind: "REFUND.ABNORMAL", Reason: "r", Alert: true, RefundID: "r2", ReceivedAt: testNow})
+		p.StoreAck = &relay.StoreAck{Product: "gems", Token: "secret-token", Due: testNow.Add(72 * time.Hour), State: relay.AckWaiting, Tries: 1, Error: "HTTP 503"}
+	})
+	f.fail = true
+	for n := 1; n <= 8; n++ {
+		serve(h.Deliver, deliverReq(fmt.Sprintf(`{"payment_id":%q,"notification":"paid","attempt":%d}`, id, n)))
+	}
+	post := func(path, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		return record(h.Admin, r)
+	}
+	if w := post("/api/payments/"+id+"/notifications/paid/replay", `{"reason":"game server back"}`); w.Code != http.StatusOK {
+		t.Fatalf("replay: %d %s", w.Code, w.Body)
+	}
+	job := post("/api/jobs/replay", `{"reason":"outage","state":"failed"}`)
+	var j struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(job.Body.Bytes(), &j)
+	if job.Code != http.StatusAccepted || j.ID == "" {
+		t.Fatalf("job: %d %s", job.Code, job.Body)
+	}
+	answers := map[string][]byte{"job": job.Body.Bytes()}
+	for _, path := range []string{"/api/payments/" + id, "/api/notifications?state=pending", "/api/notifications?state=held", "/api/jobs/" + j.ID, "/api/reconciliations"} {
+		w := record(h.Admin, httptest.NewRequest(http.MethodGet, path, nil))
+		if w.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, w.Code, w.Body)
+		}
+		answers[path] = w.Body.Bytes()
+	}
+	snake := regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	var walk func(where string, v any)
+	walk = func(where string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, e := range v {
+				if !snake.MatchString(k) {
+					t.Errorf("%s: field %q is not snake_case", where, k)
+				}
+				walk(where+"."+k, e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(where+"[]", e)
+			}
+		}
+	}
+	fields := 0
+	for path, b := range answers {
+		var v any
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		walk(path, v)
+		fields += strings.Count(string(b), `":`)
+	}
+	show := string(answers["/api/payments/"+id])
+	for _, want := range []string{`"refund_id":"r2"`, `"store_ack":{`, `"actions":[{`, `"cumulative_minor":100`} {
+		if !strings.Contains(show, want) {
+			t.Errorf("the payment's answer lacks %s: %s", want, show)
+		}
+	}
+	if strings.Contains(show, "secret-token") {
+		t.Error("the payment's answer shows the purchase token")
+	}
+	if fields < 100 {
+		t.Fatalf("only %d fields walked", fields)
 	}
 }

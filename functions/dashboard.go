@@ -215,7 +215,6 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 	}
 	d.Overdue = overdue
 	d.AppleTests = h.appleTests(ctx)
-	csrfToken(w, r)
 	render(w, overviewPage, d)
 }
 

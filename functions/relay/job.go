@@ -16,26 +16,26 @@ import (
 // retried from the cursor saved after the previous one, and a notification this job already
 // replayed is skipped (its history names the job), so none is replayed twice.
 type Job struct {
-	ID     string
-	Filter Filter
-	By     string
-	Reason string
-	State  JobState
-	Step   int    // the next step to run
-	Cursor string // where the next step's page starts
+	ID     string   `json:"id"`
+	Filter Filter   `json:"filter"`
+	By     string   `json:"by"`
+	Reason string   `json:"reason"`
+	State  JobState `json:"state"`
+	Step   int      `json:"step"`             // the next step to run
+	Cursor string   `json:"cursor,omitempty"` // where the next step's page starts
 	// Counts of the steps recorded. A step interrupted before it recorded its progress is not
 	// counted; its replays stand in the notifications' histories under the job's id.
-	Replayed int
-	Skipped  int // already replayed by this job (a step run again after an interruption)
-	Refused  int // no longer replayable when the job reached them (or gone)
+	Replayed int `json:"replayed"`
+	Skipped  int `json:"skipped"` // already replayed by this job (a step run again after an interruption)
+	Refused  int `json:"refused"` // no longer replayable when the job reached them (or gone)
 	// Failed counts the notifications whose replay failed for a reason of their own (not an
 	// unavailable store or queue, which makes the step run again): each is recorded in
 	// Failures (the first MaxJobFailures) and the job went on.
-	Failed    int
-	Failures  []string
-	Error     string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	Failed    int       `json:"failed"`
+	Failures  []string  `json:"failures,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // JobState is where a job is.

@@ -170,13 +170,13 @@ const (
 
 // Action is one operator's change to a notification, kept in its history.
 type Action struct {
-	Kind       string // ActionReplay or ActionCancel
-	By         string // the operator's identity
-	Reason     string
-	Job        string // the bulk replay that made it, if one did
-	At         time.Time
-	Generation int // the generation it started (replay) or ended (cancel)
-	Forced     bool
+	Kind       string    `json:"kind"` // ActionReplay or ActionCancel
+	By         string    `json:"by"`   // the operator's identity
+	Reason     string    `json:"reason"`
+	Job        string    `json:"job,omitempty"` // the bulk replay that made it, if one did
+	At         time.Time `json:"at"`
+	Generation int       `json:"generation"` // the generation it started (replay) or ended (cancel)
+	Forced     bool      `json:"forced,omitempty"`
 }
 
 // Kinds of Action.
@@ -189,14 +189,14 @@ const (
 type Refund struct {
 	// ID is the provider's id of this refund (Alipay out_biz_no, WeChat Pay refund_id, the
 	// generic format's refund_id): repeated notifications of one refund carry the same.
-	ID string
+	ID string `json:"id"`
 	// MerchantRefundNo is the merchant's own refund number, where the provider sends one.
-	MerchantRefundNo string
+	MerchantRefundNo string `json:"merchant_refund_no,omitempty"`
 	// AmountMinor is this refund's amount; CumulativeMinor the payment's refunded total once it
 	// is counted.
-	AmountMinor     int64
-	CumulativeMinor int64
-	RefundedAt      time.Time
+	AmountMinor     int64     `json:"amount_minor"`
+	CumulativeMinor int64     `json:"cumulative_minor"`
+	RefundedAt      time.Time `json:"refunded_at"`
 }
 
 // Lease marks an attempt as claimed by one delivery until Until.
@@ -211,11 +211,11 @@ type Lease struct {
 // unpaid or closed trade, a refund that did not complete, a refund already covered by a later
 // one. It is kept on the payment, when payrelay holds it, for the operator.
 type Note struct {
-	Kind       string // the provider's event or status, e.g. "REFUND.ABNORMAL"
-	Reason     string
-	Alert      bool // an operator must act (a refund that did not complete)
-	RefundID   string
-	ReceivedAt time.Time
+	Kind       string    `json:"kind"` // the provider's event or status, e.g. "REFUND.ABNORMAL"
+	Reason     string    `json:"reason"`
+	Alert      bool      `json:"alert,omitempty"` // an operator must act (a refund that did not complete)
+	RefundID   string    `json:"refund_id,omitempty"`
+	ReceivedAt time.Time `json:"received_at"`
 }
 
 // MaxNotes bounds the notes kept on one payment; the oldest go first.

@@ -3,7 +3,7 @@
 # queue (or several) per game. Secrets live in Secret Manager and reach the functions as secret environment
 # variables; no secret value appears in this file, its variables or its state outputs.
 #
-# Build the source first (README, "Deploy"): go run ./infra/deploy/zipsource -o dist/payrelay-source.zip
+# Build the source first (infra/README.md, "Deploy"): go run ./infra/deploy/zipsource -o dist/payrelay-source.zip
 
 terraform {
   required_version = ">= 1.6"
@@ -72,7 +72,7 @@ variable "games" {
     429 Retry-After, which payrelay honours. peak_per_second, the game's expected peak of
     payments per second, sizes it: ceil(peak / 500) shards (set shards to override). Signing
     secrets are not here: each game's go in the Secret Manager secret <name>-game-<game>-secrets
-    (README, "Deploy").
+    (infra/README.md, "Deploy").
 
     `sandbox`, optional, is the game's sandbox endpoint (a staging server): its own URL, its own
     queue(s) named <name>-<game>-s<k>, and its own signing secrets in <name>-sandbox-<game>-secrets
@@ -497,7 +497,7 @@ resource "google_service_account_iam_member" "runtime_acts_as_invoker" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Secrets: created here, their values added by the operator (README, "Deploy")
+# Secrets: created here, their values added by the operator (infra/README.md, "Deploy")
 
 locals {
   # Keys and ids never collide: "sandbox-<game>" and <name>-sandbox-<game>-secrets cannot be
@@ -683,7 +683,7 @@ resource "google_cloud_run_service_iam_member" "deliver_invoker" {
   member   = "serviceAccount:${google_service_account.invoker.email}"
 }
 
-# Admin is private: only the operators may invoke it (README: open it with
+# Admin is private: only the operators may invoke it (infra/README.md: open it with
 # `gcloud run services proxy payrelay-admin`).
 resource "google_cloud_run_service_iam_member" "admin_operators" {
   for_each = toset(var.operators)
@@ -1007,7 +1007,7 @@ resource "google_logging_metric" "m" {
 }
 
 locals {
-  # Each alert: the metric it watches and what an operator does (the README's runbook).
+  # Each alert: the metric it watches and what an operator does (the runbook in infra/README.md).
   count_alerts = {
     dead_letter        = { metric = "notifications_failed", title = "payrelay: a notification was dead-lettered", doc = "A game server never acknowledged a notification (8 attempts, or 410). Open the dashboard's Failed list, fix the game server, replay it (Admin)." }
     ingest_5xx         = { metric = "ingest_5xx", title = "payrelay: Ingest answers 5xx", doc = "Ingest could not store notifications (Firestore or Cloud Tasks unavailable); providers retry. Check Firestore and Cloud Tasks status and the functions' logs (event=ingest_failed)." }

@@ -143,7 +143,7 @@ func (h *Handler) Admin(w http.ResponseWriter, r *http.Request) {
 		log.WarnContext(ctx, "operator "+verb, attrs...)
 		writeJSON(w, http.StatusOK, paymentView(res.Payment))
 	default:
-		writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "see the README's operator's guide for the API"})
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "see infra/README.md (the dashboard and the Admin function) for the API"})
 	}
 }
 

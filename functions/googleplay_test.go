@@ -252,7 +252,7 @@ func FuzzGooglePlayEnvelope(f *testing.F) {
 	})
 }
 
-// Every RTDN type to its outcome: relayed as its type, or listed not relayed (the README's table).
+// Every RTDN type to its outcome: relayed as its type, or listed not relayed (functions/provider/README.md's table).
 func TestGooglePlayEveryNotificationType(t *testing.T) {
 	t.Parallel()
 	_, signer, api := playFixture(t)

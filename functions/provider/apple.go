@@ -155,7 +155,7 @@ const (
 const MaxAppleJWS = 16 << 10
 
 // What each notification type is (App Store Server Notifications V2, notificationType and
-// subtype, version 2.20; the README's table). A charge is a payment keyed by its transactionId;
+// subtype, version 2.20; functions/provider/README.md's table). A charge is a payment keyed by its transactionId;
 // a status change that moves no money is recorded on the period's payment and listed in
 // NotRelayed, except the three a game needs to end or keep an entitlement on time.
 //

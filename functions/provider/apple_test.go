@@ -13,7 +13,7 @@ import (
 )
 
 // Every App Store notification type and subtype to its outcome: relayed as its type, or
-// recorded and listed not relayed (the README's table says the same).
+// recorded and listed not relayed (functions/provider/README.md's table says the same).
 func TestAppleEveryNotificationType(t *testing.T) {
 	t.Parallel()
 	chain := providertest.NewAppleChain(providertest.AppleChainOptions{})

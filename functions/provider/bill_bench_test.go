@@ -28,7 +28,7 @@ import (
 	"github.com/payrelay/payrelay/schedule"
 )
 
-// A day of a large game, streamed: BILL_ROWS rows (default 200,000; the README's figure is
+// A day of a large game, streamed: BILL_ROWS rows (default 200,000; infra/README.md's figure is
 // 5,000,000) of a WeChat Pay and of an Alipay bill, generated in the providers' layouts as they
 // download (deterministic, nothing written to disk), read and reconciled against a store holding
 // the same day, beside the floor of just unpacking and splitting the same stream. Reported: rows

@@ -374,7 +374,7 @@ func (c Config) googlePlay() *GooglePlayConfig {
 // NotRelayed is the documented list of verified results that Ingest acknowledges (2xx) without
 // relaying to the game server, by provider, each with the Note kind it is recorded under on the
 // payment when payrelay holds it (invariant 7). Every other verified result is stored and
-// relayed, or refused. The README lists the same.
+// relayed, or refused. functions/provider/README.md lists the same.
 var NotRelayed = map[string]map[string]string{
 	"alipay": {
 		"WAIT_BUYER_PAY": "the trade is created and not paid",

@@ -36,7 +36,7 @@ type StripeAccount struct {
 	// "sandbox": rk_test_...), each with read access to Charges, Refunds, Events, Checkout
 	// Sessions and Invoices and nothing else: payrelay fetches a charge's refunds when
 	// charge.refunded does not list them, finds the order a refund belongs to, and recovers
-	// undelivered events (the events sweep). Optional; without one, see the README's Stripe
+	// undelivered events (the events sweep). Optional; without one, see functions/provider/README.md's Stripe
 	// section for what an endpoint's API version then loses.
 	APIKeys map[string]string `json:"api_keys,omitempty"`
 	// APIBase replaces https://api.stripe.com: for a test stand-in only.
@@ -289,7 +289,7 @@ func (in *stripeInvoice) subscription() (string, map[string]string) {
 	return in.Subscription, md
 }
 
-// StripeEventTypes are the event types a Stripe endpoint sends payrelay (the README's list);
+// StripeEventTypes are the event types a Stripe endpoint sends payrelay (functions/provider/README.md's list);
 // the events sweep asks for these.
 var StripeEventTypes = []string{"checkout.session.completed", "checkout.session.async_payment_succeeded", "invoice.paid",
 	"charge.refunded", "charge.refund.updated", "refund.created", "refund.updated"}
@@ -301,7 +301,7 @@ var StripeEventTypes = []string{"checkout.session.completed", "checkout.session.
 // charge.refund.updated.
 const stripeRefundsEverywhere = "2024-10-28"
 
-// Parse implements Provider. Which events are what (Stripe's event types; the README's table):
+// Parse implements Provider. Which events are what (Stripe's event types; functions/provider/README.md's table):
 //
 //	checkout.session.completed, payment_status paid       the payment (mode payment)
 //	checkout.session.async_payment_succeeded              the payment (paid later)

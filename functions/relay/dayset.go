@@ -39,7 +39,7 @@ const (
 )
 
 // DayRecordBytes is the memory a reconciliation holds per stored payment or refund of the day
-// (the README's figure).
+// (infra/README.md's figure).
 const DayRecordBytes = 32
 
 func (r *dayRecord) flags() uint32 { return r.meta & 0xF }

@@ -136,7 +136,7 @@ func TestNotifyErrorClasses(t *testing.T) {
 	}
 }
 
-// The two payloads, exactly as the game server receives them (the README shows the same).
+// The two payloads, exactly as the game server receives them (local/gamekit/README.md shows the same).
 func TestPayloads(t *testing.T) {
 	t.Parallel()
 	p := payment()

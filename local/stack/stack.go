@@ -43,7 +43,7 @@ import (
 const ProjectID = "payrelay-local"
 
 // The local secrets: well known on purpose, for local runs only. Their keys are printable so
-// the README's curl example can sign with `openssl dgst -hmac`.
+// local/README.md's curl example can sign with `openssl dgst -hmac`.
 const (
 	IngestKey        = "payrelay-local-ingest-secret-32b"
 	GameKey          = "payrelay-local-game-secret-32byt"

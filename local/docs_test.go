@@ -173,7 +173,7 @@ func TestDocsCommands(t *testing.T) {
 	// One runner for every runnable block, on ports of its own.
 	p := ports(t, 8)
 	r := startRunner(t, append(childEnv(), fmt.Sprintf("PORT=%d", p[0])), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
-		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-googleplay-port", fmt.Sprint(p[7]), "-compression", "20000")
+		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-providers-port", fmt.Sprint(p[7]), "-compression", "20000")
 	r.expect(t, "ready", 90*time.Second)
 	defer func() {
 		r.cmd.Process.Signal(syscall.SIGTERM)
@@ -193,7 +193,7 @@ func TestDocsCommands(t *testing.T) {
 		// Google Play stand-in by the flag a runner on another port prints.
 		prelude := fmt.Sprintf(`set -euo pipefail
 go() {
-  if [ "$1" = run ] && [ "$2" = ./local ] && [ "$3" = send ]; then shift 3; %q send "$@" -googleplay-url http://127.0.0.1:%d
+  if [ "$1" = run ] && [ "$2" = ./local ] && [ "$3" = send ]; then shift 3; %q send "$@" -providers-url http://127.0.0.1:%d
   elif [ "$1" = run ] && [ "$2" = ./infra/deploy/zipsource ]; then shift 2; (cd .. && command go run ./infra/deploy/zipsource "$@")
   else echo "the docs test runs no: go $*" >&2; return 99; fi
 }

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,7 +90,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	adminPort := fs.Int("admin-port", 8070, "port of the Admin function (the operators' API)")
 	gameBPort := fs.Int("game-b-port", 8091, "port of game "+stack.GameB+"'s demo game server")
 	sandboxPort := fs.Int("sandbox-port", 8092, "port of game "+stack.GameA+"'s sandbox (staging) game server")
-	playPort := fs.Int("googleplay-port", 8093, "port of the Google Play stand-in (its Play Developer API, and the console `send -provider googleplay` plays purchases through)")
+	playPort := fs.Int("providers-port", 8093, "port of the providers' stand-ins (the console `send -provider` plays payments through, Google Play's API)")
 	failFirst := fs.Int("fail-first", 0, "game "+stack.GameA+"'s demo game server: fail each notification's first N attempts")
 	failRate := fs.Float64("fail-rate", 0, "game "+stack.GameA+"'s demo game server: fail this fraction (0 to 1) of the other attempts")
 	slow := fs.Duration("slow", 0, "game "+stack.GameA+"'s demo game server: answer this late (Deliver gives up after 10s)")
@@ -145,8 +146,8 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "payrelay local: starting (the Firestore emulator takes about 10 s)...")
 	s, err := stack.Start(ctx, stack.Options{
 		Port: *port, TasksPort: *tasksPort, GamePort: *gamePort, GameBPort: *gameBPort, GameSandboxPort: *sandboxPort, AdminPort: *adminPort, FirestorePort: *firestorePort,
-		GooglePlayPort: *playPort,
-		FirestoreHost:  e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
+		ProvidersPort: *playPort,
+		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
 		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
 		GameB:        gameserver.Behaviour{FailFirst: *bFailFirst, FailRate: *bFailRate, Delay: *bSlow, AlwaysFail: *bAlwaysFail},
 		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel,
@@ -176,21 +177,22 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
   game %[16]s           %[7]s  app %[18]s  (fail first %[8]d, fail rate %[9]g, delay %[10]s, always fail %[11]v)
   game %[17]s           %[19]s  app %[20]s  (fail first %[21]d, fail rate %[22]g, delay %[23]s, always fail %[24]v)
   sandbox of %[16]s     %[27]s  its own queue %[28]s and secret; %[17]s has none
-  Google Play stand-in  %[29]s  package %[30]s -> %[16]s (acknowledged after the game's 2xx)
+  providers' stand-ins  %[29]s  every provider's demo account -> %[16]s (Google Play package %[30]s)
   ladder                %[12]s, compressed %[13]dx: %[14]d attempts within %[15]s
 
 Send a payment from another terminal:  go run ./local send%[25]s   (game %[16]s)
                                        go run ./local send%[25]s -app %[20]s   (game %[17]s)
 A test payment, to %[16]s's sandbox server:   go run ./local send%[25]s -sandbox
   (of %[17]s: stored and shown, not relayed)  go run ./local send%[25]s -sandbox -app %[20]s
-A Google Play purchase (Pub/Sub push, the API):  go run ./local send%[25]s -provider googleplay%[31]s
+A provider's own notification, through its stand-in:  go run ./local send%[25]s -provider alipay%[31]s
+  (alipay, wechatpay, apple, stripe, googleplay; -refund R1 -order <its order> for a refund)
 Stop with Ctrl-C.
 ready
 `, strings.TrimPrefix(s.FunctionsURL, "http://"), s.FirestoreHost, firestoreNote, s.TasksAddr, stack.QueueName(stack.GameA, 0), stack.QueueName(stack.GameB, 0), s.Game.URL,
 		*failFirst, *failRate, *slow, *alwaysFail, ladder, *compression, compressed.Attempts(),
 		compressed.Elapsed(compressed.Attempts()), stack.GameA, stack.GameB, stack.SampleApp, s.GameB.URL, stack.SampleAppB,
 		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port), s.AdminURL(), s.GameSandbox.URL, stack.SandboxQueueName(stack.GameA, 0),
-		s.GooglePlay.URL, stack.GooglePlayPackage, playURLFlag(s.GooglePlay.URL))
+		s.StandIns.URL, stack.GooglePlayPackage, standInsFlag(s.StandIns.URL))
 	<-ctx.Done()
 	stop()
 	// From here a closed output pipe must not end the process before it has stopped everything:
@@ -263,10 +265,11 @@ func (p *progress) Received(pay *relay.Payment, n *relay.Notification, duplicate
 		held = ": " + n.Reason
 	}
 	if n.Refund != nil {
-		p.line("received  %s: %d back of %d %s (payment %.8s)%s", what(pay, n), n.Refund.AmountMinor, pay.AmountMinor, pay.Currency, pay.ID, held)
+		p.line("received  %s: %s back of %s %s (payment %.8s)%s", what(pay, n), relay.FormatAmount(n.Refund.AmountMinor, pay.Currency),
+			relay.FormatAmount(pay.AmountMinor, pay.Currency), pay.Currency, pay.ID, held)
 		return
 	}
-	p.line("received  %s %d %s (payment %.8s)%s", what(pay, n), pay.AmountMinor, pay.Currency, pay.ID, held)
+	p.line("received  %s %s %s (payment %.8s)%s", what(pay, n), relay.FormatAmount(pay.AmountMinor, pay.Currency), pay.Currency, pay.ID, held)
 }
 
 // Attempted implements relay.Observer.
@@ -323,16 +326,16 @@ func sendURLFlag(functionsURL string, defaultPort int) string {
 	return " -url " + functionsURL + "/Ingest"
 }
 
-// playURLFlag is what `send -provider googleplay` needs to reach a stand-in on another port
-// than its default.
-func playURLFlag(standIn string) string {
-	if standIn == defaultPlayURL {
+// standInsFlag is what `send -provider` needs to reach the stand-ins on another port than
+// their default.
+func standInsFlag(url string) string {
+	if url == defaultStandIns {
 		return ""
 	}
-	return " -googleplay-url " + standIn
+	return " -providers-url " + url
 }
 
-const defaultPlayURL = "http://127.0.0.1:8093"
+const defaultStandIns = "http://127.0.0.1:8093"
 
 func send(args []string, e env, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("payrelay local send", flag.ContinueOnError)
@@ -344,22 +347,28 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 	secret := fs.String("secret", stack.IngestSecret.Encode(), "the Standard Webhooks secret to sign with (whsec_...)")
 	n := fs.Int("n", 1, "send this many payments (order ids get a -1, -2, ... suffix when more than 1)")
 	app := fs.String("app", stack.SampleApp, "the app id, which routes the payment to its game ("+stack.SampleApp+": "+stack.GameA+", "+stack.SampleAppB+": "+stack.GameB+")")
-	refund := fs.String("refund", "", "send a refund of -order with this refund id instead of a payment (-provider googleplay: void -order's purchase; Google names the refund)")
+	refund := fs.String("refund", "", "send a refund of -order with this refund id instead of a payment (apple and googleplay refund the whole purchase; Google names the refund)")
 	refundAmount := fs.String("refund-amount", "1.00", "with -refund: this refund's amount in major units")
 	sandbox := fs.Bool("sandbox", false, "send a sandbox (test) payment: it goes to "+stack.GameA+"'s sandbox server, never to a production one")
-	prov := fs.String("provider", "generic", "the provider whose notification to send: generic (signed Standard Webhooks) or googleplay (a purchase played through the runner's Google Play stand-in: its API, then a Pub/Sub push)")
-	playURL := fs.String("googleplay-url", defaultPlayURL, "with -provider googleplay: the runner's Google Play stand-in")
-	product := fs.String("product", "gems_60", "with -provider googleplay: the product id")
+	prov := fs.String("provider", "generic", "whose notification to send: "+strings.Join(stack.DemoProviders, ", ")+" (all but generic are played through the runner's stand-in of that provider, in its own format and signature)")
+	standIns := fs.String("providers-url", defaultStandIns, "with -provider other than generic: the runner's providers' stand-ins")
+	product := fs.String("product", "gems_60", "with -provider apple or googleplay: the product id")
+	unnotified := fs.Bool("unnotified", false, "with -provider alipay or wechatpay: the provider records the payment (its order query, the day's bill) but its notification is lost: find it with the dashboard's order query (补单) or a reconciliation")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *prov == "googleplay" {
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		return sendGooglePlay(stdout, stderr, *playURL, *order, set["order"], *product, *amount, *currency, set["amount"] || set["currency"], *n, *refund != "", *sandbox)
+	if !slices.Contains(stack.DemoProviders, *prov) {
+		fmt.Fprintf(stderr, "payrelay local send: -provider %q: want one of %s\n", *prov, strings.Join(stack.DemoProviders, ", "))
+		return 2
 	}
 	if *prov != "generic" {
-		fmt.Fprintf(stderr, "payrelay local send: -provider %q: want generic or googleplay\n", *prov)
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		return sendProvider(stdout, stderr, *standIns, stack.Notify{Provider: *prov, OrderID: *order, Amount: *amount, Currency: *currency, Product: *product,
+			RefundID: *refund, RefundAmount: *refundAmount, Sandbox: *sandbox, Unnotified: *unnotified}, set, *n)
+	}
+	if *unnotified {
+		fmt.Fprintln(stderr, "payrelay local send: -unnotified is for a provider's stand-in (-provider alipay or wechatpay)")
 		return 2
 	}
 	sec, err := webhook.ParseSecret(*secret)
@@ -394,34 +403,48 @@ func send(args []string, e env, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// sendGooglePlay plays n purchases (or, with refund, the voiding of -order's) through the
-// runner's Google Play stand-in, which pushes each notification to Ingest as Pub/Sub does.
-func sendGooglePlay(stdout, stderr io.Writer, standIn, order string, orderSet bool, product, amount, currency string, priced bool, n int, refund, test bool) int {
-	switch {
-	case refund && !orderSet:
-		fmt.Fprintln(stderr, "payrelay local send: -provider googleplay -refund voids a purchase: name it with -order GPA....")
+// sendProvider plays n payments (or a refund of -order's) through the runner's stand-in of a
+// provider, which sends each notification to Ingest in that provider's own format.
+func sendProvider(stdout, stderr io.Writer, standIns string, req stack.Notify, set map[string]bool, n int) int {
+	if req.RefundID != "" && !set["order"] {
+		fmt.Fprintf(stderr, "payrelay local send: -provider %s -refund refunds a payment sent before: name it with -order\n", req.Provider)
 		return 2
-	case !orderSet:
-		ns := time.Now().UnixNano() // Google's shape: GPA.dddd-dddd-dddd-ddddd
-		order = fmt.Sprintf("GPA.%04d-%04d-%04d-%05d", ns/1e13%1e4, ns/1e9%1e4, ns/1e5%1e4, ns%1e5)
 	}
-	if !priced {
-		amount, currency = "4.99", "USD" // Google Play does not sell in CNY
+	ns := time.Now().UnixNano()
+	if !set["order"] {
+		switch req.Provider {
+		case "googleplay": // Google's shape: GPA.dddd-dddd-dddd-ddddd
+			req.OrderID = fmt.Sprintf("GPA.%04d-%04d-%04d-%05d", ns/1e13%1e4, ns/1e9%1e4, ns/1e5%1e4, ns%1e5)
+		case "apple": // a transactionId
+			req.OrderID = fmt.Sprintf("2000%012d", ns%1e12)
+		}
+	}
+	if !set["amount"] && !set["currency"] && (req.Provider == "apple" || req.Provider == "googleplay" || req.Provider == "stripe") {
+		req.Amount, req.Currency = "4.99", "USD" // stores and cards: not CNY
 	}
 	for i := 1; i <= n; i++ {
-		id := order
+		r := req
 		if n > 1 {
-			id = fmt.Sprintf("%s-%d", order, i)
+			r.OrderID = fmt.Sprintf("%s-%d", req.OrderID, i)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		code, answer, err := stack.SendGooglePlay(ctx, standIn, stack.GooglePlayPurchase{OrderID: id, Product: product, Amount: amount, Currency: currency, Test: test, Refund: refund})
+		ans, err := stack.SendNotify(ctx, standIns, r)
 		cancel()
-		if err != nil {
+		var refused *stack.ConsoleRefusal
+		switch {
+		case errors.As(err, &refused):
+			fmt.Fprintf(stderr, "payrelay local send: %v\n", err)
+			return 2
+		case err != nil:
 			fmt.Fprintf(stderr, "payrelay local send: %v (is `go run ./local` running?)\n", err)
 			return 1
 		}
-		fmt.Fprintf(stdout, "%s -> %d %s\n", id, code, strings.TrimSpace(answer))
-		if code/100 != 2 {
+		if r.Unnotified {
+			fmt.Fprintf(stdout, "%s -> recorded at %s, its notification lost: find it with the order query (补单) or a reconciliation\n", r.OrderID, r.Provider)
+			continue
+		}
+		fmt.Fprintf(stdout, "%s -> %d %s\n", r.OrderID, ans.IngestStatus, strings.TrimSpace(ans.IngestAnswer))
+		if ans.IngestStatus/100 != 2 {
 			return 1
 		}
 	}

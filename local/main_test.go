@@ -158,7 +158,7 @@ func TestRunnerStartSendStop(t *testing.T) {
 	}
 	p := ports(t, 8)
 	args := []string{"-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
-		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-googleplay-port", fmt.Sprint(p[7]),
+		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-providers-port", fmt.Sprint(p[7]),
 		"-fail-first", "1", "-compression", "20000"}
 	for round := 1; round <= 2; round++ { // the second round shows it runs again at once
 		r := startRunner(t, childEnv(), args...)
@@ -187,22 +187,26 @@ func TestRunnerStartSendStop(t *testing.T) {
 			if !strings.Contains(r.all.String(), "not relayed (no sandbox endpoint)") {
 				t.Errorf("the runner does not say demo-b's sandbox payment is not relayed:\n%s", r.all.String())
 			}
-			// A Google Play purchase, then its refund: played through the stand-in, pushed to
-			// Ingest as Pub/Sub does, delivered in order.
-			playURL := fmt.Sprintf("http://127.0.0.1:%d", p[7])
-			for _, extra := range [][]string{{}, {"-refund", "R1"}} {
-				send := exec.Command(bin, append([]string{"send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]), "-provider", "googleplay",
-					"-googleplay-url", playURL, "-order", "GPA.1234-5678-9012-34567"}, extra...)...)
-				send.Env = childEnv()
-				if out, err := send.CombinedOutput(); err != nil || !strings.Contains(string(out), "GPA.1234-5678-9012-34567 -> 204") {
-					t.Fatalf("send -provider googleplay %v: %v\n%s", extra, err, out)
+			// Every provider, through its stand-in in its own format: a payment, then its refund,
+			// each delivered, in order.
+			standIns := fmt.Sprintf("http://127.0.0.1:%d", p[7])
+			for _, c := range []struct{ provider, order, amount string }{{"alipay", "RUN-ALI-1", "648.00"}, {"wechatpay", "RUN-WX-1", "30.00"},
+				{"apple", "2000000000000077", "4.99"}, {"stripe", "run-web-1", "20.00"}, {"googleplay", "GPA.1234-5678-9012-34567", "4.99"}} {
+				for _, extra := range [][]string{{"-amount", c.amount}, {"-refund", "R1", "-refund-amount", "1.00"}} {
+					send := exec.Command(bin, append([]string{"send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]), "-provider", c.provider,
+						"-providers-url", standIns, "-order", c.order}, extra...)...)
+					send.Env = childEnv()
+					if out, err := send.CombinedOutput(); err != nil || !strings.Contains(string(out), c.order+" -> 20") {
+						t.Fatalf("send -provider %s %v: %v\n%s", c.provider, extra, err, out)
+					}
+					if len(extra) == 2 {
+						r.expect(t, "delivered "+c.order+" at", 10*time.Second)
+					}
 				}
-				if len(extra) == 0 {
-					r.expect(t, "delivered GPA.1234-5678-9012-34567", 10*time.Second)
-				}
+				r.expect(t, "delivered "+c.order+" refund", 10*time.Second)
 			}
-			r.expect(t, "delivered GPA.1234-5678-9012-34567 refund", 10*time.Second)
-			if out, err := exec.Command(bin, "send", "-provider", "googleplay", "-googleplay-url", playURL, "-refund", "R1").CombinedOutput(); err == nil || !strings.Contains(string(out), "-order") {
+			playURL := standIns
+			if out, err := exec.Command(bin, "send", "-provider", "googleplay", "-providers-url", playURL, "-refund", "R1").CombinedOutput(); err == nil || !strings.Contains(string(out), "-order") {
 				t.Errorf("a Google Play refund without -order: %v %s; want it refused naming -order", err, out)
 			}
 		}
@@ -278,7 +282,7 @@ func TestSendReportsNoServer(t *testing.T) {
 func TestRunnerWithoutGcloudSaysHowToInstall(t *testing.T) {
 	t.Parallel()
 	p := ports(t, 5)
-	cmd := exec.Command(bin, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]), "-googleplay-port", fmt.Sprint(p[4]))
+	cmd := exec.Command(bin, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]), "-providers-port", fmt.Sprint(p[4]))
 	var env []string
 	for _, kv := range childEnv() {
 		if !strings.HasPrefix(kv, "PATH=") {
@@ -312,7 +316,7 @@ func TestRunnerStopsWhenItsParentDies(t *testing.T) {
 		t.Skip("gcloud is not installed")
 	}
 	p := ports(t, 8)
-	args := fmt.Sprintf("-port %d -tasks-port %d -game-port %d -firestore-port %d -game-b-port %d -admin-port %d -sandbox-port %d -googleplay-port %d", p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+	args := fmt.Sprintf("-port %d -tasks-port %d -game-port %d -firestore-port %d -game-b-port %d -admin-port %d -sandbox-port %d -providers-port %d", p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 	// The shell waits for the runner (": " after it keeps the shell from exec'ing it).
 	sh := exec.Command("sh", "-c", bin+" "+args+"; :")
 	sh.Env = childEnv()
@@ -372,7 +376,7 @@ func TestRunnerLeavesNothingBehind(t *testing.T) {
 		t.Run(ending, func(t *testing.T) {
 			p := ports(t, 8)
 			cmd := exec.Command(bin, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
-				"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-googleplay-port", fmt.Sprint(p[7]), "-compression", "20000")
+				"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-providers-port", fmt.Sprint(p[7]), "-compression", "20000")
 			cmd.Env = childEnv()
 			pr, pw, err := os.Pipe()
 			if err != nil {

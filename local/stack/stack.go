@@ -255,10 +255,11 @@ type Options struct {
 	// AdminPort serves the Admin function alone at its root, as Cloud Functions serves it
 	// (functions-framework serves it beside the others only at the exact path /Admin).
 	AdminPort int
-	// GooglePlayPort serves the Google Play stand-in (the Play Developer API, the push
-	// tokens' certificates, the console `send -provider googleplay` plays purchases through)
-	// and routes its app to GameA; 0: none.
-	GooglePlayPort int
+	// ProvidersPort serves the providers' stand-ins (StandIns: the console `send -provider`
+	// plays payments through, Google Play's API and push certificates; Alipay's and WeChat
+	// Pay's APIs on ports of their own) and wires every provider to them, each routed to GameA;
+	// 0: none (Providers as given).
+	ProvidersPort int
 	// SweepEvery is how often the stack calls the Sweep function, as Cloud Scheduler does
 	// every minute in the cloud (default 1s; the local SWEEP_MARGIN is 2s).
 	SweepEvery time.Duration
@@ -274,7 +275,7 @@ type Stack struct {
 	Game          *gameserver.Server // GameA's
 	GameB         *gameserver.Server
 	GameSandbox   *gameserver.Server  // GameA's sandbox (staging) server
-	GooglePlay    *GooglePlay         // with Options.GooglePlayPort
+	StandIns      *StandIns           // with Options.ProvidersPort
 	firestore     *emulator.Firestore // started by us
 	sweepStop     chan struct{}
 	sweepDone     chan struct{}
@@ -339,7 +340,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		what string
 	}{{o.Port, "functions (-port or PORT)"}, {o.TasksPort, "Cloud Tasks emulator (-tasks-port)"}, {o.GamePort, "demo game server (-game-port)"},
 		{o.GameBPort, "demo game server of " + GameB + " (-game-b-port)"}, {o.GameSandboxPort, "sandbox game server of " + GameA + " (-sandbox-port)"},
-		{o.AdminPort, "Admin (-admin-port)"}, {o.GooglePlayPort, "Google Play stand-in (-googleplay-port)"}} {
+		{o.AdminPort, "Admin (-admin-port)"}, {o.ProvidersPort, "the providers' stand-ins (-providers-port)"}} {
 		if err := CheckPort(o.Host, p.port, p.what); err != nil {
 			return nil, err
 		}
@@ -398,11 +399,13 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	for _, g := range o.ExtraGames {
 		providers.Generic.Apps[g.App] = g.Name
 	}
-	if o.GooglePlayPort != 0 {
-		if s.GooglePlay, err = StartGooglePlay(net.JoinHostPort(o.Host, strconv.Itoa(o.GooglePlayPort)), s.FunctionsURL+"/Ingest"); err != nil {
+	if o.ProvidersPort != 0 {
+		if s.StandIns, err = StartStandIns(net.JoinHostPort(o.Host, strconv.Itoa(o.ProvidersPort)), s.FunctionsURL+"/Ingest"); err != nil {
 			return s, err
 		}
-		providers.GooglePlay = s.GooglePlay.Config()
+		apps := providers.Generic.Apps
+		providers = s.StandIns.Config()
+		providers.Generic.Apps = apps
 	}
 	var extra []GameEnv
 	for _, g := range o.ExtraGames {
@@ -537,8 +540,8 @@ func (s *Stack) Stop(ctx context.Context) error {
 	if s.GameSandbox != nil {
 		errs = append(errs, s.GameSandbox.Close())
 	}
-	if s.GooglePlay != nil {
-		errs = append(errs, s.GooglePlay.Close())
+	if s.StandIns != nil {
+		errs = append(errs, s.StandIns.Close())
 	}
 	if s.firestore != nil {
 		errs = append(errs, s.firestore.Stop())

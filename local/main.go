@@ -99,6 +99,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	bFailRate := fs.Float64("b-fail-rate", 0, "the same for game "+stack.GameB)
 	bSlow := fs.Duration("b-slow", 0, "the same for game "+stack.GameB)
 	bAlwaysFail := fs.Bool("b-always-fail", false, "the same for game "+stack.GameB)
+	configFile := fs.String("config", "", "run with your own configuration: a file of production's variables, NAME=value per line (example: local/config.example.env)")
 	dataDir := fs.String("data-dir", "", "keep the Cloud Tasks emulator's tasks in this directory across restarts")
 	verbose := fs.Bool("v", false, "also print the functions' JSON logs")
 	if err := fs.Parse(args); err != nil {
@@ -132,6 +133,13 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "payrelay local: "+strings.Join(bad, "; "))
 		return 2
 	}
+	var own map[string]string
+	if *configFile != "" {
+		if own, err = stack.ReadConfigFile(*configFile); err != nil {
+			fmt.Fprintln(stderr, "payrelay local:", err)
+			return 2
+		}
+	}
 	compressed, _ := ladder.Compress(*compression)
 	logLevel := "error"
 	if *verbose {
@@ -150,7 +158,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
 		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
 		GameB:        gameserver.Behaviour{FailFirst: *bFailFirst, FailRate: *bFailRate, Delay: *bSlow, AlwaysFail: *bAlwaysFail},
-		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel,
+		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel, ConfigEnv: own,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "payrelay local:", err) // an ErrNotInstalled already says how to install
@@ -163,6 +171,13 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 		if err := guardEmulator(pgid); err != nil {
 			fmt.Fprintln(stderr, "payrelay local: could not start the emulator's guard (it is stopped on a normal exit all the same):", err)
 		}
+	}
+	if own != nil {
+		providers := "yours (PROVIDER_CONFIG)"
+		if own["PROVIDER_CONFIG"] == "" {
+			providers = "the stand-ins', routed to your first game"
+		}
+		fmt.Fprintf(stdout, "  configuration         %s: games %s; providers %s (the demo game servers below still listen: a GAMES url may name one)\n", *configFile, strings.Join(s.Games(), ", "), providers)
 	}
 	firestoreNote := "started by this command; stopped on exit"
 	if e.FirestoreHost != "" {

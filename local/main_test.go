@@ -422,3 +422,45 @@ func TestRunnerLeavesNothingBehind(t *testing.T) {
 		})
 	}
 }
+
+// The runner with a configuration of one's own: the example file (its game's url moved to this
+// test's demo game port) relays a payment of every provider to its game, and each is
+// delivered.
+func TestRunnerWithOwnConfig(t *testing.T) {
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("gcloud is missing in CI: %v", err)
+		}
+		t.Skip("gcloud is not installed")
+	}
+	p := ports(t, 8)
+	example, err := os.ReadFile("config.example.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "mine.env")
+	if err := os.WriteFile(file, []byte(strings.ReplaceAll(string(example), "127.0.0.1:8090", fmt.Sprintf("127.0.0.1:%d", p[2]))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startRunner(t, childEnv(), "-config", file, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
+		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-providers-port", fmt.Sprint(p[7]), "-compression", "20000")
+	r.expect(t, "configuration ", 90*time.Second)
+	if !strings.Contains(r.all.String(), "games sword;") {
+		t.Fatalf("the banner does not name the file's game:\n%s", r.all)
+	}
+	r.expect(t, "ready", 30*time.Second)
+	defer func() {
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		<-r.done
+	}()
+	for _, c := range []struct{ provider, order string }{{"generic", "OWN-GEN-1"}, {"alipay", "OWN-ALI-1"}, {"wechatpay", "OWN-WX-1"}, {"apple", "2000000000000099"},
+		{"stripe", "own-web-1"}, {"googleplay", "GPA.9999-8888-7777-66666"}} {
+		send := exec.Command(bin, "send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0]), "-providers-url", fmt.Sprintf("http://127.0.0.1:%d", p[7]),
+			"-provider", c.provider, "-order", c.order)
+		send.Env = childEnv()
+		if out, err := send.CombinedOutput(); err != nil || !strings.Contains(string(out), c.order+" -> 20") {
+			t.Fatalf("send -provider %s: %v\n%s", c.provider, err, out)
+		}
+		r.expect(t, "delivered "+c.order+" at attempt 1", 10*time.Second)
+	}
+}

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,5 +75,30 @@ func TestUnroutedAppRefusedNothingStored(t *testing.T) {
 	}
 	if _, _, err := payments.Get(context.Background(), relay.PaymentID(relay.EnvProduction, "generic", "forgotten-app", "unrouted-1")); err == nil {
 		t.Error("a payment of an unrouted app was stored")
+	}
+}
+
+// A configuration file: every malformed line named at once; a variable the runner owns refused
+// by name; its GAMES replace the demo games and their secrets.
+func TestConfigFileAndOverlay(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.env")
+	os.WriteFile(bad, []byte("# fine\nGAMES=[]\nnot a line\nlower=x\nGAMES=[1]\n"), 0o600)
+	if _, err := stack.ReadConfigFile(bad); err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "line 4") || !strings.Contains(err.Error(), "line 5: GAMES set twice") {
+		t.Errorf("ReadConfigFile(bad) = %v; want lines 3, 4 and 5 named", err)
+	}
+	vars, err := stack.ReadConfigFile("../config.example.env")
+	if err != nil || !strings.HasPrefix(vars["GAMES"], `[{"name":"sword"`) || vars["INGEST_SECRETS"] != stack.IngestSecret.Encode() || vars["GAME_SECRETS_SWORD"] != stack.GameSecret.Encode() {
+		t.Fatalf("the example: %v %v", vars, err)
+	}
+	env := stack.FunctionEnv{FunctionsURL: "http://127.0.0.1:1", Games: []stack.GameEnv{{Name: stack.GameA, URL: "http://127.0.0.1:2/p", Queues: []string{stack.QueueName(stack.GameA, 0)}}}}
+	opts := stack.Options{ConfigEnv: map[string]string{"DELIVER_URL": "x", "CLOUD_TASKS_EMULATOR_HOST": "y"}}
+	if _, err := stack.Overlay(env.Map(), opts.ConfigEnv); err == nil || !strings.Contains(err.Error(), "CLOUD_TASKS_EMULATOR_HOST, DELIVER_URL") {
+		t.Errorf("a file setting the runner's wiring: %v", err)
+	}
+	m, err := stack.Overlay(env.Map(), vars)
+	if err != nil || m["GAMES"] != vars["GAMES"] || m["GAME_SECRETS_SWORD"] == "" || m["GAME_SECRETS_DEMO_A"] != "" || m["DELIVER_URL"] != "http://127.0.0.1:1/Deliver" {
+		t.Errorf("overlay = %v, %v", m, err)
 	}
 }

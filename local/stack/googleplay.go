@@ -46,9 +46,9 @@ func (g *GooglePlay) mount(mux *http.ServeMux) {
 	})
 }
 
-// Config is PROVIDER_CONFIG's googleplay block for the stand-in.
-func (g *GooglePlay) Config() *provider.GooglePlayConfig {
-	return &provider.GooglePlayConfig{Apps: []provider.GooglePlayApp{{PackageName: GooglePlayPackage, Game: GameA, Environments: []string{"production", "sandbox"}, Acknowledge: true}},
+// Config is PROVIDER_CONFIG's googleplay block for the stand-in, its package routed to game.
+func (g *GooglePlay) Config(game string) *provider.GooglePlayConfig {
+	return &provider.GooglePlayConfig{Apps: []provider.GooglePlayApp{{PackageName: GooglePlayPackage, Game: game, Environments: []string{"production", "sandbox"}, Acknowledge: true}},
 		Audience: g.audience, ServiceAccount: GooglePlayPushAccount, APIBase: g.base + "/", CertsURL: g.base + "/certs"}
 }
 

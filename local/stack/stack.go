@@ -15,9 +15,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -260,6 +263,11 @@ type Options struct {
 	// Pay's APIs on ports of their own) and wires every provider to them, each routed to GameA;
 	// 0: none (Providers as given).
 	ProvidersPort int
+	// ConfigEnv is a configuration of one's own, in production's variables (the runner's
+	// -config file): laid over the demo's, so its GAMES, secrets and PROVIDER_CONFIG replace
+	// the demo's. The local wiring (the emulators, DELIVER_URL, the tasks' identity) stays the
+	// runner's. Without PROVIDER_CONFIG, every provider's stand-in routes to its first game.
+	ConfigEnv map[string]string
 	// SweepEvery is how often the stack calls the Sweep function, as Cloud Scheduler does
 	// every minute in the cloud (default 1s; the local SWEEP_MARGIN is 2s).
 	SweepEvery time.Duration
@@ -281,6 +289,7 @@ type Stack struct {
 	sweepDone     chan struct{}
 	admin         *http.Server
 	adminURL      string
+	games         []string // the configured games
 }
 
 var (
@@ -371,6 +380,11 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	}
 
 	queues := []string{QueueName(GameA, 0), QueueName(GameB, 0), OpsQueue, SandboxQueueName(GameA, 0)}
+	ownGames, ownQueues, err := configGames(o.ConfigEnv)
+	if err != nil {
+		return s, err
+	}
+	queues = append(queues, ownQueues...)
 	for _, g := range o.ExtraGames {
 		queues = append(queues, QueueName(g.Name, 0))
 		if g.Sandbox != nil {
@@ -403,8 +417,13 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		if s.StandIns, err = StartStandIns(net.JoinHostPort(o.Host, strconv.Itoa(o.ProvidersPort)), s.FunctionsURL+"/Ingest"); err != nil {
 			return s, err
 		}
-		apps := providers.Generic.Apps
-		providers = s.StandIns.Config()
+		apps, game := providers.Generic.Apps, GameA
+		if len(ownGames) > 0 {
+			// A configuration of one's own without PROVIDER_CONFIG: the stand-ins, and the
+			// sample app, route to its first game.
+			game, apps = ownGames[0], map[string]string{SampleApp: ownGames[0]}
+		}
+		providers = s.StandIns.Config(game)
 		providers.Generic.Apps = apps
 	}
 	var extra []GameEnv
@@ -430,14 +449,21 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	}
 	env.Games = append(env.Games, extra...)
 	// The same check a deployed function makes as it starts.
-	cfg, err := functions.CheckConfig(ctx, envconfig.MapLookuper(env.Map()))
+	vars, err := Overlay(env.Map(), o.ConfigEnv)
+	if err != nil {
+		return s, err
+	}
+	cfg, err := functions.CheckConfig(ctx, envconfig.MapLookuper(vars))
+	if err == nil {
+		s.games = cfg.Games.Names()
+	}
 	if err != nil {
 		return s, err
 	}
 	if err = functions.CheckQueues(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
 		return s, err
 	}
-	for k, v := range env.Map() {
+	for k, v := range vars {
 		if err = os.Setenv(k, v); err != nil {
 			return s, err
 		}
@@ -483,6 +509,9 @@ func (s *Stack) sweepLoop(every time.Duration) {
 
 // AdminURL is the Admin function's base URL.
 func (s *Stack) AdminURL() string { return s.adminURL }
+
+// Games lists the configured games' names.
+func (s *Stack) Games() []string { return s.games }
 
 // serveAdmin serves the Admin function at every path on addr.
 func serveAdmin(addr string) (*http.Server, error) {
@@ -693,4 +722,97 @@ func StartTasks(ctx context.Context, addr, dataDir string, duplicate bool, queue
 		return nil, "", err
 	}
 	return t, bound, nil
+}
+
+// RunnerOwned are the variables a local run sets itself: the emulators and how Cloud Tasks
+// reaches Deliver. A -config file naming one is refused.
+var RunnerOwned = []string{"CLOUD_TASKS_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DELIVER_URL", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE", "PAYMENTS_COLLECTION"}
+
+// Overlay lays a configuration of one's own over the demo's variables: its GAMES replace the
+// demo games (and their secrets), the rest replace variable by variable.
+func Overlay(demo, own map[string]string) (map[string]string, error) {
+	if own == nil {
+		return demo, nil
+	}
+	var bad []string
+	for k := range own {
+		if slices.Contains(RunnerOwned, k) {
+			bad = append(bad, k)
+		}
+	}
+	if len(bad) > 0 {
+		slices.Sort(bad)
+		return nil, fmt.Errorf("config: %s: set by the local runner (its emulators and Deliver), not by the file", strings.Join(bad, ", "))
+	}
+	out := maps.Clone(demo)
+	if own["GAMES"] != "" {
+		for k := range out {
+			if strings.HasPrefix(k, "GAME_SECRETS_") || strings.HasPrefix(k, "GAME_SANDBOX_SECRETS_") {
+				delete(out, k)
+			}
+		}
+	}
+	maps.Copy(out, own)
+	return out, nil
+}
+
+// configGames reads the game names and queues a configuration's GAMES and OPS_QUEUE name: the
+// local Cloud Tasks emulator must hold those queues.
+func configGames(env map[string]string) (names, queues []string, err error) {
+	if env["GAMES"] != "" {
+		var games []struct {
+			Name    string   `json:"name"`
+			Queues  []string `json:"queues"`
+			Sandbox *struct {
+				Queues []string `json:"queues"`
+			} `json:"sandbox"`
+		}
+		if err := json.Unmarshal([]byte(env["GAMES"]), &games); err != nil {
+			return nil, nil, fmt.Errorf("config: GAMES: %w", err)
+		}
+		for _, g := range games {
+			names = append(names, g.Name)
+			queues = append(queues, g.Queues...)
+			if g.Sandbox != nil {
+				queues = append(queues, g.Sandbox.Queues...)
+			}
+		}
+	}
+	if q := env["OPS_QUEUE"]; q != "" && q != OpsQueue {
+		queues = append(queues, q)
+	}
+	return names, queues, nil
+}
+
+// ReadConfigFile reads a configuration of one's own: production's variables (see
+// infra/config/README.md), one NAME=value per line, the value taken as written to the end of
+// the line (JSON on one line; no quotes, no expansion); blank lines and lines starting with #
+// are skipped. Every malformed line is named.
+func ReadConfigFile(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-config: %w", err)
+	}
+	vars := map[string]string{}
+	var bad []string
+	name := regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		switch {
+		case !ok || !name.MatchString(k):
+			bad = append(bad, fmt.Sprintf("line %d: want NAME=value", i+1))
+		case vars[k] != "":
+			bad = append(bad, fmt.Sprintf("line %d: %s set twice", i+1, k))
+		default:
+			vars[k] = v
+		}
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("-config %s: %s", path, strings.Join(bad, "; "))
+	}
+	return vars, nil
 }

@@ -103,22 +103,22 @@ func (s *StandIns) Close() error {
 	return s.srv.Close()
 }
 
-// Config is PROVIDER_CONFIG wiring every provider to its stand-in, each account routed to
-// GameA (the generic apps as DefaultProviders routes them).
-func (s *StandIns) Config() provider.Config {
+// Config is PROVIDER_CONFIG wiring every provider to its stand-in, each account routed to game
+// (the generic apps as DefaultProviders routes them).
+func (s *StandIns) Config(game string) provider.Config {
 	both := []string{"production", "sandbox"}
 	return provider.Config{
 		Generic: DefaultProviders().Generic,
-		Alipay: []provider.AlipayApp{{AppID: DemoAlipayApp, PublicKey: providertest.PublicKeyBase64(s.alipayKey), SellerID: DemoAlipayPID, Game: GameA,
+		Alipay: []provider.AlipayApp{{AppID: DemoAlipayApp, PublicKey: providertest.PublicKeyBase64(s.alipayKey), SellerID: DemoAlipayPID, Game: game,
 			PrivateKey: providertest.PrivateKeyBase64(s.appKey), Gateway: s.alipay.URL},
-			{AppID: DemoAlipaySandboxApp, PublicKey: providertest.PublicKeyBase64(s.alipayKey), Game: GameA, Environment: "sandbox"}},
-		WechatPay: []provider.WechatPayMerchant{{MchID: DemoWechatMchID, APIv3Key: providertest.APIv3Key, AppIDs: map[string]string{DemoWechatAppID: GameA},
+			{AppID: DemoAlipaySandboxApp, PublicKey: providertest.PublicKeyBase64(s.alipayKey), Game: game, Environment: "sandbox"}},
+		WechatPay: []provider.WechatPayMerchant{{MchID: DemoWechatMchID, APIv3Key: providertest.APIv3Key, AppIDs: map[string]string{DemoWechatAppID: game},
 			PlatformKeys:  map[string]string{providertest.WechatSerial: providertest.PublicKeyPEM(s.wxPlatform)},
 			APIPrivateKey: providertest.PrivateKeyPEM(s.wxAPIKey), APISerial: demoWechatAPISerial, APIBase: s.wechat.URL}},
-		Apple:      []provider.AppleApp{{BundleID: DemoAppleBundle, AppAppleID: DemoAppleAppID, Game: GameA, Environments: both}},
+		Apple:      []provider.AppleApp{{BundleID: DemoAppleBundle, AppAppleID: DemoAppleAppID, Game: game, Environments: both}},
 		AppleRoot:  s.apple.RootPEM(),
-		Stripe:     []provider.StripeAccount{{Account: DemoStripeAccount, Secrets: []string{demoStripeSecret}, Game: GameA, Environments: both}},
-		GooglePlay: s.play.Config(),
+		Stripe:     []provider.StripeAccount{{Account: DemoStripeAccount, Secrets: []string{demoStripeSecret}, Game: game, Environments: both}},
+		GooglePlay: s.play.Config(game),
 	}
 }
 

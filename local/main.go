@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,7 +101,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	bSlow := fs.Duration("b-slow", 0, "the same for game "+stack.GameB)
 	bAlwaysFail := fs.Bool("b-always-fail", false, "the same for game "+stack.GameB)
 	configFile := fs.String("config", "", "run with your own configuration: a file of production's variables, NAME=value per line (example: local/config.example.env)")
-	dataDir := fs.String("data-dir", "", "keep the Cloud Tasks emulator's tasks in this directory across restarts")
+	dataDir := fs.String("data-dir", "", "keep the Cloud Tasks emulator's tasks and the Firestore emulator's documents in this directory across restarts (saved when the runner stops)")
 	verbose := fs.Bool("v", false, "also print the functions' JSON logs")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -145,7 +146,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	if *verbose {
 		logLevel = "info"
 	}
-	prog := &progress{w: stdout, start: time.Now()}
+	prog := newProgress(stdout)
 	// Ctrl-C, a kill, a closed terminal (SIGHUP) and a closed output pipe (`| head`: SIGPIPE,
 	// which would otherwise end the process at its next write) all stop the runner in order.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
@@ -158,7 +159,7 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 		FirestoreHost: e.FirestoreHost, Compression: *compression, Ladder: *ladderSpec,
 		Game:         gameserver.Behaviour{FailFirst: *failFirst, FailRate: *failRate, Delay: *slow, AlwaysFail: *alwaysFail},
 		GameB:        gameserver.Behaviour{FailFirst: *bFailFirst, FailRate: *bFailRate, Delay: *bSlow, AlwaysFail: *bAlwaysFail},
-		TasksDataDir: *dataDir, Observer: prog, LogLevel: logLevel, ConfigEnv: own,
+		TasksDataDir: *dataDir, FirestoreDataDir: firestoreDir(*dataDir, e.FirestoreHost), Observer: prog, LogLevel: logLevel, ConfigEnv: own,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "payrelay local:", err) // an ErrNotInstalled already says how to install
@@ -223,23 +224,38 @@ ready
 	return 0
 }
 
-// progress prints what happens to notifications (payments and refunds), with a running count.
+// progress prints what happens to notifications (payments and refunds), with counts kept from
+// each notification's last known state, so they stay right across repeats, replays, cancels and
+// a restart (a notification of an earlier run counts once it is seen again).
 type progress struct {
-	mu                            sync.Mutex
-	w                             io.Writer
-	start                         time.Time
-	received, delivered, failed   int
-	attempts, duplicates, retried int
-	// notRelayed are stored and will not be delivered (a sandbox payment of a game without a
-	// sandbox endpoint): not pending.
-	notRelayed int
+	mu     sync.Mutex
+	w      io.Writer
+	start  time.Time
+	states map[string]relay.State // by notification id: its last known state
+	// received, attempts and duplicates are this run's.
+	received, attempts, duplicates int
+}
+
+func newProgress(w io.Writer) *progress {
+	return &progress{w: w, start: time.Now(), states: map[string]relay.State{}}
+}
+
+func (p *progress) set(pay *relay.Payment, n *relay.Notification, st relay.State) {
+	p.states[relay.NotificationID(pay.ID, n.Key)] = st
 }
 
 func (p *progress) summary() string {
+	count := map[relay.State]int{}
+	for _, st := range p.states {
+		count[st]++
+	}
+	pending := count[relay.StatePending] + count[relay.StateDelivering] + count[relay.StateHeld]
 	s := fmt.Sprintf("received %d, delivered %d, failed %d, pending %d, attempts %d",
-		p.received, p.delivered, p.failed, p.received-p.delivered-p.failed-p.notRelayed, p.attempts)
-	if p.notRelayed > 0 {
-		s += fmt.Sprintf(", not relayed %d", p.notRelayed)
+		p.received, count[relay.StateDelivered], count[relay.StateFailed], pending, p.attempts)
+	for _, st := range []relay.State{relay.StateCancelled, relay.StateNotRelayed, relay.StateOrphaned} {
+		if count[st] > 0 {
+			s += fmt.Sprintf(", %s %d", strings.ReplaceAll(string(st), "_", " "), count[st])
+		}
 	}
 	return s
 }
@@ -261,6 +277,27 @@ func what(pay *relay.Payment, n *relay.Notification) string {
 	return s
 }
 
+// Operated implements relay.Observer: a line per operator action.
+func (p *progress) Operated(pay *relay.Payment, n *relay.Notification, a relay.Action) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.set(pay, n, n.State)
+	by := a.By
+	if a.Job != "" {
+		by = "bulk replay " + a.Job + " (" + a.By + ")"
+	}
+	switch a.Kind {
+	case relay.ActionReplay:
+		forced := ""
+		if a.Forced {
+			forced = ", forced"
+		}
+		p.line("replayed  %s by %s: %q (generation %d%s; now %s)", what(pay, n), by, a.Reason, a.Generation, forced, n.State)
+	default:
+		p.line("cancelled %s by %s: %q", what(pay, n), by, a.Reason)
+	}
+}
+
 // Received implements relay.Observer.
 func (p *progress) Received(pay *relay.Payment, n *relay.Notification, duplicate bool) {
 	p.mu.Lock()
@@ -271,12 +308,12 @@ func (p *progress) Received(pay *relay.Payment, n *relay.Notification, duplicate
 		return
 	}
 	p.received++
+	p.set(pay, n, n.State)
 	held := ""
 	switch n.State {
 	case relay.StateHeld:
 		held = ", held behind the payment's earlier notification"
 	case relay.StateNotRelayed:
-		p.notRelayed++
 		held = ": " + n.Reason
 	}
 	if n.Refund != nil {
@@ -296,15 +333,14 @@ func (p *progress) Attempted(pay *relay.Payment, n *relay.Notification, rec rela
 	if rec.ErrorClass != relay.ErrorNone {
 		result += " " + string(rec.ErrorClass)
 	}
+	p.set(pay, n, n.State)
 	switch o {
 	case relay.OutcomeDelivered:
-		p.delivered++
 		p.line("delivered %s at attempt %d (%s, %s)", what(pay, n), rec.Number, result, rec.Duration.Round(100*time.Microsecond))
 	case relay.OutcomeRetryScheduled:
 		p.line("attempt %d %s failed (%s); attempt %d at %s (in %s)", rec.Number, what(pay, n), result, n.Attempt,
 			n.NextAttemptAt.Local().Format("15:04:05.000"), time.Until(n.NextAttemptAt).Round(time.Millisecond))
 	case relay.OutcomeFailed:
-		p.failed++
 		p.line("FAILED    %s after %d attempts (%s); kept for replay", what(pay, n), rec.Number, result)
 	}
 }
@@ -331,6 +367,15 @@ func orphanContext(ctx context.Context) context.Context {
 		}
 	}()
 	return ctx
+}
+
+// firestoreDir is where -data-dir keeps the Firestore emulator's documents: none when the
+// runner reuses an emulator it did not start.
+func firestoreDir(dataDir, reused string) string {
+	if dataDir == "" || reused != "" {
+		return ""
+	}
+	return filepath.Join(dataDir, "firestore")
 }
 
 // sendURLFlag is what `send` needs to reach a runner on another port than its default.

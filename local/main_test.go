@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -462,5 +464,90 @@ func TestRunnerWithOwnConfig(t *testing.T) {
 			t.Fatalf("send -provider %s: %v\n%s", c.provider, err, out)
 		}
 		r.expect(t, "delivered "+c.order+" at attempt 1", 10*time.Second)
+	}
+}
+
+// adminJSON calls the runner's Admin API and decodes its answer.
+func adminJSON(t *testing.T, method, url, body string) map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s = %d %v", method, url, resp.StatusCode, out)
+	}
+	return out
+}
+
+// The replay demo as the documents tell it: a payment fails its 8 attempts, the runner stops,
+// starts again on the same -data-dir without the failing flag, and the payment, still there,
+// is replayed and delivered. The console's counters stay right across the restart, the replay
+// and a cancel, and each operator action has its line.
+func TestReplayDemoAcrossARestart(t *testing.T) {
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("gcloud is missing in CI: %v", err)
+		}
+		t.Skip("gcloud is not installed")
+	}
+	p := ports(t, 8)
+	dir := t.TempDir()
+	args := func(extra ...string) []string {
+		return append([]string{"-data-dir", dir, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
+			"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-providers-port", fmt.Sprint(p[7])}, extra...)
+	}
+	send := func(extra ...string) {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"send", "-url", fmt.Sprintf("http://127.0.0.1:%d/Ingest", p[0])}, extra...)...)
+		cmd.Env = childEnv()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("send %v: %v\n%s", extra, err, out)
+		}
+	}
+	stop := func(r *runner) string {
+		t.Helper()
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		r.expect(t, "payrelay local: stopped;", 30*time.Second)
+		<-r.done
+		lines := strings.Split(strings.TrimSpace(r.all.String()), "\n")
+		return lines[len(lines)-1]
+	}
+	// 1. The game server fails every attempt.
+	r := startRunner(t, childEnv(), args("-always-fail", "-compression", "20000")...)
+	r.expect(t, "ready", 90*time.Second)
+	send("-order", "REPLAY-1")
+	r.expect(t, "FAILED    REPLAY-1 after 8 attempts", 30*time.Second)
+	if last := stop(r); !strings.Contains(last, "received 1, delivered 0, failed 1, pending 0, attempts 8") {
+		t.Fatalf("first run's summary: %s", last)
+	}
+	// 2. Started again on the same -data-dir, without the flag (demo-b fails once, for a
+	// notification to cancel while it waits): the failed payment is still there.
+	r = startRunner(t, childEnv(), args("-compression", "10", "-b-fail-first", "1")...)
+	r.expect(t, "ready", 90*time.Second)
+	admin := fmt.Sprintf("http://127.0.0.1:%d", p[5])
+	pay := adminJSON(t, http.MethodGet, admin+"/api/payments?provider=generic&merchant=demo-game&order=REPLAY-1", "")
+	pid, _ := pay["payment_id"].(string)
+	if pid == "" {
+		t.Fatalf("after the restart the payment is gone: %v", pay)
+	}
+	adminJSON(t, http.MethodPost, admin+"/api/payments/"+pid+"/notifications/paid/replay", `{"reason":"game server back up"}`)
+	r.expect(t, `replayed  REPLAY-1 by `, 10*time.Second)
+	r.expect(t, "delivered REPLAY-1 at attempt 1", 10*time.Second)
+	send("-order", "REPLAY-2", "-app", "demo-game-b")
+	r.expect(t, "attempt 1 REPLAY-2 failed", 10*time.Second)
+	pay2 := adminJSON(t, http.MethodGet, admin+"/api/payments?provider=generic&merchant=demo-game-b&order=REPLAY-2", "")
+	adminJSON(t, http.MethodPost, admin+"/api/payments/"+pay2["payment_id"].(string)+"/notifications/paid/cancel", `{"reason":"order voided"}`)
+	r.expect(t, `cancelled REPLAY-2 by `, 10*time.Second)
+	if last := stop(r); !strings.Contains(last, "received 1, delivered 1, failed 0, pending 0, attempts 2, cancelled 1") {
+		t.Errorf("second run's summary: %s\n%s", last, r.all)
+	}
+	if strings.Contains(r.all.String(), "pending -") {
+		t.Errorf("a negative count:\n%s", r.all)
 	}
 }

@@ -170,6 +170,9 @@ func (s *Service) operate(ctx context.Context, paymentID, key string, f func(*Pa
 		}
 		p.UpdatedAt = now
 		if _, err = s.write(ctx, p, v); err == nil {
+			if s.cfg.Observer != nil && len(n.Actions) > 0 {
+				s.cfg.Observer.Operated(p, n, n.Actions[len(n.Actions)-1])
+			}
 			return OperationResult{Payment: p}, nil
 		}
 		if !s.retryConflict(ctx, err, try) {

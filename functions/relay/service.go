@@ -109,6 +109,9 @@ func (SystemClock) Now() time.Time { return time.Now() }
 type Observer interface {
 	Received(p *Payment, n *Notification, duplicate bool)
 	Attempted(p *Payment, n *Notification, rec AttemptRecord, outcome Outcome)
+	// Operated: an operator (or a bulk replay) replayed or cancelled n; a is the action
+	// recorded, n as it now stands.
+	Operated(p *Payment, n *Notification, a Action)
 }
 
 // Config holds the Service's dependencies.

@@ -3,7 +3,9 @@
 package emulator
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -44,6 +47,12 @@ func FreePort() (int, error) {
 // process group so Stop can end gcloud and Java together, and waits until it answers. Its
 // output goes to logw (nil discards).
 func StartFirestore(ctx context.Context, port int, logw io.Writer) (*Firestore, error) {
+	return StartFirestoreFrom(ctx, port, logw, "")
+}
+
+// StartFirestoreFrom is StartFirestore importing the documents an Export wrote to dir first
+// (none when dir holds no export).
+func StartFirestoreFrom(ctx context.Context, port int, logw io.Writer, dir string) (*Firestore, error) {
 	gcloud, err := exec.LookPath("gcloud")
 	if err != nil {
 		return nil, fmt.Errorf("%w: gcloud is not on PATH; %s", ErrNotInstalled, InstallHint)
@@ -57,7 +66,12 @@ func StartFirestore(ctx context.Context, port int, logw io.Writer) (*Firestore, 
 	if logw == nil {
 		logw = io.Discard
 	}
-	cmd := exec.Command(gcloud, "emulators", "firestore", "start", "--host-port="+host, "--quiet")
+	args := []string{"emulators", "firestore", "start", "--host-port=" + host, "--quiet"}
+	if meta := exportMetadata(dir); meta != "" {
+		// gcloud's --import-data takes the export's metadata file.
+		args = append(args, "--import-data="+meta)
+	}
+	cmd := exec.Command(gcloud, args...)
 	cmd.Stdout, cmd.Stderr = logw, logw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Env = append(os.Environ(), "CLOUDSDK_CORE_DISABLE_PROMPTS=1")
@@ -137,4 +151,51 @@ func Reset(host, projectID string) error {
 	}
 	resp.Body.Close()
 	return nil
+}
+
+// exportMetadata is the metadata file of the export in dir, "" when there is none.
+func exportMetadata(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "*.overall_export_metadata"))
+	if len(m) != 1 {
+		return ""
+	}
+	return m[0]
+}
+
+// Export writes every document of projectID's default database in the emulator at host to dir,
+// replacing the export dir held (the emulator's REST export writes a fresh subdirectory; it
+// replaces dir only once complete, so a failed export leaves the previous one).
+func Export(host, projectID, dir string) error {
+	tmp := dir + ".new"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	abs, err := filepath.Abs(tmp)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(map[string]string{"database": "projects/" + projectID + "/databases/(default)", "export_directory": abs})
+	c := http.Client{Timeout: 60 * time.Second}
+	resp, err := c.Post("http://"+host+"/emulator/v1/projects/"+projectID+":export", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("export the Firestore emulator: %w", err)
+	}
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("export the Firestore emulator: %d %s", resp.StatusCode, answer)
+	}
+	made, _ := filepath.Glob(filepath.Join(tmp, "firestore_export_*"))
+	if len(made) != 1 || exportMetadata(made[0]) == "" {
+		return fmt.Errorf("export the Firestore emulator: no export in %s", tmp)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	return os.Rename(made[0], dir)
 }

@@ -237,6 +237,10 @@ type Options struct {
 	GameBPort, GameSandboxPort int
 	// TasksDataDir makes the Cloud Tasks emulator durable.
 	TasksDataDir string
+	// FirestoreDataDir keeps the Firestore emulator's documents across runs: imported as it
+	// starts, exported at Stop (the emulator the stack starts only; a SIGKILL loses what
+	// changed since the start).
+	FirestoreDataDir string
 	// Collection holds the payments (default "payments").
 	Collection string
 	Observer   relay.Observer
@@ -372,7 +376,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 
 	s.FirestoreHost = o.FirestoreHost
 	if s.FirestoreHost == "" {
-		s.firestore, err = emulator.StartFirestore(ctx, o.FirestorePort, o.FirestoreLog)
+		s.firestore, err = emulator.StartFirestoreFrom(ctx, o.FirestorePort, o.FirestoreLog, o.FirestoreDataDir)
 		if err != nil {
 			return s, err
 		}
@@ -573,6 +577,10 @@ func (s *Stack) Stop(ctx context.Context) error {
 		errs = append(errs, s.StandIns.Close())
 	}
 	if s.firestore != nil {
+		if dir := s.Opts.FirestoreDataDir; dir != "" {
+			// Nothing writes any more: keep the documents for the next start.
+			errs = append(errs, emulator.Export(s.FirestoreHost, ProjectID, dir))
+		}
 		errs = append(errs, s.firestore.Stop())
 	}
 	return errors.Join(errs...)

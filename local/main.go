@@ -187,10 +187,11 @@ func relayLocally(args []string, e env, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, `
   Ingest                http://%[1]s/Ingest
   Deliver               http://%[1]s/Deliver
-  Admin (operators)     %[26]s/api/notifications?state=failed   (the sweeper runs every second)
+  dashboard             %[26]s/   (the operators' Admin: its API under /api/; the sweeper runs every second)
   Firestore emulator    %[2]s (%[3]s)
   Cloud Tasks emulator  %[4]s  queues %[5]s, %[6]s
   game %[16]s           %[7]s  app %[18]s  (fail first %[8]d, fail rate %[9]g, delay %[10]s, always fail %[11]v)
+                        its secret %[32]s: go run ./local probe -url %[7]s -secret %[32]s
   game %[17]s           %[19]s  app %[20]s  (fail first %[21]d, fail rate %[22]g, delay %[23]s, always fail %[24]v)
   sandbox of %[16]s     %[27]s  its own queue %[28]s and secret; %[17]s has none
   providers' stand-ins  %[29]s  every provider's demo account -> %[16]s (Google Play package %[30]s)
@@ -208,7 +209,7 @@ ready
 		*failFirst, *failRate, *slow, *alwaysFail, ladder, *compression, compressed.Attempts(),
 		compressed.Elapsed(compressed.Attempts()), stack.GameA, stack.GameB, stack.SampleApp, s.GameB.URL, stack.SampleAppB,
 		*bFailFirst, *bFailRate, *bSlow, *bAlwaysFail, sendURLFlag(s.FunctionsURL, e.Port), s.AdminURL(), s.GameSandbox.URL, stack.SandboxQueueName(stack.GameA, 0),
-		s.StandIns.URL, stack.GooglePlayPackage, standInsFlag(s.StandIns.URL))
+		s.StandIns.URL, stack.GooglePlayPackage, standInsFlag(s.StandIns.URL), stack.GameSecret.Encode())
 	<-ctx.Done()
 	stop()
 	// From here a closed output pipe must not end the process before it has stopped everything:

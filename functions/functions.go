@@ -116,28 +116,21 @@ func newQueue(ctx context.Context, cfg *config.Config, opts Options) (*queue.Clo
 	})
 }
 
-// The process-wide handler, built from the environment on first use. A failed build is
-// answered with 500 and tried again on the next request, never cached.
+// The process-wide handler the registered functions serve (functions-framework's registry is
+// the process's): built from the environment on first use, or the one Use installed. A failed
+// build is answered with 500 and tried again on the next request, never cached.
 var (
-	mu         sync.Mutex
-	current    *Handler
-	processOps Options
+	mu      sync.Mutex
+	current *Handler
 )
 
-// SetObserver makes the process's handler report what happens to payments (the local
-// runner's progress display). Call it before the first request.
-func SetObserver(o relay.Observer) {
+// Use makes the registered functions serve h: a handler its caller built with Build and the
+// Options it needs (the local runner's observer, the benchmark's counters). Call it before
+// the first request.
+func Use(h *Handler) {
 	mu.Lock()
 	defer mu.Unlock()
-	processOps.Observer = o
-}
-
-// Instrument makes the process's handler count its Firestore operations and Cloud Tasks
-// creates (the benchmark's cost figures). Call it before the first request.
-func Instrument(c *store.Counter, onCreate func()) {
-	mu.Lock()
-	defer mu.Unlock()
-	processOps.Counter, processOps.OnCreate = c, onCreate
+	current = h
 }
 
 func handler(ctx context.Context) (*Handler, error) {
@@ -150,7 +143,7 @@ func handler(ctx context.Context) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, _, err := Build(ctx, cfg, processOps)
+	h, _, err := Build(ctx, cfg, Options{})
 	if err != nil {
 		return nil, err
 	}

@@ -294,6 +294,7 @@ type Stack struct {
 	admin         *http.Server
 	adminURL      string
 	games         []string // the configured games
+	closeFn       func() error
 }
 
 var (
@@ -472,7 +473,14 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 			return s, err
 		}
 	}
-	functions.SetObserver(o.Observer)
+	// The functions served are built here, with the runner's observer, not from the
+	// environment on their first request.
+	h, closeFn, err := functions.Build(ctx, cfg, functions.Options{Observer: o.Observer})
+	if err != nil {
+		return s, err
+	}
+	s.closeFn = closeFn
+	functions.Use(h)
 	served := make(chan error, 1)
 	go func() { served <- funcframework.StartHostPort(o.Host, strconv.Itoa(o.Port)) }()
 	if err = waitListening(ctx, net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), served); err != nil {
@@ -561,6 +569,9 @@ func (s *Stack) Stop(ctx context.Context) error {
 		errs = append(errs, s.admin.Close())
 	}
 	errs = append(errs, functions.Drain(ctx))
+	if s.closeFn != nil {
+		errs = append(errs, s.closeFn())
+	}
 	if s.Tasks != nil {
 		errs = append(errs, s.Tasks.Close(ctx))
 	}

@@ -124,12 +124,7 @@ func ruleFor(cmd string) *docRule {
 // the ones that need a cloud project are named as such. The runnable blocks run in reading
 // order against one runner (send, curl to Ingest, the Admin API's examples) and must succeed.
 func TestDocsCommands(t *testing.T) {
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("gcloud is missing in CI: %v", err)
-		}
-		t.Skip("gcloud is not installed")
-	}
+	needGcloud(t)
 	for _, tool := range []string{"curl", "jq", "openssl", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed to run the documents' examples (.ci/run installs it): %v", tool, err)

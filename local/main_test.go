@@ -42,6 +42,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// needGcloud skips a test that starts the runner where gcloud is missing (fails it in CI).
+func needGcloud(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("gcloud is missing in CI: %v", err)
+		}
+		t.Skip("gcloud is not installed")
+	}
+}
+
 func ports(t *testing.T, n int) []int {
 	t.Helper()
 	var ps []int
@@ -152,12 +163,7 @@ func firestoreProcesses(t *testing.T, port int) int {
 }
 
 func TestRunnerStartSendStop(t *testing.T) {
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("gcloud is missing in CI: %v", err)
-		}
-		t.Skip("gcloud is not installed")
-	}
+	needGcloud(t)
 	p := ports(t, 8)
 	args := []string{"-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]),
 		"-game-b-port", fmt.Sprint(p[4]), "-admin-port", fmt.Sprint(p[5]), "-sandbox-port", fmt.Sprint(p[6]), "-providers-port", fmt.Sprint(p[7]),
@@ -311,12 +317,7 @@ func TestRunnerWithoutGcloudSaysHowToInstall(t *testing.T) {
 // Killing the `go run` parent (here a shell standing in for it) stops the runner as Ctrl-C
 // does: nothing it started is left running or holding its ports.
 func TestRunnerStopsWhenItsParentDies(t *testing.T) {
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("gcloud is missing in CI: %v", err)
-		}
-		t.Skip("gcloud is not installed")
-	}
+	needGcloud(t)
 	p := ports(t, 8)
 	args := fmt.Sprintf("-port %d -tasks-port %d -game-port %d -firestore-port %d -game-b-port %d -admin-port %d -sandbox-port %d -providers-port %d", p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 	// The shell waits for the runner (": " after it keeps the shell from exec'ing it).
@@ -368,12 +369,7 @@ func TestHelpListsTheFlags(t *testing.T) {
 // handler sees), nothing it started is left running or holding its ports: the first two stop
 // it in order, and for the third the emulator's guard ends the emulator.
 func TestRunnerLeavesNothingBehind(t *testing.T) {
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("gcloud is missing in CI: %v", err)
-		}
-		t.Skip("gcloud is not installed")
-	}
+	needGcloud(t)
 	for _, ending := range []string{"SIGHUP", "closed pipe", "SIGKILL"} {
 		t.Run(ending, func(t *testing.T) {
 			p := ports(t, 8)
@@ -429,12 +425,7 @@ func TestRunnerLeavesNothingBehind(t *testing.T) {
 // test's demo game port) relays a payment of every provider to its game, and each is
 // delivered.
 func TestRunnerWithOwnConfig(t *testing.T) {
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("gcloud is missing in CI: %v", err)
-		}
-		t.Skip("gcloud is not installed")
-	}
+	needGcloud(t)
 	p := ports(t, 8)
 	example, err := os.ReadFile("config.example.env")
 	if err != nil {
@@ -490,12 +481,7 @@ func adminJSON(t *testing.T, method, url, body string) map[string]any {
 // is replayed and delivered. The console's counters stay right across the restart, the replay
 // and a cancel, and each operator action has its line.
 func TestReplayDemoAcrossARestart(t *testing.T) {
-	if _, err := exec.LookPath("gcloud"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("gcloud is missing in CI: %v", err)
-		}
-		t.Skip("gcloud is not installed")
-	}
+	needGcloud(t)
 	p := ports(t, 8)
 	dir := t.TempDir()
 	args := func(extra ...string) []string {

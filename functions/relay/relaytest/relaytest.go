@@ -292,6 +292,14 @@ func (s *Store) List(_ context.Context, f relay.Filter, cursor string, limit int
 			}
 		}
 	}
+	all, next := newestFirst(all, cursor, limit)
+	return all, next, nil
+}
+
+// newestFirst sorts payments newest received first (then by id) and returns the page after
+// cursor (the last payment id of the previous page) and the next page's cursor, as the store's
+// lists page.
+func newestFirst(all []*relay.Payment, cursor string, limit int) ([]*relay.Payment, string) {
 	slices.SortFunc(all, func(a, b *relay.Payment) int {
 		if c := b.ReceivedAt.Compare(a.ReceivedAt); c != 0 {
 			return c
@@ -303,9 +311,9 @@ func (s *Store) List(_ context.Context, f relay.Filter, cursor string, limit int
 		all = all[i+1:]
 	}
 	if len(all) <= limit {
-		return all, "", nil
+		return all, ""
 	}
-	return all[:limit], all[limit-1].ID, nil
+	return all[:limit], all[limit-1].ID
 }
 
 // Jobs keeps bulk replay jobs in memory, with versions.
@@ -395,20 +403,8 @@ func (s *Store) AckWaiting(ctx context.Context, cursor string, limit int) ([]*re
 		}
 	}
 	s.mu.Unlock()
-	slices.SortFunc(all, func(a, b *relay.Payment) int {
-		if c := b.ReceivedAt.Compare(a.ReceivedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(b.ID, a.ID)
-	})
-	if cursor != "" {
-		i := slices.IndexFunc(all, func(p *relay.Payment) bool { return p.ID == cursor })
-		all = all[i+1:]
-	}
-	if len(all) <= limit {
-		return all, "", nil
-	}
-	return all[:limit], all[limit-1].ID, nil
+	all, next := newestFirst(all, cursor, limit)
+	return all, next, nil
 }
 
 var _ relay.DayFinder = (*Store)(nil)

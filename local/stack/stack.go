@@ -27,8 +27,11 @@ import (
 	"time"
 
 	"cloud.google.com/go/cloudtasks/apiv2/cloudtaskspb"
+	"cloud.google.com/go/firestore"
 	"github.com/GoogleCloudPlatform/functions-framework-go/funcframework"
 	"github.com/sethvargo/go-envconfig"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/payrelay/payrelay/functions"
@@ -497,7 +500,56 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	s.sweepStop = make(chan struct{})
 	s.sweepDone = make(chan struct{})
 	go s.sweepLoop(o.SweepEvery)
+	// Ready means ready: a write read back through Firestore, and a task dispatched by Cloud
+	// Tasks to Deliver, which reads Firestore and answers, before anyone is told to send.
+	if err := s.roundTrip(ctx, queues[0], vars["DELIVER_URL"]); err != nil {
+		return s, fmt.Errorf("the stack started but is not ready: %w", err)
+	}
 	return s, nil
+}
+
+// roundTrip writes a document and reads it back, then has the Cloud Tasks emulator dispatch a
+// task to Deliver (for a payment that does not exist: Deliver reads Firestore, answers 200, and
+// the task is done), retrying within a minute: a cold emulator's first calls are slow.
+func (s *Stack) roundTrip(ctx context.Context, queue, deliverURL string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	fs, err := firestore.NewClient(ctx, ProjectID)
+	if err != nil {
+		return err
+	}
+	defer fs.Close()
+	doc := fs.Collection(s.Opts.Collection + "-ready").Doc("probe")
+	for {
+		_, err = doc.Set(ctx, map[string]any{"at": time.Now()})
+		if err == nil {
+			_, err = doc.Get(ctx)
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("Firestore: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	name := fmt.Sprintf("%s/tasks/ready-probe-%d", queue, time.Now().UnixNano())
+	body := []byte(`{"payment_id":"ready-probe","notification":"paid","attempt":1}`)
+	if _, err := s.Tasks.CreateTask(ctx, &cloudtaskspb.CreateTaskRequest{Parent: queue, Task: &cloudtaskspb.Task{Name: name,
+		MessageType: &cloudtaskspb.Task_HttpRequest{HttpRequest: &cloudtaskspb.HttpRequest{Url: deliverURL, HttpMethod: cloudtaskspb.HttpMethod_POST, Body: body}}}}); err != nil {
+		return fmt.Errorf("Cloud Tasks: %w", err)
+	}
+	for {
+		if _, err := s.Tasks.GetTask(ctx, &cloudtaskspb.GetTaskRequest{Name: name}); status.Code(err) == codes.NotFound {
+			return nil // dispatched, and Deliver answered 2xx
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("Cloud Tasks did not get a 2xx from Deliver for a probe task within a minute")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // sweepLoop calls the Sweep function every interval, as Cloud Scheduler would, until Stop.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -269,6 +270,13 @@ type timelineRow struct {
 	Y          int
 	Points     []timelinePoint
 	Label      string
+	Ticks      []timelineTick
+}
+
+// timelineTick is one mark of a row's time axis: time since the row's first attempt.
+type timelineTick struct {
+	X     int
+	Label string
 }
 
 type timelinePoint struct {
@@ -278,8 +286,12 @@ type timelinePoint struct {
 	LateMS, DurationMS int64
 }
 
+// The time axis is logarithmic in the time since the row's first attempt: the ladder's waits
+// grow from minutes to hours, so on a linear axis the first attempts would fall on one spot.
+// Its unit is a thousandth of the row's span (at least a millisecond), so attempts minutes
+// apart stay apart at the start of a day-long ladder, and a compressed ladder draws alike.
 func newTimeline(n *relay.Notification, ladder interface{ Wait(int) time.Duration }) timeline {
-	const width, left, right, rowH = 760, 60, 20, 46
+	const width, left, right, rowH = 760, 60, 20, 58
 	tl := timeline{Width: width}
 	byGen := map[int][]relay.AttemptRecord{}
 	var gens []int
@@ -291,18 +303,47 @@ func newTimeline(n *relay.Notification, ladder interface{ Wait(int) time.Duratio
 	}
 	for i, g := range gens {
 		as := byGen[g]
-		start, end := as[0].StartedAt, as[len(as)-1].StartedAt.Add(as[len(as)-1].Duration)
-		span := max(end.Sub(start), time.Second)
-		x := func(t time.Time) int {
-			return left + int(float64(width-left-right)*float64(t.Sub(start))/float64(span))
+		start := as[0].StartedAt
+		type mark struct {
+			a       relay.AttemptRecord
+			planned time.Time
 		}
-		row := timelineRow{Generation: g, Y: 24 + i*rowH, Label: fmt.Sprintf("gen %d", g)}
+		var marks []mark
+		end := start
 		for j, a := range as {
 			planned := a.StartedAt
 			if j > 0 && a.ErrorClass != relay.ErrorLost {
 				prev := as[j-1]
 				planned = prev.StartedAt.Add(prev.Duration).Add(ladder.Wait(a.Number))
 			}
+			marks = append(marks, mark{a, planned})
+			for _, t := range []time.Time{a.StartedAt.Add(a.Duration), planned} {
+				if t.After(end) {
+					end = t
+				}
+			}
+		}
+		span := max(end.Sub(start), 10*time.Millisecond)
+		unit := max(span/1000, time.Millisecond)
+		scale := func(d time.Duration) float64 { return math.Log1p(float64(max(d, 0)) / float64(unit)) }
+		x := func(d time.Duration) int {
+			return left + int(float64(width-left-right)*scale(d)/scale(span))
+		}
+		row := timelineRow{Generation: g, Y: 20 + i*rowH, Label: fmt.Sprintf("gen %d", g)}
+		// Ticks at round durations, each far enough from the one before to be read.
+		lastX := -100
+		for _, d := range []time.Duration{0, 10 * time.Millisecond, 100 * time.Millisecond, time.Second, 10 * time.Second, time.Minute, 2 * time.Minute, 10 * time.Minute,
+			30 * time.Minute, time.Hour, 2 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour, 48 * time.Hour, 7 * 24 * time.Hour} {
+			if d > span {
+				break
+			}
+			if tx := x(d); tx-lastX >= 44 {
+				row.Ticks = append(row.Ticks, timelineTick{X: tx, Label: "+" + shortDuration(d)})
+				lastX = tx
+			}
+		}
+		for _, m := range marks {
+			a := m.a
 			color := "#c0392b" // failed
 			switch {
 			case a.Succeeded():
@@ -317,16 +358,34 @@ func newTimeline(n *relay.Notification, ladder interface{ Wait(int) time.Duratio
 			if a.ErrorClass != relay.ErrorNone {
 				title += ", " + string(a.ErrorClass)
 			}
-			row.Points = append(row.Points, timelinePoint{Attempt: a, X: x(a.StartedAt), PlannedX: x(planned), Color: color, Title: title,
-				LateMS: a.StartedAt.Sub(planned).Milliseconds(), DurationMS: a.Duration.Milliseconds()})
+			row.Points = append(row.Points, timelinePoint{Attempt: a, X: x(a.StartedAt.Sub(start)), PlannedX: x(m.planned.Sub(start)), Color: color, Title: title,
+				LateMS: a.StartedAt.Sub(m.planned).Milliseconds(), DurationMS: a.Duration.Milliseconds()})
 		}
 		tl.Rows = append(tl.Rows, row)
 	}
-	tl.Height = 24 + len(gens)*rowH
+	tl.Height = 20 + len(gens)*rowH
 	return tl
 }
 
+// shortDuration is d as the axis labels it: 10ms, 1s, 2m, 6h, 2d.
+func shortDuration(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0"
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
 var funcs = template.FuncMap{
+	"add": func(a, b int) int { return a + b },
 	"short": func(s string) string {
 		if len(s) > 12 {
 			return s[:12] + "…"
@@ -402,11 +461,12 @@ var paymentPage = template.Must(template.New("payment").Funcs(funcs).Parse(`<!do
 <section class="notification" id="{{$n.ID}}" data-state="{{$n.N.State}}">
 <h2>{{$n.N.Type}}{{with $n.N.Refund}}: refund {{.ID}}, {{money .AmountMinor $.P.Currency}} (refunded in all {{money .CumulativeMinor $.P.Currency}}){{end}} — <span class="{{$n.N.State}}">{{$n.N.State}}</span></h2>
 <p>learnt via {{$n.N.Via}}; attempt {{$n.N.Attempt}}, generation {{$n.N.Generation}}{{if eq $n.N.State "pending"}}, due at {{ts $n.N.NextAttemptAt}}{{end}}{{with $n.N.Reason}}; {{.}}{{end}}</p>
-<p style="font-size:12px;color:#666">timeline: each circle is an attempt (green acknowledged, red failed, grey lost), at the time it started; the grey tick is when the ladder planned it.</p>
+<p class="legend" style="font-size:12px;color:#666"><svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="#27ae60"/></svg> acknowledged <svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="#c0392b"/></svg> failed <svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="#7f8c8d"/></svg> lost (the delivery died) <svg width="4" height="12"><rect width="2" height="12" fill="#999"/></svg> when the ladder planned it; the axis is the time since the first attempt, on a log scale so that minutes and hours both read</p>
 <svg class="timeline" width="{{$n.Timeline.Width}}" height="{{$n.Timeline.Height}}" role="img" aria-label="attempts of {{$n.ID}}">
 {{range $row := $n.Timeline.Rows}}<text x="4" y="{{$row.Y}}" font-size="11" dominant-baseline="middle">{{$row.Label}}</text>
 <line x1="60" x2="{{$n.Timeline.Width}}" y1="{{$row.Y}}" y2="{{$row.Y}}" stroke="#ccc"/>
-{{range $row.Points}}<rect x="{{.PlannedX}}" y="{{$row.Y}}" width="1" height="14" fill="#999" transform="translate(0,-7)"><title>planned time of attempt {{.Attempt.Number}}</title></rect>
+{{range $row.Ticks}}<line class="tick" x1="{{.X}}" x2="{{.X}}" y1="{{$row.Y}}" y2="{{add $row.Y 12}}" stroke="#bbb"/><text x="{{.X}}" y="{{add $row.Y 24}}" font-size="10" fill="#666" text-anchor="middle">{{.Label}}</text>{{end}}
+{{range $row.Points}}<rect class="planned" x="{{.PlannedX}}" y="{{$row.Y}}" width="2" height="16" fill="#999" transform="translate(0,-8)"><title>planned time of attempt {{.Attempt.Number}}</title></rect>
 <circle class="attempt" data-attempt="{{.Attempt.Number}}" data-generation="{{.Attempt.Generation}}" data-status="{{.Attempt.StatusCode}}" cx="{{.X}}" cy="{{$row.Y}}" r="6" fill="{{.Color}}"><title>{{.Title}}</title></circle>{{end}}{{end}}
 </svg>
 <table class="attempts"><tr><th>gen</th><th>#</th><th>started</th><th>late vs ladder</th><th>latency</th><th>status</th><th>error class</th><th>error</th></tr>

@@ -1,6 +1,7 @@
 package functions
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -134,6 +135,7 @@ type overviewData struct {
 	Games                 []gameCounts
 	Failed, Held, Overdue []relay.Listed
 	NotRelayed, Orphaned  []relay.Listed
+	Newest                []*relay.Payment
 	// Environment filters the page ("" for both); Environments are the choices.
 	Environment  relay.Environment
 	Environments []relay.Environment
@@ -147,7 +149,49 @@ type overviewData struct {
 type gameCounts struct {
 	Game        string
 	Environment relay.Environment
-	Counts      map[relay.State]string
+	// Counts are payments with a notification in each state; DeliveredHour and DeliveredDay
+	// payments received in the last hour and day and delivered; LastDelivery when the newest
+	// delivered payment's game server last acknowledged (zero if none).
+	Counts                      map[relay.State]int
+	DeliveredHour, DeliveredDay int
+	LastDelivery                time.Time
+}
+
+// dashboardNewest is how many of the newest payments the overview shows.
+const dashboardNewest = 10
+
+// gameCounts counts one game's payments of one environment (Firestore COUNT() queries).
+func (h *Handler) gameCounts(ctx context.Context, game string, env relay.Environment, states []relay.State, now time.Time) (gameCounts, error) {
+	gc := gameCounts{Game: game, Environment: env, Counts: map[relay.State]int{}}
+	for _, st := range states {
+		n, err := h.Service.Count(ctx, relay.Filter{State: st, Game: game, Environment: env})
+		if err != nil {
+			return gc, err
+		}
+		gc.Counts[st] = n
+	}
+	for _, w := range []struct {
+		n    *int
+		back time.Duration
+	}{{&gc.DeliveredHour, time.Hour}, {&gc.DeliveredDay, 24 * time.Hour}} {
+		n, err := h.Service.Count(ctx, relay.Filter{State: relay.StateDelivered, Game: game, Environment: env, From: now.Add(-w.back)})
+		if err != nil {
+			return gc, err
+		}
+		*w.n = n
+	}
+	last, _, err := h.Service.List(ctx, relay.Filter{State: relay.StateDelivered, Game: game, Environment: env}, "", 1)
+	if err != nil {
+		return gc, err
+	}
+	for _, l := range last {
+		for _, a := range l.Notification.Attempts {
+			if end := a.StartedAt.Add(a.Duration); a.Succeeded() && end.After(gc.LastDelivery) {
+				gc.LastDelivery = end
+			}
+		}
+	}
+	return gc, nil
 }
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
@@ -159,23 +203,15 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 	}
 	d := overviewData{Now: h.Clock.Now().UTC(), States: []relay.State{relay.StatePending, relay.StateDelivering, relay.StateHeld, relay.StateFailed, relay.StateCancelled, relay.StateNotRelayed, relay.StateOrphaned}, Limit: dashboardLimit,
 		CSRF: csrfToken(w, r), Queryable: h.queryable(), Environment: env, Environments: relay.Environments}
-	type route struct {
-		game string
-		env  relay.Environment
+	fail := func(err error) {
+		http.Error(w, "temporarily unavailable: "+err.Error(), http.StatusServiceUnavailable)
 	}
-	counts := map[route]map[relay.State]int{}
-	for _, st := range d.States {
+	// The lists (at most dashboardLimit each)...
+	for _, st := range []relay.State{relay.StateFailed, relay.StateHeld, relay.StateNotRelayed, relay.StateOrphaned} {
 		items, _, err := h.Service.List(ctx, relay.Filter{State: st, Environment: env}, "", dashboardLimit)
 		if err != nil {
-			http.Error(w, "temporarily unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			fail(err)
 			return
-		}
-		for _, it := range items {
-			k := route{it.Payment.Game, it.Payment.Environment}
-			if counts[k] == nil {
-				counts[k] = map[relay.State]int{}
-			}
-			counts[k][st]++
 		}
 		switch st {
 		case relay.StateFailed:
@@ -188,22 +224,38 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 			d.Orphaned = items
 		}
 	}
-	// A row per game and environment: production for every game, sandbox where the game has a
-	// sandbox endpoint or sandbox notifications.
+	// ...and the counts, exact: Firestore's COUNT() of the same queries, never capped. A row per
+	// game and environment: production for every game, sandbox where the game has a sandbox
+	// endpoint or sandbox payments.
 	for _, g := range h.Games {
 		for _, e := range relay.Environments {
-			if env != "" && e != env || e == relay.EnvSandbox && !h.Routes.Has(g, e) && counts[route{g, e}] == nil {
+			if env != "" && e != env {
 				continue
 			}
-			gc := gameCounts{Game: g, Environment: e, Counts: map[relay.State]string{}}
-			for _, st := range d.States {
-				n := counts[route{g, e}][st]
-				gc.Counts[st] = fmt.Sprint(n)
-				if n >= dashboardLimit {
-					gc.Counts[st] = fmt.Sprintf("%d+", n)
+			if e == relay.EnvSandbox && !h.Routes.Has(g, e) {
+				if n, err := h.Service.Count(ctx, relay.Filter{Game: g, Environment: e}); err != nil {
+					fail(err)
+					return
+				} else if n == 0 {
+					continue
 				}
 			}
+			gc, err := h.gameCounts(ctx, g, e, d.States, d.Now)
+			if err != nil {
+				fail(err)
+				return
+			}
 			d.Games = append(d.Games, gc)
+		}
+	}
+	newest, _, err := h.Service.List(ctx, relay.Filter{Environment: env}, "", dashboardNewest*3)
+	if err != nil {
+		fail(err)
+		return
+	}
+	for _, it := range newest {
+		if len(d.Newest) < dashboardNewest && (len(d.Newest) == 0 || d.Newest[len(d.Newest)-1].ID != it.Payment.ID) {
+			d.Newest = append(d.Newest, it.Payment)
 		}
 	}
 	overdue, err := h.Service.Overdue(ctx, dashboardLimit)
@@ -427,16 +479,20 @@ form{display:inline-block;margin:4px 8px 4px 0}input[type=text]{width:220px}code
 </style>`
 
 var overviewPage = template.Must(template.New("overview").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay</title>` + style + `</head><body>
-<h1>payrelay</h1><p>{{ts .Now}} UTC. Counts stop at {{.Limit}}. <a href="reconciliations" id="reconciliations">Reconciliation against the providers' bills</a></p>
+<h1>payrelay</h1><p>{{ts .Now}} UTC. Counts are exact; each list shows its newest {{.Limit}}. <a href="reconciliations" id="reconciliations">Reconciliation against the providers' bills</a></p>
 <form action="find" method="get">find a payment: <select name="environment"><option>production</option><option>sandbox</option></select> <input name="provider" placeholder="provider" size="9"> <input name="merchant" placeholder="merchant / app id" size="18"> <input name="order" placeholder="order id" size="18"> <button>open</button></form>
 {{if .Queryable}}<form action="query" method="post" id="query">query the provider (补单): <select name="provider">{{range .Queryable}}<option>{{.}}</option>{{end}}</select> <input name="merchant" placeholder="merchant / app id" size="18" required> <input name="order" placeholder="order id" size="18" required> <input type="text" name="reason" placeholder="why" required><input type="hidden" name="csrf" value="{{.CSRF}}"> <button>query</button></form>{{end}}
 <form action="./" method="get" id="environment">environment: <select name="environment"><option value="">both</option>{{range .Environments}}<option{{if eq . $.Environment}} selected{{end}}>{{.}}</option>{{end}}</select> <button>show</button></form>
 {{if .AppleTests}}<h2>App Store test notifications</h2><table id="apple-tests"><tr><th>app</th><th>environment</th><th>last TEST arrived</th><th></th></tr>
 {{range .AppleTests}}<tr data-bundle="{{.BundleID}}" data-environment="{{.Environment}}"><td>{{.BundleID}}</td><td>{{template "env" .Environment}}</td><td class="last-test">{{if .LastTest.IsZero}}never{{else}}{{ts .LastTest}} UTC{{end}}</td>
 <td><form action="apple-test" method="post"><input type="hidden" name="bundle_id" value="{{.BundleID}}"><input type="hidden" name="environment" value="{{.Environment}}"><input type="hidden" name="reason" value="check the path from Apple"><input type="hidden" name="csrf" value="{{$.CSRF}}"><button>send a test notification</button></form></td></tr>{{end}}</table>{{end}}
-<h2>Notifications by state</h2>
-<table id="counts"><tr><th>game</th><th>environment</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
-{{range $g := .Games}}<tr class="env-{{$g.Environment}}" data-game="{{$g.Game}}" data-environment="{{$g.Environment}}"><td>{{$g.Game}}</td><td>{{template "env" $g.Environment}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>
+<h2>Payments by game</h2>
+<table id="counts"><tr><th>game</th><th>environment</th><th>delivered, last hour</th><th>delivered, last day</th><th>last delivery</th>{{range .States}}<th>{{.}}</th>{{end}}</tr>
+{{range $g := .Games}}<tr class="env-{{$g.Environment}}" data-game="{{$g.Game}}" data-environment="{{$g.Environment}}"><td>{{$g.Game}}</td><td>{{template "env" $g.Environment}}</td><td class="delivered-hour">{{$g.DeliveredHour}}</td><td class="delivered-day">{{$g.DeliveredDay}}</td><td class="last-delivery">{{if $g.LastDelivery.IsZero}}never{{else}}{{ts $g.LastDelivery}}{{end}}</td>{{range $.States}}<td class="{{.}}">{{index $g.Counts .}}</td>{{end}}</tr>{{end}}</table>
+<p style="font-size:12px;color:#666">Exact counts of payments (Firestore COUNT(), never capped): a payment counts once in each state one of its notifications is in. "Delivered, last hour / day": payments received in that window whose notification the game server acknowledged. Times are UTC.</p>
+<h2>Newest payments</h2>
+<table id="newest"><tr><th>received</th><th>game</th><th>environment</th><th>provider</th><th>order</th><th>amount</th><th>state</th></tr>
+{{range .Newest}}<tr class="env-{{.Environment}}"><td>{{ts .ReceivedAt}}</td><td>{{.Game}}</td><td>{{template "env" .Environment}}</td><td>{{.Provider}}</td><td><a href="payments/{{path .ID}}">{{.OrderID}}</a></td><td>{{money .AmountMinor .Currency}}</td><td>{{with .Paid}}<span class="{{.State}}">{{.State}}</span>{{else}}refund only{{end}}</td></tr>{{end}}</table>
 <h2>Failed ({{len .Failed}})</h2>{{template "list" .Failed}}
 {{if .Orphaned}}<h2 class="failed" id="orphaned">Orphaned ({{len .Orphaned}}): their game, its endpoint or its queue is gone; nothing was posted. Restore it, then replay</h2>{{template "list" .Orphaned}}{{end}}
 <h2>Not relayed ({{len .NotRelayed}}): stored, never posted (no endpoint for their environment, or an app configured for the other); replay once it has one</h2>{{template "list" .NotRelayed}}

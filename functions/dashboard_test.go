@@ -1,6 +1,11 @@
 package functions
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,5 +57,37 @@ func TestTimelineSpreadsTheLadder(t *testing.T) {
 	}
 	if last := pts[7].X; last > tl.Width || last < tl.Width-40 {
 		t.Errorf("the last attempt at x %d of %d: the axis should end near it", last, tl.Width)
+	}
+}
+
+// The overview's counts are exact past the lists' bound (250 pending, not "200+"), count the
+// deliveries of the last hour and day, name the last delivery's time, and list the newest
+// payments.
+func TestOverviewCountsExactly(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.h.Games = []string{"game-1"}
+	for i := range 250 {
+		if code, _ := serve(f.h.Ingest, signed(strings.Replace(validBody, "order-1001", fmt.Sprintf("order-%d", 5000+i), 1), testNow)); code != http.StatusOK {
+			t.Fatal("ingest failed")
+		}
+	}
+	for i := range 3 {
+		id := relay.PaymentID(relay.EnvProduction, "generic", "game-1", fmt.Sprintf("order-%d", 5000+i))
+		serve(f.h.Deliver, deliverReq(`{"payment_id":"`+id+`","notification":"paid","attempt":1}`))
+	}
+	w := httptest.NewRecorder()
+	f.h.Admin(w, httptest.NewRequest(http.MethodGet, "/", nil))
+	body := w.Body.String()
+	row := regexp.MustCompile(`(?s)<tr class="env-production" data-game="game-1".*?</tr>`).FindString(body)
+	for _, want := range []string{`<td class="delivered-hour">3</td>`, `<td class="delivered-day">3</td>`, `<td class="pending">247</td>`,
+		`<td class="last-delivery">` + testNow.UTC().Format("2006-01-02 15:04:05") + `</td>`} {
+		if !strings.Contains(row, want) {
+			t.Errorf("the game's row lacks %s:\n%s", want, row)
+		}
+	}
+	newest := regexp.MustCompile(`(?s)<table id="newest">.*?</table>`).FindString(body)
+	if n := strings.Count(newest, "<tr class="); n != dashboardNewest || !strings.Contains(newest, "<td>6.48 CNY</td>") {
+		t.Errorf("newest payments: %d rows, want %d:\n%s", n, dashboardNewest, newest)
 	}
 }

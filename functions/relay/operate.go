@@ -25,6 +25,9 @@ type Finder interface {
 	// AckWaiting returns payments whose purchase waits for its acknowledgement to the store
 	// (tag "ack:waiting"), newest received first, a page at a time like List.
 	AckWaiting(ctx context.Context, cursor string, limit int) ([]*Payment, string, error)
+	// Count counts the payments List would return for f, every one (an aggregation, not a
+	// read of each): a payment counts once however many of its notifications match.
+	Count(ctx context.Context, f Filter) (int, error)
 }
 
 // Filter selects notifications for an operator. Empty fields match everything.
@@ -225,6 +228,20 @@ func (s *Service) List(ctx context.Context, f Filter, cursor string, limit int) 
 		}
 	}
 	return out, next, nil
+}
+
+// Count counts the payments with a notification matching f (the store's aggregation, retried).
+func (s *Service) Count(ctx context.Context, f Filter) (int, error) {
+	if s.cfg.Finder == nil {
+		return 0, ErrNoFinder
+	}
+	var n int
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = s.cfg.Finder.Count(ctx, f)
+		return err
+	})
+	return n, err
 }
 
 // Overdue lists the notifications the sweeper would heal now: pending past SweepMargin, or

@@ -85,6 +85,11 @@ func (s *Firestore) List(ctx context.Context, f relay.Filter, cursor string, lim
 	return s.page(ctx, "firestore.List", s.listQuery(f), cursor, limit, func(p *relay.Payment) time.Time { return p.ReceivedAt })
 }
 
+// Count implements relay.Finder: the COUNT() of an operator's list query (its index).
+func (s *Firestore) Count(ctx context.Context, f relay.Filter) (int, error) {
+	return s.count(ctx, "firestore.Count", s.listQuery(f))
+}
+
 // AckWaiting implements relay.Finder: the payments tagged ack:waiting, newest received first
 // (the operators' list index on tags and received_at).
 func (s *Firestore) AckWaiting(ctx context.Context, cursor string, limit int) ([]*relay.Payment, string, error) {

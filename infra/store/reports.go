@@ -36,15 +36,20 @@ func (s *Firestore) OnBillDay(ctx context.Context, key, after string, limit int)
 // CountOnBillDay implements relay.DayFinder: a COUNT() aggregation of the same query, served
 // by the same index (Firestore bills it as one read per 1,000 index entries).
 func (s *Firestore) CountOnBillDay(ctx context.Context, key string) (int, error) {
-	q := s.coll.Where("bill_days", "array-contains", key)
+	return s.count(ctx, "firestore.CountOnBillDay", s.coll.Where("bill_days", "array-contains", key))
+}
+
+// count runs q's COUNT() aggregation: one read per thousand index entries, not one per
+// document.
+func (s *Firestore) count(ctx context.Context, op string, q firestore.Query) (int, error) {
 	res, err := q.NewAggregationQuery().WithCount("n").Get(ctx)
 	if err != nil {
-		return 0, classify("firestore.CountOnBillDay", err)
+		return 0, classify(op, err)
 	}
 	s.counter.read()
 	v, ok := res["n"]
 	if !ok {
-		return 0, fmt.Errorf("firestore.CountOnBillDay: no count in the answer")
+		return 0, fmt.Errorf("%s: no count in the answer", op)
 	}
 	switch n := v.(type) {
 	case int64:
@@ -52,7 +57,7 @@ func (s *Firestore) CountOnBillDay(ctx context.Context, key string) (int, error)
 	case *firestorepb.Value:
 		return int(n.GetIntegerValue()), nil
 	}
-	return 0, fmt.Errorf("firestore.CountOnBillDay: a count of type %T", v)
+	return 0, fmt.Errorf("%s: a count of type %T", op, v)
 }
 
 // reportDoc is a reconciliation report as stored, in the payments collection's sibling

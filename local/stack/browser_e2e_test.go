@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -75,19 +76,34 @@ func TestDashboardInABrowser(t *testing.T) {
 
 	dir := artifacts(t)
 	var overview, page []byte
-	var attempts, rows int
+	var attempts, rows, ticks, xs int
+	var failedCount, lastDelivery, newestOrder string
 	err := chromedp.Run(ctx,
 		chromedp.Navigate(st.AdminURL()+"/"),
 		chromedp.WaitVisible(`#counts`, chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelector('#counts tr[data-game="demo-a"][data-environment="production"] td.failed').textContent`, &failedCount),
+		chromedp.Evaluate(`document.querySelector('#counts tr[data-game="demo-a"][data-environment="production"] td.last-delivery').textContent`, &lastDelivery),
+		chromedp.Evaluate(`[...document.querySelectorAll('#newest a')].map(a => a.textContent).join(' ')`, &newestOrder),
 		chromedp.FullScreenshot(&overview, 100),
 		chromedp.Navigate(st.AdminURL()+"/payments/"+id),
 		chromedp.WaitVisible(`svg.timeline`, chromedp.ByQuery),
 		chromedp.Evaluate(`document.querySelectorAll('section[data-state="failed"] circle.attempt').length`, &attempts),
 		chromedp.Evaluate(`document.querySelectorAll('tr.attempt-row').length`, &rows),
+		chromedp.Evaluate(`document.querySelectorAll('section[data-state="failed"] line.tick').length`, &ticks),
+		chromedp.Evaluate(`new Set([...document.querySelectorAll('section[data-state="failed"] circle.attempt')].map(c => Math.round(c.cx.baseVal.value / 8))).size`, &xs),
 		chromedp.FullScreenshot(&page, 100),
 	)
 	if err != nil {
 		t.Fatalf("browser: %v", err)
+	}
+	// The overview: exact counts (this payment among the failed), the last delivery's time, the
+	// newest payments with this one among them.
+	if n, err := strconv.Atoi(failedCount); err != nil || n < 1 || lastDelivery == "" || !strings.Contains(newestOrder, order) {
+		t.Errorf("overview: failed %q, last delivery %q, newest %q; want a count, a time and %s listed", failedCount, lastDelivery, newestOrder, order)
+	}
+	// The timeline: a time axis with ticks, the 8 attempts apart (no two within 8 px).
+	if ticks < 3 || xs != 8 {
+		t.Errorf("timeline: %d ticks, attempts at %d distinct places; want an axis and 8 apart", ticks, xs)
 	}
 	os.WriteFile(filepath.Join(dir, "dashboard-overview.png"), overview, 0o644)
 	os.WriteFile(filepath.Join(dir, "dashboard-payment-failed.png"), page, 0o644)

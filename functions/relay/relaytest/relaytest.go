@@ -296,6 +296,28 @@ func (s *Store) List(_ context.Context, f relay.Filter, cursor string, limit int
 	return all, next, nil
 }
 
+// Count implements relay.Finder over the payments in memory.
+func (s *Store) Count(_ context.Context, f relay.Filter) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail("count"); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range s.payments {
+		if !slices.Contains(p.Tags(), f.TagFor()) {
+			continue
+		}
+		for i := range p.Notifications {
+			if f.Matches(p, &p.Notifications[i]) {
+				n++
+				break
+			}
+		}
+	}
+	return n, nil
+}
+
 // newestFirst sorts payments newest received first (then by id) and returns the page after
 // cursor (the last payment id of the previous page) and the next page's cursor, as the store's
 // lists page.

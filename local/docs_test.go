@@ -22,6 +22,9 @@ type docBlock struct {
 	file     string
 	text     string
 	commands []string
+	// deployed: the block's first line is "# against the deployment": its commands need the
+	// project (they are named, and their flags checked, not run).
+	deployed bool
 }
 
 // docBlocks reads every README.md of the repository (the front page and the focused documents
@@ -68,7 +71,7 @@ func docBlocks(t *testing.T) []docBlock {
 			t.Fatal(err)
 		}
 		for _, m := range fence.FindAllStringSubmatch(string(b), -1) {
-			blk := docBlock{file: strings.TrimPrefix(f, "../"), text: m[1]}
+			blk := docBlock{file: strings.TrimPrefix(f, "../"), text: m[1], deployed: strings.HasPrefix(m[1], "# against the deployment")}
 			cont := ""
 			for _, line := range strings.Split(m[1], "\n") {
 				line = strings.TrimSpace(line)
@@ -141,6 +144,13 @@ func TestDocsCommands(t *testing.T) {
 		var run []string
 		for _, c := range b.commands {
 			r := ruleFor(c)
+			if b.deployed {
+				if strings.HasPrefix(c, "go run ./local") {
+					checkFlags(t, b.file, c)
+				}
+				counts["deployed"]++
+				continue
+			}
 			if r == nil {
 				t.Errorf("%s: %q is run by no test: run it in TestDocsCommands, .ci/run or a named test, and add its rule", b.file, c)
 				continue

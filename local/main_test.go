@@ -537,3 +537,29 @@ func TestReplayDemoAcrossARestart(t *testing.T) {
 		t.Errorf("a negative count:\n%s", r.all)
 	}
 }
+
+// With gcloud but no Java the runner says Java is missing, not that the emulator is.
+func TestRunnerWithoutJavaSaysSo(t *testing.T) {
+	t.Parallel()
+	gcloud, err := exec.LookPath("gcloud")
+	if err != nil {
+		t.Skip("gcloud is not installed")
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(gcloud, filepath.Join(dir, "gcloud")); err != nil {
+		t.Fatal(err)
+	}
+	p := ports(t, 5)
+	cmd := exec.Command(bin, "-port", fmt.Sprint(p[0]), "-tasks-port", fmt.Sprint(p[1]), "-game-port", fmt.Sprint(p[2]), "-firestore-port", fmt.Sprint(p[3]), "-providers-port", fmt.Sprint(p[4]))
+	var env []string
+	for _, kv := range childEnv() {
+		if !strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = append(env, "PATH="+dir) // gcloud, and no java
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "Java is not on PATH") || !strings.Contains(string(out), "openjdk") {
+		t.Errorf("without Java: %s", out)
+	}
+}

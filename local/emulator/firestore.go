@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -57,6 +58,10 @@ func StartFirestoreFrom(ctx context.Context, port int, logw io.Writer, dir strin
 	if err != nil {
 		return nil, fmt.Errorf("%w: gcloud is not on PATH; %s", ErrNotInstalled, InstallHint)
 	}
+	if _, err := exec.LookPath("java"); err != nil {
+		// Installed or not, the emulator cannot run: say what is missing.
+		return nil, fmt.Errorf("%w: Java is not on PATH, and the Firestore emulator runs on Java 11+ (Debian: apt-get install openjdk-17-jre-headless)", ErrNotInstalled)
+	}
 	if port == 0 {
 		if port, err = FreePort(); err != nil {
 			return nil, err
@@ -90,6 +95,9 @@ func StartFirestoreFrom(ctx context.Context, port int, logw io.Writer, dir strin
 		}
 		select {
 		case <-f.done:
+			if installed(gcloud) {
+				return nil, fmt.Errorf("`gcloud emulators firestore start` exited (%v) though the emulator is installed: its output says why", cmd.ProcessState)
+			}
 			return nil, fmt.Errorf("%w: `gcloud emulators firestore start` exited (%v); %s", ErrNotInstalled, cmd.ProcessState, InstallHint)
 		case <-ctx.Done():
 			f.Stop()
@@ -100,6 +108,18 @@ func StartFirestoreFrom(ctx context.Context, port int, logw io.Writer, dir strin
 		case <-tick.C:
 		}
 	}
+}
+
+// installed reports whether gcloud's installation holds the Firestore emulator component (the
+// gcloud installer's, or Debian's google-cloud-cli-firestore-emulator, which puts it in the same
+// place).
+func installed(gcloud string) bool {
+	out, err := exec.Command(gcloud, "info", "--format=value(installation.sdk_root)").Output()
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(strings.TrimSpace(string(out)), "platform", "cloud-firestore-emulator"))
+	return err == nil
 }
 
 // ready reports whether the emulator at host answers its health endpoint.

@@ -179,7 +179,7 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 		counts = append(counts, string(k), rep.Counts[k])
 	}
 	log.InfoContext(ctx, "reconciliation done", counts...)
-	run.Report = viewReport(rep)
+	run.Report = viewReport(rep, 0, (len(rep.Findings)+relay.FindingsPage-1)/relay.FindingsPage)
 	return run
 }
 
@@ -281,10 +281,14 @@ type reportView struct {
 	BillRefunds  int            `json:"bill_refunds"`
 	Matched      int            `json:"matched"`
 	Counts       map[string]int `json:"counts"`
-	Findings     []findingView  `json:"findings"`
-	Runs         int            `json:"runs"`
-	By           string         `json:"by"`
-	RanAt        time.Time      `json:"ran_at"`
+	// Findings are page Page (from 0) of the report's Pages pages of findings, FindingsPage
+	// each; Counts count them all.
+	Findings []findingView `json:"findings"`
+	Page     int           `json:"page"`
+	Pages    int           `json:"pages"`
+	Runs     int           `json:"runs"`
+	By       string        `json:"by"`
+	RanAt    time.Time     `json:"ran_at"`
 }
 
 type findingView struct {
@@ -301,13 +305,20 @@ type findingView struct {
 	Reason       string `json:"reason,omitempty"`
 }
 
-func viewReport(r *relay.Report) *reportView {
+// viewReport is a report as the API shows it, with page page of its pages of findings (a
+// report read whole shows its first).
+func viewReport(r *relay.Report, page, pages int) *reportView {
 	v := &reportView{ID: r.ID, Provider: r.Provider, Merchant: r.Merchant, Day: r.Day, BillPayments: r.BillPayments, BillRefunds: r.BillRefunds,
-		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingView{}, Runs: r.Runs, By: r.By, RanAt: r.RanAt}
+		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingView{}, Runs: r.Runs, By: r.By, RanAt: r.RanAt, Page: page, Pages: pages}
 	for _, k := range relay.FindingKinds {
 		v.Counts[string(k)] = r.Counts[k]
 	}
-	for _, f := range r.Findings {
+	findings := r.Findings
+	if len(findings) > relay.FindingsPage { // a whole report: its first page
+		v.Pages = (len(findings) + relay.FindingsPage - 1) / relay.FindingsPage
+		findings = findings[:relay.FindingsPage]
+	}
+	for _, f := range findings {
 		v.Findings = append(v.Findings, findingView{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID,
 			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
 	}
@@ -362,18 +373,26 @@ func (h *Handler) billAccounts() []string {
 	return out
 }
 
-// adminReports answers GET /api/reconciliations[?limit=] and GET /api/reconciliations/{id}.
+// adminReports answers GET /api/reconciliations[?limit=] and GET
+// /api/reconciliations/{id}[?page=N] (a page of FindingsPage findings, from 0).
 func (h *Handler) adminReports(w http.ResponseWriter, r *http.Request, id string) {
 	ctx := h.context(r)
 	if id != "" {
-		rep, err := h.Service.Report(ctx, id)
+		page, err := reportPageParam(r)
+		if err != nil {
+			writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: "invalid request", Reason: err.Error(), Field: "page"})
+			return
+		}
+		rep, pages, err := h.Service.ReportPage(ctx, id, page)
 		switch {
 		case errors.Is(err, relay.ErrNotFound):
 			writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: "no report " + id})
 		case err != nil:
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: "temporarily unavailable", Reason: "retry"})
+		case page > 0 && page >= pages:
+			writeJSON(w, http.StatusNotFound, errorBody{Error: "not found", Reason: fmt.Sprintf("report %s has %d pages of findings", id, pages)})
 		default:
-			writeJSON(w, http.StatusOK, viewReport(rep))
+			writeJSON(w, http.StatusOK, viewReport(rep, page, pages))
 		}
 		return
 	}
@@ -390,7 +409,7 @@ func (h *Handler) adminReports(w http.ResponseWriter, r *http.Request, id string
 		Reports []*reportView `json:"reports"`
 	}{Reports: []*reportView{}}
 	for _, rep := range reps {
-		out.Reports = append(out.Reports, viewReport(rep))
+		out.Reports = append(out.Reports, viewReport(rep, 0, 0))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -404,7 +423,7 @@ func (h *Handler) reportsPage(w http.ResponseWriter, r *http.Request) {
 	}
 	var views []*reportView
 	for _, rep := range reps {
-		views = append(views, viewReport(rep))
+		views = append(views, viewReport(rep, 0, 0))
 	}
 	render(w, reportsTemplate, struct {
 		Reports  []*reportView
@@ -415,12 +434,17 @@ func (h *Handler) reportsPage(w http.ResponseWriter, r *http.Request) {
 	}{views, relay.FindingKinds, h.billAccounts(), relay.BillDay(h.Clock.Now().AddDate(0, 0, -1)), csrfToken(w, r)})
 }
 
-// reportPage shows one report's findings, each linking to its payment.
+// reportPage shows one report's findings, a page at a time, each linking to its payment.
 func (h *Handler) reportPage(w http.ResponseWriter, r *http.Request, id string) {
-	rep, err := h.Service.Report(h.context(r), id)
+	page, err := reportPageParam(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	rep, pages, err := h.Service.ReportPage(h.context(r), id, page)
 	switch {
-	case errors.Is(err, relay.ErrNotFound):
-		http.Error(w, "no report "+id, http.StatusNotFound)
+	case errors.Is(err, relay.ErrNotFound), err == nil && page > 0 && page >= pages:
+		http.Error(w, "no report "+id+" (or no such page of its findings)", http.StatusNotFound)
 		return
 	case err != nil:
 		http.Error(w, "temporarily unavailable", http.StatusServiceUnavailable)
@@ -429,7 +453,20 @@ func (h *Handler) reportPage(w http.ResponseWriter, r *http.Request, id string) 
 	render(w, reportTemplate, struct {
 		R     *reportView
 		Kinds []relay.FindingKind
-	}{viewReport(rep), relay.FindingKinds})
+	}{viewReport(rep, page, pages), relay.FindingKinds})
+}
+
+// reportPageParam reads ?page= (from 0; absent: 0).
+func reportPageParam(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("page")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("page %.20q: want a number from 0", v)
+	}
+	return n, nil
 }
 
 // formReconcile is the dashboard's "reconcile now" form.
@@ -464,4 +501,5 @@ var reportTemplate = template.Must(template.New("report").Funcs(funcs).Parse(`<!
 <table id="report-counts"><tr>{{range .Kinds}}<th>{{.}}</th>{{end}}</tr><tr>{{range .Kinds}}<td>{{index $.R.Counts (print .)}}</td>{{end}}</tr></table>
 <table id="findings"><tr><th>finding</th><th>order</th><th>refund</th><th>bill (minor)</th><th>settled (minor)</th><th>payrelay (minor)</th><th>action</th><th>why</th></tr>
 {{range .R.Findings}}<tr class="finding" data-kind="{{.Kind}}"><td>{{.Kind}}</td><td>{{if .PaymentID}}<a href="../payments/{{path .PaymentID}}">{{.OrderID}}</a>{{else}}{{.OrderID}}{{end}}</td><td>{{.RefundID}}</td><td>{{.BillMinor}}</td><td>{{if .SettledMinor}}{{.SettledMinor}}{{end}}</td><td>{{.StoredMinor}}</td><td>{{.Action}}</td><td>{{.Reason}}</td></tr>{{end}}</table>
+{{if gt .R.Pages 1}}<p id="pages">findings, page {{add .R.Page 1}} of {{.R.Pages}} ({{len .R.Findings}} here; the counts above count them all): {{if gt .R.Page 0}}<a href="?page={{add .R.Page -1}}" id="prev">previous</a> {{end}}{{if lt (add .R.Page 1) .R.Pages}}<a href="?page={{add .R.Page 1}}" id="next">next</a>{{end}}</p>{{end}}
 </body></html>`))

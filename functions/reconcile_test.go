@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/payrelay/payrelay/functions/provider"
 	"github.com/payrelay/payrelay/functions/provider/providertest"
@@ -349,5 +350,76 @@ func TestReconcileRecoversRefunds(t *testing.T) {
 		if got := postedOf(f, order); got != want {
 			t.Errorf("%s posted %q, want %q", order, got, want)
 		}
+	}
+}
+
+// A day with 1,200 findings keeps them all: the run's answer shows the first page of 500 and
+// says there are 3; the API pages through them (?page=2 holds the last 200); a page past the
+// end is 404, a page that is no number 422.
+func TestReconciliationFindingsArePaged(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	h := f.h
+	at := testNow.Add(-time.Hour)
+	day := relay.BillDay(at)
+	var entries []relay.Result
+	for i := range 1200 {
+		entries = append(entries, relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "generic", Environment: relay.EnvProduction,
+			Merchant: "shop-2", OrderID: fmt.Sprintf("bill-%04d", i), TransactionID: fmt.Sprintf("txn-%d", i), AmountMinor: 100, Currency: "CNY", PaidAt: at, AppID: "shop-2", Game: "game-1"}})
+	}
+	h.Providers["bills"] = &fakeBiller{Generic: h.Providers["generic"].(*provider.Generic), bill: relay.Bill{Provider: "generic", Environment: relay.EnvProduction,
+		Merchant: "shop-2", Day: day, Rows: relay.EntryRows(entries...)}}
+	w := record(h.Reconcile, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"day":"`+day+`"}`)))
+	code, body := w.Code, w.Body.String()
+	var run struct {
+		Runs []struct {
+			Report struct {
+				ID       string
+				Counts   map[string]int
+				Findings []json.RawMessage
+				Page     int
+				Pages    int
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &run); err != nil || code != http.StatusOK || len(run.Runs) != 1 {
+		t.Fatalf("Reconcile = %d %.300s", code, body)
+	}
+	rep := run.Runs[0].Report
+	if rep.Counts["missing_payment"] != 1200 || len(rep.Findings) != 500 || rep.Pages != 3 || rep.Page != 0 {
+		t.Fatalf("the run's report: %d missing, %d findings shown, page %d of %d", rep.Counts["missing_payment"], len(rep.Findings), rep.Page, rep.Pages)
+	}
+	get := func(q string) (int, string) {
+		w := record(h.Admin, httptest.NewRequest(http.MethodGet, "/api/reconciliations/"+rep.ID+q, nil))
+		return w.Code, w.Body.String()
+	}
+	code, body = get("?page=2")
+	var page struct {
+		Findings []struct {
+			OrderID string `json:"order_id"`
+		}
+		Page  int
+		Pages int
+	}
+	json.Unmarshal([]byte(body), &page)
+	if code != http.StatusOK || len(page.Findings) != 200 || page.Page != 2 || page.Pages != 3 {
+		t.Fatalf("page 2: %d, %d findings, page %d of %d", code, len(page.Findings), page.Page, page.Pages)
+	}
+	seen := map[string]bool{}
+	for p := range 3 {
+		_, body := get(fmt.Sprintf("?page=%d", p))
+		json.Unmarshal([]byte(body), &page)
+		for _, f := range page.Findings {
+			seen[f.OrderID] = true
+		}
+	}
+	if len(seen) != 1200 {
+		t.Errorf("the pages hold %d distinct orders, want all 1200", len(seen))
+	}
+	if code, _ := get("?page=3"); code != http.StatusNotFound {
+		t.Errorf("a page past the end: %d, want 404", code)
+	}
+	if code, _ := get("?page=x"); code != http.StatusUnprocessableEntity {
+		t.Errorf("page=x: %d, want 422", code)
 	}
 }

@@ -143,14 +143,19 @@ type Report struct {
 	// with the same facts.
 	BillPayments, BillRefunds, Matched int
 	Counts                             map[FindingKind]int
-	Findings                           []Finding // at most MaxFindings; Counts has them all
+	Findings                           []Finding // every one (a page of them when read by page)
 	Runs                               int       // how many runs wrote this report
 	By                                 string    // who ran it (the scheduler, an operator)
 	RanAt                              time.Time
 }
 
-// MaxFindings bounds the findings a report keeps (its document's size); Counts counts all.
-const MaxFindings = 500
+// FindingsPage is how many findings one page of a stored report holds: a report keeps every
+// finding, stored and read a page at a time (a Firestore document's size bounds a page).
+const FindingsPage = 500
+
+// FindingsDetailed bounds the not_in_bill findings whose payment a run reads to name the order
+// and refund (one read each); the others carry the payment id and amount only.
+const FindingsDetailed = 500
 
 // ReportID names a report.
 func ReportID(provider, merchant, day string) string { return provider + "-" + merchant + "-" + day }
@@ -160,8 +165,11 @@ type ReportStore interface {
 	// PutReport writes the report, replacing an earlier run's of the same id, and sets r.Runs
 	// to the runs so far, this one included: atomically, so two runs at once count two.
 	PutReport(ctx context.Context, r *Report) error
-	// GetReport returns a report; ErrNotFound if none.
+	// GetReport returns a report with every finding; ErrNotFound if none.
 	GetReport(ctx context.Context, id string) (*Report, error)
+	// GetReportPage returns a report with page page (from 0) of its findings, and how many
+	// pages it has; ErrNotFound if none.
+	GetReportPage(ctx context.Context, id string, page int) (*Report, int, error)
 	// ListReports returns the newest reports (by day, then run), at most limit.
 	ListReports(ctx context.Context, limit int) ([]*Report, error)
 }
@@ -239,9 +247,7 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 		Counts: map[FindingKind]int{}, By: by, RanAt: s.cfg.Clock.Now()}
 	add := func(f Finding) {
 		rep.Counts[f.Kind]++
-		if len(rep.Findings) < MaxFindings {
-			rep.Findings = append(rep.Findings, f)
-		}
+		rep.Findings = append(rep.Findings, f)
 	}
 	// What payrelay holds of that day, under every merchant the bill covers.
 	set, err := s.loadDay(ctx, b)
@@ -462,16 +468,17 @@ func (s *Service) ingestStaged(ctx context.Context, b Bill, staged []Result, rep
 }
 
 // notInBill reports what payrelay holds of the day that the bill lacked: every record of the
-// set the bill did not mark. The findings kept (MaxFindings) read their payment for the order
-// and refund ids; the rest are counted.
+// set the bill did not mark. The first FindingsDetailed read their payment for the order and
+// refund ids; the rest name the payment id and amount.
 func (s *Service) notInBill(ctx context.Context, set *daySet, rep *Report, add func(Finding)) error {
+	detailed := 0
 	for i := range set.recs {
 		rec := &set.recs[i]
 		if rec.flags()&recSeen != 0 {
 			continue
 		}
 		f := Finding{Kind: FindingNotInBill, PaymentID: rec.paymentID(), StoredMinor: rec.amount, Action: "reported"}
-		if len(rep.Findings) < MaxFindings {
+		if detailed++; detailed <= FindingsDetailed {
 			p, _, err := s.getRetry(ctx, f.PaymentID)
 			if err != nil && !errors.Is(err, ErrNotFound) {
 				return fmt.Errorf("payment %s: %w", f.PaymentID, err)
@@ -614,6 +621,21 @@ func (s *Service) Report(ctx context.Context, id string) (*Report, error) {
 		return err
 	})
 	return r, err
+}
+
+// ReportPage returns a stored report with one page of its findings, and its number of pages.
+func (s *Service) ReportPage(ctx context.Context, id string, page int) (*Report, int, error) {
+	if s.cfg.Reports == nil {
+		return nil, 0, ErrNoReconcile
+	}
+	var r *Report
+	var pages int
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		r, pages, err = s.cfg.Reports.GetReportPage(ctx, id, page)
+		return err
+	})
+	return r, pages, err
 }
 
 // Reports returns the newest stored reports.

@@ -61,7 +61,8 @@ func (s *Firestore) count(ctx context.Context, op string, q firestore.Query) (in
 }
 
 // reportDoc is a reconciliation report as stored, in the payments collection's sibling
-// "<collection>-reports", one document per provider, merchant and day.
+// "<collection>-reports", one document per provider, merchant and day; its findings are in the
+// report's subcollection "findings", a document per page of relay.FindingsPage ("p00000", ...).
 type reportDoc struct {
 	Provider     string         `firestore:"provider"`
 	Merchant     string         `firestore:"merchant"`
@@ -70,10 +71,16 @@ type reportDoc struct {
 	BillRefunds  int            `firestore:"bill_refunds"`
 	Matched      int            `firestore:"matched"`
 	Counts       map[string]int `firestore:"counts"`
-	Findings     []findingDoc   `firestore:"findings"`
-	Runs         int            `firestore:"runs"`
-	By           string         `firestore:"by"`
-	RanAt        time.Time      `firestore:"ran_at"`
+	// Pages is how many pages of findings the last run wrote.
+	Pages int       `firestore:"finding_pages"`
+	Runs  int       `firestore:"runs"`
+	By    string    `firestore:"by"`
+	RanAt time.Time `firestore:"ran_at"`
+}
+
+// pageDoc is one page of a report's findings.
+type pageDoc struct {
+	Findings []findingDoc `firestore:"findings"`
 }
 
 type findingDoc struct {
@@ -84,7 +91,7 @@ type findingDoc struct {
 	RefundNo    string `firestore:"refund_no,omitempty"`
 	BillMinor   int64  `firestore:"bill_minor"`
 	StoredMinor int64  `firestore:"stored_minor"`
-	// SettledMinor: absent on reports written before it existed (read as 0: none stated).
+	// SettledMinor: absent where the bill states no settlement apart (read as 0).
 	SettledMinor int64  `firestore:"settled_minor,omitempty"`
 	Action       string `firestore:"action"`
 	Reason       string `firestore:"reason"`
@@ -94,31 +101,50 @@ func (s *Firestore) reports() *firestore.CollectionRef {
 	return s.client.Collection(s.coll.ID + "-reports")
 }
 
-// PutReport implements relay.ReportStore: the earlier report's run count read and the new
-// report written in one transaction, so two runs at once count two.
+func pageRef(report *firestore.DocumentRef, page int) *firestore.DocumentRef {
+	return report.Collection("findings").Doc(fmt.Sprintf("p%05d", page))
+}
+
+// PutReport implements relay.ReportStore: the findings' pages written first (in batches, as
+// many as there are), then the report, its run count read and written in one transaction so two
+// runs at once count two, then the pages an earlier, longer run left beyond these deleted. A
+// reader meanwhile sees the earlier report with some of the new pages: the report says how many
+// pages are its own.
 func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 	d := reportDoc{Provider: r.Provider, Merchant: r.Merchant, Day: r.Day, BillPayments: r.BillPayments, BillRefunds: r.BillRefunds,
-		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingDoc{}, By: utf8(r.By), RanAt: r.RanAt}
+		Matched: r.Matched, Counts: map[string]int{}, By: utf8(r.By), RanAt: r.RanAt}
 	for k, n := range r.Counts {
 		d.Counts[string(k)] = n
 	}
-	for _, f := range r.Findings {
-		d.Findings = append(d.Findings, findingDoc{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID, RefundNo: f.RefundNo,
-			BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: utf8(f.Reason)})
-	}
 	ref := s.reports().Doc(r.ID)
+	d.Pages = (len(r.Findings) + relay.FindingsPage - 1) / relay.FindingsPage
+	for first := 0; first < d.Pages; first += maxBatch {
+		batch := s.client.Batch()
+		for page := first; page < min(first+maxBatch, d.Pages); page++ {
+			var pd pageDoc
+			for _, f := range r.Findings[page*relay.FindingsPage : min((page+1)*relay.FindingsPage, len(r.Findings))] {
+				pd.Findings = append(pd.Findings, findingDoc{Kind: string(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID, RefundID: f.RefundID, RefundNo: f.RefundNo,
+					BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: utf8(f.Reason)})
+			}
+			s.counter.write()
+			batch.Set(pageRef(ref, page), pd)
+		}
+		if _, err := batch.Commit(ctx); err != nil {
+			return classify("firestore.PutReport pages", err)
+		}
+	}
+	before := 0
 	err := s.client.RunTransaction(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
-		d.Runs = 1
+		d.Runs, before = 1, 0
 		s.counter.read()
 		snap, err := tx.Get(ref)
 		switch {
 		case err == nil:
-			runs, err := snap.DataAt("runs")
-			if err != nil {
+			var old reportDoc
+			if err := snap.DataTo(&old); err != nil {
 				return err
 			}
-			n, _ := runs.(int64)
-			d.Runs = int(n) + 1
+			d.Runs, before = old.Runs+1, old.Pages
 		case status.Code(err) != codes.NotFound:
 			return err
 		}
@@ -128,22 +154,78 @@ func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 	if err != nil {
 		return classify("firestore.PutReport", err)
 	}
+	for page := d.Pages; page < before; page++ {
+		s.counter.write()
+		if _, err := pageRef(ref, page).Delete(ctx); err != nil {
+			return classify("firestore.PutReport stale page", err)
+		}
+	}
 	r.Runs = d.Runs
 	return nil
 }
 
-// GetReport implements relay.ReportStore.
+// maxBatch is how many writes one batch holds (Firestore's limit is 500).
+const maxBatch = 400
+
+// GetReport implements relay.ReportStore: the report and every page of its findings.
 func (s *Firestore) GetReport(ctx context.Context, id string) (*relay.Report, error) {
-	s.counter.read()
-	snap, err := s.reports().Doc(id).Get(ctx)
+	r, pages, err := s.GetReportPage(ctx, id, 0)
 	if err != nil {
-		return nil, classify("firestore.GetReport", err)
+		return nil, err
 	}
-	return decodeReport(snap)
+	for page := 1; page < pages; page++ {
+		p, err := s.findingsPage(ctx, s.reports().Doc(id), page)
+		if err != nil {
+			return nil, err
+		}
+		r.Findings = append(r.Findings, p...)
+	}
+	return r, nil
+}
+
+// GetReportPage implements relay.ReportStore.
+func (s *Firestore) GetReportPage(ctx context.Context, id string, page int) (*relay.Report, int, error) {
+	s.counter.read()
+	ref := s.reports().Doc(id)
+	snap, err := ref.Get(ctx)
+	if err != nil {
+		return nil, 0, classify("firestore.GetReport", err)
+	}
+	r, pages, err := decodeReport(snap)
+	if err != nil || page < 0 || page >= pages {
+		return r, pages, err
+	}
+	r.Findings, err = s.findingsPage(ctx, ref, page)
+	return r, pages, err
+}
+
+// findingsPage reads one page of a report's findings.
+func (s *Firestore) findingsPage(ctx context.Context, report *firestore.DocumentRef, page int) ([]relay.Finding, error) {
+	s.counter.read()
+	snap, err := pageRef(report, page).Get(ctx)
+	if err != nil {
+		return nil, classify("firestore.GetReport page", err)
+	}
+	var pd pageDoc
+	if err := snap.DataTo(&pd); err != nil {
+		return nil, fmt.Errorf("firestore.DataTo report %s page %d: %w", report.ID, page, err)
+	}
+	out := make([]relay.Finding, 0, len(pd.Findings))
+	for _, f := range pd.Findings {
+		out = append(out, relay.Finding{Kind: relay.FindingKind(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID,
+			RefundID: f.RefundID, RefundNo: f.RefundNo, BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
+	}
+	return out, nil
+}
+
+// StoredFindingPages counts the pages of findings stored under report id (what an operator
+// would see in the console; a check that a shorter run left no stale page).
+func (s *Firestore) StoredFindingPages(ctx context.Context, id string) (int, error) {
+	return s.count(ctx, "firestore.StoredFindingPages", s.reports().Doc(id).Collection("findings").Query)
 }
 
 // ListReports implements relay.ReportStore: newest day first, on the automatic single-field
-// index of day.
+// index of day; the reports without their findings (their counts are whole).
 func (s *Firestore) ListReports(ctx context.Context, limit int) ([]*relay.Report, error) {
 	docs, err := s.reports().OrderBy("day", firestore.Desc).Limit(limit).Documents(ctx).GetAll()
 	if err != nil {
@@ -152,7 +234,7 @@ func (s *Firestore) ListReports(ctx context.Context, limit int) ([]*relay.Report
 	var out []*relay.Report
 	for _, snap := range docs {
 		s.counter.read()
-		r, err := decodeReport(snap)
+		r, _, err := decodeReport(snap)
 		if err != nil {
 			return nil, err
 		}
@@ -161,19 +243,15 @@ func (s *Firestore) ListReports(ctx context.Context, limit int) ([]*relay.Report
 	return out, nil
 }
 
-func decodeReport(snap *firestore.DocumentSnapshot) (*relay.Report, error) {
+func decodeReport(snap *firestore.DocumentSnapshot) (*relay.Report, int, error) {
 	var d reportDoc
 	if err := snap.DataTo(&d); err != nil {
-		return nil, fmt.Errorf("firestore.DataTo report %s: %w", snap.Ref.ID, err)
+		return nil, 0, fmt.Errorf("firestore.DataTo report %s: %w", snap.Ref.ID, err)
 	}
 	r := &relay.Report{ID: snap.Ref.ID, Provider: d.Provider, Merchant: d.Merchant, Day: d.Day, BillPayments: d.BillPayments,
 		BillRefunds: d.BillRefunds, Matched: d.Matched, Counts: map[relay.FindingKind]int{}, Runs: d.Runs, By: d.By, RanAt: d.RanAt.UTC()}
 	for k, n := range d.Counts {
 		r.Counts[relay.FindingKind(k)] = n
 	}
-	for _, f := range d.Findings {
-		r.Findings = append(r.Findings, relay.Finding{Kind: relay.FindingKind(f.Kind), OrderID: f.OrderID, PaymentID: f.PaymentID,
-			RefundID: f.RefundID, RefundNo: f.RefundNo, BillMinor: f.BillMinor, StoredMinor: f.StoredMinor, SettledMinor: f.SettledMinor, Action: f.Action, Reason: f.Reason})
-	}
-	return r, nil
+	return r, d.Pages, nil
 }

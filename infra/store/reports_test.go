@@ -217,3 +217,43 @@ func BenchmarkOnBillDay(b *testing.B) {
 		b.ReportMetric(float64(slowest.Microseconds())/1000, "ms/page")
 	})
 }
+
+// A report keeps every finding, in pages: 1,100 findings read back whole and page by page
+// (500, 500, 100); a later run with 300 leaves one page and deletes the two it no longer needs.
+func TestReportFindingsArePaged(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	mk := func(n int) *relay.Report {
+		r := &relay.Report{ID: relay.ReportID("alipay", "app", "2026-11-20"), Provider: "alipay", Merchant: "app", Day: "2026-11-20",
+			Counts: map[relay.FindingKind]int{relay.FindingMissingPayment: n}, By: "scheduler", RanAt: time.Now().UTC().Truncate(time.Microsecond)}
+		for i := range n {
+			r.Findings = append(r.Findings, relay.Finding{Kind: relay.FindingMissingPayment, OrderID: fmt.Sprintf("o-%05d", i), PaymentID: fmt.Sprintf("p%d", i), BillMinor: int64(i + 1), Action: "ingested"})
+		}
+		return r
+	}
+	big := mk(1100)
+	if err := s.PutReport(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := s.GetReport(ctx, big.ID)
+	if err != nil || len(whole.Findings) != 1100 || whole.Findings[1099].OrderID != "o-01099" || whole.Counts[relay.FindingMissingPayment] != 1100 {
+		t.Fatalf("whole report: %d findings, %v", len(whole.Findings), err)
+	}
+	for page, want := range []int{500, 500, 100} {
+		r, pages, err := s.GetReportPage(ctx, big.ID, page)
+		if err != nil || pages != 3 || len(r.Findings) != want || r.Findings[0].OrderID != fmt.Sprintf("o-%05d", page*500) {
+			t.Fatalf("page %d: %d findings of %d pages, %v", page, len(r.Findings), pages, err)
+		}
+	}
+	if err := s.PutReport(ctx, mk(300)); err != nil {
+		t.Fatal(err)
+	}
+	r, pages, err := s.GetReportPage(ctx, big.ID, 0)
+	if err != nil || pages != 1 || len(r.Findings) != 300 || r.Runs != 2 {
+		t.Fatalf("after a shorter run: %d findings, %d pages, run %d, %v", len(r.Findings), pages, r.Runs, err)
+	}
+	if n, err := s.StoredFindingPages(ctx, big.ID); err != nil || n != 1 {
+		t.Errorf("%d pages of findings stored (%v); the longer run's two extra pages should be gone", n, err)
+	}
+}

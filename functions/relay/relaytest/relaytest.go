@@ -500,6 +500,20 @@ func (s *Reports) GetReport(_ context.Context, id string) (*relay.Report, error)
 	return &r, nil
 }
 
+// GetReportPage implements relay.ReportStore.
+func (s *Reports) GetReportPage(_ context.Context, id string, page int) (*relay.Report, int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.reports[id]
+	if !ok {
+		return nil, 0, relay.ErrNotFound
+	}
+	pages := (len(r.Findings) + relay.FindingsPage - 1) / relay.FindingsPage
+	lo := min(page*relay.FindingsPage, len(r.Findings))
+	r.Findings = slices.Clone(r.Findings[lo:min(lo+relay.FindingsPage, len(r.Findings))])
+	return &r, pages, nil
+}
+
 // ListReports implements relay.ReportStore: newest day first.
 func (s *Reports) ListReports(_ context.Context, limit int) ([]*relay.Report, error) {
 	s.mu.Lock()

@@ -100,7 +100,8 @@ func startRunner(t *testing.T, env []string, args ...string) *runner {
 	return r
 }
 
-// expect reads lines until one contains want.
+// expect reads lines until one contains want ("ready": until the line that is exactly ready,
+// which the runner prints once it is ready, not a line that happens to hold the word).
 func (r *runner) expect(t *testing.T, want string, within time.Duration) {
 	t.Helper()
 	deadline := time.After(within)
@@ -111,7 +112,7 @@ func (r *runner) expect(t *testing.T, want string, within time.Duration) {
 				t.Fatalf("output ended before %q:\n%s", want, r.all)
 			}
 			r.all.WriteString(l + "\n")
-			if strings.Contains(l, want) {
+			if want == "ready" && l == "ready" || want != "ready" && strings.Contains(l, want) {
 				return
 			}
 		case <-deadline:
@@ -392,7 +393,7 @@ func TestRunnerLeavesNothingBehind(t *testing.T) {
 				}
 			})
 			sc := bufio.NewScanner(pr)
-			for sc.Scan() && !strings.Contains(sc.Text(), "ready") {
+			for sc.Scan() && sc.Text() != "ready" {
 			}
 			switch ending {
 			case "SIGHUP":

@@ -18,6 +18,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"slices"
@@ -501,17 +502,18 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	s.sweepDone = make(chan struct{})
 	go s.sweepLoop(o.SweepEvery)
 	// Ready means ready: a write read back through Firestore, and a task dispatched by Cloud
-	// Tasks to Deliver, which reads Firestore and answers, before anyone is told to send.
-	if err := s.roundTrip(ctx, queues[0], vars["DELIVER_URL"]); err != nil {
+	// Tasks and answered, before anyone is told to send.
+	if err := s.roundTrip(ctx, queues[0]); err != nil {
 		return s, fmt.Errorf("the stack started but is not ready: %w", err)
 	}
 	return s, nil
 }
 
 // roundTrip writes a document and reads it back, then has the Cloud Tasks emulator dispatch a
-// task to Deliver (for a payment that does not exist: Deliver reads Firestore, answers 200, and
-// the task is done), retrying within a minute: a cold emulator's first calls are slow.
-func (s *Stack) roundTrip(ctx context.Context, queue, deliverURL string) error {
+// task to a probe endpoint and waits for its 2xx, retrying within a minute: a cold emulator's
+// first calls are slow. (Not to Deliver: a probe task there would be logged as a rejected
+// delivery.)
+func (s *Stack) roundTrip(ctx context.Context, queue string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	fs, err := firestore.NewClient(ctx, ProjectID)
@@ -534,20 +536,32 @@ func (s *Stack) roundTrip(ctx context.Context, queue, deliverURL string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	answered := make(chan struct{}, 1)
+	probe := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case answered <- struct{}{}:
+		default:
+		}
+	}))
+	defer probe.Close()
 	name := fmt.Sprintf("%s/tasks/ready-probe-%d", queue, time.Now().UnixNano())
-	body := []byte(`{"payment_id":"ready-probe","notification":"paid","attempt":1}`)
 	if _, err := s.Tasks.CreateTask(ctx, &cloudtaskspb.CreateTaskRequest{Parent: queue, Task: &cloudtaskspb.Task{Name: name,
-		MessageType: &cloudtaskspb.Task_HttpRequest{HttpRequest: &cloudtaskspb.HttpRequest{Url: deliverURL, HttpMethod: cloudtaskspb.HttpMethod_POST, Body: body}}}}); err != nil {
+		MessageType: &cloudtaskspb.Task_HttpRequest{HttpRequest: &cloudtaskspb.HttpRequest{Url: probe.URL, HttpMethod: cloudtaskspb.HttpMethod_POST}}}}); err != nil {
 		return fmt.Errorf("Cloud Tasks: %w", err)
+	}
+	select {
+	case <-answered:
+	case <-ctx.Done():
+		return errors.New("Cloud Tasks did not dispatch a probe task within a minute")
 	}
 	for {
 		if _, err := s.Tasks.GetTask(ctx, &cloudtaskspb.GetTaskRequest{Name: name}); status.Code(err) == codes.NotFound {
-			return nil // dispatched, and Deliver answered 2xx
+			return nil // dispatched, answered 2xx, and done
 		}
 		select {
 		case <-ctx.Done():
-			return errors.New("Cloud Tasks did not get a 2xx from Deliver for a probe task within a minute")
-		case <-time.After(50 * time.Millisecond):
+			return errors.New("Cloud Tasks kept a probe task answered 2xx")
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

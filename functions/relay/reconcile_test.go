@@ -272,6 +272,26 @@ func TestReconcileMatchedDayCostsNoReadPerLine(t *testing.T) {
 	}
 }
 
+// A large day is read in id ranges at once (4 for 5,000 payments: one per 1,200), every payment
+// exactly once: the bill matches all of them and nothing is missing or not in the bill; the
+// pages read stay about the day's size in pages, whatever the ranges.
+func TestReconcileReadsALargeDayInRanges(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	entries := notifiedDay(t, h, "big-", 5000)
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Rows: relay.EntryRows(entries...)}
+	queries := h.store.DayQueries
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil || rep.Matched != 5000 || len(rep.Findings) != 0 {
+		t.Fatalf("a day of 5,000 read in ranges: matched %d, findings %d (%v), %v", rep.Matched, len(rep.Findings), rep.Counts, err)
+	}
+	// 5,000 in 4 ranges of about 1,250: 5 pages each (the last short), and the refunds' key's one.
+	if q := h.store.DayQueries - queries; q < 20 || q > 24 { // one range would read 18
+		t.Errorf("%d day queries; want about 4 ranges of 5 pages and one for the refunds", q)
+	}
+}
+
 // A day larger than a page is read a page per store operation; a page that fails is retried on
 // its own, and the report still covers every payment of the day once.
 func TestReconcileReadsALargeDayInPages(t *testing.T) {
@@ -324,7 +344,7 @@ func (d *dayOf) payment(i int) *relay.Payment {
 				Response: `{"ok":true}`, Delivery: fmt.Sprintf("%032d-paid-1#0", i)}}}}}
 }
 
-func (d *dayOf) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {
+func (d *dayOf) OnBillDay(_ context.Context, key, after, _ string, limit int) ([]*relay.Payment, error) {
 	if !strings.HasPrefix(key, "paid|") {
 		return nil, nil
 	}
@@ -370,7 +390,7 @@ func BenchmarkReconcileDayHeld(b *testing.B) {
 	b.Run("reconcile", func(b *testing.B) {
 		d := &dayOf{n: n}
 		svc, err := relay.NewService(relay.Config{Store: relaytest.NewStore(), Queue: relaytest.NewQueue(), Clock: relaytest.NewClock(t0),
-			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: d,
+			Ladder: schedule.Default(), Lease: time.Minute, Reports: relaytest.NewReports(), Days: d, DayPartitions: 1, // dayOf serves one reader in order
 			Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
 				return relay.NotifyResult{}
 			})})

@@ -148,6 +148,9 @@ type Config struct {
 	// Reports and Days run the daily reconciliation; optional (without them it is refused).
 	Reports ReportStore
 	Days    DayFinder
+	// DayPartitions is how many id ranges of a stored day are read at once (default
+	// DayPartitions).
+	DayPartitions int
 	// Cursors keep the recovery sweeps' progress (Stripe's undelivered events); optional.
 	Cursors CursorStore
 	// StoreAcker acknowledges purchases to their stores after the game server's

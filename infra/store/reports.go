@@ -21,10 +21,13 @@ var (
 // OnBillDay implements relay.DayFinder: an array-contains query on bill_days in document id
 // order, a page at a time. Firestore's automatic single-field index on bill_days serves it
 // (its entries are ordered by document name within a value), so it needs no composite index.
-func (s *Firestore) OnBillDay(ctx context.Context, key, after string, limit int) ([]*relay.Payment, error) {
+func (s *Firestore) OnBillDay(ctx context.Context, key, after, before string, limit int) ([]*relay.Payment, error) {
 	q := s.coll.Where("bill_days", "array-contains", key).OrderBy(firestore.DocumentID, firestore.Asc).Limit(limit)
 	if after != "" {
 		q = q.StartAfter(after)
+	}
+	if before != "" {
+		q = q.EndBefore(before)
 	}
 	docs, err := q.Documents(ctx).GetAll()
 	if err != nil {

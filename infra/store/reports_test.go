@@ -34,7 +34,7 @@ func TestOnBillDay(t *testing.T) {
 	}
 	ids := func(key string) []string {
 		t.Helper()
-		ps, err := s.OnBillDay(ctx, key, "", relay.DayPage)
+		ps, err := s.OnBillDay(ctx, key, "", "", relay.DayPage)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func TestOnBillDayPages(t *testing.T) {
 	key := relay.BillDayKey("paid", "generic", "pages-merchant", "2026-11-20")
 	var got [][]string
 	for after := ""; len(got) < 10; { // a cursor ignored would page forever
-		page, err := s.OnBillDay(ctx, key, after, 2)
+		page, err := s.OnBillDay(ctx, key, after, "", 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +187,7 @@ func BenchmarkOnBillDay(b *testing.B) {
 	b.Run("one-query", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if ps, err := s.OnBillDay(ctx, key, "", n+1); err != nil || len(ps) != n {
+			if ps, err := s.OnBillDay(ctx, key, "", "", n+1); err != nil || len(ps) != n {
 				b.Fatal(len(ps), err)
 			}
 		}
@@ -199,7 +199,7 @@ func BenchmarkOnBillDay(b *testing.B) {
 			got := 0
 			for after := ""; ; {
 				start := time.Now()
-				ps, err := s.OnBillDay(ctx, key, after, relay.DayPage)
+				ps, err := s.OnBillDay(ctx, key, after, "", relay.DayPage)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -255,5 +255,50 @@ func TestReportFindingsArePaged(t *testing.T) {
 	}
 	if n, err := s.StoredFindingPages(ctx, big.ID); err != nil || n != 1 {
 		t.Errorf("%d pages of findings stored (%v); the longer run's two extra pages should be gone", n, err)
+	}
+}
+
+// A day read in id ranges on the emulator: the ranges [""-"4"), ["4"-"8"), ["8"-"c"), ["c"-"")
+// hold every payment of the day exactly once.
+func TestOnBillDayRanges(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	const n = 200
+	key := ""
+	for i := range n {
+		p := payment(fmt.Sprintf("range-%03d", i))
+		if _, _, _, err := s.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		key = p.BillDays()[0]
+	}
+	seen := map[string]int{}
+	bounds := []string{"", "4", "8", "c", ""}
+	for i := range 4 {
+		for after := bounds[i]; ; {
+			page, err := s.OnBillDay(ctx, key, after, bounds[i+1], 30)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range page {
+				seen[p.ID]++
+				if p.ID <= bounds[i] || bounds[i+1] != "" && p.ID >= bounds[i+1] {
+					t.Errorf("%s read in range [%q, %q)", p.ID, bounds[i], bounds[i+1])
+				}
+			}
+			if len(page) < 30 {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("the ranges read %d of %d payments", len(seen), n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("%s read %d times", id, c)
+		}
 	}
 }

@@ -446,7 +446,7 @@ func (s *Store) CountOnBillDay(_ context.Context, key string) (int, error) {
 
 // OnBillDay implements relay.DayFinder over the payments in memory, in id order. DayQueries
 // counts its calls (the pages read).
-func (s *Store) OnBillDay(_ context.Context, key, after string, limit int) ([]*relay.Payment, error) {
+func (s *Store) OnBillDay(_ context.Context, key, after, before string, limit int) ([]*relay.Payment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail("day"); err != nil {
@@ -455,7 +455,7 @@ func (s *Store) OnBillDay(_ context.Context, key, after string, limit int) ([]*r
 	s.DayQueries++
 	var out []*relay.Payment
 	for _, p := range s.payments {
-		if p.ID > after && slices.Contains(p.BillDays(), key) {
+		if p.ID > after && (before == "" || p.ID < before) && slices.Contains(p.BillDays(), key) {
 			out = append(out, p)
 		}
 	}

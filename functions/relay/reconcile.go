@@ -548,7 +548,7 @@ func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
 		for _, kind := range []string{billPaid, billRefund} {
 			var n int
 			key := BillDayKey(kind, b.Provider, m, b.Day)
-			err := s.withRetry(ctx, func(ctx context.Context) error {
+			err := s.withRetryCount(ctx, func(ctx context.Context) error {
 				var err error
 				n, err = s.cfg.Days.CountOnBillDay(ctx, key)
 				return err

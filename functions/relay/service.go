@@ -261,9 +261,23 @@ func recordBackoff(remaining time.Duration) retry.Backoff {
 		retry.WithJitterPercent(20, retry.NewExponential(50*time.Millisecond))))
 }
 
+// CountTimeout bounds one COUNT() aggregation: it scans the index entries it counts (Firestore
+// documents aggregations over millions of entries taking seconds; the emulator, which keeps no
+// index, scans the documents), so OpTimeout, made for single-document calls, is too short.
+const CountTimeout = 60 * time.Second
+
+// withRetryCount is withRetry for a COUNT() aggregation, each try bounded by CountTimeout.
+func (s *Service) withRetryCount(ctx context.Context, f func(context.Context) error) error {
+	return s.retryTimeout(ctx, s.cfg.Backoff(), max(CountTimeout, s.cfg.OpTimeout), f)
+}
+
 func (s *Service) retryWith(ctx context.Context, b retry.Backoff, f func(context.Context) error) error {
+	return s.retryTimeout(ctx, b, s.cfg.OpTimeout, f)
+}
+
+func (s *Service) retryTimeout(ctx context.Context, b retry.Backoff, timeout time.Duration, f func(context.Context) error) error {
 	return retry.Do(ctx, b, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
+		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		err := f(ctx)
 		if err != nil && Retryable(err) {

@@ -287,8 +287,11 @@ type reportView struct {
 	Page     int           `json:"page"`
 	Pages    int           `json:"pages"`
 	Runs     int           `json:"runs"`
-	By       string        `json:"by"`
-	RanAt    time.Time     `json:"ran_at"`
+	// RelayJob relays the missing payments and refunds when there were more than
+	// relay.ReconcileInline (GET /api/jobs/{id} shows its progress).
+	RelayJob string    `json:"relay_job,omitempty"`
+	By       string    `json:"by"`
+	RanAt    time.Time `json:"ran_at"`
 }
 
 type findingView struct {
@@ -309,7 +312,7 @@ type findingView struct {
 // report read whole shows its first).
 func viewReport(r *relay.Report, page, pages int) *reportView {
 	v := &reportView{ID: r.ID, Provider: r.Provider, Merchant: r.Merchant, Day: r.Day, BillPayments: r.BillPayments, BillRefunds: r.BillRefunds,
-		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingView{}, Runs: r.Runs, By: r.By, RanAt: r.RanAt, Page: page, Pages: pages}
+		Matched: r.Matched, Counts: map[string]int{}, Findings: []findingView{}, Runs: r.Runs, By: r.By, RanAt: r.RanAt, Page: page, Pages: pages, RelayJob: r.RelayJob}
 	for _, k := range relay.FindingKinds {
 		v.Counts[string(k)] = r.Counts[k]
 	}
@@ -497,7 +500,7 @@ var reportsTemplate = template.Must(template.New("reports").Funcs(funcs).Parse(`
 var reportTemplate = template.Must(template.New("report").Funcs(funcs).Parse(`<!doctype html><html><head><meta charset="utf-8"><title>payrelay: reconciliation {{.R.Day}}</title>` + style + `</head><body>
 <p><a href="../reconciliations">← reconciliation reports</a></p>
 <h1>{{.R.Provider}} {{.R.Merchant}}, bill of {{.R.Day}}</h1>
-<p>{{.R.BillPayments}} payments and {{.R.BillRefunds}} refunds in the bill; {{.R.Matched}} matched what payrelay stored. Run {{.R.Runs}} time(s), last at {{ts .R.RanAt}} by {{.R.By}}.</p>
+<p>{{.R.BillPayments}} payments and {{.R.BillRefunds}} refunds in the bill; {{.R.Matched}} matched what payrelay stored. Run {{.R.Runs}} time(s), last at {{ts .R.RanAt}} by {{.R.By}}.{{with .R.RelayJob}} What it found missing is relayed by job <code id="relay-job">{{.}}</code> on the ops queue, at the bulk replay's rate (its progress: <code>GET /api/jobs/{{.}}</code>).{{end}}</p>
 <table id="report-counts"><tr>{{range .Kinds}}<th>{{.}}</th>{{end}}</tr><tr>{{range .Kinds}}<td>{{index $.R.Counts (print .)}}</td>{{end}}</tr></table>
 <table id="findings"><tr><th>finding</th><th>order</th><th>refund</th><th>bill (minor)</th><th>settled (minor)</th><th>payrelay (minor)</th><th>action</th><th>why</th></tr>
 {{range .R.Findings}}<tr class="finding" data-kind="{{.Kind}}"><td>{{.Kind}}</td><td>{{if .PaymentID}}<a href="../payments/{{path .PaymentID}}">{{.OrderID}}</a>{{else}}{{.OrderID}}{{end}}</td><td>{{.RefundID}}</td><td>{{.BillMinor}}</td><td>{{if .SettledMinor}}{{.SettledMinor}}{{end}}</td><td>{{.StoredMinor}}</td><td>{{.Action}}</td><td>{{.Reason}}</td></tr>{{end}}</table>

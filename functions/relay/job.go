@@ -16,13 +16,18 @@ import (
 // retried from the cursor saved after the previous one, and a notification this job already
 // replayed is skipped (its history names the job), so none is replayed twice.
 type Job struct {
-	ID     string   `json:"id"`
-	Filter Filter   `json:"filter"`
-	By     string   `json:"by"`
-	Reason string   `json:"reason"`
-	State  JobState `json:"state"`
-	Step   int      `json:"step"`             // the next step to run
-	Cursor string   `json:"cursor,omitempty"` // where the next step's page starts
+	ID string `json:"id"`
+	// Kind is JobReplay (a bulk replay: Filter, Cursor) or JobRelay (a reconciliation's missing
+	// payments and refunds, relayed from its stored items: ReportID, Pages).
+	Kind     JobKind  `json:"kind"`
+	ReportID string   `json:"report_id,omitempty"`
+	Pages    int      `json:"pages,omitempty"`
+	Filter   Filter   `json:"filter"`
+	By       string   `json:"by"`
+	Reason   string   `json:"reason"`
+	State    JobState `json:"state"`
+	Step     int      `json:"step"`             // the next step to run
+	Cursor   string   `json:"cursor,omitempty"` // where the next step's page starts
 	// Counts of the steps recorded. A step interrupted before it recorded its progress is not
 	// counted; its replays stand in the notifications' histories under the job's id.
 	Replayed int `json:"replayed"`
@@ -37,6 +42,22 @@ type Job struct {
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
+
+// JobKind is what a job does.
+type JobKind string
+
+const (
+	// JobReplay replays the notifications a filter selects.
+	JobReplay JobKind = "replay"
+	// JobRelay relays what a reconciliation found missing: its items stored with it, a page
+	// (JobItemsPage) per step. For it the counts read: Replayed ingested, Skipped already stored
+	// (by its own notification meanwhile, or by this job before an interruption), Refused a
+	// conflict or money payrelay cannot relay, Failed an item's own failure.
+	JobRelay JobKind = "relay"
+)
+
+// JobItemsPage is how many of a relay job's items one step ingests.
+const JobItemsPage = 100
 
 // JobState is where a job is.
 type JobState string
@@ -53,6 +74,9 @@ type JobStore interface {
 	CreateJob(ctx context.Context, j *Job) error
 	GetJob(ctx context.Context, id string) (*Job, Version, error)
 	UpdateJob(ctx context.Context, j *Job, v Version) (Version, error)
+	// PutJobItems stores page page of a relay job's items; JobItems reads it back.
+	PutJobItems(ctx context.Context, jobID string, page int, items []Result) error
+	JobItems(ctx context.Context, jobID string, page int) ([]Result, error)
 }
 
 // JobQueue schedules a job's steps (on a queue of their own, never a game's).
@@ -88,7 +112,7 @@ func (s *Service) StartReplayJob(ctx context.Context, f Filter, op Operator) (*J
 	var b [8]byte
 	rand.Read(b[:])
 	now := s.cfg.Clock.Now()
-	j := &Job{ID: "job-" + hex.EncodeToString(b[:]), Filter: f, By: op.By, Reason: op.Reason, State: JobRunning, CreatedAt: now, UpdatedAt: now}
+	j := &Job{ID: "job-" + hex.EncodeToString(b[:]), Kind: JobReplay, Filter: f, By: op.By, Reason: op.Reason, State: JobRunning, CreatedAt: now, UpdatedAt: now}
 	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Jobs.CreateJob(ctx, j) }); err != nil {
 		return nil, fmt.Errorf("create job: %w", err)
 	}
@@ -133,6 +157,9 @@ func (s *Service) RunJobStep(ctx context.Context, jobID string, step int) (*Job,
 	if j.State == JobDone || j.Step != step {
 		return j, nil
 	}
+	if j.Kind == JobRelay {
+		return s.relayStep(ctx, j, v)
+	}
 	items, next, err := s.List(ctx, j.Filter, j.Cursor, JobPage)
 	if err != nil {
 		return j, err
@@ -166,6 +193,90 @@ func (s *Service) RunJobStep(ctx context.Context, jobID string, step int) (*Job,
 	}
 	j.Cursor, j.Step, j.UpdatedAt = next, step+1, s.cfg.Clock.Now()
 	if next == "" {
+		j.State = JobDone
+	}
+	err = s.withRetry(ctx, func(ctx context.Context) error {
+		_, err := s.cfg.Jobs.UpdateJob(ctx, j, v)
+		return err
+	})
+	if errors.Is(err, ErrVersionConflict) {
+		return j, nil // another run of this step recorded it first
+	}
+	if err != nil {
+		return j, fmt.Errorf("record job progress: %w", err)
+	}
+	if j.State == JobRunning {
+		if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.JobQueue.EnqueueJob(ctx, j.ID, j.Step) }); err != nil {
+			return j, fmt.Errorf("enqueue job step %d: %w", j.Step, err)
+		}
+	}
+	return j, nil
+}
+
+// startRelayJob stores a reconciliation's items to relay (payments before refunds, as staged)
+// in pages and enqueues the job's first step: the ops queue relays them at ReplayRate, a page
+// per step, resumable as a bulk replay is.
+func (s *Service) startRelayJob(ctx context.Context, reportID, by string, items []Result) (*Job, error) {
+	var b [8]byte
+	rand.Read(b[:])
+	now := s.cfg.Clock.Now()
+	j := &Job{ID: "job-" + hex.EncodeToString(b[:]), Kind: JobRelay, ReportID: reportID, By: by, Reason: "reconciliation " + reportID,
+		State: JobRunning, Pages: (len(items) + JobItemsPage - 1) / JobItemsPage, CreatedAt: now, UpdatedAt: now}
+	for page := range j.Pages {
+		chunk := items[page*JobItemsPage : min((page+1)*JobItemsPage, len(items))]
+		if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Jobs.PutJobItems(ctx, j.ID, page, chunk) }); err != nil {
+			return nil, fmt.Errorf("store relay job items: %w", err)
+		}
+	}
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.Jobs.CreateJob(ctx, j) }); err != nil {
+		return nil, fmt.Errorf("create relay job: %w", err)
+	}
+	if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.JobQueue.EnqueueJob(ctx, j.ID, 0) }); err != nil {
+		return j, fmt.Errorf("enqueue relay job: %w", err)
+	}
+	return j, nil
+}
+
+// relayStep ingests page j.Step of a relay job's items at the bounded rate, each through the
+// notification path (ingest is idempotent: an item ingested before an interruption is found
+// stored, never relayed twice), then records the progress and enqueues the next step.
+func (s *Service) relayStep(ctx context.Context, j *Job, v Version) (*Job, error) {
+	var items []Result
+	err := s.withRetry(ctx, func(ctx context.Context) error {
+		var err error
+		items, err = s.cfg.Jobs.JobItems(ctx, j.ID, j.Step)
+		return err
+	})
+	if err != nil {
+		return j, fmt.Errorf("load job items: %w", err)
+	}
+	limiter := rate.NewLimiter(rate.Limit(s.cfg.ReplayRate), 1)
+	for _, in := range items {
+		if err := limiter.Wait(ctx); err != nil {
+			return j, err
+		}
+		f, matched, err := s.ingestFinding(ctx, in, Finding{OrderID: in.Payment.OrderID})
+		switch {
+		case err != nil:
+			return j, err // the store or the queue is unavailable: the step runs again
+		case matched:
+			j.Skipped++
+		case f.Action == "ingested":
+			j.Replayed++
+		case f.Action == "failed":
+			j.Failed++
+			if len(j.Failures) < MaxJobFailures {
+				j.Failures = append(j.Failures, fmt.Sprintf("%s: %.200s", in.Payment.OrderID, f.Reason))
+			}
+		default:
+			j.Refused++
+			if len(j.Failures) < MaxJobFailures {
+				j.Failures = append(j.Failures, fmt.Sprintf("%s: %s: %.200s", in.Payment.OrderID, f.Kind, f.Reason))
+			}
+		}
+	}
+	j.Step, j.UpdatedAt = j.Step+1, s.cfg.Clock.Now()
+	if j.Step >= j.Pages {
 		j.State = JobDone
 	}
 	err = s.withRetry(ctx, func(ctx context.Context) error {

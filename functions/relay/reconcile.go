@@ -146,8 +146,11 @@ type Report struct {
 	Counts                             map[FindingKind]int
 	Findings                           []Finding // every one (a page of them when read by page)
 	Runs                               int       // how many runs wrote this report
-	By                                 string    // who ran it (the scheduler, an operator)
-	RanAt                              time.Time
+	// RelayJob is the job relaying what this run found missing, when there was more than
+	// ReconcileInline of it.
+	RelayJob string
+	By       string // who ran it (the scheduler, an operator)
+	RanAt    time.Time
 }
 
 // FindingsPage is how many findings one page of a stored report holds: a report keeps every
@@ -369,6 +372,7 @@ func (s *Service) ingestStaged(ctx context.Context, b Bill, staged []Result, rep
 		}
 		return nil, nil
 	}
+	var missing []pendingIngest
 	inBill := map[string]bool{} // payment ids this bill paid
 	for _, e := range staged {
 		if e.Type == TypePaymentSucceeded {
@@ -442,31 +446,86 @@ func (s *Service) ingestStaged(ctx context.Context, b Bill, staged []Result, rep
 		if p != nil { // a refund of a payment stored, maybe under another app of the account
 			in.Payment.Merchant, in.Payment.AppID, in.Payment.Game = p.Merchant, p.AppID, p.Game
 		}
-		res, err := s.Ingest(ctx, in)
-		var over *ErrOverRefund
-		var fe *FieldError
-		switch {
-		case errors.Is(err, ErrFactsDiffer), errors.As(err, &over):
-			f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", err.Error()
-		case errors.As(err, &fe):
-			f.Kind, f.Action, f.Reason = FindingUnrelayable, "reported", fe.Error()
-		case err != nil && Retryable(err):
-			// The store or the queue is unavailable: the run is repeated (Cloud Scheduler).
-			return fmt.Errorf("ingest order %s: %w", q.OrderID, err)
-		case err != nil:
-			// This order's own failure (its game's queue is gone, a conflict that persisted):
-			// reported, and the run goes on with the bill's other lines (invariant 12).
-			f.Action, f.Reason = "failed", fmt.Sprintf("%.300v", err)
-		case res.Duplicate: // stored meanwhile by its own notification
-			rep.Matched++
-			continue
-		default:
-			f.Action = "ingested"
-			delete(byID, res.PaymentID) // it changed: a later refund of it reads it afresh
+		missing = append(missing, pendingIngest{in, f})
+	}
+	// What is missing, payments before refunds: ingested now, or, when there are more than
+	// ReconcileInline, relayed by a job on the ops queue at the bounded rate (the run would
+	// otherwise spend its timeout ingesting, and all at once).
+	if len(missing) > ReconcileInline && s.cfg.Jobs != nil && s.cfg.JobQueue != nil {
+		items := make([]Result, len(missing))
+		for i, m := range missing {
+			items[i] = m.in
 		}
-		add(f)
+		j, err := s.startRelayJob(ctx, rep.ID, rep.By, items)
+		if j == nil {
+			return err
+		}
+		rep.RelayJob = j.ID
+		for _, m := range missing {
+			m.f.Action = "queued: relayed by job " + j.ID
+			add(m.f)
+		}
+		return err // a job not enqueued: the run is repeated, and its items are found stored
+	}
+	for _, m := range missing {
+		f, matched, err := s.ingestFinding(ctx, m.in, m.f)
+		switch {
+		case err != nil:
+			return err
+		case matched:
+			rep.Matched++
+		default:
+			add(f)
+		}
 	}
 	return nil
+}
+
+// ReconcileInline is how many missing payments and refunds a reconciliation ingests itself;
+// beyond it, a relay job on the ops queue relays them.
+const ReconcileInline = 100
+
+// pendingIngest is a bill's entry to ingest, with its finding.
+type pendingIngest struct {
+	in Result
+	f  Finding
+}
+
+// ingestFinding ingests what a reconciliation found missing through the notification path and
+// completes its finding: ingested, a conflict, money payrelay cannot relay, or the order's own
+// failure (reported; the others go on, invariant 12); matched when it was stored meanwhile (by
+// its own notification, or an interrupted step of a relay job). An error is the store or the
+// queue unavailable: the run or the step is repeated.
+func (s *Service) ingestFinding(ctx context.Context, in Result, f Finding) (Finding, bool, error) {
+	if f.Kind == "" {
+		f.Kind = missingKind(in.Type)
+	}
+	if in.Refund != nil && f.RefundID == "" {
+		f.RefundID, f.BillMinor = in.Refund.ID, in.Refund.AmountMinor
+	} else if f.BillMinor == 0 {
+		f.BillMinor = in.Payment.AmountMinor
+	}
+	res, err := s.Ingest(ctx, in)
+	var over *ErrOverRefund
+	var fe *FieldError
+	switch {
+	case errors.Is(err, ErrFactsDiffer), errors.As(err, &over):
+		f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", err.Error()
+	case errors.As(err, &fe):
+		f.Kind, f.Action, f.Reason = FindingUnrelayable, "reported", fe.Error()
+	case err != nil && Retryable(err):
+		return f, false, fmt.Errorf("ingest order %s: %w", in.Payment.OrderID, err)
+	case err != nil:
+		f.Action, f.Reason = "failed", fmt.Sprintf("%.300v", err)
+	case res.Duplicate:
+		return f, true, nil
+	default:
+		f.Action = "ingested"
+	}
+	if f.PaymentID == "" {
+		f.PaymentID = res.PaymentID
+	}
+	return f, false, nil
 }
 
 // notInBill reports what payrelay holds of the day that the bill lacked: every record of the

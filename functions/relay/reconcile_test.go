@@ -445,3 +445,81 @@ func TestDayRecordSize(t *testing.T) {
 		t.Fatalf("a day record is %d bytes; DayRecordBytes says %d", got, relay.DayRecordBytes)
 	}
 }
+
+// A day with more missing than ReconcileInline relays them through a job on the ops queue: the
+// run stores nothing itself, its findings say queued by the job, and each step ingests a page at
+// the bounded rate. A step killed half way (the store failing after 40 creates) runs again and
+// ingests the rest; nothing is relayed twice, and the refunds go after their payments.
+func TestReconcileRelaysManyMissingThroughAJob(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 20, 0, 0, 0, relay.BillZone)
+	var entries []relay.Result
+	for i := range 250 {
+		entries = append(entries, relay.Result{Type: relay.TypePaymentSucceeded, Payment: relay.Payment{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1",
+			OrderID: fmt.Sprintf("lost-%03d", i), TransactionID: fmt.Sprintf("t-%d", i), AmountMinor: 600, Currency: "CNY", PaidAt: at, AppID: "m1", Game: "sword"}})
+	}
+	var refunds []relay.Result
+	for i := range 5 { // refunds of five of them, listed first in the bill
+		e := entries[i]
+		e.Type, e.Refund = relay.TypePaymentRefunded, &relay.RefundFacts{ID: fmt.Sprintf("rf-%d", i), AmountMinor: 100, RefundedAt: at.Add(time.Hour)}
+		refunds = append(refunds, e)
+	}
+	entries = append(refunds, entries...)
+	bill := relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Rows: relay.EntryRows(entries...)}
+	rep, err := h.svc.Reconcile(ctx, bill, "scheduler")
+	if err != nil || rep.RelayJob == "" || rep.Counts[relay.FindingMissingPayment] != 250 || rep.Counts[relay.FindingMissingRefund] != 5 || h.store.Len() != 0 {
+		t.Fatalf("report: job %q, counts %v, %d stored, %v; want a job, 250 and 5 missing, nothing stored yet", rep.RelayJob, rep.Counts, h.store.Len(), err)
+	}
+	if !strings.HasPrefix(rep.Findings[0].Action, "queued: relayed by job ") {
+		t.Fatalf("finding action %q", rep.Findings[0].Action)
+	}
+	step := func(n int) error {
+		_, err := h.svc.RunJobStep(ctx, rep.RelayJob, n)
+		return err
+	}
+	if err := step(0); err != nil || h.store.Len() != 100 {
+		t.Fatalf("step 0: %v, %d stored", err, h.store.Len())
+	}
+	// Step 1 is killed after 40 of its creates: it must run again.
+	creates := 0
+	h.store.Fail = func(op string) error {
+		if op == "create" {
+			if creates++; creates > 40 {
+				return fmt.Errorf("firestore: %w", relay.ErrUnavailable)
+			}
+		}
+		return nil
+	}
+	if err := step(1); err == nil {
+		t.Fatal("an interrupted step reported success")
+	}
+	h.store.Fail = nil
+	for n := 1; n <= 2; n++ {
+		if err := step(n); err != nil {
+			t.Fatalf("step %d: %v", n, err)
+		}
+	}
+	j, err := h.svc.Job(ctx, rep.RelayJob)
+	if err != nil || j.State != relay.JobDone || j.Replayed+j.Skipped != 255 || j.Skipped != 40 || h.store.Len() != 250 {
+		t.Fatalf("job %+v, %v, %d stored; want done, 215 ingested and 40 found stored after the interruption, 250 payments", j, err, h.store.Len())
+	}
+	if got := h.queue.JobSteps; len(got) != 3 || got[2].Step != 2 {
+		t.Errorf("steps enqueued %v, want 0, 1, 2", got)
+	}
+	h.drain(t)
+	posts := map[string]int{}
+	for _, s := range h.sentKeys() {
+		posts[s]++
+	}
+	if n := len(h.sentKeys()); n != 255 {
+		t.Errorf("%d posts, want 250 payments and 5 refunds, each once", n)
+	}
+	for i := range 5 {
+		id := relay.PaymentID(relay.EnvProduction, "alipay", "m1", fmt.Sprintf("lost-%03d", i))
+		if p := h.store.Payment(id); p == nil || len(p.Notifications) != 2 || p.Notifications[0].Key != relay.KeyPaid || p.Notifications[1].State != relay.StateDelivered {
+			t.Errorf("payment %d: %+v; want its payment, then its refund, both delivered", i, p)
+		}
+	}
+}

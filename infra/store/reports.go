@@ -74,11 +74,13 @@ type reportDoc struct {
 	BillRefunds  int            `firestore:"bill_refunds"`
 	Matched      int            `firestore:"matched"`
 	Counts       map[string]int `firestore:"counts"`
-	// Pages is how many pages of findings the last run wrote.
-	Pages int       `firestore:"finding_pages"`
-	Runs  int       `firestore:"runs"`
-	By    string    `firestore:"by"`
-	RanAt time.Time `firestore:"ran_at"`
+	// Pages is how many pages of findings the last run wrote; RelayJob the job relaying what it
+	// found missing, if one does.
+	Pages    int       `firestore:"finding_pages"`
+	RelayJob string    `firestore:"relay_job"`
+	Runs     int       `firestore:"runs"`
+	By       string    `firestore:"by"`
+	RanAt    time.Time `firestore:"ran_at"`
 }
 
 // pageDoc is one page of a report's findings.
@@ -115,7 +117,7 @@ func pageRef(report *firestore.DocumentRef, page int) *firestore.DocumentRef {
 // pages are its own.
 func (s *Firestore) PutReport(ctx context.Context, r *relay.Report) error {
 	d := reportDoc{Provider: r.Provider, Merchant: r.Merchant, Day: r.Day, BillPayments: r.BillPayments, BillRefunds: r.BillRefunds,
-		Matched: r.Matched, Counts: map[string]int{}, By: utf8(r.By), RanAt: r.RanAt}
+		Matched: r.Matched, Counts: map[string]int{}, By: utf8(r.By), RanAt: r.RanAt, RelayJob: r.RelayJob}
 	for k, n := range r.Counts {
 		d.Counts[string(k)] = n
 	}
@@ -252,7 +254,7 @@ func decodeReport(snap *firestore.DocumentSnapshot) (*relay.Report, int, error) 
 		return nil, 0, fmt.Errorf("firestore.DataTo report %s: %w", snap.Ref.ID, err)
 	}
 	r := &relay.Report{ID: snap.Ref.ID, Provider: d.Provider, Merchant: d.Merchant, Day: d.Day, BillPayments: d.BillPayments,
-		BillRefunds: d.BillRefunds, Matched: d.Matched, Counts: map[relay.FindingKind]int{}, Runs: d.Runs, By: d.By, RanAt: d.RanAt.UTC()}
+		BillRefunds: d.BillRefunds, Matched: d.Matched, Counts: map[relay.FindingKind]int{}, Runs: d.Runs, By: d.By, RanAt: d.RanAt.UTC(), RelayJob: d.RelayJob}
 	for k, n := range d.Counts {
 		r.Counts[relay.FindingKind(k)] = n
 	}

@@ -302,3 +302,31 @@ func TestOnBillDayRanges(t *testing.T) {
 		}
 	}
 }
+
+// A relay job's items survive the round trip: each relay.Result a reconciliation staged, its
+// payment's facts and its refund, read back page by page.
+func TestJobItemsRoundTrip(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	items := []relay.Result{
+		{Type: relay.TypePaymentSucceeded, Via: relay.ViaReconcile, Payment: relay.Payment{Provider: "wechatpay", Environment: relay.EnvProduction, Merchant: "1900000109",
+			OrderID: "o-1", TransactionID: "4200", AmountMinor: 64800, Currency: "CNY", PaidAt: at, AppID: "wx1", Game: "sword", Metadata: map[string]string{"k": "v"}}},
+		{Type: relay.TypePaymentRefunded, Via: relay.ViaReconcile, Payment: relay.Payment{Provider: "wechatpay", Environment: relay.EnvProduction, Merchant: "1900000109",
+			OrderID: "o-1", AmountMinor: 64800, Currency: "CNY", Game: "sword"}, Refund: &relay.RefundFacts{ID: "5030", AmountMinor: 4800, RefundedAt: at.Add(time.Hour), SettlementMinor: 4700}},
+	}
+	if err := s.PutJobItems(ctx, "job-1", 3, items); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.JobItems(ctx, "job-1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(items, got); diff != "" {
+		t.Errorf("items (-want +got):\n%s", diff)
+	}
+	if _, err := s.JobItems(ctx, "job-1", 4); !errors.Is(err, relay.ErrNotFound) {
+		t.Errorf("a page never stored: %v, want ErrNotFound", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,5 +136,60 @@ func TestReconciliationEndToEnd(t *testing.T) {
 	}
 	if _, refused := wxAPI.Counts(); refused != 0 {
 		t.Errorf("WeChat Pay's API refused %d of our requests", refused)
+	}
+}
+
+// A day with more missing payments than a run relays itself: the report names a relay job, the
+// ops queue runs its steps through Deliver at the bulk replay's rate, and each of the 150
+// reaches the game server once.
+func TestReconciliationRelaysManyThroughTheOpsQueue(t *testing.T) {
+	t.Parallel()
+	need(t)
+	const day = "2026-11-18"
+	var lines []providertest.WechatBillLine
+	for i := range 150 {
+		lines = append(lines, providertest.WechatBillLine{At: day + " 20:00:00", AppID: wxApp, MchID: wxMch, TransactionID: fmt.Sprintf("42000012342026111800%08d", i),
+			OutTradeNo: fmt.Sprintf("bulk-wx-%03d", i), State: "SUCCESS", Total: "6.00"})
+	}
+	wxAPI.SetBill(day, providertest.WechatBillText(lines))
+	body := fmt.Sprintf(`{"provider":"wechatpay","merchant":%q,"day":%q,"reason":"a day of lost notifications"}`, wxMch, day)
+	resp, err := http.Post(st.AdminURL()+"/api/reconcile", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var run struct {
+		Report struct {
+			Counts   map[string]int `json:"counts"`
+			RelayJob string         `json:"relay_job"`
+		} `json:"report"`
+		Error string `json:"error"`
+	}
+	json.NewDecoder(resp.Body).Decode(&run)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || run.Report.RelayJob == "" || run.Report.Counts["missing_payment"] != 150 {
+		t.Fatalf("reconcile = %d %+v", resp.StatusCode, run)
+	}
+	for i := range 150 {
+		id := relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, fmt.Sprintf("bulk-wx-%03d", i))
+		if p := waitTerminal(t, id, 60*time.Second); p.Paid().State != relay.StateDelivered || p.Paid().Via != relay.ViaReconcile {
+			t.Fatalf("payment %d ended %s via %s", i, p.Paid().State, p.Paid().Via)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i := range 150 {
+		id := relay.PaymentID(relay.EnvProduction, "wechatpay", wxMch, fmt.Sprintf("bulk-wx-%03d", i))
+		if got := fmt.Sprint(sequence(st.Game.Hits(id))); got != "[paid#1(200)]" {
+			t.Errorf("payment %d: the game server got %s, want it once", i, got)
+		}
+	}
+	resp, err = http.Get(st.AdminURL() + "/api/jobs/" + run.Report.RelayJob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var job relay.Job
+	json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	if job.Kind != relay.JobRelay || job.State != relay.JobDone || job.Replayed+job.Skipped != 150 || job.Pages != 2 {
+		t.Errorf("the relay job: %+v", job)
 	}
 }

@@ -4,6 +4,7 @@ package relaytest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -340,16 +341,38 @@ func newestFirst(all []*relay.Payment, cursor string, limit int) ([]*relay.Payme
 
 // Jobs keeps bulk replay jobs in memory, with versions.
 type Jobs struct {
-	mu   sync.Mutex
-	jobs map[string]relay.Job
-	vers map[string]relay.Version
-	next relay.Version
+	mu    sync.Mutex
+	jobs  map[string]relay.Job
+	vers  map[string]relay.Version
+	next  relay.Version
+	items map[string][]relay.Result // by job id and page
 }
 
 var _ relay.JobStore = (*Jobs)(nil)
 
 // NewJobs returns an empty job store.
-func NewJobs() *Jobs { return &Jobs{jobs: map[string]relay.Job{}, vers: map[string]relay.Version{}} }
+func NewJobs() *Jobs {
+	return &Jobs{jobs: map[string]relay.Job{}, vers: map[string]relay.Version{}, items: map[string][]relay.Result{}}
+}
+
+// PutJobItems implements relay.JobStore.
+func (s *Jobs) PutJobItems(_ context.Context, jobID string, page int, items []relay.Result) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.items[fmt.Sprintf("%s/%d", jobID, page)] = slices.Clone(items)
+	return nil
+}
+
+// JobItems implements relay.JobStore.
+func (s *Jobs) JobItems(_ context.Context, jobID string, page int) ([]relay.Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	items, ok := s.items[fmt.Sprintf("%s/%d", jobID, page)]
+	if !ok {
+		return nil, relay.ErrNotFound
+	}
+	return slices.Clone(items), nil
+}
 
 // CreateJob implements relay.JobStore.
 func (s *Jobs) CreateJob(_ context.Context, j *relay.Job) error {

@@ -170,7 +170,7 @@ variable "function_memory" {
 }
 
 variable "reconcile_memory" {
-  description = "Memory of the functions that reconcile bills (Reconcile, and Admin for operators' runs): a bill is streamed, and a day holds about 49 bytes per row (measured: a 5,000,000-row day peaks at 304 MiB of heap, 233 MiB under GOMEMLIMIT=256MiB); 1Gi holds a day of about 15 million payments."
+  description = "Memory of the functions that reconcile bills (Reconcile, and Admin for operators' runs): a bill is streamed, and a day holds about 64 bytes per stored payment at the heap's peak (measured: a 5,000,000-row day peaks at 304 MiB); three quarters of it bound the day (RECONCILE_MAX_DAY_PAYMENTS): 512Mi 6.3 million, 1Gi 12.6 million, 2Gi 25.2 million, 4Gi 50.3 million stored payments and refunds. A larger day is reported (reconcile_failed, too_large), never killed half way."
   type        = string
   default     = "1Gi"
   validation {
@@ -578,6 +578,7 @@ locals {
   })])
 
   # Every variable infra/config reads in the cloud (the emulator hosts are for local runs only).
+  reconcile_memory_mib = { "512Mi" = 512, "1Gi" = 1024, "2Gi" = 2048, "4Gi" = 4096 }[var.reconcile_memory]
   function_env = {
     PROJECT_ID          = var.project_id
     FIRESTORE_DATABASE  = google_firestore_database.payments.name
@@ -592,7 +593,11 @@ locals {
     SWEEP_MARGIN        = "2m"
     OPS_QUEUE           = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.ops.name}"
     REPLAY_RATE         = "20"
-    LOG_LEVEL           = var.log_level
+    # The largest stored day a reconciliation loads, from reconcile_memory and the measured
+    # 64 bytes per stored payment at the heap's peak (a 5,000,000-row day peaked at 304 MiB),
+    # three quarters of the memory for it: a larger day is reported, never killed half way.
+    RECONCILE_MAX_DAY_PAYMENTS = tostring(floor(local.reconcile_memory_mib * 1048576 * 0.75 / 64))
+    LOG_LEVEL                  = var.log_level
     # Each game server identity allowed to query orders, mapped to its one game.
     QUERY_CALLERS = jsonencode(merge({}, [for g, c in var.games : { for m in c.query_callers : trimprefix(m, "serviceAccount:") => g }]...))
   }
@@ -1014,7 +1019,7 @@ locals {
     amount_refused     = { metric = "amounts_refused", title = "payrelay: a payment's amount cannot be stated exactly", doc = "A verified notification's amount is not a whole number of its currency's ISO 4217 minor unit (event=ingest_refused, reason_class=inexact_amount: a Stripe ISK amount not divisible by 100, say). It was refused, never rounded, and the provider retries it. Compare the payment in the provider's console; a price the provider cannot settle exactly must be corrected there." }
     conflict           = { metric = "conflicts", title = "payrelay: a callback contradicts a stored payment (409)", doc = "Two callbacks for one order disagree (amount, currency) or a refund exceeds what was paid. Compare with the provider's records (Admin: find the payment) before anything else." }
     healed             = { metric = "healed", title = "payrelay: the sweeper healed lost tasks", doc = "A task was lost (queue purged, enqueue failed) or a delivery died; the sweeper enqueued it again. Check the queues and the logs (event=healed) for the cause." }
-    reconcile_failed   = { metric = "reconcile_failed", title = "payrelay: a reconciliation could not run", doc = "An account's daily reconciliation failed (event=reconcile_failed, reason_class: not_ready, refused, unavailable); Cloud Scheduler retries for about 3 hours. refused: check the account's keys in PROVIDER_CONFIG; when fixed, run it from the dashboard's Reconciliation page." }
+    reconcile_failed   = { metric = "reconcile_failed", title = "payrelay: a reconciliation could not run", doc = "An account's daily reconciliation failed (event=reconcile_failed, reason_class: not_ready, refused, unavailable, too_large); Cloud Scheduler retries for about 3 hours. refused: check the account's keys in PROVIDER_CONFIG; too_large: the stored day is larger than reconcile_memory is sized for (RECONCILE_MAX_DAY_PAYMENTS), raise it; when fixed, run it from the dashboard's Reconciliation page." }
     reconcile_findings = { metric = "reconcile_findings", title = "payrelay: reconciliation found payrelay out of step with a bill", doc = "The provider's bill and payrelay disagree (event=reconcile_finding, kind). missing_payment and missing_refund were recovered and relayed; conflict, unrelayable and not_in_bill need an operator: open the day's report in the dashboard (Reconciliation) and compare with the provider's console." }
     heal_stuck         = { metric = "heal_stuck", title = "payrelay: the sweeper keeps failing to enqueue a notification", doc = "The sweeper failed 3 times or more in a row to enqueue a notification again (event=heal_stuck names it and the error); it backs off and the other notifications are healed meanwhile. Check the game's queue (paused? rate limits? IAM?) and the error; the sweeper retries on its own once it can." }
     store_ack_due      = { metric = "store_acks_due", title = "payrelay: a purchase is still unacknowledged near the store's deadline", doc = "Google Play refunds a purchase not acknowledged within three days; this one (event=store_ack_due names it, its deadline and why) has less than a day left. If the game server has not acknowledged the payment, fix it and replay the payment's notification: payrelay acknowledges once the game does. If the store refuses the acknowledgement (why says so), check that the runtime account is invited in Play Console with Manage orders. Without payrelay's acknowledgement (acknowledge false), the game must acknowledge." }

@@ -233,6 +233,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		Store: st, Finder: st, Queue: q, Notifier: notifier, Ladder: ladder, Clock: relay.SystemClock{},
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
 		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st, Cursors: st, Routes: cfg.Games.Routes(),
+		MaxDayPayments: cfg.ReconcileMaxDay,
 		StoreAcker: acker,
 	})
 	if err != nil {

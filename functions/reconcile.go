@@ -150,12 +150,15 @@ func (h *Handler) reconcileAccount(ctx context.Context, by, prov, account, day s
 	}
 	if err != nil {
 		var qe *provider.QueryError
+		var big *relay.DayTooLarge
 		class := "unavailable"
 		switch {
 		case errors.As(err, &qe):
 			class = "refused"
 		case errors.Is(err, provider.ErrBillNotReady):
 			class = "not_ready"
+		case errors.As(err, &big):
+			class = "too_large"
 		}
 		log.ErrorContext(ctx, "reconciliation failed; it will run again", "event", "reconcile_failed", "reason_class", class, "error", err.Error())
 		run.Error = class + ": " + err.Error()

@@ -619,6 +619,9 @@ func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
 			counts[key] = n
 		}
 	}
+	if max := s.cfg.MaxDayPayments; max > 0 && size > max {
+		return nil, &DayTooLarge{Stored: size, Max: max}
+	}
 	set.recs = make([]dayRecord, 0, size+size/64+16) // a few more: payments stored meanwhile
 	for _, m := range b.Merchants {
 		for _, kind := range []string{billPaid, billRefund} {
@@ -708,6 +711,15 @@ func hexBound(d int) string {
 		return ""
 	}
 	return string("0123456789abcdef"[d])
+}
+
+// DayTooLarge refuses a reconciliation whose stored day holds more payments and refunds than
+// the function's memory is sized for: reported before the day is read, never run out of
+// memory half way.
+type DayTooLarge struct{ Stored, Max int }
+
+func (e *DayTooLarge) Error() string {
+	return fmt.Sprintf("the day holds %d stored payments and refunds, more than the %d this function's memory is sized for (RECONCILE_MAX_DAY_PAYMENTS): raise reconcile_memory", e.Stored, e.Max)
 }
 
 // billFacts is the part of a payment a reconciliation compares and ingests by: its facts and

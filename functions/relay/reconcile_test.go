@@ -523,3 +523,29 @@ func TestReconcileRelaysManyMissingThroughAJob(t *testing.T) {
 		}
 	}
 }
+
+// A stored day larger than the function is sized for is refused before it is read: no page of
+// it loaded, nothing ingested, the error naming the count, the bound and what to raise.
+func TestReconcileRefusesADayBeyondItsMemory(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	entries := notifiedDay(t, h, "huge-", 30)
+	svc, err := relay.NewService(relay.Config{Store: h.store, Finder: h.store, Queue: h.queue, Clock: h.clock, Ladder: schedule.Default(), Lease: time.Minute,
+		Reports: relaytest.NewReports(), Days: h.store, MaxDayPayments: 20,
+		Notifier: relaytest.NotifierFunc(func(context.Context, *relay.Payment, *relay.Notification, int) relay.NotifyResult {
+			return relay.NotifyResult{StatusCode: 200}
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queries, creates := h.store.DayQueries, h.store.Creates
+	_, err = svc.Reconcile(ctx, relay.Bill{Provider: "alipay", Environment: relay.EnvProduction, Merchant: "m1", Day: "2026-11-24", Rows: relay.EntryRows(entries...)}, "scheduler")
+	var big *relay.DayTooLarge
+	if !errors.As(err, &big) || big.Stored != 30 || big.Max != 20 || !strings.Contains(err.Error(), "reconcile_memory") {
+		t.Fatalf("a day of 30 with room for 20: %v", err)
+	}
+	if h.store.DayQueries != queries || h.store.Creates != creates {
+		t.Errorf("the refused day was read (%d pages) or ingested (%d)", h.store.DayQueries-queries, h.store.Creates-creates)
+	}
+}

@@ -151,6 +151,9 @@ type Config struct {
 	// DayPartitions is how many id ranges of a stored day are read at once (default
 	// DayPartitions).
 	DayPartitions int
+	// MaxDayPayments bounds the stored day a reconciliation loads (0: none): a larger day is
+	// refused with ErrDayTooLarge before it is read.
+	MaxDayPayments int
 	// Cursors keep the recovery sweeps' progress (Stripe's undelivered events); optional.
 	Cursors CursorStore
 	// StoreAcker acknowledges purchases to their stores after the game server's

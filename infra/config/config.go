@@ -64,6 +64,10 @@ type Config struct {
 	OpsQueue string `env:"OPS_QUEUE"`
 	// ReplayRate bounds a bulk replay's replays per second.
 	ReplayRate float64 `env:"REPLAY_RATE, default=20"`
+	// ReconcileMaxDay is the largest stored day (payments and refunds) a reconciliation loads:
+	// a larger one is reported before it is read, never run out of memory half way. 0: no bound.
+	// terraform derives it from reconcile_memory and the measured figure.
+	ReconcileMaxDay int `env:"RECONCILE_MAX_DAY_PAYMENTS, default=0"`
 	// SweepMargin is how overdue a notification must be before the sweeper enqueues it again.
 	SweepMargin time.Duration `env:"SWEEP_MARGIN, default=2m"`
 	// DeliverLease is how long a claimed attempt is held before another delivery may take over.
@@ -259,8 +263,14 @@ var parsers = map[string]func(string) error{
 	"LADDER":                 func(v string) error { var l Ladder; return l.EnvDecode(v) },
 	"LADDER_COMPRESSION":     func(v string) error { _, err := strconv.Atoi(v); return err },
 	"REPLAY_RATE":            func(v string) error { _, err := strconv.ParseFloat(v, 64); return err },
-	"SWEEP_MARGIN":           func(v string) error { _, err := time.ParseDuration(v); return err },
-	"DELIVER_LEASE":          func(v string) error { _, err := time.ParseDuration(v); return err },
+	"RECONCILE_MAX_DAY_PAYMENTS": func(v string) error {
+		if n, err := strconv.Atoi(v); err != nil || n < 0 {
+			return fmt.Errorf("%q: want a count of payments, 0 for no bound", v)
+		}
+		return nil
+	},
+	"SWEEP_MARGIN":  func(v string) error { _, err := time.ParseDuration(v); return err },
+	"DELIVER_LEASE": func(v string) error { _, err := time.ParseDuration(v); return err },
 }
 
 // parsed is a lookuper that hides the values that did not parse (Load reports them itself).

@@ -50,9 +50,13 @@ run "wiring" {
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn : sort(keys(f.service_config[0].environment_variables)) == sort([
       "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "LADDER", "LADDER_COMPRESSION",
-      "LOG_LEVEL", "OPS_QUEUE", "PAYMENTS_COLLECTION", "PROJECT_ID", "QUERY_CALLERS", "REPLAY_RATE", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
+      "LOG_LEVEL", "OPS_QUEUE", "PAYMENTS_COLLECTION", "PROJECT_ID", "QUERY_CALLERS", "RECONCILE_MAX_DAY_PAYMENTS", "REPLAY_RATE", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
     ])])
     error_message = "each function must get every plain variable infra/config reads"
+  }
+  assert {
+    condition     = google_cloudfunctions2_function.fn["reconcile"].service_config[0].environment_variables["RECONCILE_MAX_DAY_PAYMENTS"] == "12582912" && google_cloudfunctions2_function.fn["reconcile"].service_config[0].available_memory == "1Gi"
+    error_message = "the largest day a reconciliation loads follows from its memory: 1Gi x 0.75 / 64 bytes per stored payment = 12,582,912"
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn :

@@ -234,7 +234,7 @@ func Build(ctx context.Context, cfg *config.Config, opts Options) (*Handler, fun
 		Logger: log, Observer: opts.Observer, Lease: cfg.DeliverLease, SweepMargin: cfg.SweepMargin,
 		Jobs: st, JobQueue: q, ReplayRate: cfg.ReplayRate, Reports: st, Days: st, Cursors: st, Routes: cfg.Games.Routes(),
 		MaxDayPayments: cfg.ReconcileMaxDay,
-		StoreAcker: acker,
+		StoreAcker:     acker,
 	})
 	if err != nil {
 		closeAll()

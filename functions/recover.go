@@ -63,31 +63,25 @@ func (h *Handler) Recover(w http.ResponseWriter, r *http.Request) {
 	}
 	var runs []recoverRun
 	failed := 0
+	add := func(run recoverRun) {
+		if run.Error != "" {
+			failed++
+		}
+		runs = append(runs, run)
+	}
 	if st, ok := h.Providers["stripe"].(*provider.Stripe); ok {
 		for _, a := range st.EventAccounts() {
-			run := h.recoverStripe(ctx, st, a)
-			if run.Error != "" {
-				failed++
-			}
-			runs = append(runs, run)
+			add(h.recoverStripe(ctx, st, a))
 		}
 	}
 	if gp, ok := h.Providers["googleplay"].(*provider.GooglePlay); ok {
 		for _, pkg := range gp.VoidedAccounts() {
-			run := h.recoverGooglePlay(ctx, gp, pkg)
-			if run.Error != "" {
-				failed++
-			}
-			runs = append(runs, run)
+			add(h.recoverGooglePlay(ctx, gp, pkg))
 		}
 	}
 	if ap, ok := h.Providers["apple"].(*provider.Apple); ok {
 		for _, a := range ap.HistoryAccounts() {
-			run := h.recoverApple(ctx, ap, a)
-			if run.Error != "" {
-				failed++
-			}
-			runs = append(runs, run)
+			add(h.recoverApple(ctx, ap, a))
 		}
 	}
 	code := http.StatusOK

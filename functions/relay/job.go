@@ -195,22 +195,7 @@ func (s *Service) RunJobStep(ctx context.Context, jobID string, step int) (*Job,
 	if next == "" {
 		j.State = JobDone
 	}
-	err = s.withRetry(ctx, func(ctx context.Context) error {
-		_, err := s.cfg.Jobs.UpdateJob(ctx, j, v)
-		return err
-	})
-	if errors.Is(err, ErrVersionConflict) {
-		return j, nil // another run of this step recorded it first
-	}
-	if err != nil {
-		return j, fmt.Errorf("record job progress: %w", err)
-	}
-	if j.State == JobRunning {
-		if err := s.withRetry(ctx, func(ctx context.Context) error { return s.cfg.JobQueue.EnqueueJob(ctx, j.ID, j.Step) }); err != nil {
-			return j, fmt.Errorf("enqueue job step %d: %w", j.Step, err)
-		}
-	}
-	return j, nil
+	return s.recordStep(ctx, j, v)
 }
 
 // startRelayJob stores a reconciliation's items to relay (payments before refunds, as staged)
@@ -279,7 +264,14 @@ func (s *Service) relayStep(ctx context.Context, j *Job, v Version) (*Job, error
 	if j.Step >= j.Pages {
 		j.State = JobDone
 	}
-	err = s.withRetry(ctx, func(ctx context.Context) error {
+	return s.recordStep(ctx, j, v)
+}
+
+// recordStep records a job's progress after a step, conditioned on the version the step read
+// (a duplicate run of the step that recorded first wins; this one does nothing more), and
+// enqueues the next step while the job runs.
+func (s *Service) recordStep(ctx context.Context, j *Job, v Version) (*Job, error) {
+	err := s.withRetry(ctx, func(ctx context.Context) error {
 		_, err := s.cfg.Jobs.UpdateJob(ctx, j, v)
 		return err
 	})

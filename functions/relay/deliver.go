@@ -92,6 +92,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			// Its game (or the game's endpoint for this environment) left the configuration
 			// since the task was made: nothing is posted; the notification waits, orphaned, for
 			// an operator to replay it once the game is back.
+			n.recordLostLease()
 			n.State, n.Reason, n.Lease, n.NextAttemptAt = StateOrphaned, orphanReason(p), nil, time.Time{}
 			p.UpdatedAt = now
 			if _, err := s.update(ctx, p, v); errors.Is(err, ErrVersionConflict) && try < maxClaimTries {
@@ -102,14 +103,7 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			res.Outcome, res.Reason = OutcomeOrphaned, n.Reason
 			return res, nil
 		}
-		if n.State == StateDelivering && n.Lease != nil {
-			// The lease expired: a delivery died between claiming and recording. Its POST may
-			// or may not have reached the game server; say so in the history.
-			n.Attempts = append(n.Attempts, AttemptRecord{
-				Number: n.Lease.Attempt, StartedAt: n.Lease.ClaimedAt, ErrorClass: ErrorLost, Generation: n.Generation,
-				Error: "delivery ended without recording a result (lease expired); outcome unknown",
-			})
-		}
+		n.recordLostLease()
 		n.State = StateDelivering
 		n.Heal = nil // under way again: whatever kept the sweeper from enqueueing it is past
 		n.Lease = &Lease{Attempt: m.Attempt, Owner: d.String() + "/" + token(), ClaimedAt: now, Until: now.Add(s.cfg.Lease)}
@@ -125,6 +119,18 @@ func (s *Service) Deliver(ctx context.Context, m TaskMessage, d Delivery) (Deliv
 			return DeliverResult{}, fmt.Errorf("claim attempt: %w", err)
 		}
 		return s.attempt(ctx, p, v, n.Key, d)
+	}
+}
+
+// recordLostLease records, for a notification still delivering under a lease, that the delivery
+// holding it died between claiming and recording: its POST may or may not have reached the game
+// server, and the history says so (a takeover, and an orphaning, both find it).
+func (n *Notification) recordLostLease() {
+	if n.State == StateDelivering && n.Lease != nil {
+		n.Attempts = append(n.Attempts, AttemptRecord{
+			Number: n.Lease.Attempt, StartedAt: n.Lease.ClaimedAt, ErrorClass: ErrorLost, Generation: n.Generation,
+			Error: "delivery ended without recording a result (lease expired); outcome unknown",
+		})
 	}
 }
 

@@ -440,6 +440,7 @@ func (s *Service) sweepPayment(ctx context.Context, p *Payment, cutoff, now time
 		if !s.cfg.Routes.Has(p.Game, p.Environment) {
 			h.Why = orphanReason(p)
 			s.sweepRecord(ctx, p.ID, n.Key, func(n *Notification) {
+				n.recordLostLease()
 				n.State, n.Reason, n.Lease, n.Heal, n.NextAttemptAt = StateOrphaned, orphanReason(p), nil, nil, time.Time{}
 			})
 			res.Orphaned = append(res.Orphaned, h)
@@ -455,6 +456,7 @@ func (s *Service) sweepPayment(ctx context.Context, p *Payment, cutoff, now time
 		case errors.Is(err, ErrNoQueue):
 			h.Why = fmt.Sprintf("orphaned: its queue is gone (%v); replay it once the game's queue exists", err)
 			s.sweepRecord(ctx, p.ID, n.Key, func(n *Notification) {
+				n.recordLostLease()
 				n.State, n.Reason, n.Lease, n.Heal, n.NextAttemptAt = StateOrphaned, h.Why, nil, nil, time.Time{}
 			})
 			res.Orphaned = append(res.Orphaned, h)

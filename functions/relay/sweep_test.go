@@ -274,3 +274,30 @@ func TestReconcileGoesOnPastAnOrderItCannotRelay(t *testing.T) {
 		t.Fatalf("findings' actions %v: want no-queue failed, the others ingested", actions)
 	}
 }
+
+// A delivery that died mid-attempt (its lease expired, its POST may have reached the game)
+// whose game then left the configuration: orphaning it records the lost attempt, so the
+// history matches what the game server may have received.
+func TestOrphaningRecordsTheLostAttempt(t *testing.T) {
+	t.Parallel()
+	h := newRoutedHarness(t, relay.Routes{"other": {relay.EnvProduction}}) // sword is gone
+	ctx := context.Background()
+	r := samplePaid()
+	r.Payment.Game = "sword"
+	res, err := h.svc.Ingest(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.store.Mutate(res.PaymentID, func(p *relay.Payment) {
+		n := p.Paid()
+		n.State, n.Lease = relay.StateDelivering, &relay.Lease{Attempt: 1, Owner: "died", ClaimedAt: h.clock.Now(), Until: h.clock.Now().Add(time.Minute)}
+	})
+	h.clock.Advance(2 * time.Minute)
+	if out, err := h.svc.Deliver(ctx, paidTask(res.PaymentID, 1), relay.Delivery{TaskName: "redelivered"}); err != nil || out.Outcome != relay.OutcomeOrphaned {
+		t.Fatalf("Deliver = %+v, %v; want orphaned", out, err)
+	}
+	n := h.store.Payment(res.PaymentID).Paid()
+	if n.State != relay.StateOrphaned || len(n.Attempts) != 1 || n.Attempts[0].ErrorClass != relay.ErrorLost || n.Attempts[0].Number != 1 {
+		t.Fatalf("orphaned notification %s with attempts %+v; want the lost attempt 1 recorded", n.State, n.Attempts)
+	}
+}

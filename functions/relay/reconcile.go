@@ -619,8 +619,8 @@ func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
 			counts[key] = n
 		}
 	}
-	if max := s.cfg.MaxDayPayments; max > 0 && size > max {
-		return nil, &DayTooLarge{Stored: size, Max: max}
+	if limit := s.cfg.MaxDayPayments; limit > 0 && size > limit {
+		return nil, &DayTooLarge{Stored: size, Max: limit}
 	}
 	set.recs = make([]dayRecord, 0, size+size/64+16) // a few more: payments stored meanwhile
 	for _, m := range b.Merchants {

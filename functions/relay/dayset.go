@@ -11,13 +11,18 @@ import (
 )
 
 // daySet is what a reconciliation holds of the stored day: one fixed-size record (dayRecord,
-// 32 bytes) per payment paid that day and per refund made that day, sorted by key for binary
-// search, never the documents. A row of the bill is looked up in it by its payment id and
-// refund; what it lacks is read from the store by id (findings are few), and what the bill
-// never marked is not in the bill.
+// 32 bytes) per payment paid that day and per refund made that day, sorted by key, never the
+// documents, and a directory of where each run of records sharing the key's top bits starts
+// (one uint32 per four records at most: under 2 bytes a record). A row of the bill is looked
+// up in it by its payment id and refund: the directory narrows it to a handful of records (the
+// ids are hashes, spread evenly), where a binary search over the whole day cost a cache miss a
+// step, a fifth of the row's time at 200,000 records. What the set lacks is read from the store
+// by id (findings are few), and what the bill never marked is not in the bill.
 type daySet struct {
 	recs       []dayRecord
 	currencies []string // the index a record's currency refers to
+	dir        []uint32 // dir[b] is the first record whose hi>>shift is b or more; dir[len-1] = len(recs)
+	shift      uint
 }
 
 // dayRecord is one stored payment or refund, compacted: the payment id (16 bytes: the id's hex
@@ -39,7 +44,7 @@ const (
 )
 
 // DayRecordBytes is the memory a reconciliation holds per stored payment or refund of the day
-// (infra/README.md's figure).
+// (infra/README.md's figure), besides its share of the directory (under 2 bytes).
 const DayRecordBytes = 32
 
 func (r *dayRecord) flags() uint32 { return r.meta & 0xF }
@@ -72,6 +77,13 @@ func refundSub(e Result) uint32 {
 		return refundHash(e.Refund.ID)
 	}
 	return 0
+}
+
+// paymentWords is PaymentID's 16 bytes as the two words a record keys them by, without the
+// hex a document id needs (a bill's row is looked up by them).
+func paymentWords(env Environment, provider, merchant, orderID string) (hi, lo uint64) {
+	sum := paymentSum(env, provider, merchant, orderID)
+	return binary.BigEndian.Uint64(sum[:8]), binary.BigEndian.Uint64(sum[8:16])
 }
 
 // idWords is a payment id as the two words a record keys it by.
@@ -138,19 +150,36 @@ func compareRec(a, b *dayRecord) int {
 	return cmp.Compare(a.sub, b.sub)
 }
 
-// seal sorts the records and drops duplicates (a payment under two day keys); the set is then
-// read only.
+// seal sorts the records, drops duplicates (a payment under two day keys) and builds the
+// directory; the set is then read only.
 func (s *daySet) seal() {
 	slices.SortFunc(s.recs, func(a, b dayRecord) int { return compareRec(&a, &b) })
 	s.recs = slices.CompactFunc(s.recs, func(a, b dayRecord) bool { return compareRec(&a, &b) == 0 })
 	s.recs = slices.Clip(s.recs)
+	bits := uint(0)
+	for bits < 32 && 4<<bits < len(s.recs) {
+		bits++
+	}
+	s.shift = 64 - bits
+	s.dir = make([]uint32, 1<<bits+1)
+	r := 0
+	for b := range s.dir {
+		for r < len(s.recs) && (b == len(s.dir)-1 || s.recs[r].hi>>s.shift < uint64(b)) {
+			r++
+		}
+		s.dir[b] = uint32(r)
+	}
 }
 
-// find returns the record of payment id (sub 0) or of its refund sub, or nil.
-func (s *daySet) find(id string, sub uint32) *dayRecord {
-	hi, lo := idWords(id)
+// findWords returns the record of the payment keyed hi, lo (sub 0) or of its refund sub, or
+// nil: a binary search within the directory's run for hi's top bits.
+func (s *daySet) findWords(hi, lo uint64, sub uint32) *dayRecord {
 	key := dayRecord{hi: hi, lo: lo, sub: sub}
 	i, j := 0, len(s.recs)
+	if s.dir != nil {
+		b := hi >> s.shift
+		i, j = int(s.dir[b]), int(s.dir[b+1])
+	}
 	for i < j {
 		h := int(uint(i+j) >> 1)
 		if compareRec(&s.recs[h], &key) < 0 {

@@ -270,25 +270,27 @@ func (s *Service) Reconcile(ctx context.Context, b Bill, by string) (*Report, er
 			rep.BillRefunds++
 		}
 		for _, m := range b.Merchants {
-			rec := set.find(PaymentID(b.Environment, b.Provider, m, q.OrderID), refundSub(e))
+			hi, lo := paymentWords(b.Environment, b.Provider, m, q.OrderID)
+			rec := set.findWords(hi, lo, refundSub(e))
 			if rec == nil {
 				continue
 			}
 			rec.meta |= recSeen
+			reason := set.differs(rec, e)
+			if reason == "" && rec.flags()&recViaReconcile == 0 {
+				rep.Matched++
+				return
+			}
 			f := Finding{OrderID: q.OrderID, PaymentID: rec.paymentID(), StoredMinor: rec.amount, BillMinor: q.AmountMinor}
 			if e.Type == TypePaymentRefunded {
 				f.RefundID, f.BillMinor, f.SettledMinor = e.Refund.ID, e.Refund.AmountMinor, e.Refund.SettlementMinor
 			}
-			switch reason := set.differs(rec, e); {
-			case reason != "":
+			if reason != "" {
 				f.Kind, f.Action, f.Reason = FindingConflict, "not relayed", reason
-				add(f)
-			case rec.flags()&recViaReconcile != 0:
+			} else {
 				f.Kind, f.Action = missingKind(e.Type), "ingested by an earlier run"
-				add(f)
-			default:
-				rep.Matched++
 			}
+			add(f)
 			return
 		}
 		staged = append(staged, e)

@@ -105,7 +105,7 @@ func ParseWechatBill(text []byte) (WechatBill, error) {
 // cannot be placed is a row with its Problem, not an error.
 func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, err error) {
 	var header, sumHeader map[string]int
-	var totalCol, refundCol string
+	var cols *wechatColumns
 	total, rows := -1, 0
 	err = eachLine(r, "wechat pay bill", func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
@@ -119,7 +119,8 @@ func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, 
 					return fmt.Errorf("wechat pay bill: the header lacks column %s", col)
 				}
 			}
-			layout, totalCol, refundCol = "current", "订单金额", "申请退款金额"
+			totalCol, refundCol := "订单金额", "申请退款金额"
+			layout = "current"
 			if _, ok := header["订单金额"]; !ok {
 				if _, early := header["总金额"]; !early {
 					return errors.New("wechat pay bill: the header lacks column 订单金额 (or the early layout's 总金额)")
@@ -129,6 +130,7 @@ func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, 
 			if _, ok := header[refundCol]; !ok {
 				return fmt.Errorf("wechat pay bill: the header lacks column %s", refundCol)
 			}
+			cols = newWechatColumns(header, totalCol, refundCol)
 			return nil
 		case strings.HasPrefix(line, "总交易单数"):
 			sumHeader = columns(line)
@@ -137,7 +139,7 @@ func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, 
 			return fmt.Errorf("wechat pay bill line %d: a row after the summary", n)
 		}
 		if sumHeader != nil {
-			fields := backtickFields(line)
+			fields := backtickFields(nil, line)
 			i, ok := sumHeader["总交易单数"]
 			if !ok || i >= len(fields) {
 				return errors.New("wechat pay bill: the summary lacks 总交易单数")
@@ -149,7 +151,7 @@ func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, 
 			return nil
 		}
 		rows++
-		return row(wechatBillRow(header, totalCol, refundCol, line, n))
+		return row(cols.row(line, n))
 	})
 	switch {
 	case err != nil:
@@ -164,35 +166,58 @@ func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, 
 	return layout, nil
 }
 
-// wechatBillRow reads one row by the header's columns; what does not parse is its Problem.
-func wechatBillRow(header map[string]int, totalCol, refundCol, line string, n int) WechatBillRow {
+// wechatColumns are the positions of the columns a row is read by, found once from the
+// header (-1: not in this layout), and the fields of the row being read (reused row to row).
+type wechatColumns struct {
+	at, appID, mchID, tx, outTradeNo, state, currency, refundID, outRefundNo, refundState int
+	total, refund, settlement                                                             int
+	totalCol, refundCol                                                                   string
+	fields                                                                                []string
+	times                                                                                 billTimes
+}
+
+func newWechatColumns(header map[string]int, totalCol, refundCol string) *wechatColumns {
+	at := func(col string) int {
+		if i, ok := header[col]; ok {
+			return i
+		}
+		return -1
+	}
+	return &wechatColumns{at: at("交易时间"), appID: at("公众账号ID"), mchID: at("商户号"), tx: at("微信订单号"), outTradeNo: at("商户订单号"),
+		state: at("交易状态"), currency: at("货币种类"), refundID: at("微信退款单号"), outRefundNo: at("商户退款单号"), refundState: at("退款状态"),
+		total: at(totalCol), refund: at(refundCol), settlement: at("退款金额"), totalCol: totalCol, refundCol: refundCol}
+}
+
+// row reads one row by the header's columns; what does not parse is its Problem.
+func (c *wechatColumns) row(line string, n int) WechatBillRow {
 	row := WechatBillRow{Line: n}
 	if !strings.HasPrefix(line, "`") {
 		row.Problem = "a row whose fields do not start with a backtick"
 		return row
 	}
-	fields := backtickFields(line)
-	get := func(col string) string {
-		if i, ok := header[col]; ok && i < len(fields) {
-			return fields[i]
+	c.fields = backtickFields(c.fields, line)
+	get := func(i int) string {
+		if i >= 0 && i < len(c.fields) {
+			return c.fields[i]
 		}
 		return ""
 	}
-	row.AppID, row.MchID, row.TransactionID, row.OutTradeNo = get("公众账号ID"), get("商户号"), get("微信订单号"), get("商户订单号")
-	row.State, row.Currency, row.RefundID, row.OutRefundNo, row.RefundState = get("交易状态"), get("货币种类"), get("微信退款单号"), get("商户退款单号"), get("退款状态")
+	row.AppID, row.MchID, row.TransactionID, row.OutTradeNo = get(c.appID), get(c.mchID), get(c.tx), get(c.outTradeNo)
+	row.State, row.Currency, row.RefundID, row.OutRefundNo, row.RefundState = get(c.state), get(c.currency), get(c.refundID), get(c.outRefundNo), get(c.refundState)
 	if row.Currency == "" {
 		row.Currency = "CNY"
 	}
 	var err error
-	if row.At, err = time.ParseInLocation(time.DateTime, get("交易时间"), shanghai); err != nil {
-		row.Problem = fmt.Sprintf("交易时间 %.30q is not yyyy-MM-dd HH:mm:ss", get("交易时间"))
+	if row.At, err = c.times.parse(get(c.at)); err != nil {
+		row.Problem = fmt.Sprintf("交易时间 %.30q is not yyyy-MM-dd HH:mm:ss", get(c.at))
 		return row
 	}
-	for _, a := range []struct {
+	for _, a := range [...]struct {
 		col string
+		i   int
 		to  *int64
-	}{{totalCol, &row.TotalMinor}, {refundCol, &row.RefundMinor}, {"退款金额", &row.SettlementRefundMinor}} {
-		if *a.to, err = billAmount(get(a.col), row.Currency); err != nil {
+	}{{c.totalCol, c.total, &row.TotalMinor}, {c.refundCol, c.refund, &row.RefundMinor}, {"退款金额", c.settlement, &row.SettlementRefundMinor}} {
+		if *a.to, err = billAmount(get(a.i), row.Currency); err != nil {
 			row.Problem = fmt.Sprintf("%s: %v", a.col, err)
 			return row
 		}
@@ -209,14 +234,25 @@ func columns(line string) map[string]int {
 	return m
 }
 
-// backtickFields splits a row whose every field starts with a backtick. Splitting on ",`"
-// keeps a comma inside a value (a product name) in its field.
-func backtickFields(line string) []string {
-	fields := strings.Split(strings.TrimPrefix(line, "`"), ",`")
-	for i := range fields {
-		fields[i] = strings.TrimSpace(fields[i])
+// backtickFields splits a row whose every field starts with a backtick into dst's storage.
+// Splitting on ",`" keeps a comma inside a value (a product name) in its field.
+func backtickFields(dst []string, line string) []string {
+	return splitTrimmed(dst, strings.TrimPrefix(line, "`"), ",`")
+}
+
+// splitTrimmed appends to dst[:0] the fields of s between each sep, each trimmed of spaces and
+// tabs: one pass, and no allocation once dst has grown to a row's width (a bill's rows are
+// split millions of times a day).
+func splitTrimmed(dst []string, s, sep string) []string {
+	dst = dst[:0]
+	for {
+		i := strings.Index(s, sep)
+		if i < 0 {
+			return append(dst, strings.TrimSpace(s))
+		}
+		dst = append(dst, strings.TrimSpace(s[:i]))
+		s = s[i+len(sep):]
 	}
-	return fields
 }
 
 // billAmount reads a bill's yuan amount ("6.48", "0.00", "") as minor units; empty and zero

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -145,6 +146,7 @@ func writeBacktickRow(b *strings.Builder, fields []string) {
 // download is a bill file a stand-in serves once asked for, until it expires.
 type download struct {
 	body    []byte
+	gen     func(io.Writer) error // a streamed bill: generated and gzipped as it downloads
 	expires time.Time
 }
 
@@ -154,7 +156,15 @@ func serveDownload(w http.ResponseWriter, d download, ok bool, contentType strin
 		return
 	}
 	w.Header().Set("Content-Type", contentType)
-	w.Write(d.body)
+	if d.gen == nil {
+		w.Write(d.body)
+		return
+	}
+	zw := gzip.NewWriter(w)
+	if err := d.gen(zw); err != nil {
+		panic(http.ErrAbortHandler) // the client sees a broken download, as a cut transfer
+	}
+	zw.Close()
 }
 
 func token() string {
@@ -210,6 +220,21 @@ func (a *WechatAPI) SetBill(day string, text []byte) {
 	a.bills[day] = text
 }
 
+// StreamBill makes the API serve the text gen writes as the merchant's trade bill of day,
+// generated and gzipped as it downloads (a day of millions of rows, never held), with a
+// hash_value computed over what hashed writes (gen's own text when hashed is nil; another
+// text: a transfer corrupted at the end).
+func (a *WechatAPI) StreamBill(day string, gen, hashed func(io.Writer) error) {
+	if hashed == nil {
+		hashed = gen
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.streamed[day] = streamedBill{gen: gen, hashed: hashed}
+}
+
+type streamedBill struct{ gen, hashed func(io.Writer) error }
+
 // serveBill answers 申请交易账单 (GET /v3/bill/tradebill) and 下载账单 (its download_url).
 func (a *WechatAPI) serveBill(w http.ResponseWriter, r *http.Request, refuse func(code int, errCode, msg string)) {
 	if r.URL.Path == "/v3/billdownload/file" {
@@ -226,7 +251,22 @@ func (a *WechatAPI) serveBill(w http.ResponseWriter, r *http.Request, refuse fun
 	}
 	a.mu.Lock()
 	text, ok := a.bills[q.Get("bill_date")]
+	sb, streamed := a.streamed[q.Get("bill_date")]
 	a.mu.Unlock()
+	if streamed {
+		hash := sha1.New()
+		if err := sb.hashed(hash); err != nil {
+			refuse(http.StatusInternalServerError, "SYSTEM_ERROR", err.Error())
+			return
+		}
+		id := token()
+		a.mu.Lock()
+		a.downloads[id] = download{gen: sb.gen, expires: time.Now().Add(5 * time.Minute)}
+		a.mu.Unlock()
+		a.answer(w, http.StatusOK, map[string]any{"hash_type": "SHA1", "hash_value": hex.EncodeToString(hash.Sum(nil)),
+			"download_url": a.URL + "/v3/billdownload/file?token=" + id})
+		return
+	}
 	switch {
 	case !ok:
 		refuse(http.StatusBadRequest, "NO_STATEMENT_EXIST", "账单文件不存在")

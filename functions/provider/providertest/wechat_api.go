@@ -37,6 +37,7 @@ type WechatAPI struct {
 	bills     map[string][]byte         // trade bills by bill_date
 	downloads map[string]download       // bill files by token
 	tampered  map[string][]byte         // what a download of a day's bill serves instead
+	streamed  map[string]streamedBill   // bills generated as they download (StreamBill)
 	requests  int
 	refused   int
 }
@@ -44,7 +45,7 @@ type WechatAPI struct {
 // NewWechatAPI starts a stand-in for merchant mchID.
 func NewWechatAPI(mchID, apiSerial string, apiKey *rsa.PublicKey, platform *rsa.PrivateKey, platSerial string) *WechatAPI {
 	a := &WechatAPI{mchID: mchID, apiSerial: apiSerial, apiKey: apiKey, platform: platform, platSerial: platSerial, orders: map[string]map[string]any{}, refunds: map[string]map[string]any{},
-		bills: map[string][]byte{}, downloads: map[string]download{}, tampered: map[string][]byte{}}
+		bills: map[string][]byte{}, downloads: map[string]download{}, tampered: map[string][]byte{}, streamed: map[string]streamedBill{}}
 	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
 	a.URL = a.srv.URL
 	return a

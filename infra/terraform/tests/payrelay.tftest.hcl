@@ -49,7 +49,7 @@ run "wiring" {
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn : sort(keys(f.service_config[0].environment_variables)) == sort([
-      "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "LADDER", "LADDER_COMPRESSION",
+      "DELIVER_LEASE", "DELIVER_URL", "FIRESTORE_DATABASE", "GAMES", "GOMEMLIMIT", "LADDER", "LADDER_COMPRESSION",
       "LOG_LEVEL", "OPS_QUEUE", "PAYMENTS_COLLECTION", "PROJECT_ID", "QUERY_CALLERS", "RECONCILE_MAX_DAY_PAYMENTS", "REPLAY_RATE", "SWEEP_MARGIN", "TASKS_INVOKER_SA", "TASKS_OIDC_AUDIENCE",
     ])])
     error_message = "each function must get every plain variable infra/config reads"
@@ -57,6 +57,10 @@ run "wiring" {
   assert {
     condition     = google_cloudfunctions2_function.fn["reconcile"].service_config[0].environment_variables["RECONCILE_MAX_DAY_PAYMENTS"] == "12582912" && google_cloudfunctions2_function.fn["reconcile"].service_config[0].available_memory == "1Gi"
     error_message = "the largest day a reconciliation loads follows from its memory: 1Gi x 0.75 / 64 bytes per stored payment = 12,582,912"
+  }
+  assert {
+    condition     = google_cloudfunctions2_function.fn["reconcile"].service_config[0].environment_variables["GOMEMLIMIT"] == "921MiB" && google_cloudfunctions2_function.fn["ingest"].service_config[0].environment_variables["GOMEMLIMIT"] == "230MiB"
+    error_message = "each function's Go memory limit is nine tenths of its memory (1Gi: 921MiB, 256Mi: 230MiB)"
   }
   assert {
     condition = alltrue([for f in google_cloudfunctions2_function.fn :

@@ -236,7 +236,7 @@ func (s *Service) Count(ctx context.Context, f Filter) (int, error) {
 		return 0, ErrNoFinder
 	}
 	var n int
-	err := s.withRetryCount(ctx, func(ctx context.Context) error {
+	err := s.withRetryFor(ctx, CountTimeout, func(ctx context.Context) error {
 		var err error
 		n, err = s.cfg.Finder.Count(ctx, f)
 		return err

@@ -609,7 +609,7 @@ func (s *Service) loadDay(ctx context.Context, b Bill) (*daySet, error) {
 		for _, kind := range []string{billPaid, billRefund} {
 			var n int
 			key := BillDayKey(kind, b.Provider, m, b.Day)
-			err := s.withRetryCount(ctx, func(ctx context.Context) error {
+			err := s.withRetryFor(ctx, CountTimeout, func(ctx context.Context) error {
 				var err error
 				n, err = s.cfg.Days.CountOnBillDay(ctx, key)
 				return err
@@ -671,7 +671,7 @@ func (s *Service) readDay(ctx context.Context, key string, n int, add func([]*Pa
 		wg.Go(func() {
 			for after := lo; ; {
 				var page []*Payment
-				err := s.withRetry(ctx, func(ctx context.Context) error {
+				err := s.withRetryFor(ctx, PageTimeout, func(ctx context.Context) error {
 					var err error
 					page, err = s.cfg.Days.OnBillDay(ctx, key, after, hi, DayPage)
 					return err

@@ -269,9 +269,15 @@ func recordBackoff(remaining time.Duration) retry.Backoff {
 // index, scans the documents), so OpTimeout, made for single-document calls, is too short.
 const CountTimeout = 60 * time.Second
 
-// withRetryCount is withRetry for a COUNT() aggregation, each try bounded by CountTimeout.
-func (s *Service) withRetryCount(ctx context.Context, f func(context.Context) error) error {
-	return s.retryTimeout(ctx, s.cfg.Backoff(), max(CountTimeout, s.cfg.OpTimeout), f)
+// PageTimeout bounds the read of one page of a stored day (DayPage documents, not one; on the
+// emulator, which keeps no index, each page scans the collection: 4 s a page at 200,000
+// payments, past OpTimeout's 3).
+const PageTimeout = 30 * time.Second
+
+// withRetryFor is withRetry for a call that reads many documents or index entries, each try
+// bounded by timeout (CountTimeout, PageTimeout) or OpTimeout if longer.
+func (s *Service) withRetryFor(ctx context.Context, timeout time.Duration, f func(context.Context) error) error {
+	return s.retryTimeout(ctx, s.cfg.Backoff(), max(timeout, s.cfg.OpTimeout), f)
 }
 
 func (s *Service) retryWith(ctx context.Context, b retry.Backoff, f func(context.Context) error) error {

@@ -47,6 +47,9 @@ type Handler struct {
 	ProviderConfig provider.Config
 	// QueryCallers maps a game server's identity to the game whose orders it may query.
 	QueryCallers map[string]string
+	// ReconcileTimeout, when set, replaces the const of that name (the deployed function's
+	// bound): the benchmark of a large day on the emulator, slower than Firestore, sets it.
+	ReconcileTimeout time.Duration
 
 	inflight sync.WaitGroup
 	draining atomic.Bool

@@ -34,6 +34,13 @@ var (
 // timeout in terraform is 540 s.
 const ReconcileTimeout = 8 * time.Minute
 
+func (h *Handler) reconcileTimeout() time.Duration {
+	if h.ReconcileTimeout > 0 {
+		return h.ReconcileTimeout
+	}
+	return ReconcileTimeout
+}
+
 // billers lists the configured providers with bills, sorted by name.
 func (h *Handler) billers() []string {
 	var out []string
@@ -65,7 +72,7 @@ func (h *Handler) Reconcile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.inflight.Done()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.context(r)), ReconcileTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.context(r)), h.reconcileTimeout())
 	defer cancel()
 	raw, refusal := readBody(w, r, MaxAdminBody, "")
 	if refusal != nil {
@@ -359,7 +366,7 @@ func (h *Handler) operatorReconcile(ctx context.Context, op, prov, merchant, day
 		return http.StatusUnprocessableEntity, run
 	}
 	h.Logger.WarnContext(ctx, "operator reconcile", "operator", op, "provider", prov, "merchant", merchant, "day", day, "reason", reason)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ReconcileTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.reconcileTimeout())
 	defer cancel()
 	run = h.reconcileAccount(ctx, op, prov, merchant, day)
 	if run.Error != "" {

@@ -169,11 +169,14 @@ func ReadWechatBill(r io.Reader, row func(WechatBillRow) error) (layout string, 
 // wechatColumns are the positions of the columns a row is read by, found once from the
 // header (-1: not in this layout), and the fields of the row being read (reused row to row).
 type wechatColumns struct {
+	// Each column's position.
 	at, appID, mchID, tx, outTradeNo, state, currency, refundID, outRefundNo, refundState int
 	total, refund, settlement                                                             int
-	totalCol, refundCol                                                                   string
-	fields                                                                                []string
-	times                                                                                 billTimes
+	// The names the amounts are read under (they differ by layout), for a Problem.
+	totalCol, refundCol string
+
+	fields []string
+	times  billTimes
 }
 
 func newWechatColumns(header map[string]int, totalCol, refundCol string) *wechatColumns {

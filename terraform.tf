@@ -170,7 +170,7 @@ variable "function_memory" {
 }
 
 variable "reconcile_memory" {
-  description = "Memory of the functions that reconcile bills (Reconcile, and Admin for operators' runs): a bill is streamed, and a day holds about 64 bytes per stored payment at the heap's peak (measured: a 5,000,000-row day peaks at 304 MiB); three quarters of it bound the day (RECONCILE_MAX_DAY_PAYMENTS): 512Mi 6.3 million, 1Gi 12.6 million, 2Gi 25.2 million, 4Gi 50.3 million stored payments and refunds. A larger day is reported (reconcile_failed, too_large), never killed half way."
+  description = "Memory of the functions that reconcile bills (Reconcile, and Admin for operators' runs): a bill is streamed, and a day holds 34 bytes per stored payment live and peaks at 48 to 67 (measured: a 5,000,000-row day peaks at 232 MiB under GOMEMLIMIT, 320 MiB without); three quarters of it at 64 bytes a payment bound the day (RECONCILE_MAX_DAY_PAYMENTS): 512Mi 6.3 million, 1Gi 12.6 million, 2Gi 25.2 million, 4Gi 50.3 million stored payments and refunds. A larger day is reported (reconcile_failed, too_large), never killed half way."
   type        = string
   default     = "1Gi"
   validation {
@@ -594,9 +594,10 @@ locals {
     SWEEP_MARGIN        = "2m"
     OPS_QUEUE           = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.ops.name}"
     REPLAY_RATE         = "20"
-    # The largest stored day a reconciliation loads, from reconcile_memory and the measured
-    # 64 bytes per stored payment at the heap's peak (a 5,000,000-row day peaked at 304 MiB),
-    # three quarters of the memory for it: a larger day is reported, never killed half way.
+    # The largest stored day a reconciliation loads, from reconcile_memory: three quarters of
+    # it at 64 bytes per stored payment (the heap's measured peak: 48 under GOMEMLIMIT, 67
+    # without; 34 of them live), so that at the bound the live day is under half of
+    # GOMEMLIMIT. A larger day is reported, never killed half way.
     RECONCILE_MAX_DAY_PAYMENTS = tostring(floor(local.reconcile_memory_mib * 1048576 * 0.75 / 64))
     LOG_LEVEL                  = var.log_level
     # Each game server identity allowed to query orders, mapped to its one game.

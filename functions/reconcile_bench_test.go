@@ -31,7 +31,7 @@ import (
 // DayPartitions ranges. Reported: the seconds per run, the stored payments read per second, and
 // the heap the run held above what it started with, per stored payment. The emulator keeps no
 // index: every page scans the collection, so a run grows with the square of the day (50,000
-// take minutes, 200,000 would take most of an hour; infra/README.md has the figures).
+// take minutes, 200,000 took 56 with one range; local/bench/README.md has the figures).
 //
 //	RECONCILE_DAY_PAYMENTS=200000 go test ./functions -run XXX -bench ReconcileStoredDay -benchtime 1x
 func BenchmarkReconcileStoredDay(b *testing.B) {

@@ -59,7 +59,9 @@ func TestWechatBillFailingItsHashAfterAMillionRowsRelaysNothing(t *testing.T) {
 		return rows, rep, err
 	}
 
-	api.StreamBill(day, altered, honest)
+	if err := api.StreamBill(day, altered, honest); err != nil {
+		t.Fatal(err)
+	}
 	rows, _, err := reconcile()
 	var qe *provider.QueryError
 	if !errors.As(err, &qe) || !strings.Contains(err.Error(), "SHA1") {
@@ -72,7 +74,9 @@ func TestWechatBillFailingItsHashAfterAMillionRowsRelaysNothing(t *testing.T) {
 		t.Fatalf("an unverified bill relayed: %d stored, %d tasks; want none", store.Len(), len(queue.Snapshot()))
 	}
 
-	api.StreamBill(day, honest, nil)
+	if err := api.StreamBill(day, honest, nil); err != nil {
+		t.Fatal(err)
+	}
 	rows, rep, err := reconcile()
 	if err != nil || rows != n {
 		t.Fatalf("the intact bill: %d rows, %v", rows, err)

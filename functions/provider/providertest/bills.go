@@ -222,18 +222,27 @@ func (a *WechatAPI) SetBill(day string, text []byte) {
 
 // StreamBill makes the API serve the text gen writes as the merchant's trade bill of day,
 // generated and gzipped as it downloads (a day of millions of rows, never held), with a
-// hash_value computed over what hashed writes (gen's own text when hashed is nil; another
-// text: a transfer corrupted at the end).
-func (a *WechatAPI) StreamBill(day string, gen, hashed func(io.Writer) error) {
+// hash_value computed now over what hashed writes (gen's own text when hashed is nil; another
+// text: a transfer corrupted at the end). Computed here, not in the query, so that the query
+// answers at once however large the day.
+func (a *WechatAPI) StreamBill(day string, gen, hashed func(io.Writer) error) error {
 	if hashed == nil {
 		hashed = gen
 	}
+	hash := sha1.New()
+	if err := hashed(hash); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.streamed[day] = streamedBill{gen: gen, hashed: hashed}
+	a.streamed[day] = streamedBill{gen: gen, hash: hash.Sum(nil)}
+	return nil
 }
 
-type streamedBill struct{ gen, hashed func(io.Writer) error }
+type streamedBill struct {
+	gen  func(io.Writer) error
+	hash []byte
+}
 
 // serveBill answers 申请交易账单 (GET /v3/bill/tradebill) and 下载账单 (its download_url).
 func (a *WechatAPI) serveBill(w http.ResponseWriter, r *http.Request, refuse func(code int, errCode, msg string)) {
@@ -254,16 +263,11 @@ func (a *WechatAPI) serveBill(w http.ResponseWriter, r *http.Request, refuse fun
 	sb, streamed := a.streamed[q.Get("bill_date")]
 	a.mu.Unlock()
 	if streamed {
-		hash := sha1.New()
-		if err := sb.hashed(hash); err != nil {
-			refuse(http.StatusInternalServerError, "SYSTEM_ERROR", err.Error())
-			return
-		}
 		id := token()
 		a.mu.Lock()
 		a.downloads[id] = download{gen: sb.gen, expires: time.Now().Add(5 * time.Minute)}
 		a.mu.Unlock()
-		a.answer(w, http.StatusOK, map[string]any{"hash_type": "SHA1", "hash_value": hex.EncodeToString(hash.Sum(nil)),
+		a.answer(w, http.StatusOK, map[string]any{"hash_type": "SHA1", "hash_value": hex.EncodeToString(sb.hash),
 			"download_url": a.URL + "/v3/billdownload/file?token=" + id})
 		return
 	}

@@ -15,8 +15,10 @@ import (
 	"github.com/payrelay/payrelay/local/stack"
 )
 
-// sweeper calls the Sweep function every interval until stop is closed, as Cloud Scheduler
-// does every minute in the cloud, and counts what it healed.
+// sweeper calls the Sweep function every interval until stop is called, as Cloud Scheduler
+// does every minute in the cloud, and counts what it healed. It stops when its test ends too,
+// failed or not: a sweeper left running heals the next scenario's notifications and hides what
+// that scenario's own sweeper finds (a fatal in scenario 10 once made scenario 8's count 0).
 func sweeper(t *testing.T, every time.Duration) (stop func() int) {
 	t.Helper()
 	done := make(chan struct{})
@@ -54,13 +56,16 @@ func sweeper(t *testing.T, every time.Duration) (stop func() int) {
 			}
 		}
 	}()
-	return func() int {
-		close(done)
+	var once sync.Once
+	stop = func() int {
+		once.Do(func() { close(done) })
 		wg.Wait()
 		mu.Lock()
 		defer mu.Unlock()
 		return healed
 	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // 8. The queue is purged by mistake mid-ladder: every task waiting in it is lost. The sweeper

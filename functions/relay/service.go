@@ -270,8 +270,8 @@ func recordBackoff(remaining time.Duration) retry.Backoff {
 const CountTimeout = 60 * time.Second
 
 // PageTimeout bounds the read of one page of a stored day (DayPage documents, not one; on the
-// emulator, which keeps no index, each page scans the collection: 4 s a page at 200,000
-// payments, past OpTimeout's 3).
+// emulator, which keeps no index, each page scans the collection: about 6 s a page at 200,000
+// payments read one at a time, past OpTimeout's 3, and longer than this with eight at once).
 const PageTimeout = 30 * time.Second
 
 // withRetryFor is withRetry for a call that reads many documents or index entries, each try

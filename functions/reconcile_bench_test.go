@@ -32,7 +32,7 @@ import (
 // the heap the run held above what it started with, per stored payment. The emulator keeps no
 // index: every page scans the collection, so a run grows with the square of the day (50,000
 // take minutes, 200,000 took 65 with one range and 34 with eight; local/bench/README.md has
-// the figures). One range count alone: -bench 'ReconcileStoredDay/ranges=8'.
+// the figures). One of the two alone: -bench 'ReconcileStoredDay/ranges=8$'.
 //
 //	RECONCILE_DAY_PAYMENTS=200000 go test ./functions -run XXX -bench ReconcileStoredDay -benchtime 1x
 func BenchmarkReconcileStoredDay(b *testing.B) {
